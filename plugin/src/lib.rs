@@ -1,0 +1,18 @@
+//! rollgate's filter: routes each request to a variant (stable, canary, dev, …) inside Envoy.
+//!
+//! Data flow: Envoy hands the plugin configuration to `on_configure`, where
+//! [`policy::Policy::from_json`] parses, validates and compiles it once (rules into
+//! [`rule::Matcher`]s, splits into bucket ranges). Each request's header map is read once into
+//! a borrowed [`request::Request`]; [`policy::Policy::decide`] picks the variant (first matching
+//! route; sticky splits bucket a user key with [`sticky::bucket`]); the glue in `filter` strips
+//! client-sent internal headers, writes the cluster and variant headers, and asks Envoy to
+//! re-match the route. Everything but `filter` is plain Rust, tested natively.
+
+pub mod murmur3;
+pub mod policy;
+pub mod request;
+pub mod rule;
+pub mod sticky;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,314 @@
+//! Validation of a [`PolicySpec`] and its compilation into the [`Policy`] requests read.
+
+use std::fmt;
+
+use super::spec::{PolicySpec, RouteSpec, StickySpec};
+use super::{Action, Policy, Route, Split, Sticky, Variant};
+use crate::rule;
+use crate::sticky::{KeySource, BUCKETS};
+
+/// One problem in a policy, at a JSON path such as `routes[2].split[0].weight`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// Where: a JSON path, or empty for the document itself.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a policy (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path.
+pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        PolicyErrors(vec![PolicyError {
+            path,
+            message: e.into_inner().to_string(),
+        }])
+    })
+}
+
+struct Errors(Vec<PolicyError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(PolicyError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b))
+}
+
+impl Policy {
+    /// Parses, validates and compiles policy JSON.
+    pub fn from_json(json: &[u8]) -> Result<Policy, PolicyErrors> {
+        Policy::compile(parse_spec(json)?)
+    }
+
+    /// Validates and compiles a parsed policy, reporting every problem found.
+    pub fn compile(spec: PolicySpec) -> Result<Policy, PolicyErrors> {
+        let mut errs = Errors(Vec::new());
+        if spec.name.is_empty() {
+            errs.push("name", "must not be empty");
+        }
+        if spec.variants.is_empty() {
+            errs.push("variants", "must name at least one variant");
+        }
+        let mut variants = Vec::with_capacity(spec.variants.len());
+        for (name, cluster) in &spec.variants {
+            if name.is_empty() {
+                errs.push("variants", "a variant name must not be empty");
+            }
+            if cluster.is_empty() || cluster.bytes().any(|b| b.is_ascii_control()) {
+                errs.push(
+                    format!("variants.{name}"),
+                    "must be a non-empty cluster name",
+                );
+            }
+            variants.push(Variant {
+                name: name.clone(),
+                cluster: cluster.clone(),
+            });
+        }
+        let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
+        let mut lookup = |path: String, name: &str, errs: &mut Errors| -> usize {
+            match variants.iter().position(|v| v.name == name) {
+                Some(i) => i,
+                None => {
+                    errs.push(
+                        path,
+                        format!("unknown variant '{name}' (known: {})", known()),
+                    );
+                    0
+                }
+            }
+        };
+        let default = spec
+            .default
+            .as_deref()
+            .map(|d| lookup("default".into(), d, &mut errs));
+        for (field, value) in [
+            ("cluster_header", &spec.cluster_header),
+            ("variant_header", &spec.variant_header),
+        ] {
+            if !valid_header_name(value) {
+                errs.push(field, format!("invalid header name '{value}'"));
+            }
+        }
+        if spec
+            .cluster_header
+            .eq_ignore_ascii_case(&spec.variant_header)
+        {
+            errs.push("variant_header", "must differ from cluster_header");
+        }
+        let mut routes = Vec::with_capacity(spec.routes.len());
+        for (i, r) in spec.routes.iter().enumerate() {
+            if let Some(route) = compile_route(&spec, i, r, &mut errs, &mut lookup) {
+                routes.push(route);
+            }
+        }
+        if !errs.0.is_empty() {
+            return Err(PolicyErrors(errs.0));
+        }
+        Ok(Policy {
+            cluster_header: spec.cluster_header.to_ascii_lowercase(),
+            variant_header: spec.variant_header.to_ascii_lowercase(),
+            variants,
+            default,
+            routes,
+            spec,
+        })
+    }
+}
+
+fn compile_route(
+    spec: &PolicySpec,
+    i: usize,
+    r: &RouteSpec,
+    errs: &mut Errors,
+    lookup: &mut dyn FnMut(String, &str, &mut Errors) -> usize,
+) -> Option<Route> {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    let matcher = match r.rule.as_deref().map(rule::compile) {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            errs.push(at("match"), e.to_string());
+            None
+        }
+    };
+    let action = match (&r.variant, &r.split) {
+        (Some(v), None) => {
+            if r.sticky.is_some() {
+                errs.push(at("sticky"), "only applies to a split");
+            }
+            if r.default.is_some() {
+                errs.push(at("default"), "only applies to a split");
+            }
+            Action::Variant(lookup(at("variant"), v, errs))
+        }
+        (None, Some(split)) => {
+            let mut ranges = Vec::with_capacity(split.len());
+            let mut end = 0u32;
+            for (j, s) in split.iter().enumerate() {
+                let path = format!("routes[{i}].split[{j}]");
+                let v = lookup(format!("{path}.variant"), &s.variant, errs);
+                let w = s.weight;
+                if !(0.0..=100.0).contains(&w) || w.is_nan() {
+                    errs.push(
+                        format!("{path}.weight"),
+                        format!("must be between 0 and 100, got {w}"),
+                    );
+                    continue;
+                }
+                let buckets = (w * 100.0).round();
+                if (buckets - w * 100.0).abs() > 1e-6 {
+                    errs.push(
+                        format!("{path}.weight"),
+                        format!("at most two decimals, got {w}"),
+                    );
+                }
+                end += buckets as u32;
+                ranges.push((end, v));
+            }
+            if end > BUCKETS {
+                let total = f64::from(end) / 100.0;
+                errs.push(
+                    at("split"),
+                    format!("weights add up to {total}, more than 100"),
+                );
+            }
+            let default = r.default.as_deref().map(|d| lookup(at("default"), d, errs));
+            let sticky = compile_sticky(spec, r.sticky.as_ref(), &at("sticky"), errs);
+            Action::Split(Split {
+                ranges,
+                default,
+                sticky,
+            })
+        }
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("routes[{i}]"),
+                "has both 'variant' and 'split'; give one",
+            );
+            return None;
+        }
+        (None, None) => {
+            errs.push(format!("routes[{i}]"), "needs 'variant' or 'split'");
+            return None;
+        }
+    };
+    Some(Route { matcher, action })
+}
+
+fn compile_sticky(
+    spec: &PolicySpec,
+    s: Option<&StickySpec>,
+    path: &str,
+    errs: &mut Errors,
+) -> Sticky {
+    let default_salt = || spec.name.as_bytes().into();
+    let Some(s) = s else {
+        return Sticky {
+            key: KeySource::SourceIp { xff_depth: None },
+            salt: default_salt(),
+            assign_cookie: None,
+        };
+    };
+    let mut sources = Vec::new();
+    if let Some(h) = &s.header {
+        if !valid_header_name(h) {
+            errs.push(
+                format!("{path}.header"),
+                format!("invalid header name '{h}'"),
+            );
+        }
+        sources.push(KeySource::Header(
+            h.to_ascii_lowercase().into_bytes().into(),
+        ));
+    }
+    if let Some(c) = &s.cookie {
+        if c.is_empty() {
+            errs.push(format!("{path}.cookie"), "must not be empty");
+        }
+        sources.push(KeySource::Cookie(c.as_bytes().into()));
+    }
+    if let Some(q) = &s.query {
+        if q.is_empty() {
+            errs.push(format!("{path}.query"), "must not be empty");
+        }
+        sources.push(KeySource::Query(q.clone()));
+    }
+    if let Some(ip) = &s.source_ip {
+        sources.push(KeySource::SourceIp {
+            xff_depth: ip.xff_depth,
+        });
+    }
+    if sources.len() > 1 {
+        errs.push(
+            path,
+            "give exactly one of 'header', 'cookie', 'query', 'source_ip'",
+        );
+    }
+    if let Some(name) = &s.assign_cookie {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b));
+        if !ok {
+            errs.push(
+                format!("{path}.assign_cookie"),
+                format!("invalid cookie name '{name}'"),
+            );
+        }
+    }
+    let key = sources
+        .into_iter()
+        .next()
+        .unwrap_or(KeySource::SourceIp { xff_depth: None });
+    let salt = s
+        .salt
+        .as_ref()
+        .map_or_else(default_salt, |salt| salt.as_bytes().into());
+    Sticky {
+        key,
+        salt,
+        assign_cookie: s.assign_cookie.clone(),
+    }
+}

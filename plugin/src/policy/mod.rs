@@ -1,0 +1,140 @@
+//! The policy: its JSON form ([`spec`]), validation and compilation ([`Policy::from_json`]),
+//! and the per-request decision ([`Policy::decide`]).
+
+mod compile;
+pub mod spec;
+#[cfg(test)]
+mod tests;
+
+pub use compile::{parse_spec, PolicyError, PolicyErrors};
+pub use spec::PolicySpec;
+
+use crate::request::Request;
+use crate::rule::Matcher;
+use crate::sticky::{bucket, client_key, KeySource};
+
+/// A variant and the upstream cluster it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// Variant name (`stable`, `canary`, …).
+    pub name: String,
+    /// Envoy cluster name.
+    pub cluster: String,
+}
+
+/// A validated, compiled policy. Immutable: built once per configuration, read by requests.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The specification it was compiled from.
+    pub spec: PolicySpec,
+    /// Variants, in name order.
+    pub variants: Vec<Variant>,
+    /// Index of the default variant.
+    pub default: Option<usize>,
+    /// Lower-case name of the header carrying the cluster.
+    pub cluster_header: String,
+    /// Lower-case name of the header carrying the variant.
+    pub variant_header: String,
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    matcher: Option<Matcher>,
+    action: Action,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Variant(usize),
+    Split(Split),
+}
+
+#[derive(Debug, Clone)]
+struct Split {
+    /// (end bucket exclusive, variant), ascending.
+    ranges: Vec<(u32, usize)>,
+    default: Option<usize>,
+    sticky: Sticky,
+}
+
+#[derive(Debug, Clone)]
+struct Sticky {
+    key: KeySource,
+    salt: Box<[u8]>,
+    assign_cookie: Option<String>,
+}
+
+/// What the filter does with one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision<'p> {
+    /// The chosen variant; `None` lets the request pass untouched.
+    pub variant: Option<&'p Variant>,
+    /// Index of the route that decided, if any.
+    pub route: Option<usize>,
+    /// The sticky bucket, for split routes.
+    pub bucket: Option<u32>,
+    /// A cookie to set on the response: (name, freshly assigned id).
+    pub set_cookie: Option<(&'p str, String)>,
+}
+
+impl Policy {
+    /// Decides the variant of `req`. `new_id` is called only when a split route assigns a
+    /// cookie to a client without a key.
+    pub fn decide<'p>(
+        &'p self,
+        req: &Request<'_>,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Decision<'p> {
+        let variant = |i: Option<usize>| i.and_then(|i| self.variants.get(i));
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.matcher.as_ref().is_none_or(|m| m.matches(req)) {
+                continue;
+            }
+            let mut d = Decision {
+                route: Some(i),
+                ..Decision::default()
+            };
+            match &route.action {
+                Action::Variant(v) => d.variant = variant(Some(*v)),
+                Action::Split(split) => {
+                    let fallback = split.default.or(self.default);
+                    let b = split.bucket(req, new_id, &mut d.set_cookie);
+                    d.bucket = b;
+                    let chosen = b.and_then(|b| split.ranges.iter().find(|(end, _)| b < *end));
+                    d.variant = variant(chosen.map(|(_, v)| *v).or(fallback));
+                }
+            }
+            return d;
+        }
+        Decision {
+            variant: variant(self.default),
+            ..Decision::default()
+        }
+    }
+}
+
+impl Split {
+    fn bucket<'p>(
+        &'p self,
+        req: &Request<'_>,
+        new_id: &mut dyn FnMut() -> String,
+        set_cookie: &mut Option<(&'p str, String)>,
+    ) -> Option<u32> {
+        let salt = &self.sticky.salt;
+        if let Some(key) = self.sticky.key.extract(req) {
+            return Some(bucket(salt, key.as_bytes()));
+        }
+        if let Some(name) = &self.sticky.assign_cookie {
+            if let Some(id) = req.cookie_values(name.as_bytes()).find(|v| !v.is_empty()) {
+                return Some(bucket(salt, id));
+            }
+            let id = new_id();
+            let b = bucket(salt, id.as_bytes());
+            *set_cookie = Some((name.as_str(), id));
+            return Some(b);
+        }
+        // Without a key, the client address keeps a user on one side for as long as it lasts.
+        client_key(req, None).map(|k| bucket(salt, k.as_bytes()))
+    }
+}
