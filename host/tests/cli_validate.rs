@@ -12,7 +12,12 @@ fn rollgate(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -27,16 +32,26 @@ fn example() -> String {
 fn valid_policy_prints_ok() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.json");
     let out = rollgate(&["validate", path], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout, "ok: policy 'flask': 3 variants, 3 routes, default stable\n");
+    assert_eq!(
+        stdout,
+        "ok: policy 'flask': 3 variants, 3 routes, default stable\n"
+    );
 }
 
 #[test]
 fn invalid_policy_lists_errors_with_paths_and_fails() {
     let bad = example()
         .replace(r#""weight": 50"#, r#""weight": 150"#)
-        .replace("Headers(`location`, `shenzhen`)", "Headers(`location` `shenzhen`)");
+        .replace(
+            "Headers(`location`, `shenzhen`)",
+            "Headers(`location` `shenzhen`)",
+        );
     let out = rollgate(&["validate", "-"], Some(&bad));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();

@@ -14,7 +14,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     // A panic aborts the VM; at least say why in Envoy's log.
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("rollgate: panic: {info}"));
+        let _ = hostcalls::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
@@ -42,7 +42,7 @@ impl RootContext for Root {
         let Some(config) = self.get_plugin_configuration() else {
             log(
                 LogLevel::Error,
-                "rollgate: invalid policy: no plugin configuration given",
+                "invalid policy: no plugin configuration given",
             );
             return false;
         };
@@ -51,7 +51,7 @@ impl RootContext for Root {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "rollgate: policy '{}' loaded: {} variants, {} routes",
+                        "policy '{}' loaded: {} variants, {} routes",
                         p.spec.name,
                         p.variants.len(),
                         p.spec.routes.len()
@@ -62,7 +62,7 @@ impl RootContext for Root {
             }
             Err(e) => {
                 // Envoy rejects the configuration; a policy we already run keeps serving.
-                log(LogLevel::Error, &format!("rollgate: invalid policy: {e}"));
+                log(LogLevel::Error, &format!("invalid policy: {e}"));
                 false
             }
         }
