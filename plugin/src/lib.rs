@@ -8,11 +8,15 @@
 //! client-sent internal headers, writes the cluster and variant headers, and asks Envoy to
 //! re-match the route. Everything but `filter` is plain Rust, tested natively.
 
+pub mod breaker;
+pub mod duration;
 pub mod murmur3;
 pub mod policy;
+pub mod ratelimit;
 pub mod request;
 pub mod rule;
 pub mod sticky;
+pub mod store;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

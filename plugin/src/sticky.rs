@@ -32,7 +32,11 @@ pub enum KeySource {
     SourceIp {
         /// 1 = rightmost `X-Forwarded-For` entry.
         xff_depth: Option<u32>,
+        /// Mask IPv6 addresses to this prefix, so one client's /64 is one key.
+        ipv6_prefix: Option<u8>,
     },
+    /// The requested host, lower-cased.
+    Host,
 }
 
 /// The text of a client address, formatted on the stack (no allocation per request).
@@ -82,8 +86,23 @@ impl Key<'_> {
 }
 
 /// The client address as the policy defines it: `X-Forwarded-For` at `xff_depth` when set and
-/// present, else the connection's source address.
-pub fn client_key<'a>(req: &Request<'a>, xff_depth: Option<u32>) -> Option<Key<'a>> {
+/// present, else the connection's source address; IPv6 masked to `ipv6_prefix` when set.
+pub fn client_key<'a>(
+    req: &Request<'a>,
+    xff_depth: Option<u32>,
+    ipv6_prefix: Option<u8>,
+) -> Option<Key<'a>> {
+    let masked = |ip: IpAddr| match (ip.to_canonical(), ipv6_prefix) {
+        (IpAddr::V6(v6), Some(p)) if p < 128 => {
+            let mask = if p == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(p))
+            };
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        (ip, _) => ip,
+    };
     if let Some(depth) = xff_depth.filter(|d| *d > 0) {
         // All X-Forwarded-For headers form one list, in order.
         let mut entries: Vec<&'a [u8]> = Vec::new();
@@ -95,10 +114,17 @@ pub fn client_key<'a>(req: &Request<'a>, xff_depth: Option<u32>) -> Option<Key<'
             .checked_sub(depth as usize)
             .and_then(|i| entries.get(i))
         {
-            return Some(Key::Borrowed(e));
+            let parsed = std::str::from_utf8(e)
+                .ok()
+                .and_then(|t| t.parse::<IpAddr>().ok());
+            return Some(match (parsed, ipv6_prefix) {
+                (Some(ip), Some(_)) => Key::Addr(AddrText::new(masked(ip))),
+                _ => Key::Borrowed(e),
+            });
         }
     }
-    req.client_addr().map(|ip| Key::Addr(AddrText::new(ip)))
+    req.client_addr()
+        .map(|ip| Key::Addr(AddrText::new(masked(ip))))
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -120,7 +146,18 @@ impl KeySource {
             KeySource::Header(name) => req.header(name).map(Key::Borrowed),
             KeySource::Cookie(name) => req.cookie_values(name).next().map(Key::Borrowed),
             KeySource::Query(name) => req.query_values(name).next().map(Key::Owned),
-            KeySource::SourceIp { xff_depth } => client_key(req, *xff_depth),
+            KeySource::SourceIp {
+                xff_depth,
+                ipv6_prefix,
+            } => client_key(req, *xff_depth, *ipv6_prefix),
+            KeySource::Host => {
+                let host = req.host();
+                Some(if host.iter().any(u8::is_ascii_uppercase) {
+                    Key::Owned(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+                } else {
+                    Key::Borrowed(host)
+                })
+            }
         };
         key.filter(|k| !k.as_bytes().is_empty())
     }
@@ -167,6 +204,11 @@ mod tests {
         ];
         let req = Request::new(headers, Some("10.0.0.9".parse().unwrap()));
         let k = |s: KeySource| s.extract(&req).map(|k| k.as_bytes().to_vec());
+        let ip = |xff_depth| KeySource::SourceIp {
+            xff_depth,
+            ipv6_prefix: None,
+        };
+        assert_eq!(k(KeySource::Host), None, "no host: no key");
         assert_eq!(
             k(KeySource::Header(b"x-user-id".as_slice().into())),
             Some(b"h1".to_vec())
@@ -178,23 +220,33 @@ mod tests {
             Some(b"c1".to_vec())
         );
         assert_eq!(k(KeySource::Query("uid".into())), Some(b"q 1".to_vec()));
-        assert_eq!(
-            k(KeySource::SourceIp { xff_depth: None }),
-            Some(b"10.0.0.9".to_vec())
-        );
-        assert_eq!(
-            k(KeySource::SourceIp { xff_depth: Some(1) }),
-            Some(b"3.3.3.3".to_vec())
-        );
-        assert_eq!(
-            k(KeySource::SourceIp { xff_depth: Some(3) }),
-            Some(b"1.1.1.1".to_vec())
-        );
+        assert_eq!(k(ip(None)), Some(b"10.0.0.9".to_vec()));
+        assert_eq!(k(ip(Some(1))), Some(b"3.3.3.3".to_vec()));
+        assert_eq!(k(ip(Some(3))), Some(b"1.1.1.1".to_vec()));
         // Deeper than the list: fall back to the connection's address.
+        assert_eq!(k(ip(Some(4))), Some(b"10.0.0.9".to_vec()));
+    }
+
+    #[test]
+    fn ipv6_prefix_masks_v6_only_and_host_is_lowercased() {
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":authority", b"API.Example.com:443"),
+            (b"x-forwarded-for", b"2001:db8:1:2:3:4:5:6, 10.1.1.1"),
+        ];
+        let req = Request::new(headers, Some("2001:db8:aa:bb:cc:dd:ee:ff".parse().unwrap()));
+        let k = |s: KeySource| s.extract(&req).map(|k| k.as_bytes().to_vec());
+        let masked = |xff_depth| KeySource::SourceIp {
+            xff_depth,
+            ipv6_prefix: Some(64),
+        };
+        assert_eq!(k(masked(None)), Some(b"2001:db8:aa:bb::".to_vec()));
+        assert_eq!(k(masked(Some(2))), Some(b"2001:db8:1:2::".to_vec()));
         assert_eq!(
-            k(KeySource::SourceIp { xff_depth: Some(4) }),
-            Some(b"10.0.0.9".to_vec())
+            k(masked(Some(1))),
+            Some(b"10.1.1.1".to_vec()),
+            "v4 is never masked"
         );
+        assert_eq!(k(KeySource::Host), Some(b"api.example.com".to_vec()));
     }
 
     #[test]

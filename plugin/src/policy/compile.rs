@@ -57,10 +57,10 @@ pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
     })
 }
 
-struct Errors(Vec<PolicyError>);
+pub(super) struct Errors(pub(super) Vec<PolicyError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(PolicyError {
             path: path.into(),
             message: message.into(),
@@ -68,7 +68,7 @@ impl Errors {
     }
 }
 
-fn valid_header_name(name: &str) -> bool {
+pub(super) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -143,10 +143,15 @@ impl Policy {
                 routes.push(route);
             }
         }
+        let rate_limits = super::limits::compile_rate_limits(&spec, &mut errs);
+        let index = |name: &str| spec.variants.keys().position(|v| v == name);
+        let breakers = super::breakers::compile_breakers(&spec, &index, &mut errs);
         if !errs.0.is_empty() {
             return Err(PolicyErrors(errs.0));
         }
         Ok(Policy {
+            rate_limits,
+            breakers,
             cluster_header: spec.cluster_header.to_ascii_lowercase(),
             variant_header: spec.variant_header.to_ascii_lowercase(),
             variants,
@@ -246,7 +251,10 @@ fn compile_sticky(
     let default_salt = || spec.name.as_bytes().into();
     let Some(s) = s else {
         return Sticky {
-            key: KeySource::SourceIp { xff_depth: None },
+            key: KeySource::SourceIp {
+                xff_depth: None,
+                ipv6_prefix: None,
+            },
             salt: default_salt(),
             assign_cookie: None,
         };
@@ -278,6 +286,7 @@ fn compile_sticky(
     if let Some(ip) = &s.source_ip {
         sources.push(KeySource::SourceIp {
             xff_depth: ip.xff_depth,
+            ipv6_prefix: None,
         });
     }
     if sources.len() > 1 {
@@ -298,10 +307,10 @@ fn compile_sticky(
             );
         }
     }
-    let key = sources
-        .into_iter()
-        .next()
-        .unwrap_or(KeySource::SourceIp { xff_depth: None });
+    let key = sources.into_iter().next().unwrap_or(KeySource::SourceIp {
+        xff_depth: None,
+        ipv6_prefix: None,
+    });
     let salt = s
         .salt
         .as_ref()

@@ -1,7 +1,9 @@
 //! The policy: its JSON form ([`spec`]), validation and compilation ([`Policy::from_json`]),
 //! and the per-request decision ([`Policy::decide`]).
 
+mod breakers;
 mod compile;
+mod limits;
 pub mod spec;
 #[cfg(test)]
 mod tests;
@@ -9,6 +11,8 @@ mod tests;
 pub use compile::{parse_spec, PolicyError, PolicyErrors};
 pub use spec::PolicySpec;
 
+use crate::breaker::Breaker;
+use crate::ratelimit::RateLimit;
 use crate::request::Request;
 use crate::rule::Matcher;
 use crate::sticky::{bucket, client_key, KeySource};
@@ -35,6 +39,10 @@ pub struct Policy {
     pub cluster_header: String,
     /// Lower-case name of the header carrying the variant.
     pub variant_header: String,
+    /// Rate limits, in policy order.
+    pub rate_limits: Vec<RateLimit>,
+    /// Circuit breakers, in policy order.
+    pub breakers: Vec<Breaker>,
     routes: Vec<Route>,
 }
 
@@ -135,6 +143,6 @@ impl Split {
             return Some(b);
         }
         // Without a key, the client address keeps a user on one side for as long as it lasts.
-        client_key(req, None).map(|k| bucket(salt, k.as_bytes()))
+        client_key(req, None, None).map(|k| bucket(salt, k.as_bytes()))
     }
 }

@@ -45,6 +45,134 @@ pub struct PolicySpec {
     /// Also return the variant header on the response.
     #[serde(default, skip_serializing_if = "is_false")]
     pub expose_variant: bool,
+    /// Token-bucket limits; every one that applies must admit a request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Circuit breakers, checked in order after routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub circuit_breakers: Vec<BreakerSpec>,
+}
+
+fn default_period() -> String {
+    "1s".to_string()
+}
+
+fn default_slots() -> u32 {
+    65_536
+}
+
+fn is_default_slots(n: &u32) -> bool {
+    *n == default_slots()
+}
+
+/// A token-bucket rate limit (Traefik's `rateLimit` meaning of `average`, `period`, `burst`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Unique name: stats and limiter state are keyed by it.
+    pub name: String,
+    /// Traefik rule selecting the requests it applies to; absent means all.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Tokens added per `period`.
+    pub average: f64,
+    /// Refill period, e.g. `1s`, `1m`.
+    #[serde(default = "default_period")]
+    pub period: String,
+    /// Bucket capacity: the most requests let through at once (default 1, as in Traefik).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Where the key comes from (default: the client address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<LimitSourceSpec>,
+    /// Send `X-RateLimit-*` on admitted responses too (refusals always carry them).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub headers: bool,
+    /// Shared-data slots: the bound on memory however many keys arrive.
+    #[serde(default = "default_slots", skip_serializing_if = "is_default_slots")]
+    pub slots: u32,
+}
+
+/// A rate limit's key: exactly one field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSourceSpec {
+    /// This request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// This cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// This query parameter's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The requested host (`{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Empty>,
+    /// The client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpSpec>,
+}
+
+/// An empty object, for options that take no settings (`"host": {}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// How a rate limit finds the client address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpSpec {
+    /// The n-th `X-Forwarded-For` entry from the right (1 = rightmost) instead of
+    /// `source.address`, as Traefik's `ipStrategy.depth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xff_depth: Option<u32>,
+    /// Mask IPv6 addresses to this prefix length (e.g. 64), as Traefik's `ipv6Subnet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<u8>,
+}
+
+fn default_check_period() -> String {
+    "100ms".to_string()
+}
+
+fn default_ten_seconds() -> String {
+    "10s".to_string()
+}
+
+fn default_response_code() -> u16 {
+    503
+}
+
+/// A circuit breaker (Traefik's `circuitBreaker`, with its gaps closed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Unique name: stats and state are keyed by it.
+    pub name: String,
+    /// Watch and guard only this variant's traffic; absent means all of the policy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// When to open, e.g. `LatencyAtQuantileMS(50.0) > 100 || NetworkErrorRatio() > 0.3`.
+    pub expression: String,
+    /// How often the expression is checked (also without traffic).
+    #[serde(default = "default_check_period")]
+    pub check_period: String,
+    /// How long it stays open.
+    #[serde(default = "default_ten_seconds")]
+    pub fallback_duration: String,
+    /// How long the let-through share takes to ramp from 0 to 100 % after opening.
+    #[serde(default = "default_ten_seconds")]
+    pub recovery_duration: String,
+    /// The rolling statistics window (ten buckets).
+    #[serde(default = "default_ten_seconds")]
+    pub window: String,
+    /// Status sent while open, unless `fallback_variant` is given.
+    #[serde(default = "default_response_code")]
+    pub response_code: u16,
+    /// While open, route to this variant instead of refusing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_variant: Option<String>,
 }
 
 /// One route: a rule and what to do when it holds.

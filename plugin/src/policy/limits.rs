@@ -1,0 +1,154 @@
+//! Validation and compilation of `rate_limits`.
+
+use super::compile::Errors;
+use super::spec::{LimitSourceSpec, PolicySpec, RateLimitSpec};
+use crate::duration::parse_duration;
+use crate::murmur3::murmur3_x86_32;
+use crate::ratelimit::{Rate, RateLimit};
+use crate::rule;
+use crate::sticky::KeySource;
+
+/// Names end up in stat names and shared-data keys: keep them to a safe alphabet.
+pub(super) fn check_name(name: &str, path: &str, seen: &mut Vec<String>, errs: &mut Errors) {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        errs.push(
+            format!("{path}.name"),
+            format!("must be letters, digits, '-' or '_', got '{name}'"),
+        );
+    } else if seen.iter().any(|s| s == name) {
+        errs.push(format!("{path}.name"), format!("'{name}' is used twice"));
+    }
+    seen.push(name.to_string());
+}
+
+pub(super) fn compile_rate_limits(spec: &PolicySpec, errs: &mut Errors) -> Vec<RateLimit> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for (i, l) in spec.rate_limits.iter().enumerate() {
+        let path = format!("rate_limits[{i}]");
+        check_name(&l.name, &path, &mut seen, errs);
+        if let Some(limit) = compile_one(spec, l, &path, errs) {
+            out.push(limit);
+        }
+    }
+    out
+}
+
+fn compile_one(
+    spec: &PolicySpec,
+    l: &RateLimitSpec,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<RateLimit> {
+    let n = errs.0.len();
+    let matcher = match l.rule.as_deref().map(rule::compile) {
+        Some(Err(e)) => {
+            errs.push(format!("{path}.match"), e.to_string());
+            None
+        }
+        Some(Ok(m)) => Some(m),
+        None => None,
+    };
+    if !(l.average.is_finite() && l.average > 0.0) {
+        errs.push(
+            format!("{path}.average"),
+            format!("must be a number above 0, got {}", l.average),
+        );
+    }
+    let period_ns = match parse_duration(&l.period) {
+        Ok(0) => {
+            errs.push(format!("{path}.period"), "must be longer than 0");
+            0
+        }
+        Ok(ns) => ns,
+        Err(e) => {
+            errs.push(format!("{path}.period"), e);
+            0
+        }
+    };
+    let burst = l.burst.unwrap_or(1);
+    if burst == 0 {
+        errs.push(format!("{path}.burst"), "must be at least 1");
+    }
+    if l.slots == 0 || l.slots > 1 << 20 {
+        errs.push(
+            format!("{path}.slots"),
+            format!("must be between 1 and 1048576, got {}", l.slots),
+        );
+    }
+    let source = compile_source(l.source.as_ref(), &format!("{path}.source"), errs);
+    if errs.0.len() > n {
+        return None;
+    }
+    // Everything that shapes a bucket; `match` and `headers` may change without a reset.
+    let shape = format!("{}|{period_ns}|{burst}|{source:?}|{}", l.average, l.slots);
+    Some(RateLimit {
+        name: l.name.clone(),
+        matcher,
+        rate: Rate::new(l.average, period_ns, burst),
+        burst,
+        source,
+        headers: l.headers,
+        slots: l.slots,
+        config: murmur3_x86_32(shape.as_bytes(), 0),
+        key_prefix: format!("rollgate/{}/rl/{}/", spec.name, l.name),
+    })
+}
+
+fn compile_source(s: Option<&LimitSourceSpec>, path: &str, errs: &mut Errors) -> KeySource {
+    let client = KeySource::SourceIp {
+        xff_depth: None,
+        ipv6_prefix: None,
+    };
+    let Some(s) = s else { return client };
+    let mut found = Vec::new();
+    if let Some(h) = &s.header {
+        if !super::compile::valid_header_name(h) {
+            errs.push(
+                format!("{path}.header"),
+                format!("invalid header name '{h}'"),
+            );
+        }
+        found.push(KeySource::Header(
+            h.to_ascii_lowercase().into_bytes().into(),
+        ));
+    }
+    if let Some(c) = &s.cookie {
+        if c.is_empty() {
+            errs.push(format!("{path}.cookie"), "must not be empty");
+        }
+        found.push(KeySource::Cookie(c.as_bytes().into()));
+    }
+    if let Some(q) = &s.query {
+        if q.is_empty() {
+            errs.push(format!("{path}.query"), "must not be empty");
+        }
+        found.push(KeySource::Query(q.clone()));
+    }
+    if s.host.is_some() {
+        found.push(KeySource::Host);
+    }
+    if let Some(ip) = &s.client_ip {
+        if let Some(p) = ip.ipv6_prefix.filter(|p| *p > 128) {
+            errs.push(
+                format!("{path}.client_ip.ipv6_prefix"),
+                format!("must be 0 to 128, got {p}"),
+            );
+        }
+        found.push(KeySource::SourceIp {
+            xff_depth: ip.xff_depth,
+            ipv6_prefix: ip.ipv6_prefix,
+        });
+    }
+    if found.len() != 1 {
+        errs.push(
+            path,
+            "give exactly one of 'header', 'cookie', 'query', 'host', 'client_ip'",
+        );
+    }
+    found.into_iter().next().unwrap_or(client)
+}
