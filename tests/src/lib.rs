@@ -20,6 +20,7 @@ mod client;
 mod config;
 mod envoy;
 mod http;
+mod load;
 mod stack;
 pub mod sticky;
 mod upstream;
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 pub use client::{Client, Response};
 pub use config::{render as render_config, yaml_quote, EnvoyOptions};
 pub use envoy::{Envoy, StartError};
+pub use load::{Load, Sample};
 pub use stack::{Stack, CANARY, DEV, SEED_CLUSTERS, SEED_POLICY, STABLE};
 pub use upstream::{Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
 
@@ -72,4 +74,11 @@ pub fn wasm_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Held by tests whose assertions depend on timing (paced load, breaker trips), so two of them
+/// never compete for the machine's two cores within one test binary.
+pub fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

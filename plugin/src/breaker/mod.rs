@@ -158,6 +158,13 @@ pub struct Transition {
     pub figures: String,
 }
 
+impl Local {
+    /// The statistics generation this worker is in; pass it back to [`Breaker::record`].
+    pub fn generation(&self) -> u32 {
+        self.state.generation
+    }
+}
+
 impl Breaker {
     /// A fresh local view, as on a worker that has not ticked yet: closed.
     pub fn local(&self) -> Local {
@@ -228,17 +235,24 @@ impl Breaker {
         }
     }
 
-    /// Counts one response of a request that passed. Shares the pending counts first when
+    /// Counts one response of a request that passed when the breaker was in `generation`
+    /// (from [`Local::generation`] at admission). Responses admitted before an opening are
+    /// dropped: they must not count against the recovery. Shares the pending counts first when
     /// their time slice is over.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         l: &mut Local,
         store: &dyn SharedStore,
         now: u64,
+        generation: u32,
         status: u16,
         latency_us: u64,
         network_error: bool,
     ) {
+        if generation != l.state.generation {
+            return;
+        }
         let epoch = now / self.bucket_ns.max(1);
         if l.pending.epoch != epoch || l.pending.generation != l.state.generation {
             self.flush(l, store);

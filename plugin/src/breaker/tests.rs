@@ -66,10 +66,12 @@ impl Sim {
                 if self.b.admit(&mut self.workers[w], self.now) == Admission::Pass {
                     passed += 1;
                     let neterr = matches!(status, 502 | 504);
+                    let g = self.workers[w].generation();
                     self.b.record(
                         &mut self.workers[w],
                         &self.store,
                         self.now,
+                        g,
                         status,
                         latency_ms * 1000,
                         neterr,
@@ -191,6 +193,31 @@ fn opening_starts_statistics_afresh() {
     assert_eq!(w.total, 0, "the new generation has no statistics yet");
     let old = sim.b.window(&sim.store, g - 1, sim.now);
     assert!(old.total > 0);
+}
+
+#[test]
+fn responses_admitted_before_an_opening_do_not_count_after_it() {
+    let mut sim = Sim::new(breaker(""));
+    let before = sim.workers[0].generation();
+    sim.run(6 * S, 10 * MS, 150, 200);
+    assert_eq!(sim.phase(), Phase::Open);
+    let now = sim.now;
+    for _ in 0..50 {
+        // Stragglers of the slow period arrive after the trip.
+        sim.b.record(
+            &mut sim.workers[0],
+            &sim.store,
+            now,
+            before,
+            200,
+            150_000,
+            false,
+        );
+    }
+    sim.b.flush(&mut sim.workers[0], &sim.store);
+    let g = sim.workers[0].generation();
+    assert_ne!(g, before);
+    assert_eq!(sim.b.window(&sim.store, g, now).total, 0);
 }
 
 #[test]

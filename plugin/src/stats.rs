@@ -1,0 +1,150 @@
+//! Names of the Envoy stats the filter exports, derived once from the policy.
+//!
+//! Envoy puts custom Wasm stats in the `wasmcustom` namespace and drops that prefix from
+//! `/stats` and `/stats/prometheus`, where dots become underscores:
+//! `rollgate.flask.variant.canary.rq_total` → `rollgate_flask_variant_canary_rq_total`.
+//! The kind (`variant`, `ratelimit`, `breaker`) always stands between the policy and the
+//! object name, so names never collide and a `stats_tags` regex can turn them into labels.
+
+use crate::policy::Policy;
+
+/// Response classes counted per variant: `rs_1xx` … `rs_5xx`.
+pub const CLASSES: [&str; 5] = ["rs_1xx", "rs_2xx", "rs_3xx", "rs_4xx", "rs_5xx"];
+
+/// Keeps a name safe inside a dotted stat name.
+pub fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Stats of one variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantStats {
+    /// Counter: requests routed to the variant.
+    pub requests: String,
+    /// Counters: responses by class, indexed by `status / 100 - 1`.
+    pub classes: [String; 5],
+    /// Counter: network errors (502, 504, upstream failures).
+    pub network_errors: String,
+    /// Histogram: milliseconds from request headers to response headers.
+    pub latency_ms: String,
+}
+
+/// Stats of one breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerStats {
+    /// Gauge: 0 closed, 1 open, 2 recovering.
+    pub state: String,
+    /// Counter: times it opened.
+    pub trips: String,
+    /// Counter: requests refused or sent to the fallback variant.
+    pub fallback: String,
+}
+
+/// Every stat name of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatNames {
+    /// Per variant, in the policy's variant order.
+    pub variants: Vec<VariantStats>,
+    /// Per rate limit: counter of refused requests.
+    pub rate_limited: Vec<String>,
+    /// Per breaker.
+    pub breakers: Vec<BreakerStats>,
+}
+
+impl StatNames {
+    /// Names for `policy`.
+    pub fn new(policy: &Policy) -> StatNames {
+        let p = format!("rollgate.{}", sanitize(&policy.spec.name));
+        let variants = policy
+            .variants
+            .iter()
+            .map(|v| {
+                let base = format!("{p}.variant.{}", sanitize(&v.name));
+                VariantStats {
+                    requests: format!("{base}.rq_total"),
+                    classes: CLASSES.map(|c| format!("{base}.{c}")),
+                    network_errors: format!("{base}.rs_network_error"),
+                    latency_ms: format!("{base}.latency_ms"),
+                }
+            })
+            .collect();
+        let rate_limited = policy
+            .rate_limits
+            .iter()
+            .map(|l| format!("{p}.ratelimit.{}.limited", l.name))
+            .collect();
+        let breakers = policy
+            .breakers
+            .iter()
+            .map(|b| {
+                let base = format!("{p}.breaker.{}", b.name);
+                BreakerStats {
+                    state: format!("{base}.state"),
+                    trips: format!("{base}.trips"),
+                    fallback: format!("{base}.fallback"),
+                }
+            })
+            .collect();
+        StatNames {
+            variants,
+            rate_limited,
+            breakers,
+        }
+    }
+}
+
+/// Index into [`VariantStats::classes`] for a status, if it is a valid HTTP status.
+pub fn class_index(status: u16) -> Option<usize> {
+    (100..600)
+        .contains(&status)
+        .then(|| usize::from(status / 100 - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_scheme() {
+        let json = r#"{"name":"flask.app","variants":{"stable":"s","canary v2":"c"},"default":"stable",
+            "rate_limits":[{"name":"api","average":5}],
+            "circuit_breakers":[{"name":"lat","expression":"NetworkErrorRatio() > 0.5"}]}"#;
+        let names = StatNames::new(&Policy::from_json(json.as_bytes()).unwrap());
+        assert_eq!(
+            names.variants[0].requests,
+            "rollgate.flask_app.variant.canary_v2.rq_total"
+        );
+        assert_eq!(
+            names.variants[1].classes[1],
+            "rollgate.flask_app.variant.stable.rs_2xx"
+        );
+        assert_eq!(
+            names.variants[1].latency_ms,
+            "rollgate.flask_app.variant.stable.latency_ms"
+        );
+        assert_eq!(
+            names.rate_limited,
+            ["rollgate.flask_app.ratelimit.api.limited"]
+        );
+        assert_eq!(
+            names.breakers[0].state,
+            "rollgate.flask_app.breaker.lat.state"
+        );
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_index(200), Some(1));
+        assert_eq!(class_index(599), Some(4));
+        assert_eq!(class_index(99), None);
+        assert_eq!(class_index(600), None);
+    }
+}
