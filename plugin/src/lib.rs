@@ -9,7 +9,9 @@
 //! re-match the route. Everything but `filter` is plain Rust, tested natively.
 
 pub mod breaker;
+pub mod config;
 pub mod duration;
+pub mod fetch;
 pub mod murmur3;
 pub mod policy;
 pub mod ratelimit;

@@ -87,6 +87,8 @@ pub fn render(opts: &EnvoyOptions, wasm: &Path) -> String {
         r#"admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+# Histograms reach /stats/prometheus on each flush: keep analysis in tests quick.
+stats_flush_interval: 1s
 static_resources:
   listeners:
   - name: rollgate

@@ -21,6 +21,7 @@ mod config;
 mod envoy;
 mod http;
 mod load;
+mod policy_server;
 mod stack;
 pub mod sticky;
 mod upstream;
@@ -31,6 +32,7 @@ pub use client::{Client, Response};
 pub use config::{render as render_config, yaml_quote, EnvoyOptions};
 pub use envoy::{Envoy, StartError};
 pub use load::{Load, Sample};
+pub use policy_server::PolicyServer;
 pub use stack::{Stack, CANARY, DEV, SEED_CLUSTERS, SEED_POLICY, STABLE};
 pub use upstream::{Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
 

@@ -15,6 +15,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 
 use crate::breaker::{Local, Phase};
+use crate::config::parse_config;
+use crate::fetch::{Fetcher, Outcome, Reaction};
 use crate::policy::Policy;
 use crate::stats::StatNames;
 use host::{define, increment, log, now_ns, record, EnvoyStore};
@@ -51,10 +53,14 @@ pub(crate) struct Runtime {
     breaker_ids: Vec<BreakerIds>,
     /// This worker's view of each breaker (state seen, counts not yet shared).
     breakers: RefCell<Vec<Local>>,
+    /// When each breaker was last checked: the tick may be faster than its `check_period`.
+    last_check: RefCell<Vec<u64>>,
 }
 
 impl Runtime {
-    fn new(policy: Policy) -> Runtime {
+    /// Compiles `policy` for this worker; breakers that `previous` also had, unchanged, keep
+    /// this worker's view of them (the shared state carries over by itself).
+    fn new(policy: Policy, previous: Option<&Runtime>) -> Runtime {
         let names = StatNames::new(&policy);
         let variants = names
             .variants
@@ -80,13 +86,34 @@ impl Runtime {
                 fallback: define(MetricType::Counter, &b.fallback),
             })
             .collect();
-        let locals = policy.breakers.iter().map(|b| b.local()).collect();
+        let mut old = previous.map(|p| {
+            let locals = p
+                .breakers
+                .try_borrow_mut()
+                .map(|mut l| std::mem::take(&mut *l));
+            (p.policy.breakers.clone(), locals.unwrap_or_default())
+        });
+        let locals = policy
+            .breakers
+            .iter()
+            .map(|b| {
+                let kept = old.as_mut().and_then(|(bs, ls)| {
+                    let i = bs
+                        .iter()
+                        .position(|o| o.name == b.name && o.config == b.config)?;
+                    ls.get(i).cloned()
+                });
+                kept.unwrap_or_else(|| b.local())
+            })
+            .collect();
+        let n = policy.breakers.len();
         Runtime {
             policy,
             variants,
             rate_limited,
             breaker_ids,
             breakers: RefCell::new(locals),
+            last_check: RefCell::new(vec![0; n]),
         }
     }
 
@@ -94,13 +121,19 @@ impl Runtime {
     fn tick(&self) {
         let now = now_ns();
         let mut locals = self.breakers.borrow_mut();
-        for ((b, l), ids) in self
+        let mut last = self.last_check.borrow_mut();
+        let breakers = self
             .policy
             .breakers
             .iter()
             .zip(locals.iter_mut())
-            .zip(&self.breaker_ids)
-        {
+            .zip(&self.breaker_ids);
+        for (((b, l), ids), last) in breakers.zip(last.iter_mut()) {
+            // Ticks jitter: a check due within 10 ms counts as due.
+            if now.saturating_add(10_000_000) < last.saturating_add(b.check_period_ns) {
+                continue;
+            }
+            *last = now;
             if let Some(t) = b.tick(l, &EnvoyStore, now) {
                 let scope = b
                     .variant
@@ -125,14 +158,156 @@ impl Runtime {
     }
 }
 
+/// Metric ids of the policy fetch.
+struct FetchIds {
+    version: u32,
+    updates: u32,
+    refused: u32,
+    errors: u32,
+}
+
 #[derive(Default)]
 struct Root {
     runtime: Option<Rc<Runtime>>,
     /// Cleared once Envoy says it lacks `clear_route_cache`, so we stop asking.
     no_route_cache_clearing: Rc<Cell<bool>>,
+    /// Fetches policies from the sidecar, when the configuration names a `source`.
+    fetcher: Option<Fetcher>,
+    fetch_ids: Option<FetchIds>,
 }
 
-impl Context for Root {}
+/// How often the root ticks when it fetches policies: the longest a worker runs an older
+/// policy than the one another worker fetched.
+const ADOPT_PERIOD: Duration = Duration::from_millis(100);
+
+impl Root {
+    /// Runs `policy` from now on (new requests); in-flight ones finish on the old one.
+    fn switch(&mut self, policy: Policy) {
+        let mut period = policy
+            .breakers
+            .iter()
+            .map(|b| Duration::from_nanos(b.check_period_ns))
+            .min();
+        if self.fetcher.is_some() {
+            period = Some(period.map_or(ADOPT_PERIOD, |p| p.min(ADOPT_PERIOD)));
+        }
+        self.set_tick_period(period.unwrap_or(Duration::ZERO));
+        self.runtime = Some(Rc::new(Runtime::new(policy, self.runtime.as_deref())));
+    }
+
+    fn fetch_stat(&self, pick: fn(&FetchIds) -> u32) -> u32 {
+        self.fetch_ids.as_ref().map_or(0, pick)
+    }
+
+    /// Adopts a policy another worker published, and starts a poll if it is this worker's turn.
+    fn fetch_tick(&mut self, now: u64) {
+        let Some(f) = self.fetcher.as_mut() else {
+            return;
+        };
+        if let Some((version, body)) = f.published(&EnvoyStore) {
+            f.adopted(version);
+            match Policy::from_json(&body) {
+                Ok(p) => {
+                    self.switch(p);
+                    record(self.fetch_stat(|i| i.version), version);
+                }
+                Err(e) => log(
+                    LogLevel::Error,
+                    &format!("published policy version {version} unusable: {e}"),
+                ),
+            }
+        }
+        self.start_poll(now);
+    }
+
+    fn start_poll(&mut self, now: u64) {
+        let Some(f) = self.fetcher.as_mut() else {
+            return;
+        };
+        let Some(path) = f.poll_now(&EnvoyStore, now) else {
+            return;
+        };
+        let (authority, cluster) = (f.source.authority.clone(), f.source.cluster.clone());
+        let timeout = Duration::from_nanos(f.timeout_ns());
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", authority.as_str()),
+        ];
+        if let Err(status) = self.dispatch_http_call(&cluster, headers, None, vec![], timeout) {
+            let why = format!(
+                "cannot call cluster '{cluster}' ({status:?}): is it in Envoy's configuration?"
+            );
+            self.poll_finished(now, Outcome::Failed(why));
+        }
+    }
+
+    fn poll_finished(&mut self, now: u64, outcome: Outcome) {
+        let Some(f) = self.fetcher.as_mut() else {
+            return;
+        };
+        let from = format!("cluster '{}' {}", f.source.cluster, f.source.path);
+        let running = f.version;
+        match f.finished(&EnvoyStore, now, outcome) {
+            Reaction::Adopt(version, p) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "policy '{}' version {version} applied (from {from})",
+                        p.spec.name
+                    ),
+                );
+                self.switch(*p);
+                increment(self.fetch_stat(|i| i.updates), 1);
+                record(self.fetch_stat(|i| i.version), version);
+                // Long-poll again at once: the sidecar holds the request until the next change.
+                self.start_poll(now);
+            }
+            Reaction::Refused(version, why) => {
+                log(LogLevel::Error, &format!("policy version {version} from {from} refused: {why}; version {running} keeps serving"));
+                increment(self.fetch_stat(|i| i.refused), 1);
+                self.start_poll(now);
+            }
+            Reaction::Unchanged => self.start_poll(now),
+            Reaction::Failed(why, backoff) => {
+                let secs = backoff as f64 / 1e9;
+                log(LogLevel::Warn, &format!("policy fetch from {from} failed: {why}; the current policy keeps serving, retry in {secs:.1}s"));
+                increment(self.fetch_stat(|i| i.errors), 1);
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let now = now_ns();
+        let header = |name: &str| {
+            self.get_http_call_response_header_bytes(name)
+                .and_then(|v| String::from_utf8(v).ok())
+        };
+        let status = header(":status").and_then(|s| s.parse::<u16>().ok());
+        let version = header("x-rollgate-version").and_then(|s| s.trim().parse::<u64>().ok());
+        let outcome = match (status, version) {
+            (Some(200), Some(version)) => Outcome::Policy {
+                version,
+                body: self
+                    .get_http_call_response_body(0, body_size)
+                    .unwrap_or_default(),
+            },
+            (Some(200), None) => Outcome::Failed("answer without x-rollgate-version".into()),
+            (Some(304), _) => Outcome::NotModified,
+            (Some(s), _) => Outcome::Failed(format!("status {s}")),
+            (None, _) => Outcome::Failed("no answer (connection failed or reset)".into()),
+        };
+        self.poll_finished(now, outcome);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
@@ -143,8 +318,42 @@ impl RootContext for Root {
             );
             return false;
         };
-        match Policy::from_json(&config) {
-            Ok(p) => {
+        let config = match parse_config(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                // Envoy rejects the configuration; a policy we already run keeps serving.
+                log(LogLevel::Error, &format!("invalid policy: {e}"));
+                return false;
+            }
+        };
+        self.fetcher = config.source.map(|source| {
+            let name = format!("rollgate.{}.policy", source.stat_name);
+            self.fetch_ids = Some(FetchIds {
+                version: define(MetricType::Gauge, &format!("{name}.version")),
+                updates: define(MetricType::Counter, &format!("{name}.updates")),
+                refused: define(MetricType::Counter, &format!("{name}.refused")),
+                errors: define(MetricType::Counter, &format!("{name}.fetch_errors")),
+            });
+            log(
+                LogLevel::Info,
+                &format!(
+                    "fetching policies from cluster '{}' {}",
+                    source.cluster, source.path
+                ),
+            );
+            // Any id distinct among this proxy's workers: they configure at different instants.
+            Fetcher::new(
+                source,
+                now_ns()
+                    ^ u64::from(
+                        self.get_current_time()
+                            .elapsed()
+                            .map_or(0, |d| d.subsec_nanos()),
+                    ),
+            )
+        });
+        match config.policy {
+            Some(p) => {
                 log(
                     LogLevel::Info,
                     &format!(
@@ -156,20 +365,18 @@ impl RootContext for Root {
                         p.breakers.len()
                     ),
                 );
-                let period = p.breakers.iter().map(|b| b.check_period_ns).min();
-                self.set_tick_period(period.map_or(Duration::ZERO, Duration::from_nanos));
-                self.runtime = Some(Rc::new(Runtime::new(p)));
-                true
+                self.switch(p);
             }
-            Err(e) => {
-                // Envoy rejects the configuration; a policy we already run keeps serving.
-                log(LogLevel::Error, &format!("invalid policy: {e}"));
-                false
+            None => {
+                // No policy until the first fetch: requests pass untouched.
+                self.set_tick_period(ADOPT_PERIOD);
             }
         }
+        true
     }
 
     fn on_tick(&mut self) {
+        self.fetch_tick(now_ns());
         if let Some(rt) = &self.runtime {
             rt.tick();
         }

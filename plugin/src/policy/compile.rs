@@ -47,14 +47,21 @@ impl std::error::Error for PolicyErrors {}
 /// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path.
 pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
     let de = &mut serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        PolicyErrors(vec![PolicyError {
-            path,
-            message: e.into_inner().to_string(),
-        }])
-    })
+    serde_path_to_error::deserialize(de).map_err(path_error)
+}
+
+/// Like [`parse_spec`], from an already parsed JSON value.
+pub fn parse_spec_value(value: serde_json::Value) -> Result<PolicySpec, PolicyErrors> {
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> PolicyErrors {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    PolicyErrors(vec![PolicyError {
+        path,
+        message: e.into_inner().to_string(),
+    }])
 }
 
 pub(super) struct Errors(pub(super) Vec<PolicyError>);

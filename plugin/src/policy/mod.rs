@@ -8,7 +8,7 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{parse_spec, PolicyError, PolicyErrors};
+pub use compile::{parse_spec, parse_spec_value, PolicyError, PolicyErrors};
 pub use spec::PolicySpec;
 
 use crate::breaker::Breaker;

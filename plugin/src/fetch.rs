@@ -1,0 +1,357 @@
+//! Fetching the policy from the sidecar, one worker at a time.
+//!
+//! Every worker ticks. A worker that finds no poll in flight anywhere takes a lease in shared
+//! data (compare-and-swap) and long-polls the sidecar; a valid answer is published to shared
+//! data (`<prefix>version`, `<prefix>policy`), and every worker adopts a newer published
+//! version on its next tick. An answer that fails validation is refused: nothing is published
+//! and the last good policy keeps serving. Failures back off exponentially from `poll` to 30 s;
+//! the lease expires on its own if its holder dies, so another worker takes over.
+
+use crate::config::Source;
+use crate::policy::Policy;
+use crate::store::SharedStore;
+
+const MAX_BACKOFF_NS: u64 = 30_000_000_000;
+/// Slack past the long-poll wait before a lease counts as abandoned.
+const LEASE_SLACK_NS: u64 = 10_000_000_000;
+
+/// One worker's fetch state.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    /// Where to fetch from.
+    pub source: Source,
+    worker: u64,
+    /// Version this worker runs (0: none fetched yet).
+    pub version: u64,
+    /// Newest version refused; polling asks for newer than this.
+    rejected: u64,
+    in_flight: bool,
+    next_attempt_ns: u64,
+    failures: u32,
+}
+
+/// How a poll ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200 with a policy of this version.
+    Policy {
+        /// `x-rollgate-version`.
+        version: u64,
+        /// The policy JSON.
+        body: Vec<u8>,
+    },
+    /// 304: nothing newer within the wait.
+    NotModified,
+    /// Anything else: the reason.
+    Failed(String),
+}
+
+/// What the glue should do after a poll ended.
+#[derive(Debug)]
+pub enum Reaction {
+    /// Run this policy (this worker fetched and published it).
+    Adopt(u64, Box<Policy>),
+    /// The answer was refused; the message says why. The last good policy keeps serving.
+    Refused(u64, String),
+    /// Nothing new.
+    Unchanged,
+    /// The poll failed; retry after the back-off. The message says why.
+    Failed(String, u64),
+}
+
+fn u64_le(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+impl Fetcher {
+    /// A fetcher for worker `worker` (any id unique among the proxy's workers).
+    pub fn new(source: Source, worker: u64) -> Fetcher {
+        Fetcher {
+            source,
+            worker,
+            version: 0,
+            rejected: 0,
+            in_flight: false,
+            next_attempt_ns: 0,
+            failures: 0,
+        }
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}{what}", self.source.key_prefix)
+    }
+
+    /// A published policy newer than the one this worker runs, if any (one small read when
+    /// there is none).
+    pub fn published(&self, store: &dyn SharedStore) -> Option<(u64, Vec<u8>)> {
+        let v = store
+            .get(&self.key("version"))
+            .and_then(|(b, _)| u64_le(&b))?;
+        if v <= self.version {
+            return None;
+        }
+        let (rec, _) = store.get(&self.key("policy"))?;
+        let body_version = u64_le(&rec)?;
+        (body_version > self.version).then(|| (body_version, rec.get(8..).unwrap_or(&[]).to_vec()))
+    }
+
+    /// Records that this worker now runs `version`.
+    pub fn adopted(&mut self, version: u64) {
+        self.version = self.version.max(version);
+    }
+
+    /// On a tick: the path (with query) to poll now, if this worker should poll — it then holds
+    /// the lease and must report the outcome with [`Fetcher::finished`].
+    pub fn poll_now(&mut self, store: &dyn SharedStore, now: u64) -> Option<String> {
+        if self.in_flight || now < self.next_attempt_ns {
+            return None;
+        }
+        let key = self.key("lease");
+        let current = store.get(&key);
+        let cas = current.as_ref().map_or(0, |(_, c)| *c);
+        if let Some((b, _)) = &current {
+            let (owner, expires) = (
+                u64_le(b).unwrap_or(0),
+                b.get(8..).and_then(u64_le).unwrap_or(0),
+            );
+            if owner != self.worker && now < expires {
+                return None;
+            }
+        }
+        let mut lease = self.worker.to_le_bytes().to_vec();
+        lease.extend((now + self.source.wait_ns + LEASE_SLACK_NS).to_le_bytes());
+        store.set(&key, &lease, cas).ok()?;
+        self.in_flight = true;
+        // A version refused by any worker is not worth fetching again.
+        let refused = store
+            .get(&self.key("refused"))
+            .and_then(|(b, _)| u64_le(&b))
+            .unwrap_or(0);
+        let have = self.version.max(self.rejected).max(refused);
+        Some(format!(
+            "{}?version={have}&wait={}",
+            self.source.path, self.source.wait
+        ))
+    }
+
+    /// The timeout to give the poll: the wait plus a margin for the answer to travel.
+    pub fn timeout_ns(&self) -> u64 {
+        self.source.wait_ns + 5_000_000_000
+    }
+
+    /// Handles the end of this worker's poll: validates and publishes a new policy, or backs
+    /// off. Releases the lease.
+    pub fn finished(&mut self, store: &dyn SharedStore, now: u64, outcome: Outcome) -> Reaction {
+        self.in_flight = false;
+        self.release(store);
+        match outcome {
+            Outcome::NotModified => {
+                self.failures = 0;
+                Reaction::Unchanged
+            }
+            Outcome::Policy { version, .. } if version <= self.version => {
+                self.failures = 0;
+                Reaction::Unchanged
+            }
+            Outcome::Policy { version, body } => {
+                self.failures = 0;
+                match Policy::from_json(&body) {
+                    Ok(p) => {
+                        let mut rec = version.to_le_bytes().to_vec();
+                        rec.extend(&body);
+                        // Policy first, then the version that points at it.
+                        let _ = store.set(&self.key("policy"), &rec, 0);
+                        let _ = store.set(&self.key("version"), &version.to_le_bytes(), 0);
+                        self.version = version;
+                        Reaction::Adopt(version, Box::new(p))
+                    }
+                    Err(e) => {
+                        self.rejected = self.rejected.max(version);
+                        let _ = store.set(&self.key("refused"), &self.rejected.to_le_bytes(), 0);
+                        Reaction::Refused(version, e.to_string())
+                    }
+                }
+            }
+            Outcome::Failed(why) => {
+                self.failures = self.failures.saturating_add(1);
+                let backoff = self
+                    .source
+                    .poll_ns
+                    .saturating_mul(1 << self.failures.min(16).saturating_sub(1))
+                    .min(MAX_BACKOFF_NS);
+                self.next_attempt_ns = now + backoff;
+                Reaction::Failed(why, backoff)
+            }
+        }
+    }
+
+    fn release(&self, store: &dyn SharedStore) {
+        let key = self.key("lease");
+        if let Some((b, cas)) = store.get(&key) {
+            if u64_le(&b) == Some(self.worker) {
+                let mut lease = self.worker.to_le_bytes().to_vec();
+                lease.extend(0u64.to_le_bytes());
+                let _ = store.set(&key, &lease, cas);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+    use crate::store::MemStore;
+
+    const S: u64 = 1_000_000_000;
+    const GOOD: &[u8] =
+        br#"{"name":"flask","variants":{"stable":"s","canary":"c"},"default":"canary"}"#;
+
+    fn fetcher(worker: u64) -> Fetcher {
+        let c = parse_config(br#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s","wait":"20s"}}"#).unwrap();
+        Fetcher::new(c.source.unwrap(), worker)
+    }
+
+    #[test]
+    fn one_worker_polls_publishes_and_the_others_adopt() {
+        let store = MemStore::default();
+        let (mut a, mut b) = (fetcher(1), fetcher(2));
+        let path = a.poll_now(&store, 0).unwrap();
+        assert_eq!(path, "/v1/policies/flask?version=0&wait=20s");
+        assert_eq!(b.poll_now(&store, 0), None, "the lease is taken");
+        assert_eq!(a.poll_now(&store, 0), None, "one poll in flight per worker");
+        match a.finished(
+            &store,
+            S,
+            Outcome::Policy {
+                version: 3,
+                body: GOOD.to_vec(),
+            },
+        ) {
+            Reaction::Adopt(3, p) => assert_eq!(p.spec.name, "flask"),
+            r => panic!("{r:?}"),
+        }
+        let (v, body) = b.published(&store).unwrap();
+        assert_eq!((v, body.as_slice()), (3, GOOD));
+        b.adopted(3);
+        assert!(b.published(&store).is_none());
+        assert!(
+            a.published(&store).is_none(),
+            "the publisher already runs it"
+        );
+        // The lease was released: the next poll may come from either worker, asking for > 3.
+        assert_eq!(
+            b.poll_now(&store, S).unwrap(),
+            "/v1/policies/flask?version=3&wait=20s"
+        );
+    }
+
+    #[test]
+    fn invalid_policy_is_refused_and_not_published() {
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        a.poll_now(&store, 0).unwrap();
+        a.finished(
+            &store,
+            0,
+            Outcome::Policy {
+                version: 1,
+                body: GOOD.to_vec(),
+            },
+        );
+        a.poll_now(&store, 0).unwrap();
+        let bad = br#"{"name":"flask","variants":{"stable":"s"},"default":"canary"}"#.to_vec();
+        match a.finished(
+            &store,
+            0,
+            Outcome::Policy {
+                version: 2,
+                body: bad,
+            },
+        ) {
+            Reaction::Refused(2, why) => {
+                assert_eq!(why, "default: unknown variant 'canary' (known: stable)")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(a.version, 1);
+        let mut b = fetcher(2);
+        assert_eq!(
+            b.published(&store).map(|(v, _)| v),
+            Some(1),
+            "only the good one is published"
+        );
+        // Polling resumes past the refused version, so it is not fetched again and again.
+        assert_eq!(
+            b.poll_now(&store, 0).unwrap(),
+            "/v1/policies/flask?version=2&wait=20s"
+        );
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_30s() {
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        let mut now = 0;
+        let mut backoffs = Vec::new();
+        for _ in 0..8 {
+            assert!(a.poll_now(&store, now).is_some());
+            match a.finished(&store, now, Outcome::Failed("connection refused".into())) {
+                Reaction::Failed(_, b) => backoffs.push(b / S),
+                r => panic!("{r:?}"),
+            }
+            assert!(
+                a.poll_now(&store, now + 1).is_none(),
+                "waits out the back-off"
+            );
+            now = a.next_attempt_ns;
+        }
+        assert_eq!(backoffs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert!(a.poll_now(&store, now).is_some());
+        a.finished(&store, now, Outcome::NotModified);
+        assert!(
+            a.poll_now(&store, now).is_some(),
+            "success resets the back-off"
+        );
+    }
+
+    #[test]
+    fn an_abandoned_lease_expires() {
+        let store = MemStore::default();
+        let (mut a, mut b) = (fetcher(1), fetcher(2));
+        a.poll_now(&store, 0).unwrap(); // and worker 1 never answers
+        assert!(b.poll_now(&store, 29 * S).is_none());
+        assert!(
+            b.poll_now(&store, 31 * S).is_some(),
+            "wait 20 s + 10 s slack"
+        );
+    }
+
+    #[test]
+    fn stale_answers_change_nothing() {
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        a.poll_now(&store, 0).unwrap();
+        a.finished(
+            &store,
+            0,
+            Outcome::Policy {
+                version: 5,
+                body: GOOD.to_vec(),
+            },
+        );
+        a.poll_now(&store, 0).unwrap();
+        assert!(matches!(
+            a.finished(
+                &store,
+                0,
+                Outcome::Policy {
+                    version: 4,
+                    body: b"junk".to_vec()
+                }
+            ),
+            Reaction::Unchanged
+        ));
+        assert_eq!(a.version, 5);
+    }
+}
