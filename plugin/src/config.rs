@@ -5,37 +5,9 @@
 //! {"source": {"cluster": "rollgate", "path": "/v1/policies/flask", "poll": "1s"}}
 //! ```
 
-use serde::{Deserialize, Serialize};
-
 use crate::duration::parse_duration;
-use crate::policy::{parse_spec_value, Policy, PolicyError, PolicyErrors};
-
-/// Where the filter long-polls for its policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceSpec {
-    /// Envoy cluster of the rollgate sidecar.
-    pub cluster: String,
-    /// Path of the policy, e.g. `/v1/policies/flask`.
-    pub path: String,
-    /// Base delay between attempts after a failure (doubling up to 30 s).
-    #[serde(default = "default_poll")]
-    pub poll: String,
-    /// How long the sidecar may hold a poll open before answering 304.
-    #[serde(default = "default_wait")]
-    pub wait: String,
-    /// `:authority` of the poll; defaults to the cluster name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<String>,
-}
-
-fn default_poll() -> String {
-    "1s".to_string()
-}
-
-fn default_wait() -> String {
-    "20s".to_string()
-}
+use crate::policy::spec::SourceSpec;
+use crate::policy::{parse_spec, Policy, PolicyError, PolicyErrors};
 
 /// A validated [`SourceSpec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,44 +39,16 @@ pub struct Config {
     pub policy: Option<Policy>,
 }
 
-fn err(path: &str, message: impl Into<String>) -> PolicyErrors {
-    PolicyErrors(vec![PolicyError {
-        path: path.to_string(),
-        message: message.into(),
-    }])
-}
-
 /// Parses the filter configuration: `source`, a policy, or both.
 pub fn parse_config(json: &[u8]) -> Result<Config, PolicyErrors> {
-    let value: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| err("", e.to_string()))?;
-    let serde_json::Value::Object(mut map) = value else {
-        return Err(err("", "the configuration must be a JSON object"));
-    };
-    let source = match map.remove("source") {
-        None => None,
-        Some(v) => Some(compile_source(v)?),
-    };
-    let policy = if map.is_empty() && source.is_some() {
-        None
-    } else {
-        Some(Policy::compile(parse_spec_value(
-            serde_json::Value::Object(map),
-        )?)?)
-    };
+    let mut spec = parse_spec(json)?;
+    let source = spec.source.take().map(compile_source).transpose()?;
+    let only_source = source.is_some() && spec.name.is_empty() && spec.variants.is_empty();
+    let policy = if only_source { None } else { Some(Policy::compile(spec)?) };
     Ok(Config { source, policy })
 }
 
-fn compile_source(v: serde_json::Value) -> Result<Source, PolicyErrors> {
-    let spec: SourceSpec = serde_path_to_error::deserialize(v).map_err(|e| {
-        let inner = e.path().to_string();
-        let path = if inner == "." {
-            "source".to_string()
-        } else {
-            format!("source.{inner}")
-        };
-        err(&path, e.into_inner().to_string())
-    })?;
+fn compile_source(spec: SourceSpec) -> Result<Source, PolicyErrors> {
     let mut errs = Vec::new();
     let mut push = |path: &str, m: String| {
         errs.push(PolicyError {

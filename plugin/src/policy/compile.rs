@@ -46,22 +46,21 @@ impl std::error::Error for PolicyErrors {}
 
 /// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path.
 pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(de).map_err(path_error)
-}
-
-/// Like [`parse_spec`], from an already parsed JSON value.
-pub fn parse_spec_value(value: serde_json::Value) -> Result<PolicySpec, PolicyErrors> {
-    serde_path_to_error::deserialize(value).map_err(path_error)
-}
-
-fn path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> PolicyErrors {
-    let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    PolicyErrors(vec![PolicyError {
-        path,
-        message: e.into_inner().to_string(),
-    }])
+    // serde would also take a struct from an array; a policy is an object.
+    if json.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b != b'{') {
+        let message = "the configuration must be a JSON object".to_string();
+        return Err(PolicyErrors(vec![PolicyError { path: String::new(), message }]));
+    }
+    serde_json::from_slice(json).map_err(|e| {
+        let path = super::json_path::path_at(json, e.line(), e.column());
+        // The path says where; the position in the text would only repeat it.
+        let message = e.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(i) if !path.is_empty() => message[..i].to_string(),
+            _ => message,
+        };
+        PolicyErrors(vec![PolicyError { path, message }])
+    })
 }
 
 pub(super) struct Errors(pub(super) Vec<PolicyError>);

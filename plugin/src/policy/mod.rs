@@ -3,12 +3,13 @@
 
 mod breakers;
 mod compile;
+mod json_path;
 mod limits;
 pub mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{parse_spec, parse_spec_value, PolicyError, PolicyErrors};
+pub use compile::{parse_spec, PolicyError, PolicyErrors};
 pub use spec::PolicySpec;
 
 use crate::breaker::Breaker;

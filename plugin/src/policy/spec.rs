@@ -27,8 +27,10 @@ fn is_false(b: &bool) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// The service's name; the default salt of sticky buckets.
+    #[serde(default)]
     pub name: String,
     /// Variant name → upstream cluster name.
+    #[serde(default)]
     pub variants: BTreeMap<String, String>,
     /// Variant for requests no route decides; without it they pass untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +53,36 @@ pub struct PolicySpec {
     /// Circuit breakers, checked in order after routing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub circuit_breakers: Vec<BreakerSpec>,
+    /// Where the filter fetches newer policies (only in the filter's own configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+}
+
+/// Where the filter long-polls for its policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Envoy cluster of the rollgate sidecar.
+    pub cluster: String,
+    /// Path of the policy, e.g. `/v1/policies/flask`.
+    pub path: String,
+    /// Base delay between attempts after a failure (doubling up to 30 s).
+    #[serde(default = "default_poll")]
+    pub poll: String,
+    /// How long the sidecar may hold a poll open before answering 304.
+    #[serde(default = "default_wait")]
+    pub wait: String,
+    /// `:authority` of the poll; defaults to the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+fn default_poll() -> String {
+    "1s".to_string()
+}
+
+fn default_wait() -> String {
+    "20s".to_string()
 }
 
 fn default_period() -> String {
