@@ -44,7 +44,11 @@ pub fn parse_config(json: &[u8]) -> Result<Config, PolicyErrors> {
     let mut spec = parse_spec(json)?;
     let source = spec.source.take().map(compile_source).transpose()?;
     let only_source = source.is_some() && spec.name.is_empty() && spec.variants.is_empty();
-    let policy = if only_source { None } else { Some(Policy::compile(spec)?) };
+    let policy = if only_source {
+        None
+    } else {
+        Some(Policy::compile(spec)?)
+    };
     Ok(Config { source, policy })
 }
 

@@ -47,9 +47,16 @@ impl std::error::Error for PolicyErrors {}
 /// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path.
 pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
     // serde would also take a struct from an array; a policy is an object.
-    if json.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b != b'{') {
+    if json
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b != b'{')
+    {
         let message = "the configuration must be a JSON object".to_string();
-        return Err(PolicyErrors(vec![PolicyError { path: String::new(), message }]));
+        return Err(PolicyErrors(vec![PolicyError {
+            path: String::new(),
+            message,
+        }]));
     }
     serde_json::from_slice(json).map_err(|e| {
         let path = super::json_path::path_at(json, e.line(), e.column());
@@ -72,6 +79,40 @@ impl Errors {
             message: message.into(),
         });
     }
+}
+
+/// The key sources sticky splits and rate limits share: a header, a cookie, a query parameter.
+pub(super) fn request_sources(
+    header: &Option<String>,
+    cookie: &Option<String>,
+    query: &Option<String>,
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<KeySource> {
+    let mut sources = Vec::new();
+    if let Some(h) = header {
+        if !valid_header_name(h) {
+            errs.push(
+                format!("{path}.header"),
+                format!("invalid header name '{h}'"),
+            );
+        }
+        sources.push(KeySource::Header(
+            h.to_ascii_lowercase().into_bytes().into(),
+        ));
+    }
+    for (field, value) in [("cookie", cookie), ("query", query)] {
+        let Some(v) = value else { continue };
+        if v.is_empty() {
+            errs.push(format!("{path}.{field}"), "must not be empty");
+        }
+        sources.push(if field == "cookie" {
+            KeySource::Cookie(v.as_bytes().into())
+        } else {
+            KeySource::Query(v.clone())
+        });
+    }
+    sources
 }
 
 pub(super) fn valid_header_name(name: &str) -> bool {
@@ -265,30 +306,7 @@ fn compile_sticky(
             assign_cookie: None,
         };
     };
-    let mut sources = Vec::new();
-    if let Some(h) = &s.header {
-        if !valid_header_name(h) {
-            errs.push(
-                format!("{path}.header"),
-                format!("invalid header name '{h}'"),
-            );
-        }
-        sources.push(KeySource::Header(
-            h.to_ascii_lowercase().into_bytes().into(),
-        ));
-    }
-    if let Some(c) = &s.cookie {
-        if c.is_empty() {
-            errs.push(format!("{path}.cookie"), "must not be empty");
-        }
-        sources.push(KeySource::Cookie(c.as_bytes().into()));
-    }
-    if let Some(q) = &s.query {
-        if q.is_empty() {
-            errs.push(format!("{path}.query"), "must not be empty");
-        }
-        sources.push(KeySource::Query(q.clone()));
-    }
+    let mut sources = request_sources(&s.header, &s.cookie, &s.query, path, errs);
     if let Some(ip) = &s.source_ip {
         sources.push(KeySource::SourceIp {
             xff_depth: ip.xff_depth,

@@ -5,15 +5,23 @@
 //! tracking the path during deserialization.
 
 enum Frame {
-    Object { key: Option<String>, expecting_key: bool },
-    Array { index: usize },
+    Object {
+        key: Option<String>,
+        expecting_key: bool,
+    },
+    Array {
+        index: usize,
+    },
 }
 
 /// Byte offset of 1-based (`line`, `column`), columns counted in bytes as serde_json does.
 fn offset_of(text: &[u8], line: usize, column: usize) -> usize {
     let mut start = 0;
     for _ in 1..line {
-        match text.get(start..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+        match text
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        {
             Some(nl) => start += nl + 1,
             None => return text.len(),
         }
@@ -29,7 +37,10 @@ pub fn path_at(text: &[u8], line: usize, column: usize) -> String {
     while i < end {
         let Some(&b) = text.get(i) else { break };
         match b {
-            b'{' => stack.push(Frame::Object { key: None, expecting_key: true }),
+            b'{' => stack.push(Frame::Object {
+                key: None,
+                expecting_key: true,
+            }),
             b'[' => stack.push(Frame::Array { index: 0 }),
             b'}' | b']' => {
                 // A finished value: the path goes back to its container. Parsing that stopped

@@ -105,30 +105,7 @@ fn compile_source(s: Option<&LimitSourceSpec>, path: &str, errs: &mut Errors) ->
         ipv6_prefix: None,
     };
     let Some(s) = s else { return client };
-    let mut found = Vec::new();
-    if let Some(h) = &s.header {
-        if !super::compile::valid_header_name(h) {
-            errs.push(
-                format!("{path}.header"),
-                format!("invalid header name '{h}'"),
-            );
-        }
-        found.push(KeySource::Header(
-            h.to_ascii_lowercase().into_bytes().into(),
-        ));
-    }
-    if let Some(c) = &s.cookie {
-        if c.is_empty() {
-            errs.push(format!("{path}.cookie"), "must not be empty");
-        }
-        found.push(KeySource::Cookie(c.as_bytes().into()));
-    }
-    if let Some(q) = &s.query {
-        if q.is_empty() {
-            errs.push(format!("{path}.query"), "must not be empty");
-        }
-        found.push(KeySource::Query(q.clone()));
-    }
+    let mut found = super::compile::request_sources(&s.header, &s.cookie, &s.query, path, errs);
     if s.host.is_some() {
         found.push(KeySource::Host);
     }
