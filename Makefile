@@ -12,13 +12,15 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_STAMP := $(VENV)/.envoy-$(ENVOY_VERSION)
 WASM := target/wasm32-wasip1/release/rollgate_plugin.wasm
+PROBE := target/wasm32-unknown-unknown/release/rollgate_abi_probe.wasm
 TARGET_STAMP := target/.wasm-targets
 CARGO ?= cargo
 
 export ROLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export ROLLGATE_WASM := $(CURDIR)/$(WASM)
+export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench envoy wasm toolchain lint fmt clippy unit clean
+.PHONY: test demo bench envoy wasm abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -39,6 +41,10 @@ wasm: toolchain
 	$(CARGO) build -p rollgate-plugin --target wasm32-wasip1 --release
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
+## The host's ABI probe module, for the host's conformance tests.
+abi-probe: toolchain
+	$(CARGO) build -p rollgate-abi-probe --target wasm32-unknown-unknown --release
+
 fmt:
 	$(CARGO) fmt --all
 
@@ -50,11 +56,25 @@ lint: clippy
 	$(CARGO) fmt --all -- --check
 
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
-test: lint wasm envoy
+test: lint wasm abi-probe envoy
 	$(CARGO) test --workspace
 
+# Dev profile on purpose: it shares `make test`'s build, and a failing demo unwinds and stops
+# what it started (the release profile aborts on panic, as the filter must).
 demo: wasm envoy
-	$(CARGO) run --quiet --release -p rollgate-e2e --bin rollgate-demo
+	$(CARGO) build --quiet -p rollgate --bin rollgate
+	$(CARGO) run --quiet -p rollgate-e2e --bin rollgate-demo
+
+## Throughput and latency next to Envoy without a filter, with a pass-through Wasm filter and
+## with its native filters (bench/). Never part of `make test`: timings need a quiet machine.
+## Installs wrk and nginx from Debian when missing. Options: make bench BENCH_ARGS="--rounds 3".
+PASSTHROUGH := target/wasm32-wasip1/release/rollgate_bench_passthrough.wasm
+bench: wasm envoy
+	@command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
+	$(CARGO) build -p rollgate-bench-passthrough --target wasm32-wasip1 --release
+	$(CARGO) build -p rollgate-bench --profile bench-driver
+	ROLLGATE_PASSTHROUGH_WASM=$(CURDIR)/$(PASSTHROUGH) target/bench-driver/rollgate-bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -10,6 +10,19 @@ usage: rollgate <command> [args]
 
 commands:
   validate POLICY.json   check a policy (use - for standard input); prints ok or every error
+  try --policy POLICY.json [--wasm FILE] [--workers N] [request flags | --requests FILE|-]
+                         run requests through the compiled filter; prints JSON per request
+  serve --dir DIR [--listen ADDR] [--envoy-admin URL]...
+                         run the sidecar: walk the Rollouts in DIR and serve their policies
+                         (--listen default 127.0.0.1:8181); analysis reads each Envoy admin
+  promote NAME           release the rollout's current pause
+  abort NAME             abort the rollout: canary weight 0, header route off
+  retry NAME             start an aborted rollout over
+  status [NAME] [--watch]
+                         where rollouts stand; --watch follows NAME until promoted or aborted
+                         (promote, abort, retry, status: --server URL, default $ROLLGATE_SERVER
+                         or http://127.0.0.1:8181)
+  crd                    print the Rollout CustomResourceDefinition (manifests/crd/rollout.yaml)
   help                   this text";
 
 fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
@@ -41,6 +54,36 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Some("try") => {
+            let opts = rollgate::try_cmd::parse_args(&args[1..])?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match rollgate::try_cmd::run(&opts, &mut std::io::stdin().lock(), &mut out) {
+                Ok(true) => Ok(ExitCode::SUCCESS),
+                Ok(false) => Ok(ExitCode::FAILURE),
+                Err(e @ rollgate::try_cmd::TryError::Rejected(_)) => {
+                    eprintln!("{}: {e}", opts.policy);
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Some("crd") => {
+            print!("{}", rollgate::kube::crd::crd_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("serve") => {
+            rollgate::cli::serve(&args[1..])?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("promote" | "abort" | "retry" | "status") => {
+            let code = rollgate::cli::run(args, &mut std::io::stdout(), &mut std::io::stderr())
+                .map_err(|e| match e {
+                    rollgate::cli::CliError::Usage(u) => anyhow::anyhow!("{u}\n\n{USAGE}"),
+                    e => e.into(),
+                })?;
+            Ok(ExitCode::from(code))
         }
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");

@@ -1,155 +1,339 @@
-//! `make demo`: the release story, told on a real Envoy running the real filter, with what it
-//! measures rather than what it assumes.
+//! `make demo`: the whole release story on a real Envoy running the real filter, driven by the
+//! real `rollgate` sidecar and CLI, narrated with what it measures rather than what it assumes.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::Instant;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use rollgate_e2e::{Client, Stack, SEED_POLICY};
+use rollgate_e2e::{
+    workspace_root, Client, Envoy, EnvoyOptions, Load, Upstream, CANARY, DEV, STABLE,
+};
 
-fn served_by(client: &mut Client, host: &str, headers: &[(&str, &[u8])]) -> String {
-    let r = client.get(host, "/", headers);
-    r.header_str("x-upstream")
-        .unwrap_or_else(|| format!("(status {})", r.status))
+/// Who an upstream is, in the story's words.
+fn label(cluster: &str) -> &str {
+    match cluster {
+        STABLE => "v1 (stable)",
+        CANARY => "v2 (canary)",
+        DEV => "dev",
+        other => other,
+    }
 }
 
 fn step(n: u32, title: &str) {
     println!("\n\x1b[1m{n}. {title}\x1b[0m");
 }
 
-/// Sends one request per user `demo-user-0..n`; returns who served each user.
-fn place(client: &mut Client, n: u32, host: &str, extra: &[(&str, &[u8])]) -> Vec<String> {
-    let mut placement = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let user = format!("demo-user-{i}");
-        let mut headers = extra.to_vec();
-        headers.push(("x-user-id", user.as_bytes()));
-        placement.push(served_by(client, host, &headers));
-        if i % 200 == 199 {
-            print!(".");
-            let _ = std::io::stdout().flush();
+fn progress() {
+    print!(".");
+    let _ = std::io::stdout().flush();
+}
+
+/// The `rollgate` binary `make demo` built.
+fn rollgate_bin() -> PathBuf {
+    let bin = workspace_root().join("target/debug/rollgate");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make demo` (it builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `rollgate ARGS --server URL`, returning its standard output.
+fn rollgate(server: &str, args: &[&str]) -> String {
+    let out = Command::new(rollgate_bin())
+        .args(args)
+        .args(["--server", server])
+        .output()
+        .expect("run rollgate");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("   │ {l}\n")).collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    print!("   waiting for {what} ");
+    while start.elapsed() < timeout {
+        if f() {
+            println!(" {:.1} s", start.elapsed().as_secs_f64());
+            return;
         }
+        progress();
+        thread::sleep(Duration::from_millis(250));
     }
-    placement
+    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-fn count(placement: &[String]) -> HashMap<String, u32> {
-    let mut counts = HashMap::new();
+/// Sends one request per user `demo-<tag>-0..n` at most `rate` per second; who served each.
+fn place(c: &mut Client, tag: &str, n: u32, rate: u32, extra: &[(&str, &[u8])]) -> Vec<String> {
+    let start = Instant::now();
+    (0..n)
+        .map(|i| {
+            let due = start + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            let user = format!("demo-{tag}-{i}");
+            let mut headers = extra.to_vec();
+            headers.push(("x-user-id", user.as_bytes()));
+            let r = c.get("pro.coding", "/", &headers);
+            r.header_str("x-upstream")
+                .unwrap_or_else(|| format!("status {}", r.status))
+        })
+        .collect()
+}
+
+/// The policy version the sidecar serves for `flask` (from its API).
+fn sidecar_version(port: u16) -> u64 {
+    let Ok(r) = Client::new(port).request("GET", "127.0.0.1", "/v1/rollouts/flask", &[], b"")
+    else {
+        return 0; // not listening yet
+    };
+    let body = r.body_str();
+    let after = body.split("\"policyVersion\"").nth(1).unwrap_or("");
+    let digits = after.trim_start_matches([':', ' ']);
+    digits
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until Envoy runs the sidecar's current policy.
+fn wait_applied(envoy: &Envoy, sidecar_port: u16, what: &str) {
+    let version = sidecar_version(sidecar_port);
+    let needle = format!("policy 'flask' version {version} applied");
+    wait_for(what, Duration::from_secs(10), || {
+        envoy.log().contains(&needle)
+    });
+    thread::sleep(Duration::from_millis(200)); // the other worker adopts it on its next tick
+}
+
+fn counts(placement: &[String]) -> String {
+    let mut m: HashMap<&str, u32> = HashMap::new();
     for p in placement {
-        *counts.entry(p.clone()).or_insert(0) += 1;
+        *m.entry(p.as_str()).or_insert(0) += 1;
     }
-    counts
-}
-
-fn show(counts: &HashMap<String, u32>) -> String {
-    let mut v: Vec<_> = counts.iter().collect();
+    let mut v: Vec<_> = m.into_iter().collect();
     v.sort();
     v.iter()
-        .map(|(k, n)| format!("{k}: {n}"))
+        .map(|(k, n)| format!("{}: {n}", label(k)))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn with_weight(w: u32) -> String {
-    SEED_POLICY.replace(r#""weight": 50"#, &format!(r#""weight": {w}"#))
+/// The sidecar, stopped when the demo ends however it ends.
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The seed Rollout at demo speed: analysis every 2 s instead of 10 s.
+fn demo_rollout() -> String {
+    let seed = std::fs::read_to_string(workspace_root().join("examples/rollout.yaml"))
+        .expect("examples/rollout.yaml");
+    seed.replace("interval: 10s", "interval: 2s")
 }
 
 fn main() {
     let started = Instant::now();
-    println!(
-        "rollgate demo: Envoy 1.40 + the rollgate filter + three upstreams (stable, canary, dev)"
-    );
-    let stack = Stack::start(SEED_POLICY);
-    let mut c = stack.client();
-    println!(
-        "Envoy is listening on 127.0.0.1:{} with the seed policy (examples/policy.json)",
-        stack.envoy.port()
-    );
+    println!("rollgate demo: Envoy 1.40 (2 workers) + the rollgate filter + the rollgate sidecar,");
+    println!("upstreams v1 (stable), v2 (canary) and dev; the seed's Rollout drives the release.");
 
-    step(1, "Host: dev.coding reaches the dev environment");
-    println!("   served by {}", served_by(&mut c, "dev.coding", &[]));
+    let upstreams: Vec<Upstream> = [STABLE, CANARY, DEV]
+        .iter()
+        .map(|n| Upstream::start(n))
+        .collect();
+    let sidecar_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = r#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"500ms","wait":"20s"}}"#;
+    let mut opts = EnvoyOptions::new(config).cluster("rollgate", sidecar_port);
+    for u in &upstreams {
+        opts = opts.cluster(u.name(), u.port());
+    }
+    let envoy = Envoy::start(&opts).expect("Envoy starts");
+    let dir = std::env::temp_dir().join(format!("rollgate-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("demo directory");
+    let server = format!("http://127.0.0.1:{sidecar_port}");
+    let sidecar = Sidecar(
+        Command::new(rollgate_bin())
+            .args([
+                "serve",
+                "--dir",
+                &dir.to_string_lossy(),
+                "--listen",
+                &format!("127.0.0.1:{sidecar_port}"),
+            ])
+            .args([
+                "--envoy-admin",
+                &format!("http://127.0.0.1:{}", envoy.admin_port()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rollgate serve"),
+    );
+    println!(
+        "Envoy on 127.0.0.1:{}, `rollgate serve --dir {}` on {server}",
+        envoy.port(),
+        dir.display()
+    );
+    std::fs::write(dir.join("flask.yaml"), demo_rollout()).expect("write the Rollout");
+    println!(
+        "wrote the seed Rollout (examples/rollout.yaml, analysis every 2 s) into the directory"
+    );
+    wait_for(
+        "the sidecar to serve the Rollout",
+        Duration::from_secs(10),
+        || sidecar_version(sidecar_port) > 0,
+    );
+    wait_applied(&envoy, sidecar_port, "Envoy to apply it");
+    let mut c = envoy.client();
+
+    step(1, "dev.coding reaches the dev environment");
+    let r = c.get("dev.coding", "/", &[]);
+    println!(
+        "   GET http://dev.coding/ -> served by {}",
+        label(&r.header_str("x-upstream").unwrap_or_default())
+    );
 
     step(
         2,
-        "A/B test: `location: shenzhen` goes to canary, everyone else to stable or the split",
+        "A/B test: `location: shenzhen` reaches the canary, everyone else stable",
     );
-    let ab = count(&place(
-        &mut c,
-        200,
-        "pro.coding",
-        &[("location", b"shenzhen")],
-    ));
-    println!("\n   200 users from shenzhen -> {}", show(&ab));
+    let sz = place(&mut c, "sz", 200, 400, &[("location", b"shenzhen")]);
+    let others = place(&mut c, "ab", 200, 400, &[]);
+    println!("   200 users from shenzhen -> {}", counts(&sz));
+    println!("   200 other users         -> {}", counts(&others));
 
-    step(
-        3,
-        "Canary at 50 %: distinct users, the observed split, and stickiness",
-    );
-    let first = place(&mut c, 2000, "pro.coding", &[]);
-    let split = count(&first);
-    let canary = split.get("k8s-flask-canary").copied().unwrap_or(0);
-    println!(
-        "\n   2000 users -> {} ({:.1} % canary)",
-        show(&split),
-        f64::from(canary) / 20.0
-    );
-    let again = place(&mut c, 2000, "pro.coding", &[]);
-    let moved = first.iter().zip(&again).filter(|(a, b)| a != b).count();
-    println!("\n   the same 2000 users again: {moved} changed side");
+    step(3, "Manual gate: the rollout waits for a human");
+    print!("{}", indent(&rollgate(&server, &["status", "flask"])));
+    println!("   $ rollgate promote flask");
+    print!("{}", indent(&rollgate(&server, &["promote", "flask"])));
+    wait_applied(&envoy, sidecar_port, "the 50 % policy in Envoy");
 
     step(
         4,
-        "Raise the canary to 80 %: users already on canary stay there",
+        "Canary at 50 %: distinct users, the observed split, each user stays on one side",
     );
-    let mut before = HashMap::new();
-    for i in 0..1000 {
-        let u = format!("demo-user-{i}");
-        before.insert(
-            u.clone(),
-            served_by(&mut c, "pro.coding", &[("x-user-id", u.as_bytes())]),
-        );
-    }
-    drop(stack);
-    let stack = Stack::start(&with_weight(80));
-    let mut c = stack.client();
-    let (mut stayed, mut was_canary, mut now_canary) = (0, 0, 0);
-    for (u, side) in &before {
-        let now = served_by(&mut c, "pro.coding", &[("x-user-id", u.as_bytes())]);
-        if side.contains("canary") {
-            was_canary += 1;
-            stayed += u32::from(now.contains("canary"));
-        }
-        now_canary += u32::from(now.contains("canary"));
-    }
-    println!("   {was_canary} of 1000 users were on canary; {stayed} still are; {now_canary} are now ({:.1} %)", f64::from(now_canary) / 10.0);
-
-    step(5, "Full promotion: 100 % canary");
-    drop(stack);
-    let stack = Stack::start(&with_weight(100));
-    let mut c = stack.client();
+    let first = place(&mut c, "split", 1000, 400, &[]);
+    let canary = first.iter().filter(|s| *s == CANARY).count();
     println!(
-        "   1000 users -> {}",
-        show(&count(&place(&mut c, 1000, "pro.coding", &[])))
+        "   1000 users -> {} ({:.1} % canary; the policy says 50 %)",
+        counts(&first),
+        canary as f64 / 10.0
+    );
+    let again = place(&mut c, "split", 1000, 400, &[]);
+    let moved = first.iter().zip(&again).filter(|(a, b)| a != b).count();
+    println!("   the same 1000 users again: {moved} changed side");
+
+    step(5, "Full promotion: everyone on v2");
+    println!("   $ rollgate promote flask");
+    print!("{}", indent(&rollgate(&server, &["promote", "flask"])));
+    wait_applied(&envoy, sidecar_port, "the 100 % policy in Envoy");
+    println!(
+        "   500 users -> {}",
+        counts(&place(&mut c, "full", 500, 400, &[]))
     );
 
     step(
         6,
-        "Clients cannot steer: forged internal headers are stripped",
+        "Rate limit: a burst from one client against average 500/s, burst 1000",
     );
-    let forged = served_by(
-        &mut c,
-        "dev.coding",
-        &[
-            ("x-rollgate-cluster", b"k8s-flask-canary"),
-            ("x-rollgate-variant", b"canary"),
-        ],
-    );
-    println!("   dev.coding with x-rollgate-cluster: k8s-flask-canary -> served by {forged}");
-    drop(stack);
-
+    thread::sleep(Duration::from_secs(2)); // let the bucket refill after the steps above
+    let burst_start = Instant::now();
+    let (mut ok, mut limited) = (0u32, 0u32);
+    for _ in 0..3000 {
+        match c.get("pro.coding", "/", &[]).status {
+            200 => ok += 1,
+            429 => limited += 1,
+            _ => {}
+        }
+    }
+    let secs = burst_start.elapsed().as_secs_f64();
+    println!("   3000 requests in {secs:.2} s: {ok} admitted, {limited} answered 429");
     println!(
-        "\nDone in {:.1} s; nothing left running.",
+        "   the policy promises burst + average × elapsed = 1000 + 500 × {secs:.2} = {:.0}",
+        1000.0 + 500.0 * secs
+    );
+
+    step(
+        7,
+        "Circuit breaker: v2 turns slow; traffic falls back to v1; the rollout aborts itself",
+    );
+    thread::sleep(Duration::from_secs(2));
+    let load = Load::start(
+        envoy.port(),
+        "pro.coding",
+        "/",
+        20,
+        Duration::from_millis(200),
+    );
+    thread::sleep(Duration::from_secs(3));
+    let slow_at = load.elapsed();
+    upstreams[1].set_delay(Duration::from_millis(150));
+    println!("   100 requests/s of users; v2 now answers in 150 ms (the breaker: LatencyAtQuantileMS(50.0) > 100)");
+    wait_for("the breaker to open", Duration::from_secs(15), || {
+        envoy.log().contains("closed -> open")
+    });
+    wait_for("the rollout to abort", Duration::from_secs(15), || {
+        rollgate(&server, &["status", "flask"]).contains("Aborted")
+    });
+    thread::sleep(Duration::from_secs(2));
+    upstreams[1].set_delay(Duration::ZERO);
+    let samples = load.stop();
+    let before = samples
+        .iter()
+        .filter(|s| s.sent < slow_at)
+        .map(|s| s.upstream.clone().unwrap_or_default())
+        .collect::<Vec<_>>();
+    let tail = samples
+        .iter()
+        .rev()
+        .take(100)
+        .map(|s| s.upstream.clone().unwrap_or_default())
+        .collect::<Vec<_>>();
+    let errors = samples.iter().filter(|s| s.status != 200).count();
+    println!("   before: {}", counts(&before));
+    println!("   last 100 requests: {}", counts(&tail));
+    println!(
+        "   {} requests in all, {errors} errors seen by users",
+        samples.len()
+    );
+    let log = envoy.log();
+    if let Some(line) = log.lines().find(|l| l.contains("closed -> open")) {
+        println!(
+            "   Envoy: {}",
+            line.split("wasm log")
+                .last()
+                .unwrap_or(line)
+                .trim_start_matches([' ', ':'])
+        );
+    }
+    print!("{}", indent(&rollgate(&server, &["status", "flask"])));
+
+    drop(sidecar);
+    drop(envoy);
+    drop(upstreams);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "\nDone in {:.0} s; nothing left running.",
         started.elapsed().as_secs_f64()
     );
-    println!("Next: README.md (policy reference, rule syntax, Envoy and Istio set-up), examples/policy.json");
+    println!("Next: README.md — \"The policy\" (rules, sticky splits), \"Rate limits\", \"Circuit breakers\",");
+    println!("\"Rollouts\" (`rollgate serve`, promote/abort/retry/status) and \"Running it in Envoy\" / \"Istio\".");
 }

@@ -1,0 +1,440 @@
+//! The probe's root and HTTP contexts.
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+
+proxy_wasm::main! {{
+    // Also installs the SDK's panic hook: a panic is logged at Critical before the trap.
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        t: u32,
+        start: usize,
+        max: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+}
+
+/// Raw `proxy_get_header_map_pairs`: the status and whether pointer and size were both 0
+/// (the SDK would panic on statuses it does not expect, and hides the pointer).
+fn raw_map(map_type: u32) -> (u32, bool) {
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on success the host allocated `size` bytes at `ptr` with our allocator; we take
+    // them back into a Vec to free them.
+    unsafe {
+        let status = proxy_get_header_map_pairs(map_type, &mut ptr, &mut size);
+        let empty = ptr.is_null() && size == 0;
+        if status == 0 && !ptr.is_null() {
+            drop(Vec::from_raw_parts(ptr, size, size));
+        }
+        (status, empty)
+    }
+}
+
+fn raw_buffer_status(buffer_type: u32) -> u32 {
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `raw_map`.
+    unsafe {
+        let status = proxy_get_buffer_bytes(buffer_type, 0, 1024, &mut ptr, &mut size);
+        if status == 0 && !ptr.is_null() {
+            drop(Vec::from_raw_parts(ptr, size, size));
+        }
+        status
+    }
+}
+
+fn info(msg: &str) {
+    let _ = hostcalls::log(LogLevel::Info, msg);
+}
+
+fn status_name(r: Result<(), Status>) -> String {
+    match r {
+        Ok(()) => "Ok".into(),
+        Err(s) => format!("{s:?}"),
+    }
+}
+
+/// Increments shared counter `key` with a CAS loop; returns the new value.
+fn cas_increment(key: &str) -> u64 {
+    loop {
+        let (value, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+        let n = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        match hostcalls::set_shared_data(key, Some(n.to_string().as_bytes()), cas) {
+            Ok(()) => return n,
+            Err(Status::CasMismatch) => continue,
+            Err(s) => panic!("set_shared_data: {s:?}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    requests: u32,
+    inflight: u32,
+    sizes: u32,
+}
+
+#[derive(Default)]
+struct Root {
+    metrics: std::rc::Rc<std::cell::RefCell<Metrics>>,
+    queue: u32,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        let mut m = self.metrics.borrow_mut();
+        m.requests = hostcalls::define_metric(MetricType::Counter, "probe_requests").unwrap_or(0);
+        m.inflight = hostcalls::define_metric(MetricType::Gauge, "probe_inflight").unwrap_or(0);
+        m.sizes = hostcalls::define_metric(MetricType::Histogram, "probe_sizes").unwrap_or(0);
+        self.queue = hostcalls::register_shared_queue("probe_queue").unwrap_or(0);
+        info(&format!("vm started: queue {}", self.queue));
+        true
+    }
+
+    fn on_configure(&mut self, size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let config = String::from_utf8_lossy(&config).into_owned();
+        info(&format!("configure: {size} bytes"));
+        for line in config.lines() {
+            match line.split_once('=') {
+                Some(("tick_ms", ms)) => {
+                    let ms = ms.trim().parse().unwrap_or(0);
+                    self.set_tick_period(Duration::from_millis(ms));
+                }
+                Some(("reject", _)) => {
+                    let _ = hostcalls::log(LogLevel::Error, "probe: configuration rejected");
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        // Outside on_configure the plugin configuration is gone (NotFound → None).
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let n = cas_increment("ticks");
+        let now = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis());
+        info(&format!("tick {n} at {now}"));
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = hostcalls::dequeue_shared_queue(queue_id) {
+            info(&format!("dequeued {}", String::from_utf8_lossy(&item)));
+        }
+        let empty = hostcalls::dequeue_shared_queue(queue_id);
+        info(&format!("queue {queue_id} then: {empty:?}"));
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            context_id,
+            metrics: self.metrics.clone(),
+            ops: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    context_id: u32,
+    metrics: std::rc::Rc<std::cell::RefCell<Metrics>>,
+    ops: Vec<String>,
+}
+
+impl Stream {
+    fn note(&self, name: &str, value: &str) {
+        self.set_http_request_header(&format!("x-probe-{name}"), Some(value));
+    }
+
+    fn op(&mut self, op: &str) -> Action {
+        match op {
+            "cas" => {
+                let n = cas_increment("counter");
+                self.note("counter", &n.to_string());
+            }
+            "cas-stale" => {
+                let (value, cas) = hostcalls::get_shared_data("counter").unwrap_or((None, None));
+                let value = value.unwrap_or_default();
+                let first = hostcalls::set_shared_data("counter", Some(&value), cas);
+                let stale = hostcalls::set_shared_data("counter", Some(&value), cas);
+                let absent = hostcalls::set_shared_data(
+                    &format!("absent-{}", self.context_id),
+                    Some(b"x"),
+                    Some(12345),
+                );
+                self.note("first", &status_name(first));
+                self.note("stale", &status_name(stale));
+                self.note("absent", &status_name(absent));
+                let missing = hostcalls::get_shared_data("never-set");
+                self.note("missing", &format!("{missing:?}"));
+            }
+            "enqueue" => {
+                let msg = self
+                    .get_http_request_header("x-probe-msg")
+                    .unwrap_or_default();
+                let r = match hostcalls::resolve_shared_queue("", "probe_queue") {
+                    Ok(Some(id)) => {
+                        status_name(hostcalls::enqueue_shared_queue(id, Some(msg.as_bytes())))
+                    }
+                    other => format!("{other:?}"),
+                };
+                self.note("enqueue", &r);
+                let unknown = hostcalls::resolve_shared_queue("", "no_such_queue");
+                self.note("resolve-unknown", &format!("{unknown:?}"));
+            }
+            "props" => {
+                let text = |path: Vec<&str>| match hostcalls::get_property(path) {
+                    Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+                    Ok(None) => "None".into(),
+                    Err(s) => format!("{s:?}"),
+                };
+                let int = |path: Vec<&str>| match hostcalls::get_property(path) {
+                    Ok(Some(v)) if v.len() == 8 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&v);
+                        i64::from_le_bytes(b).to_string()
+                    }
+                    other => format!("{other:?}"),
+                };
+                self.note("source-address", &text(vec!["source", "address"]));
+                self.note("source-port", &int(vec!["source", "port"]));
+                self.note("request-path", &text(vec!["request", "path"]));
+                self.note("request-url-path", &text(vec!["request", "url_path"]));
+                self.note("request-host", &text(vec!["request", "host"]));
+                self.note("request-method", &text(vec!["request", "method"]));
+                self.note("plugin-name", &text(vec!["plugin_name"]));
+                self.note("plugin-root-id", &text(vec!["plugin_root_id"]));
+                self.note("plugin-vm-id", &text(vec!["plugin_vm_id"]));
+                self.note("missing", &text(vec!["no", "such", "property"]));
+                self.note("custom", &text(vec!["xds", "cluster_name"]));
+                let set = hostcalls::set_property(vec!["probe", "mark"], Some(b"marked"));
+                self.note("set", &status_name(set));
+                self.note("mark", &text(vec!["probe", "mark"]));
+            }
+            "metrics" => {
+                let m = self.metrics.borrow();
+                let inc = hostcalls::increment_metric(m.requests, 1);
+                let zero = hostcalls::increment_metric(m.requests, 0);
+                let neg = hostcalls::increment_metric(m.requests, -1);
+                let up = hostcalls::increment_metric(m.inflight, 5);
+                let down = hostcalls::increment_metric(m.inflight, -2);
+                let rec = hostcalls::record_metric(m.sizes, 42);
+                let get = hostcalls::get_metric(m.requests);
+                let get_h = hostcalls::get_metric(m.sizes);
+                let unknown = hostcalls::get_metric(m.requests + 4 * 100);
+                let summary = format!(
+                    "inc={} zero={} neg={} up={} down={} rec={} get={get:?} hist={get_h:?} unknown={unknown:?}",
+                    status_name(inc),
+                    status_name(zero),
+                    status_name(neg),
+                    status_name(up),
+                    status_name(down),
+                    status_name(rec),
+                );
+                drop(m);
+                self.note("metrics", &summary);
+            }
+            "http" => {
+                let r = self.dispatch_http_call(
+                    "auth",
+                    vec![
+                        (":method", "POST"),
+                        (":path", "/check"),
+                        (":authority", "auth"),
+                    ],
+                    Some(b"ping"),
+                    vec![],
+                    Duration::from_secs(1),
+                );
+                match r {
+                    Ok(token) => {
+                        info(&format!("dispatched {token}"));
+                        return Action::Pause;
+                    }
+                    Err(s) => self.note("dispatch", &format!("{s:?}")),
+                }
+            }
+            "http-bad" => {
+                let unknown = self.dispatch_http_call(
+                    "nowhere",
+                    vec![(":method", "GET"), (":path", "/"), (":authority", "x")],
+                    None,
+                    vec![],
+                    Duration::from_secs(1),
+                );
+                let no_path = self.dispatch_http_call(
+                    "auth",
+                    vec![(":method", "GET"), (":authority", "x")],
+                    None,
+                    vec![],
+                    Duration::from_secs(1),
+                );
+                self.note("unknown-cluster", &format!("{unknown:?}"));
+                self.note("no-path", &format!("{no_path:?}"));
+            }
+            "local" => {
+                self.send_http_response(429, vec![("x-probe-local", "yes")], Some(b"slow down"));
+                return Action::Pause;
+            }
+            "panic" => panic!("probe panic: boom"),
+            "time" => {
+                let ns = hostcalls::get_current_time()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                self.note("time", &ns.to_string());
+            }
+            "log-level" => {
+                self.note("log-level", &format!("{:?}", hostcalls::get_log_level()));
+            }
+            "foreign" => {
+                let clear = hostcalls::call_foreign_function("clear_route_cache", None);
+                let echo = hostcalls::call_foreign_function("probe_echo", Some(b"hi"));
+                let nope = hostcalls::call_foreign_function("no_such_function", None);
+                self.note("clear", &format!("{clear:?}"));
+                self.note(
+                    "echo",
+                    &match echo {
+                        Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+                        other => format!("{other:?}"),
+                    },
+                );
+                self.note("nope", &format!("{nope:?}"));
+            }
+            "raw" => {
+                // SAFETY: plain host calls without pointers.
+                let (effective, upstream) =
+                    unsafe { (proxy_set_effective_context(9999), proxy_continue_stream(3)) };
+                self.note("bad-effective", &effective.to_string());
+                self.note("continue-upstream", &upstream.to_string());
+                let (trailers, _) = raw_map(MapType::HttpRequestTrailers as u32);
+                self.note("trailers-now", &trailers.to_string());
+                self.note("body-now", &raw_buffer_status(0).to_string());
+                self.note("config-now", &raw_buffer_status(7).to_string());
+            }
+            "body" => {}
+            _ => {}
+        }
+        Action::Continue
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        // After a reset there is no response map at all: Envoy answers BadArgument (and the
+        // SDK would panic), so only read it when the host said there are headers.
+        let status = if headers > 0 {
+            self.get_http_call_response_header(":status")
+                .unwrap_or_else(|| "none".into())
+        } else {
+            "none".into()
+        };
+        let text = self
+            .get_http_call_response_body(0, body)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let (code, message) = hostcalls::get_grpc_status().unwrap_or((99, None));
+        let (tstatus, tempty) = raw_map(MapType::HttpCallResponseTrailers as u32);
+        self.note("auth-status", &status);
+        self.note("auth-body", &text);
+        self.note(
+            "call-counts",
+            &format!("{token}:{headers}:{body}:{trailers}"),
+        );
+        self.note(
+            "call-status",
+            &format!("{code}:{}", message.unwrap_or_default()),
+        );
+        self.note("call-trailers", &format!("{tstatus}:{tempty}"));
+        self.resume_http_request();
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.ops = self
+            .get_http_request_header("x-probe-op")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for op in self.ops.clone() {
+            if self.op(&op) == Action::Pause {
+                return Action::Pause;
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if !self.ops.iter().any(|o| o == "body") {
+            return Action::Continue;
+        }
+        let (headers, _) = raw_map(MapType::HttpRequestHeaders as u32);
+        info(&format!(
+            "body {size} eos={end_of_stream} headers-status={headers}"
+        ));
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        let upper = body.to_ascii_uppercase();
+        self.set_http_request_body(0, size, &upper);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let (request_headers, _) = raw_map(MapType::HttpRequestHeaders as u32);
+        self.set_http_response_header("x-probe-outside", Some(&request_headers.to_string()));
+        if self.ops.iter().any(|o| o == "local") {
+            self.set_http_response_header("x-probe-local-seen", Some("yes"));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        let code = match hostcalls::get_property(vec!["response", "code"]) {
+            Ok(Some(v)) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                i64::from_le_bytes(b).to_string()
+            }
+            other => format!("{other:?}"),
+        };
+        let op = self
+            .get_http_request_header("x-probe-op")
+            .unwrap_or_default();
+        info(&format!(
+            "on_log ctx={} status={status} code={code} op={op}",
+            self.context_id
+        ));
+    }
+}

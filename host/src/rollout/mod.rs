@@ -1,0 +1,31 @@
+//! Rollouts: the `Rollout` resource ([`types`], [`parts`]), its validation into a [`Plan`]
+//! ([`validate`]), the status it moves through ([`status`]), and the two pure functions that
+//! drive a release:
+//!
+//! * [`render`]: spec + status → the policy the filter runs;
+//! * [`step()`]: plan + status + event + now → new status + effects (webhook calls, notes).
+//!
+//! [`analysis`] turns the filter's counters into the measurements the engine judges. Nothing
+//! here does I/O or reads the clock; the sidecar ([`crate::serve`]) does both.
+
+pub mod analysis;
+pub mod parts;
+pub mod plan;
+pub mod render;
+pub mod status;
+pub mod step;
+pub mod time;
+pub mod types;
+pub mod url;
+pub mod validate;
+
+#[cfg(test)]
+mod testdata;
+
+pub use plan::{Plan, PlanStep};
+pub use render::render;
+pub use status::{AnalysisStatus, Figure, Phase, RolloutStatus, Verdict};
+pub use step::{step, Effect, Event, Refused, Transition};
+pub use time::Timestamp;
+pub use types::{Rollout, RolloutSpec, API_VERSION, KIND};
+pub use validate::{load, FieldError, RolloutErrors};

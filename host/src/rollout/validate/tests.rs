@@ -1,0 +1,277 @@
+use super::*;
+use crate::rollout::testdata::{seed, with_strategy, SEED_YAML};
+
+/// The seed with `from` replaced by `to` (which must occur).
+fn edit(from: &str, to: &str) -> String {
+    assert!(SEED_YAML.contains(from), "seed has no {from:?}");
+    SEED_YAML.replacen(from, to, 1)
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    load(yaml)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[track_caller]
+fn assert_error(yaml: &str, expected: &str) {
+    let errs = errors(yaml);
+    assert!(
+        errs.iter().any(|e| e.contains(expected)),
+        "expected an error containing {expected:?}, got {errs:#?}"
+    );
+}
+
+#[test]
+fn the_seed_plans() {
+    let p = seed();
+    assert_eq!(p.name, "flask");
+    assert_eq!(
+        p.steps,
+        vec![
+            PlanStep::SetHeaderRoute(Some("Headers(`location`, `shenzhen`)".into())),
+            PlanStep::Pause(None),
+            PlanStep::SetWeight(50.0),
+            PlanStep::Pause(None),
+            PlanStep::SetWeight(100.0),
+            PlanStep::Pause(None),
+        ]
+    );
+    let a = p.analysis.unwrap();
+    assert_eq!(
+        (a.interval_ms, a.failure_limit, a.min_requests),
+        (10_000, 2, 20)
+    );
+    assert_eq!(a.metrics[0].kind, MetricKind::SuccessRate);
+    assert_eq!(a.metrics[0].min, Some(0.99));
+    assert_eq!(a.metrics[1].kind, MetricKind::Latency(0.99));
+    assert_eq!(a.metrics[1].max, Some(500.0));
+    assert_eq!(p.revision.len(), 16);
+    assert_eq!(p.canary_breakers, vec!["canary-latency".to_string()]);
+}
+
+#[test]
+fn every_step_kind_plans() {
+    let p = with_strategy(
+        "    steps:
+      - setWeight: 12.5
+      - pause: { duration: 90s }
+      - setHeaderRoute: {}
+      - webhook: { url: \"http://127.0.0.1:9/migrate\", timeout: 5s }
+      - webhook: { url: \"http://jobs/x\" }
+",
+    );
+    assert_eq!(
+        p.steps,
+        vec![
+            PlanStep::SetWeight(12.5),
+            PlanStep::Pause(Some(90_000)),
+            PlanStep::SetHeaderRoute(None),
+            PlanStep::Webhook {
+                url: "http://127.0.0.1:9/migrate".into(),
+                timeout_ms: 5000
+            },
+            PlanStep::Webhook {
+                url: "http://jobs/x".into(),
+                timeout_ms: 30_000
+            },
+        ]
+    );
+    assert_eq!(p.analysis, None);
+}
+
+#[test]
+fn yaml_errors_name_the_field_and_line() {
+    let errs = errors(&edit("- setWeight: 50", "- setWieght: 50"));
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("unknown field `setWieght`"), "{errs:?}");
+    assert!(errs[0].contains("line"), "{errs:?}");
+    assert_error(&edit("average: 500", "average: lots"), "average");
+    assert_error("", "");
+}
+
+#[test]
+fn document_errors() {
+    assert_error(
+        &edit("rollgate.dev/v1alpha1", "rollgate.dev/v1"),
+        "apiVersion: must be rollgate.dev/v1alpha1, got 'rollgate.dev/v1'",
+    );
+    assert_error(
+        &edit("kind: Rollout", "kind: Deployment"),
+        "kind: must be Rollout",
+    );
+    assert_error(
+        &edit("name: flask", "name: Flask_1"),
+        "metadata.name: must be 1-63",
+    );
+}
+
+#[test]
+fn variant_errors() {
+    assert_error(
+        &edit("stableVariant: stable", "stableVariant: blue"),
+        "spec.stableVariant: unknown variant 'blue' (known: canary, dev, stable)",
+    );
+    assert_error(
+        &edit("canaryVariant: canary", "canaryVariant: stable"),
+        "spec.canaryVariant: must differ from stableVariant",
+    );
+    let errs = errors(&edit("canaryVariant: canary", "canaryVariant: green"));
+    assert_eq!(
+        errs,
+        vec!["spec.canaryVariant: unknown variant 'green' (known: canary, dev, stable)"],
+        "reported once, not again for the split it renders into"
+    );
+}
+
+#[test]
+fn step_errors() {
+    assert_error(
+        &edit("- setWeight: 50", "- { setWeight: 50, pause: {} }"),
+        "spec.strategy.steps[2]: has more than one of",
+    );
+    assert_error(
+        &edit("- setWeight: 50", "- {}"),
+        "spec.strategy.steps[2]: needs one of",
+    );
+    assert_error(
+        &edit("- setWeight: 50", "- setWeight: 150"),
+        "spec.strategy.steps[2].setWeight: must be between 0 and 100, got 150",
+    );
+    assert_error(
+        &edit("- setWeight: 50", "- setWeight: 12.345"),
+        "spec.strategy.steps[2].setWeight: at most two decimals",
+    );
+    assert_error(
+        &edit(
+            "- pause: {}\n      - setWeight: 50",
+            "- pause: { duration: 5 }\n      - setWeight: 50",
+        ),
+        "spec.strategy.steps[1].pause.duration: invalid duration '5': missing unit",
+    );
+    assert_error(
+        &edit("Headers(`location`, `shenzhen`)", "Headers(`location`"),
+        "spec.strategy.steps[0].setHeaderRoute.match: column",
+    );
+    assert_error(
+        &edit(
+            "- pause: {}\n      - setWeight: 50",
+            "- webhook: { url: \"https://x/\" }\n      - setWeight: 50",
+        ),
+        "spec.strategy.steps[1].webhook.url: 'https://x/': only http:// is supported",
+    );
+    assert_error(
+        &edit(
+            "- pause: {}\n      - setWeight: 50",
+            "- webhook: { url: \"http://x/\", timeout: 0s }\n      - setWeight: 50",
+        ),
+        "spec.strategy.steps[1].webhook.timeout: must be positive",
+    );
+}
+
+#[test]
+fn analysis_errors() {
+    assert_error(
+        &edit("interval: 10s", "interval: 10ms"),
+        "spec.strategy.analysis.interval: must be at least 100ms",
+    );
+    assert_error(
+        &edit("name: success-rate", "name: succes-rate"),
+        "spec.strategy.analysis.metrics[0].name: unknown metric 'succes-rate'",
+    );
+    assert_error(
+        &edit("min: 0.99", "min: 99"),
+        "spec.strategy.analysis.metrics[0].min: must be a ratio between 0 and 1",
+    );
+    assert_error(
+        &edit("max: 500ms", "max: fast"),
+        "spec.strategy.analysis.metrics[1].max: invalid duration 'fast'",
+    );
+    assert_error(
+        &edit("          min: 0.99\n", ""),
+        "spec.strategy.analysis.metrics[0]: needs min, max or both",
+    );
+    assert_error(
+        &edit("minRequests: 20", "minRequests: 0"),
+        "spec.strategy.analysis.minRequests: must be at least 1",
+    );
+    // A bare number is milliseconds for latencies.
+    let p = load(&edit("max: 500ms", "max: 250")).unwrap();
+    assert_eq!(p.analysis.unwrap().metrics[1].max, Some(250.0));
+}
+
+#[test]
+fn policy_errors_map_to_rollout_fields() {
+    assert_error(
+        &edit(
+            "match: \"Host(`pro.coding`)\"",
+            "match: \"Host(`pro.coding`\"",
+        ),
+        "spec.match: column",
+    );
+    assert_error(
+        &edit("period: 1s", "period: 1x"),
+        "spec.rateLimits[0].period: ",
+    );
+    assert_error(
+        &edit(
+            "LatencyAtQuantileMS(50.0) > 100",
+            "LatencyAtQuantileMS(50.0) >",
+        ),
+        "spec.circuitBreakers[0].expression: column",
+    );
+    assert_error(
+        &edit("fallbackVariant: stable", "fallbackVariant: blue"),
+        "spec.circuitBreakers[0].fallbackVariant: unknown variant 'blue'",
+    );
+    assert_error(
+        &edit("window: 5s", "window: 5s\n      checkPeriod: 0s"),
+        "spec.circuitBreakers[0].checkPeriod",
+    );
+    assert_error(
+        &edit("variant: dev", "variant: qa"),
+        "spec.routes[0].variant: unknown variant 'qa'",
+    );
+    assert_error(
+        &edit("header: x-user-id", "header: x-user-id\n    cookie: uid"),
+        "spec.sticky",
+    );
+}
+
+#[test]
+fn policy_paths() {
+    assert_eq!(policy_path("routes[0].match", 1), "spec.routes[0].match");
+    assert_eq!(policy_path("routes[1].match", 1), "spec.match");
+    assert_eq!(
+        policy_path("routes[1].sticky.source_ip", 1),
+        "spec.sticky.sourceIp"
+    );
+    assert_eq!(
+        policy_path("circuit_breakers[2].fallback_variant", 0),
+        "spec.circuitBreakers[2].fallbackVariant"
+    );
+    assert_eq!(
+        policy_path("rate_limits[0].source.client_ip.xff_depth", 0),
+        "spec.rateLimits[0].source.clientIp.xffDepth"
+    );
+    assert_eq!(policy_path("variants.my_v", 0), "spec.variants.my_v");
+    assert_eq!(policy_path("default", 0), "spec.stableVariant");
+    assert_eq!(policy_path("cluster_header", 0), "spec.clusterHeader");
+    assert_eq!(policy_path("", 0), "spec");
+}
+
+#[test]
+fn revision_tracks_the_release_not_the_edits() {
+    let base = seed().revision;
+    let limits = load(&edit("average: 500", "average: 50")).unwrap();
+    assert_eq!(limits.revision, base, "a limit change is an edit");
+    let bounds = load(&edit("min: 0.99", "min: 0.9")).unwrap();
+    assert_eq!(bounds.revision, base, "an analysis change is an edit");
+    let canary = load(&edit("canary: k8s-flask-canary", "canary: k8s-flask-v3")).unwrap();
+    assert_ne!(canary.revision, base, "a new canary is a new release");
+    let steps = load(&edit("- setWeight: 50", "- setWeight: 25")).unwrap();
+    assert_ne!(steps.revision, base, "new steps start over");
+}

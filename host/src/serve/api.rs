@@ -1,0 +1,165 @@
+//! The HTTP API.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /v1/policies/NAME?version=N&wait=20s` | the policy when its version is newer than N (at once, or as soon as one appears within `wait`); else 304 after `wait`, or 404 after `wait` if no rollout has that name |
+//! | `GET /v1/rollouts` | every rollout ([`RolloutList`]) |
+//! | `GET /v1/rollouts/NAME` | one rollout ([`RolloutView`]) |
+//! | `POST /v1/rollouts/NAME/promote`, `/abort`, `/retry` | the rollout after the command; 409 when it does not apply |
+//! | `GET /healthz` | `ok` |
+//! | `GET /metrics` | Prometheus text |
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::http::{Request, Response};
+use super::registry::{CommandError, Entry, Shared};
+use crate::rollout::time::parse_ms;
+use crate::rollout::{Event, RolloutStatus};
+
+/// Longest long-poll wait honoured.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Wait when the request names none.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+
+/// One rollout, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    /// The rollout's name (the file's stem while the file never validated).
+    pub name: String,
+    /// The rollout file.
+    pub file: String,
+    /// Why the file is refused, if it is; the last good version keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The steps of the last good version, described.
+    pub steps: Vec<String>,
+    /// Where it stands.
+    pub status: RolloutStatus,
+    /// Whether a policy is served for it.
+    pub serving: bool,
+}
+
+/// `GET /v1/rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutList {
+    /// Every rollout, by file name.
+    pub rollouts: Vec<RolloutView>,
+}
+
+fn view(e: &Entry) -> RolloutView {
+    RolloutView {
+        name: e.display_name(),
+        file: e.file.display().to_string(),
+        error: e.error.clone(),
+        steps: e
+            .plan
+            .as_ref()
+            .map(|p| p.steps.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        status: e.status.clone(),
+        serving: e.policy.is_some(),
+    }
+}
+
+/// Answers one request.
+pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
+        ("GET", ["metrics"]) => {
+            let text = shared.metrics.render(&shared.lock());
+            Response::new(200, "text/plain; version=0.0.4", text)
+        }
+        ("GET", ["v1", "policies", name]) => {
+            let resp = policy(shared, name, req);
+            if let Some(c) = shared.metrics.policy_answer(resp.status) {
+                c.inc();
+            }
+            resp
+        }
+        ("GET", ["v1", "rollouts"]) => {
+            let st = shared.lock();
+            let rollouts = st.entries.values().map(view).collect();
+            Response::json(200, &RolloutList { rollouts })
+        }
+        ("GET", ["v1", "rollouts", name]) => {
+            let st = shared.lock();
+            match st.entries.values().find(|e| e.display_name() == *name) {
+                Some(e) => Response::json(200, &view(e)),
+                None => Response::error(404, &format!("no rollout named '{name}'")),
+            }
+        }
+        ("POST", ["v1", "rollouts", name, cmd]) => {
+            let event = match *cmd {
+                "promote" => Event::Promote,
+                "abort" => Event::Abort,
+                "retry" => Event::Retry,
+                _ => return Response::error(404, &format!("unknown command '{cmd}'")),
+            };
+            match shared.command(name, event) {
+                Ok(()) => {
+                    let st = shared.lock();
+                    match st.key_of(name).and_then(|k| st.entries.get(&k)) {
+                        Some(e) => Response::json(200, &view(e)),
+                        None => Response::error(404, &format!("no rollout named '{name}'")),
+                    }
+                }
+                Err(e @ CommandError::NotFound(_)) => Response::error(404, &e.to_string()),
+                Err(e) => Response::error(409, &e.to_string()),
+            }
+        }
+        (_, ["healthz" | "metrics"] | ["v1", "policies" | "rollouts", ..]) => {
+            Response::error(405, &format!("{} not allowed here", req.method))
+        }
+        _ => Response::error(404, &format!("no such endpoint: {}", req.path)),
+    }
+}
+
+/// The long-poll.
+fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
+    let known = match req.param("version").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return Response::error(400, "version: expected a whole number"),
+    };
+    let wait = match req.param("wait").map(parse_ms) {
+        None => DEFAULT_WAIT,
+        Some(Ok(ms)) => Duration::from_millis(ms).min(MAX_WAIT),
+        Some(Err(e)) => return Response::error(400, &format!("wait: {e}")),
+    };
+    let deadline = Instant::now() + wait;
+    let mut st = shared.lock();
+    shared.metrics.polls_waiting.fetch_add(1, Ordering::Relaxed);
+    let resp = loop {
+        let now = Instant::now();
+        let over = st.stopping || now >= deadline;
+        match st.policy_of(name) {
+            Some((version, json)) if version > known => {
+                break Response::new(200, "application/json", json.as_bytes().to_vec())
+                    .with_header("x-rollgate-version", version.to_string())
+                    .with_header("etag", format!("\"{version}\""));
+            }
+            Some((version, _)) if over => {
+                break Response::new(304, "application/json", Vec::new())
+                    .with_header("x-rollgate-version", version.to_string())
+                    .with_header("etag", format!("\"{version}\""));
+            }
+            // An unknown name is held too: a gateway configured before its rollout file is
+            // written gets the policy the moment it appears, instead of backing off.
+            None if over => break Response::error(404, &format!("no policy named '{name}'")),
+            _ => {}
+        }
+        st = shared
+            .changed
+            .wait_timeout(st, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    };
+    shared.metrics.polls_waiting.fetch_sub(1, Ordering::Relaxed);
+    resp
+}

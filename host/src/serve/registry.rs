@@ -1,0 +1,270 @@
+//! The sidecar's state: one entry per Rollout file, each with its last good plan, its status,
+//! and the policy rendered from them. Every change goes through [`Shared::apply`], which runs
+//! the step engine, renders, validates the policy with the filter's compiler, bumps the
+//! version, persists the status file and wakes the long-polls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rollgate_plugin::policy::spec::PolicySpec;
+use rollgate_plugin::policy::Policy;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Metrics;
+use super::{webhook, Config};
+use crate::rollout::{render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp};
+
+/// Writes one log line.
+pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What the sidecar keeps beside `flask.yaml` in `flask.status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusFile {
+    /// The rollout's name (absent while its file never validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// Why the rollout file is refused; the last good version keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The status.
+    pub status: RolloutStatus,
+    /// The policy being served (at `status.policyVersion`), so a restart serves the same
+    /// policy at the same version, even if the rollout file turned invalid meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+}
+
+/// The status file beside a rollout file: `flask.yaml` → `flask.status.json`.
+pub fn status_path(file: &Path) -> PathBuf {
+    file.with_extension("status.json")
+}
+
+/// One rollout file.
+#[derive(Debug)]
+pub struct Entry {
+    /// The rollout file.
+    pub file: PathBuf,
+    /// Fingerprint of the file content last read.
+    pub content: String,
+    /// The rollout's name, once known (from the last good version or the status file).
+    pub name: Option<String>,
+    /// The last good version, if any.
+    pub plan: Option<Plan>,
+    /// Where it stands.
+    pub status: RolloutStatus,
+    /// The served policy and its JSON.
+    pub policy: Option<(PolicySpec, Arc<String>)>,
+    /// Why the file is refused, if it is.
+    pub error: Option<String>,
+}
+
+impl Entry {
+    /// The name used in the API: the rollout's, else the file's stem.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
+
+    fn to_file(&self) -> StatusFile {
+        StatusFile {
+            rollout: self.name.clone(),
+            error: self.error.clone(),
+            status: self.status.clone(),
+            policy: self.policy.as_ref().map(|(p, _)| p.clone()),
+        }
+    }
+}
+
+/// All entries.
+#[derive(Debug, Default)]
+pub struct State {
+    /// By rollout file.
+    pub entries: BTreeMap<PathBuf, Entry>,
+    /// Last versions of deleted rollouts, so a re-created one keeps counting up.
+    pub retired: HashMap<String, u64>,
+    /// Set when the server stops: long-polls answer at once.
+    pub stopping: bool,
+}
+
+impl State {
+    /// The file of the rollout named `name`.
+    pub fn key_of(&self, name: &str) -> Option<PathBuf> {
+        self.entries
+            .iter()
+            .find(|(_, e)| e.name.as_deref() == Some(name))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// The served policy of `name`: (version, JSON).
+    pub fn policy_of(&self, name: &str) -> Option<(u64, Arc<String>)> {
+        let e = self
+            .entries
+            .values()
+            .find(|e| e.name.as_deref() == Some(name))?;
+        let (_, json) = e.policy.as_ref()?;
+        Some((e.status.policy_version, json.clone()))
+    }
+}
+
+/// Why [`Shared::command`] did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No rollout has that name.
+    #[error("no rollout named '{0}'")]
+    NotFound(String),
+    /// The rollout file never validated: there is nothing to drive.
+    #[error("rollout '{0}' has no valid version: {1}")]
+    Invalid(String, String),
+    /// Not applicable in the rollout's state.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// State shared by the server's threads.
+pub struct Shared {
+    /// The entries.
+    pub state: Mutex<State>,
+    /// Signalled whenever a served policy changes (or the server stops).
+    pub changed: Condvar,
+    /// How the server was started.
+    pub config: Config,
+    /// Envoy admin URLs the analysis reads (from `config`, replaceable while running).
+    pub admins: Mutex<Vec<String>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Log sink.
+    pub log: Logger,
+}
+
+impl Shared {
+    /// Locks the state (a panicked holder does not stop the others: every update leaves the
+    /// state consistent before it can panic).
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Envoy admin URLs to read now.
+    pub fn admins(&self) -> Vec<String> {
+        self.admins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Writes a log line.
+    pub fn log(&self, line: &str) {
+        (self.log)(line);
+    }
+
+    /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`.
+    pub fn command(self: &Arc<Self>, name: &str, event: Event) -> Result<(), CommandError> {
+        let mut st = self.lock();
+        let key = st
+            .key_of(name)
+            .ok_or_else(|| CommandError::NotFound(name.to_string()))?;
+        if st.entries[&key].plan.is_none() {
+            let why = st.entries[&key].error.clone().unwrap_or_default();
+            return Err(CommandError::Invalid(name.to_string(), why));
+        }
+        self.apply(&mut st, &key, event, Timestamp::now())?;
+        Ok(())
+    }
+
+    /// Applies `event` to the entry at `key` (with a valid plan) and commits the outcome.
+    pub fn apply(
+        self: &Arc<Self>,
+        st: &mut State,
+        key: &Path,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(), Refused> {
+        let Some(entry) = st.entries.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(plan) = &entry.plan else {
+            return Ok(());
+        };
+        let t = step(plan, &entry.status, event, now)?;
+        let name = plan.name.clone();
+        let policy = render(&plan.name, &plan.spec, &t.status);
+        let mut status = t.status;
+        status.policy_version = entry.status.policy_version;
+        if entry.policy.as_ref().map(|(p, _)| p) != Some(&policy) {
+            // Served only once the filter's own compiler accepts it.
+            if let Err(e) = Policy::compile(policy.clone()) {
+                let why = format!("rendered policy refused by the filter's compiler: {e}");
+                self.log(&format!(
+                    "{name}: {why}; the last good policy keeps serving"
+                ));
+                entry.error = Some(why);
+                self.persist(entry);
+                return Ok(());
+            }
+            let json = serde_json::to_string(&policy).unwrap_or_default();
+            status.policy_version += 1;
+            entry.policy = Some((policy, Arc::new(json)));
+            self.log(&format!(
+                "{name}: policy v{} (canary weight {}%, header route {})",
+                status.policy_version,
+                status.canary_weight,
+                if status.header_route.is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
+            ));
+            self.changed.notify_all();
+        }
+        let dirty = status != entry.status;
+        entry.status = status;
+        for fx in t.effects {
+            match fx {
+                Effect::Note(n) => {
+                    self.metrics.transitions.inc();
+                    self.log(&format!("{name}: {n}"));
+                }
+                Effect::CallWebhook {
+                    attempt,
+                    step,
+                    url,
+                    timeout_ms,
+                } => webhook::spawn(
+                    self.clone(),
+                    webhook::Call {
+                        key: key.to_path_buf(),
+                        rollout: name.clone(),
+                        attempt,
+                        step,
+                        url,
+                        timeout_ms,
+                        status: entry.status.clone(),
+                    },
+                ),
+            }
+        }
+        if dirty {
+            self.persist(entry);
+        }
+        Ok(())
+    }
+
+    /// Writes the entry's status file (atomically: a temp file renamed over it).
+    pub fn persist(&self, entry: &Entry) {
+        let path = status_path(&entry.file);
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let json = serde_json::to_vec_pretty(&entry.to_file()).unwrap_or_default();
+        let result = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            self.log(&format!("cannot write {}: {e}", path.display()));
+        }
+    }
+}

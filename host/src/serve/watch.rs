@@ -1,0 +1,207 @@
+//! The rollout directory: every `*.yaml`/`*.yml` file is one Rollout (files starting with
+//! `.` are ignored). Polled (no inotify dependency): a file whose content changed is reloaded,
+//! a new one is loaded (resuming from its status file if there is one), a removed one is
+//! dropped together with its status file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::registry::{status_path, Entry, Shared, State, StatusFile};
+use crate::rollout::plan::fingerprint;
+use crate::rollout::{validate, Event, Plan, RolloutStatus, Timestamp};
+
+fn rollout_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn short(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Reads the directory once and applies what changed.
+pub fn scan(shared: &Arc<Shared>) {
+    let files = match rollout_files(&shared.config.dir) {
+        Ok(f) => f,
+        Err(e) => {
+            shared.log(&format!("cannot read {}: {e}", shared.config.dir.display()));
+            return;
+        }
+    };
+    let mut st = shared.lock();
+    let gone: Vec<PathBuf> = st
+        .entries
+        .keys()
+        .filter(|k| !files.contains(k))
+        .cloned()
+        .collect();
+    for key in gone {
+        remove(shared, &mut st, &key);
+    }
+    for file in files {
+        // A file that vanished or cannot be read right now is looked at again next time.
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let content = fingerprint(text.as_bytes());
+        if st.entries.get(&file).is_some_and(|e| e.content == content) {
+            continue;
+        }
+        load(shared, &mut st, &file, &text, content);
+    }
+}
+
+fn remove(shared: &Arc<Shared>, st: &mut State, key: &Path) {
+    let Some(e) = st.entries.remove(key) else {
+        return;
+    };
+    if let Some(name) = &e.name {
+        st.retired.insert(name.clone(), e.status.policy_version);
+        shared.log(&format!(
+            "{} removed: rollout {name} deleted, its policy is no longer served",
+            short(key)
+        ));
+    }
+    let _ = std::fs::remove_file(status_path(key));
+    shared.changed.notify_all();
+}
+
+fn read_status_file(shared: &Shared, file: &Path) -> Option<StatusFile> {
+    let path = status_path(file);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(sf) => Some(sf),
+        Err(e) => {
+            shared.log(&format!("ignoring {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+fn load(shared: &Arc<Shared>, st: &mut State, file: &Path, text: &str, content: String) {
+    let result = validate::load(text)
+        .map_err(|e| e.to_string())
+        .and_then(|plan| {
+            match st
+                .entries
+                .values()
+                .find(|e| e.file != file && e.name.as_deref() == Some(&plan.name))
+            {
+                Some(other) => Err(format!(
+                    "metadata.name: '{}' is already the name of {}",
+                    plan.name,
+                    short(&other.file)
+                )),
+                None => Ok(plan),
+            }
+        });
+    if !st.entries.contains_key(file) {
+        let entry = restore(shared, st, file, &result);
+        st.entries.insert(file.to_path_buf(), entry);
+    }
+    let Some(entry) = st.entries.get_mut(file) else {
+        return;
+    };
+    entry.content = content;
+    let plan = match result {
+        Ok(plan) => plan,
+        Err(why) => {
+            shared.metrics.invalid_files.inc();
+            let keeps = if entry.policy.is_some() {
+                format!("policy v{} keeps serving", entry.status.policy_version)
+            } else {
+                "nothing is served for it".to_string()
+            };
+            shared.log(&format!("{}: invalid, {keeps}: {why}", short(file)));
+            entry.error = Some(why);
+            shared.persist(entry);
+            return;
+        }
+    };
+    let renamed = entry.name.as_ref().filter(|n| **n != plan.name).cloned();
+    if let Some(old) = renamed {
+        // A rename is a new rollout under the new name; the old one is gone.
+        st.retired.insert(old, entry.status.policy_version);
+        entry.status = RolloutStatus {
+            policy_version: entry.status.policy_version,
+            ..RolloutStatus::default()
+        };
+        entry.policy = None;
+        shared.changed.notify_all();
+    }
+    let first = entry.plan.is_none();
+    let event = if first && entry.status.revision == plan.revision {
+        Event::Resumed
+    } else {
+        Event::SpecChanged
+    };
+    shared.log(&format!(
+        "{}: {} rollout {} ({} steps)",
+        short(file),
+        if first { "loaded" } else { "reloaded" },
+        plan.name,
+        plan.steps.len()
+    ));
+    entry.name = Some(plan.name.clone());
+    entry.plan = Some(plan);
+    let had_error = entry.error.take().is_some();
+    let before = entry.status.clone();
+    // Not a command: SpecChanged and Resumed are never refused.
+    let _ = shared.apply(st, file, event, Timestamp::now());
+    if let Some(e) = st.entries.get(file) {
+        if had_error && e.status == before {
+            shared.persist(e);
+        }
+    }
+}
+
+/// A new entry for `file`: from its status file if there is one (a restart resumes where it
+/// was, at the same version), else from scratch, counting versions on from a deleted
+/// rollout of the same name.
+fn restore(shared: &Shared, st: &State, file: &Path, result: &Result<Plan, String>) -> Entry {
+    let sf = read_status_file(shared, file);
+    let name = result
+        .as_ref()
+        .ok()
+        .map(|p| p.name.clone())
+        .or_else(|| sf.as_ref().and_then(|s| s.rollout.clone()));
+    let mut entry = Entry {
+        file: file.to_path_buf(),
+        content: String::new(),
+        name: name.clone(),
+        plan: None,
+        status: RolloutStatus::default(),
+        policy: None,
+        error: None,
+    };
+    match sf {
+        // The status of another rollout (the file now names a different one) only lends its
+        // version count.
+        Some(sf) if sf.rollout.is_some() && sf.rollout == name => {
+            entry.status = sf.status;
+            entry.policy = sf.policy.and_then(|p| {
+                let json = serde_json::to_string(&p).ok()?;
+                rollgate_plugin::policy::Policy::compile(p.clone()).ok()?;
+                Some((p, Arc::new(json)))
+            });
+        }
+        Some(sf) => entry.status.policy_version = sf.status.policy_version,
+        None => {}
+    }
+    if let Some(v) = name.as_ref().and_then(|n| st.retired.get(n)) {
+        entry.status.policy_version = entry.status.policy_version.max(*v);
+    }
+    entry
+}

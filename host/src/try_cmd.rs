@@ -1,0 +1,521 @@
+//! `rollgate try`: runs requests through the compiled filter in the in-process proxy-wasm host
+//! ([`crate::wasmhost`]) and prints, as JSON, what the filter did with each.
+//!
+//! One request comes from flags (`--authority`, `--path`, `--method`, `-H 'name: value'`,
+//! `--source ip:port`), or many from `--requests FILE` (or `-`): one JSON object per line,
+//! `{"authority":…,"path":…,"method":…,"headers":{name: value or [values]},"source":"ip:port"}`,
+//! each answered by one JSON line, in order. A bad line gets `{"line": N, "error": …}`; the
+//! others still run. Blank lines are skipped.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::wasmhost::{
+    Exchange, Headers, Host, HostError, HttpRequest, Plugin, PluginConfig, Wasm,
+};
+
+/// Usage of `rollgate try`.
+pub const USAGE: &str = "\
+usage: rollgate try --policy POLICY.json [--wasm FILE] [--workers N]
+                    [--authority HOST] [--path PATH] [--method METHOD]
+                    [-H 'name: value']... [--source IP:PORT]
+       rollgate try --policy POLICY.json [--wasm FILE] [--workers N] --requests FILE|-
+
+Runs requests through the compiled filter (default: the workspace's `make wasm` build) in
+rollgate's in-process proxy-wasm host and prints one JSON line per request:
+{\"variant\", \"cluster\", \"request_headers\", \"local_response\", \"response\", \"worker\"}.
+--requests reads one JSON request per line:
+{\"authority\":…,\"path\":…,\"method\":…,\"headers\":{…},\"source\":\"ip:port\"}";
+
+/// Where the requests come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requests {
+    /// One request from flags.
+    Single(RequestSpec),
+    /// JSON lines from a file, or standard input for `-`.
+    Lines(String),
+}
+
+/// What `rollgate try` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryOptions {
+    /// The policy (plugin configuration) file; `-` is standard input.
+    pub policy: String,
+    /// The filter module; `None` locates the workspace's build.
+    pub wasm: Option<PathBuf>,
+    /// Worker VMs (requests go round-robin).
+    pub workers: usize,
+    /// The requests.
+    pub requests: Requests,
+}
+
+/// One request as `--requests` lines (and the flags) describe it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// `:authority` (default `localhost`).
+    pub authority: Option<String>,
+    /// `:path` (default `/`).
+    pub path: Option<String>,
+    /// `:method` (default `GET`).
+    pub method: Option<String>,
+    /// Headers: a value or a list of values per name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany>,
+    /// The client address `ip:port` (default the host's `127.0.0.1:50000`).
+    pub source: Option<String>,
+}
+
+/// A header value, or several for a repeated header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Repeated.
+    Many(Vec<String>),
+}
+
+impl RequestSpec {
+    fn to_request(&self) -> HttpRequest {
+        let mut r = HttpRequest::new(
+            self.method.as_deref().unwrap_or("GET"),
+            self.authority.as_deref().unwrap_or("localhost"),
+            self.path.as_deref().unwrap_or("/"),
+        );
+        for (name, value) in &self.headers {
+            match value {
+                OneOrMany::One(v) => r = r.header(name, v),
+                OneOrMany::Many(vs) => {
+                    for v in vs {
+                        r = r.header(name, v);
+                    }
+                }
+            }
+        }
+        if let Some(s) = &self.source {
+            r = r.source(s);
+        }
+        r
+    }
+}
+
+/// Why `rollgate try` could not run at all (per-request failures are reported inline).
+#[derive(Debug, thiserror::Error)]
+pub enum TryError {
+    /// Bad command line.
+    #[error("{0}\n\n{USAGE}")]
+    Usage(String),
+    /// A file could not be read.
+    #[error("reading {path}: {error}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+    /// No filter module was given and none is built.
+    #[error("the rollgate filter is not built (looked for {}): run `make wasm`, or pass --wasm FILE", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoWasm(Vec<PathBuf>),
+    /// The filter refused the policy (its `on_configure` returned false).
+    #[error("the filter rejected the policy:\n{0}")]
+    Rejected(String),
+    /// The host failed to load the filter.
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+fn take_value<'a>(
+    args: &mut impl Iterator<Item = &'a String>,
+    flag: &str,
+) -> Result<&'a String, TryError> {
+    args.next()
+        .ok_or_else(|| TryError::Usage(format!("{flag} needs a value")))
+}
+
+/// Parses the arguments after `try`.
+pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
+    let mut policy = None;
+    let mut wasm = None;
+    let mut workers = 1;
+    let mut requests_file = None;
+    let mut single = RequestSpec::default();
+    let mut single_given = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--policy" => policy = Some(take_value(&mut it, arg)?.clone()),
+            "--wasm" => wasm = Some(PathBuf::from(take_value(&mut it, arg)?)),
+            "--workers" => {
+                let v = take_value(&mut it, arg)?;
+                workers = v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    TryError::Usage(format!("--workers takes a number ≥ 1, not '{v}'"))
+                })?;
+            }
+            "--requests" => requests_file = Some(take_value(&mut it, arg)?.clone()),
+            "--authority" => {
+                single.authority = Some(take_value(&mut it, arg)?.clone());
+                single_given = true;
+            }
+            "--path" => {
+                single.path = Some(take_value(&mut it, arg)?.clone());
+                single_given = true;
+            }
+            "--method" => {
+                single.method = Some(take_value(&mut it, arg)?.clone());
+                single_given = true;
+            }
+            "--source" => {
+                single.source = Some(take_value(&mut it, arg)?.clone());
+                single_given = true;
+            }
+            "-H" | "--header" => {
+                let h = take_value(&mut it, arg)?;
+                // A pseudo-header's name starts with ':'; split after it.
+                let skip = usize::from(h.starts_with(':'));
+                let colon = h[skip..]
+                    .find(':')
+                    .map(|i| i + skip)
+                    .ok_or_else(|| TryError::Usage(format!("-H takes 'name: value', not '{h}'")))?;
+                let (name, value) = (h[..colon].trim(), h[colon + 1..].trim_start());
+                if name.is_empty() {
+                    return Err(TryError::Usage(format!("-H '{h}' has no header name")));
+                }
+                let entry = single.headers.entry(name.to_ascii_lowercase());
+                match entry {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(OneOrMany::One(value.to_string()));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        let values = match e.get().clone() {
+                            OneOrMany::One(v) => vec![v, value.to_string()],
+                            OneOrMany::Many(mut vs) => {
+                                vs.push(value.to_string());
+                                vs
+                            }
+                        };
+                        e.insert(OneOrMany::Many(values));
+                    }
+                }
+                single_given = true;
+            }
+            other => return Err(TryError::Usage(format!("unknown argument '{other}'"))),
+        }
+    }
+    let policy = policy.ok_or_else(|| TryError::Usage("--policy is required".into()))?;
+    let requests = match requests_file {
+        Some(_) if single_given => {
+            return Err(TryError::Usage(
+                "--requests cannot be combined with single-request flags".into(),
+            ))
+        }
+        Some(file) => Requests::Lines(file),
+        None => Requests::Single(single),
+    };
+    Ok(TryOptions {
+        policy,
+        wasm,
+        workers,
+        requests,
+    })
+}
+
+/// Where the workspace's filter build may be: `$ROLLGATE_WASM`, next to this executable's
+/// target directory (`target/{debug,release}/rollgate` and test binaries in `deps/`), and
+/// the workspace this crate was built in.
+pub fn default_wasm_candidates() -> Vec<PathBuf> {
+    const ARTIFACT: &str = "wasm32-wasip1/release/rollgate_plugin.wasm";
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("ROLLGATE_WASM") {
+        out.push(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for target in exe.ancestors().skip(2).take(2) {
+            out.push(target.join(ARTIFACT));
+        }
+    }
+    out.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(ARTIFACT),
+    );
+    out
+}
+
+fn locate_wasm(given: Option<&Path>) -> Result<PathBuf, TryError> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let candidates = default_wasm_candidates();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(TryError::NoWasm(candidates))
+}
+
+fn read_source(path: &str, stdin: &mut dyn BufRead) -> Result<Vec<u8>, TryError> {
+    let io = |error| TryError::Io {
+        path: path.to_string(),
+        error,
+    };
+    if path == "-" {
+        let mut buf = Vec::new();
+        stdin.read_to_end(&mut buf).map_err(io)?;
+        return Ok(buf);
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// A JSON string literal.
+fn jstr(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// A JSON object with fields in the given order (the output reads in the order the issue
+/// documents, headers in the order the proxy holds them).
+fn object(fields: &[(&str, String)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", jstr(k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// Headers as a JSON object: a string per name, an array for a repeated name, in first
+/// appearance order. Values that are not UTF-8 are decoded lossily.
+fn headers_json(h: &Headers) -> String {
+    let mut names: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in h.pairs() {
+        let k = String::from_utf8_lossy(k).into_owned();
+        let v = jstr(&String::from_utf8_lossy(v));
+        match names.iter_mut().find(|(n, _)| *n == k) {
+            Some((_, vs)) => vs.push(v),
+            None => names.push((k, vec![v])),
+        }
+    }
+    let fields: Vec<String> = names
+        .into_iter()
+        .map(|(k, vs)| {
+            let value = if vs.len() == 1 {
+                vs.concat()
+            } else {
+                format!("[{}]", vs.join(","))
+            };
+            format!("{}:{value}", jstr(&k))
+        })
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+fn opt_str(v: Option<String>) -> String {
+    v.map_or_else(|| "null".into(), |s| jstr(&s))
+}
+
+/// The JSON fields answering one request: `variant`, `cluster` (from the policy's headers,
+/// null when the filter left the request unrouted), `request_headers` (as forwarded),
+/// `local_response` (null, or status, headers, body, details), `response` (what the client
+/// got: status and headers; null if the stream never answered) and `worker`.
+pub fn exchange_fields(
+    ex: &Exchange,
+    cluster_header: &str,
+    variant_header: &str,
+) -> Vec<(&'static str, String)> {
+    let local = ex.local_response.as_ref().map_or_else(
+        || "null".to_string(),
+        |l| {
+            object(&[
+                ("status", l.status.to_string()),
+                ("headers", headers_json(&l.headers)),
+                ("body", jstr(&String::from_utf8_lossy(&l.body))),
+                ("details", jstr(&l.details)),
+            ])
+        },
+    );
+    let response = ex.response.as_ref().map_or_else(
+        || "null".to_string(),
+        |r| {
+            object(&[
+                ("status", r.status.to_string()),
+                ("headers", headers_json(&r.headers)),
+            ])
+        },
+    );
+    vec![
+        ("variant", opt_str(ex.request_header(variant_header))),
+        ("cluster", opt_str(ex.request_header(cluster_header))),
+        ("request_headers", headers_json(&ex.request_headers)),
+        ("local_response", local),
+        ("response", response),
+        ("worker", ex.worker.to_string()),
+    ]
+}
+
+struct Runner {
+    plugin: Plugin,
+    cluster_header: String,
+    variant_header: String,
+}
+
+impl Runner {
+    fn answer(&self, spec: &RequestSpec) -> Result<Vec<(&'static str, String)>, HostError> {
+        let ex = self.plugin.run(spec.to_request())?;
+        Ok(exchange_fields(
+            &ex,
+            &self.cluster_header,
+            &self.variant_header,
+        ))
+    }
+}
+
+/// Runs `opts`, reading standard input from `stdin` when asked to and writing JSON lines to
+/// `out`. `Ok(false)` when some request failed (its line says why).
+pub fn run(
+    opts: &TryOptions,
+    stdin: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<bool, TryError> {
+    let policy = read_source(&opts.policy, stdin)?;
+    let wasm = Wasm::from_file(locate_wasm(opts.wasm.as_deref())?)?;
+    // The header names come from the policy; the filter itself is the judge of validity.
+    let (cluster_header, variant_header) = rollgate_plugin::config::parse_config(&policy)
+        .ok()
+        .and_then(|c| c.policy)
+        .map(|p| (p.cluster_header, p.variant_header))
+        .unwrap_or_else(|| {
+            (
+                rollgate_plugin::policy::spec::DEFAULT_CLUSTER_HEADER.to_string(),
+                rollgate_plugin::policy::spec::DEFAULT_VARIANT_HEADER.to_string(),
+            )
+        });
+    let config = PluginConfig::new(policy).workers(opts.workers);
+    let plugin = match Host::new().start(&wasm, config) {
+        Ok(p) => p,
+        Err(HostError::ConfigureFailed { logs, .. }) => {
+            let lines: Vec<String> = logs
+                .iter()
+                .filter(|l| l.level >= crate::wasmhost::LogLevel::Warn)
+                .map(|l| l.message.clone())
+                .collect();
+            return Err(TryError::Rejected(lines.join("\n")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let runner = Runner {
+        plugin,
+        cluster_header,
+        variant_header,
+    };
+    match &opts.requests {
+        Requests::Single(spec) => {
+            let answer = runner.answer(spec)?;
+            writeln!(out, "{}", object(&answer))?;
+            Ok(true)
+        }
+        Requests::Lines(file) => {
+            let text = read_source(file, stdin)?;
+            let mut all_ok = true;
+            for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
+                let n = i + 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let answer = serde_json::from_str::<RequestSpec>(line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|spec| runner.answer(&spec).map_err(|e| e.to_string()));
+                let fields = match answer {
+                    Ok(fields) => std::iter::once(("line", n.to_string()))
+                        .chain(fields)
+                        .collect(),
+                    Err(e) => {
+                        all_ok = false;
+                        vec![
+                            ("line", n.to_string()),
+                            ("error", jstr(&format!("line {n}: {e}"))),
+                        ]
+                    }
+                };
+                writeln!(out, "{}", object(&fields))?;
+            }
+            Ok(all_ok)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_make_one_request() {
+        let o = parse_args(&args(&[
+            "--policy",
+            "p.json",
+            "--authority",
+            "pro.coding",
+            "-H",
+            "x-a: 1",
+            "-H",
+            "X-A:2",
+            "-H",
+            ":path: /z",
+            "--source",
+            "1.2.3.4:5",
+            "--workers",
+            "2",
+        ]))
+        .unwrap();
+        assert_eq!(o.workers, 2);
+        let Requests::Single(spec) = o.requests else {
+            panic!("single expected")
+        };
+        assert_eq!(spec.authority.as_deref(), Some("pro.coding"));
+        assert_eq!(
+            spec.headers.get("x-a"),
+            Some(&OneOrMany::Many(vec!["1".into(), "2".into()]))
+        );
+        assert_eq!(
+            spec.headers.get(":path"),
+            Some(&OneOrMany::One("/z".into()))
+        );
+        let r = spec.to_request();
+        assert_eq!(r.headers.get_all("x-a").count(), 2);
+        assert_eq!(r.source.as_deref(), Some("1.2.3.4:5"));
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for bad in [
+            &["--authority", "x"][..],
+            &["--policy"],
+            &["--policy", "p", "--workers", "0"],
+            &["--policy", "p", "-H", "novalue"],
+            &["--policy", "p", "--requests", "-", "--path", "/"],
+            &["--policy", "p", "--frob"],
+        ] {
+            assert!(
+                matches!(parse_args(&args(bad)), Err(TryError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_lines_deny_unknown_fields() {
+        let spec: RequestSpec =
+            serde_json::from_str(r#"{"authority":"a","headers":{"x":["1","2"],"y":"3"}}"#).unwrap();
+        assert_eq!(spec.to_request().headers.get_all("x").count(), 2);
+        assert!(serde_json::from_str::<RequestSpec>(r#"{"authorty":"a"}"#).is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! One HTTP stream through the filter, in Envoy's order: `on_context_create`, request
+//! headers, body chunks, trailers, the upstream, response headers, body, trailers, then
+//! `on_log`, `on_done`, `on_delete`. Pauses are honoured: a paused phase waits for
+//! `proxy_continue_stream` from an event delivered meanwhile (a callout response, a queue),
+//! and a local response ends the request side and runs the response side on the local reply.
+
+use super::maps::Headers;
+use super::plugin::PluginInner;
+use super::shared::lock;
+use super::vm::{Callback, StreamState, ROOT_CONTEXT_ID};
+use super::{
+    Exchange, FailurePolicy, HostError, HttpRequest, LocalResponse, Phase, Response, TrapError,
+};
+
+/// How a phase ended.
+enum Next {
+    /// Go on with the next phase.
+    Go,
+    /// The filter sent a local response.
+    Local,
+    /// The filter closed the stream.
+    Reset,
+    /// The filter paused and nothing resumed it.
+    Stalled(Phase),
+}
+
+/// Action values of the ABI.
+const CONTINUE: i32 = 0;
+
+impl PluginInner {
+    fn stream_mut(&mut self, w: usize, ctx: u32) -> &mut StreamState {
+        self.vms[w].store.data_mut().streams.entry(ctx).or_default()
+    }
+
+    /// Calls a stream callback, delivers what it caused, and says how the phase ended.
+    fn phase(
+        &mut self,
+        w: usize,
+        ctx: u32,
+        phase: Phase,
+        call: impl FnOnce(&mut super::vm::Vm) -> Option<Result<i32, TrapError>>,
+    ) -> Result<Next, HostError> {
+        let action = call(&mut self.vms[w]).transpose()?.unwrap_or(CONTINUE);
+        self.pump()?;
+        let request_side = matches!(
+            phase,
+            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
+        );
+        let s = self.stream_mut(w, ctx);
+        if s.local_reply.is_some() {
+            return Ok(Next::Local);
+        }
+        if s.closed {
+            return Ok(Next::Reset);
+        }
+        let resumed = if request_side {
+            std::mem::take(&mut s.continue_request)
+        } else {
+            std::mem::take(&mut s.continue_response)
+        };
+        Ok(if action == CONTINUE || resumed {
+            Next::Go
+        } else {
+            Next::Stalled(phase)
+        })
+    }
+
+    /// Runs one request (see [`super::Plugin::run`]).
+    pub(crate) fn run(&mut self, req: HttpRequest) -> Result<Exchange, HostError> {
+        let workers = self.vms.len();
+        let w = match req.worker {
+            Some(w) if w < workers => w,
+            Some(worker) => return Err(HostError::NoSuchWorker { worker, workers }),
+            None => {
+                let w = self.next_worker % workers;
+                self.next_worker = self.next_worker.wrapping_add(1);
+                w
+            }
+        };
+        let log_start = lock(&self.shared.logs).len();
+        if self.vms[w].failed.is_some() {
+            match self.failure_policy() {
+                FailurePolicy::FailClosed => return Ok(self.fail_closed(w, &req, log_start)),
+                FailurePolicy::FailOpen => return Ok(self.bypass(w, &req, log_start)),
+                FailurePolicy::FailReload => {
+                    if self.reload(w).is_err() {
+                        return Ok(self.fail_closed(w, &req, log_start));
+                    }
+                }
+            }
+        }
+        let ctx = self.vms[w].next_context_id();
+        let result = self.drive(w, ctx, req, log_start);
+        if result.is_err() {
+            // The VM trapped: Envoy stops calling it, so the stream is simply dropped.
+            self.vms[w].store.data_mut().streams.remove(&ctx);
+        }
+        result
+    }
+
+    fn envoy_request_headers(&mut self, w: usize, req: &HttpRequest) -> Headers {
+        let mut h = req.headers.clone();
+        if !req.envoy_headers {
+            return h;
+        }
+        // The HTTP/1 codec drops whitespace around header values (RFC 9110 OWS).
+        h = h
+            .pairs()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.trim_ascii().to_vec()))
+            .collect();
+        // HTTP/1.1: Envoy's codec turns Host into :authority.
+        if !h.contains(":authority") {
+            if let Some(host) = h.get("host").map(<[u8]>::to_vec) {
+                h.remove("host");
+                h = Headers::from_pairs(
+                    std::iter::once((b":authority".to_vec(), host))
+                        .chain(h.pairs().iter().cloned()),
+                );
+            }
+        }
+        if !h.contains(":scheme") {
+            let at = h
+                .pairs()
+                .iter()
+                .take_while(|(k, _)| k.starts_with(b":"))
+                .count();
+            let mut pairs = h.pairs().to_vec();
+            pairs.insert(at, (b":scheme".to_vec(), b"http".to_vec()));
+            h = Headers::from_pairs(pairs);
+        }
+        if !h.contains("x-forwarded-proto") {
+            h.add("x-forwarded-proto", "http");
+        }
+        if !h.contains("x-request-id") {
+            let st = self.vms[w].store.data_mut();
+            let (a, b) = (st.next_random(), st.next_random());
+            let id = format!(
+                "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xffff,
+                a & 0xfff,
+                0x8000 | (b >> 48) & 0x3fff,
+                b & 0xffff_ffff_ffff
+            );
+            h.add("x-request-id", id);
+        }
+        h
+    }
+
+    /// The downstream address Envoy reports as `source.address`: with `use_remote_address`
+    /// false (the connection manager's default) and no trusted hops, the last
+    /// `X-Forwarded-For` entry (port 0) when it is an IP address, else the connection's peer.
+    fn downstream_address(&self, req: &HttpRequest, headers: &Headers) -> Option<String> {
+        if !req.envoy_headers || self.shared.config.use_remote_address {
+            return req.source.clone();
+        }
+        let last = headers
+            .get("x-forwarded-for")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok());
+        match last {
+            Some(ip) => Some(std::net::SocketAddr::new(ip, 0).to_string()),
+            None => req.source.clone(),
+        }
+    }
+
+    fn drive(
+        &mut self,
+        w: usize,
+        ctx: u32,
+        req: HttpRequest,
+        log_start: usize,
+    ) -> Result<Exchange, HostError> {
+        let request_headers = self.envoy_request_headers(w, &req);
+        let source = self.downstream_address(&req, &request_headers);
+        let start_ns = self.process.realtime_ns();
+        self.vms[w].store.data_mut().streams.insert(
+            ctx,
+            StreamState {
+                source,
+                request_headers,
+                start_ns,
+                ..StreamState::default()
+            },
+        );
+        if let Some(f) = self.vms[w].exports.on_context_create.clone() {
+            self.vms[w].invoke(
+                &f,
+                ctx,
+                Callback::Stream,
+                "proxy_on_context_create",
+                (ctx as i32, ROOT_CONTEXT_ID as i32),
+            )?;
+        }
+        self.pump()?;
+
+        let mut ex = Exchange {
+            worker: w,
+            context_id: ctx,
+            request_headers: Headers::new(),
+            request_body: Vec::new(),
+            forwarded: false,
+            response: None,
+            local_response: None,
+            route_cache_clears: 0,
+            stalled: None,
+            reset: false,
+            logs: Vec::new(),
+        };
+        let next = self.decode(w, ctx, &req)?;
+        let next = match next {
+            Next::Go => {
+                ex.forwarded = true;
+                let s = self.stream_mut(w, ctx);
+                ex.request_headers = s.request_headers.clone();
+                let body = s.request_body_out.clone();
+                let response = match (&req.response, &self.shared.config.upstream) {
+                    (Some(r), _) => r.clone(),
+                    (None, Some(upstream)) => upstream(&ex.request_headers, &body),
+                    (None, None) => Response::new(200).header("content-length", "0"),
+                };
+                self.encode(w, ctx, response)?
+            }
+            other => other,
+        };
+        match next {
+            Next::Go => {}
+            Next::Local => self.local_reply(w, ctx, !ex.forwarded, &mut ex)?,
+            Next::Reset => ex.reset = true,
+            Next::Stalled(phase) => ex.stalled = Some(phase),
+        }
+        let s = self.stream_mut(w, ctx);
+        if !ex.forwarded {
+            ex.request_headers = s.request_headers.clone();
+        }
+        ex.request_body = s.request_body_out.clone();
+        ex.route_cache_clears = s.route_cache_clears;
+        if !ex.reset && ex.stalled.is_none() {
+            if let Some(h) = &s.response_headers {
+                let trailers = s.response_trailers.clone().unwrap_or_default();
+                ex.response = Some(Response::from_map(h, s.response_body_out.clone(), trailers));
+            }
+        }
+        self.complete(w, ctx)?;
+        ex.logs = lock(&self.shared.logs)[log_start..].to_vec();
+        Ok(ex)
+    }
+
+    /// The request side; `Go` means the request goes upstream.
+    fn decode(&mut self, w: usize, ctx: u32, req: &HttpRequest) -> Result<Next, HostError> {
+        let c = ctx as i32;
+        let no_body = req.body.is_empty() && req.trailers.is_none();
+        let n = {
+            let s = self.stream_mut(w, ctx);
+            s.open_request_headers = true;
+            s.request_headers.len() as i32
+        };
+        let next = self.phase(w, ctx, Phase::RequestHeaders, |vm| {
+            let f = vm.exports.on_request_headers.clone()?;
+            Some(vm.invoke(
+                &f,
+                ctx,
+                Callback::Stream,
+                "proxy_on_request_headers",
+                (c, n, no_body as i32),
+            ))
+        })?;
+        self.stream_mut(w, ctx).open_request_headers = false;
+        if !matches!(next, Next::Go) {
+            return Ok(next);
+        }
+        let chunks = req.body.len();
+        for (i, chunk) in req.body.iter().enumerate() {
+            let eos = i + 1 == chunks && req.trailers.is_none();
+            let size = {
+                let s = self.stream_mut(w, ctx);
+                s.request_body.extend_from_slice(chunk);
+                s.open_request_body = true;
+                s.request_body.len() as i32
+            };
+            let next = self.phase(w, ctx, Phase::RequestBody, |vm| {
+                let f = vm.exports.on_request_body.clone()?;
+                Some(vm.invoke(
+                    &f,
+                    ctx,
+                    Callback::Stream,
+                    "proxy_on_request_body",
+                    (c, size, eos as i32),
+                ))
+            })?;
+            let s = self.stream_mut(w, ctx);
+            s.open_request_body = false;
+            match next {
+                Next::Go => {
+                    let data = std::mem::take(&mut s.request_body);
+                    s.request_body_out.extend(data);
+                }
+                // Paused before the end: Envoy buffers and calls again with everything so far.
+                Next::Stalled(_) if !eos => {}
+                other => return Ok(other),
+            }
+        }
+        if let Some(trailers) = &req.trailers {
+            let n = {
+                let s = self.stream_mut(w, ctx);
+                s.request_trailers = Some(trailers.clone());
+                s.open_request_trailers = true;
+                trailers.len() as i32
+            };
+            let next = self.phase(w, ctx, Phase::RequestTrailers, |vm| {
+                let f = vm.exports.on_request_trailers.clone()?;
+                Some(vm.invoke(
+                    &f,
+                    ctx,
+                    Callback::Stream,
+                    "proxy_on_request_trailers",
+                    (c, n),
+                ))
+            })?;
+            self.stream_mut(w, ctx).open_request_trailers = false;
+            return Ok(next);
+        }
+        Ok(Next::Go)
+    }
+
+    /// The response side, on the upstream's response.
+    fn encode(&mut self, w: usize, ctx: u32, response: Response) -> Result<Next, HostError> {
+        let c = ctx as i32;
+        let headers = response.header_map();
+        let n = headers.len() as i32;
+        let no_body = response.body.is_empty() && response.trailers.is_empty();
+        {
+            let s = self.stream_mut(w, ctx);
+            s.response_headers = Some(headers);
+            s.open_response_headers = true;
+            s.code_details = Some("via_upstream".into());
+        }
+        let next = self.phase(w, ctx, Phase::ResponseHeaders, |vm| {
+            let f = vm.exports.on_response_headers.clone()?;
+            Some(vm.invoke(
+                &f,
+                ctx,
+                Callback::Stream,
+                "proxy_on_response_headers",
+                (c, n, no_body as i32),
+            ))
+        })?;
+        self.stream_mut(w, ctx).open_response_headers = false;
+        if !matches!(next, Next::Go) {
+            return Ok(next);
+        }
+        if !response.body.is_empty() {
+            let eos = response.trailers.is_empty();
+            let size = {
+                let s = self.stream_mut(w, ctx);
+                s.response_body = response.body.clone();
+                s.open_response_body = true;
+                s.response_body.len() as i32
+            };
+            let next = self.phase(w, ctx, Phase::ResponseBody, |vm| {
+                let f = vm.exports.on_response_body.clone()?;
+                Some(vm.invoke(
+                    &f,
+                    ctx,
+                    Callback::Stream,
+                    "proxy_on_response_body",
+                    (c, size, eos as i32),
+                ))
+            })?;
+            let s = self.stream_mut(w, ctx);
+            s.open_response_body = false;
+            if !matches!(next, Next::Go) {
+                return Ok(next);
+            }
+            let data = std::mem::take(&mut s.response_body);
+            s.response_body_out.extend(data);
+        }
+        if !response.trailers.is_empty() {
+            let n = {
+                let s = self.stream_mut(w, ctx);
+                s.response_trailers = Some(response.trailers.clone());
+                s.open_response_trailers = true;
+                response.trailers.len() as i32
+            };
+            let next = self.phase(w, ctx, Phase::ResponseTrailers, |vm| {
+                let f = vm.exports.on_response_trailers.clone()?;
+                Some(vm.invoke(
+                    &f,
+                    ctx,
+                    Callback::Stream,
+                    "proxy_on_response_trailers",
+                    (c, n),
+                ))
+            })?;
+            self.stream_mut(w, ctx).open_response_trailers = false;
+            return Ok(next);
+        }
+        Ok(Next::Go)
+    }
+
+    /// Sends the filter's local response. Sent while decoding, it goes through the filter's
+    /// own response callbacks, as Envoy's local replies do; sent while encoding, it replaces
+    /// the response as is (simplification: Envoy would re-encode it).
+    fn local_reply(
+        &mut self,
+        w: usize,
+        ctx: u32,
+        decoding: bool,
+        ex: &mut Exchange,
+    ) -> Result<(), HostError> {
+        let s = self.stream_mut(w, ctx);
+        let Some(local) = s.local_reply.take() else {
+            return Ok(());
+        };
+        s.open_request_headers = false;
+        s.open_request_body = false;
+        s.open_request_trailers = false;
+        s.code_details = Some(local.details.clone());
+        let mut headers = Headers::from_pairs([(":status", local.status.to_string())]);
+        for (k, v) in local.headers.pairs() {
+            headers.add(k, v);
+        }
+        if !local.body.is_empty() {
+            if !headers.contains("content-length") {
+                headers.add("content-length", local.body.len().to_string());
+            }
+            if !headers.contains("content-type") {
+                headers.add("content-type", "text/plain");
+            }
+        }
+        let n = headers.len() as i32;
+        s.response_headers = Some(headers);
+        s.response_trailers = None;
+        s.response_body_out = local.body.clone();
+        ex.local_response = Some(local.clone());
+        if !decoding {
+            return Ok(());
+        }
+        let c = ctx as i32;
+        s.open_response_headers = true;
+        let eos = local.body.is_empty();
+        self.phase(w, ctx, Phase::ResponseHeaders, |vm| {
+            let f = vm.exports.on_response_headers.clone()?;
+            Some(vm.invoke(
+                &f,
+                ctx,
+                Callback::Stream,
+                "proxy_on_response_headers",
+                (c, n, eos as i32),
+            ))
+        })?;
+        let s = self.stream_mut(w, ctx);
+        s.open_response_headers = false;
+        s.local_reply = None;
+        if !eos {
+            s.response_body = std::mem::take(&mut s.response_body_out);
+            s.open_response_body = true;
+            let size = s.response_body.len() as i32;
+            self.phase(w, ctx, Phase::ResponseBody, |vm| {
+                let f = vm.exports.on_response_body.clone()?;
+                Some(vm.invoke(
+                    &f,
+                    ctx,
+                    Callback::Stream,
+                    "proxy_on_response_body",
+                    (c, size, 1),
+                ))
+            })?;
+            let s = self.stream_mut(w, ctx);
+            s.open_response_body = false;
+            s.local_reply = None;
+            s.response_body_out = std::mem::take(&mut s.response_body);
+        }
+        Ok(())
+    }
+
+    /// The end of a stream: `on_log` (maps readable, read-only), `on_done`, `on_delete`.
+    fn complete(&mut self, w: usize, ctx: u32) -> Result<(), HostError> {
+        let c = ctx as i32;
+        {
+            let s = self.stream_mut(w, ctx);
+            s.open_request_headers = false;
+            s.open_request_body = false;
+            s.open_request_trailers = false;
+            s.open_response_headers = false;
+            s.open_response_body = false;
+            s.open_response_trailers = false;
+            s.access_log = true;
+        }
+        let vm = &mut self.vms[w];
+        if let Some(f) = vm.exports.on_log.clone() {
+            vm.invoke(&f, ctx, Callback::Stream, "proxy_on_log", c)?;
+        }
+        self.stream_mut(w, ctx).access_log = false;
+        let vm = &mut self.vms[w];
+        if let Some(f) = vm.exports.on_done.clone() {
+            vm.invoke(&f, ctx, Callback::Stream, "proxy_on_done", c)?;
+        }
+        if let Some(f) = vm.exports.on_delete.clone() {
+            vm.invoke(&f, ctx, Callback::Stream, "proxy_on_delete", c)?;
+        }
+        vm.store.data_mut().streams.remove(&ctx);
+        self.pump()
+    }
+
+    /// Envoy's FAIL_CLOSED answer on a failed VM: a 503 local reply, details
+    /// `wasm_fail_stream`, gRPC UNAVAILABLE; the plugin is not called.
+    fn fail_closed(&mut self, w: usize, req: &HttpRequest, log_start: usize) -> Exchange {
+        let local = LocalResponse {
+            status: 503,
+            body: Vec::new(),
+            headers: Headers::new(),
+            details: "wasm_fail_stream".into(),
+            grpc_status: Some(14),
+        };
+        Exchange {
+            worker: w,
+            context_id: 0,
+            request_headers: self.envoy_request_headers(w, req),
+            request_body: Vec::new(),
+            forwarded: false,
+            response: Some(Response::new(503).header("content-length", "0")),
+            local_response: Some(local),
+            route_cache_clears: 0,
+            stalled: None,
+            reset: false,
+            logs: lock(&self.shared.logs)[log_start..].to_vec(),
+        }
+    }
+
+    /// FAIL_OPEN: the request goes upstream as if the filter were not there.
+    fn bypass(&mut self, w: usize, req: &HttpRequest, log_start: usize) -> Exchange {
+        let headers = self.envoy_request_headers(w, req);
+        let body: Vec<u8> = req.body.concat();
+        let response = match (&req.response, &self.shared.config.upstream) {
+            (Some(r), _) => r.clone(),
+            (None, Some(upstream)) => upstream(&headers, &body),
+            (None, None) => Response::new(200).header("content-length", "0"),
+        };
+        Exchange {
+            worker: w,
+            context_id: 0,
+            request_headers: headers,
+            request_body: body,
+            forwarded: true,
+            response: Some(response),
+            local_response: None,
+            route_cache_clears: 0,
+            stalled: None,
+            reset: false,
+            logs: lock(&self.shared.logs)[log_start..].to_vec(),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Differential test: the same 2,400 generated requests through the filter in this host and
+//! through the filter in a real Envoy (the e2e harness) must get the same variant decisions
+//! and the same local responses.
+//!
+//! The policy exercises every decision input the requests vary: hosts (case, ports), paths,
+//! queries, headers, cookies, sticky splits keyed by header, cookie, query and
+//! `X-Forwarded-For`, spoofed internal headers, bytes that are not UTF-8, no route at all
+//! (Envoy answers `404 no variant`), and a rate limit whose refusals are the filter's local
+//! responses (1 token per hour: deterministic however long the run takes).
+
+mod common;
+
+use rollgate::wasmhost::{Exchange, Host, HttpRequest, PluginConfig};
+use rollgate_e2e::{Response, Stack, ECHO_PREFIX, SEED_CLUSTERS};
+
+const POLICY: &str = r#"{
+  "name": "diff",
+  "variants": { "stable": "k8s-flask", "canary": "k8s-flask-canary", "dev": "k8s-flask-dev" },
+  "routes": [
+    { "match": "Host(`dev.coding`) || PathPrefix(`/dev/`)", "variant": "dev" },
+    { "match": "Host(`pro.coding`) && Headers(`location`, `shenzhen`)", "variant": "canary" },
+    { "match": "Host(`pro.coding`) && Query(`beta`, `1`)", "variant": "canary" },
+    { "match": "Host(`pro.coding`) && Cookie(`tier`, `gold`)", "variant": "canary" },
+    { "match": "Host(`pro.coding`)", "split": [ { "variant": "canary", "weight": 30 } ],
+      "sticky": { "header": "x-user-id" }, "default": "stable" },
+    { "match": "Host(`cookie.coding`)",
+      "split": [ { "variant": "canary", "weight": 50 }, { "variant": "dev", "weight": 20 } ],
+      "sticky": { "cookie": "uid" }, "default": "stable" },
+    { "match": "Host(`query.coding`)", "split": [ { "variant": "canary", "weight": 40 } ],
+      "sticky": { "query": "user" }, "default": "stable" },
+    { "match": "Host(`xff.coding`)", "split": [ { "variant": "canary", "weight": 50 } ],
+      "sticky": { "source_ip": { "xff_depth": 1 } }, "default": "stable" },
+    { "match": "Host(`limited.coding`)", "variant": "stable" }
+  ],
+  "rate_limits": [
+    { "name": "tenants", "match": "Host(`limited.coding`)", "average": 1, "period": "1h",
+      "burst": 3, "source": { "header": "x-tenant" } }
+  ]
+}"#;
+
+const REQUESTS: usize = 2400;
+
+/// splitmix64: a fixed seed makes the request set reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+struct Generated {
+    method: &'static str,
+    authority: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+fn generate(n: usize) -> Vec<Generated> {
+    let mut rng = Rng(0x00d1_ff00);
+    let hosts = [
+        "pro.coding",
+        "pro.coding",
+        "pro.coding",
+        "PRO.Coding",
+        "pro.coding:8080",
+        "dev.coding",
+        "cookie.coding",
+        "cookie.coding",
+        "query.coding",
+        "query.coding",
+        "xff.coding",
+        "limited.coding",
+        "other.example",
+        "pro.coding.evil",
+    ];
+    (0..n)
+        .map(|_| {
+            let authority = rng.pick(&hosts).to_string();
+            let user = format!("u{}", rng.below(400));
+            let mut path = rng
+                .pick(&["/", "/api/items", "/dev/tools", "/static/app.js", "/a/b"])
+                .to_string();
+            let mut query = Vec::new();
+            if rng.chance(25) {
+                query.push(format!("beta={}", rng.pick(&["1", "0", "true"])));
+            }
+            if rng.chance(40) {
+                query.push(format!(
+                    "user={}",
+                    user.replace('u', rng.pick(&["u", "%75"]))
+                ));
+            }
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut add = |k: &str, v: &[u8]| headers.push((k.to_string(), v.to_vec()));
+            if rng.chance(20) {
+                let loc = rng.pick(&["shenzhen", "beijing", "ShenZhen", "shenzhen "]);
+                add("location", loc.as_bytes());
+            }
+            if rng.chance(60) {
+                add("x-user-id", user.as_bytes());
+            }
+            if rng.chance(45) {
+                let tier = rng.pick(&["gold", "silver", "GOLD"]);
+                let cookie = match rng.below(3) {
+                    0 => format!("uid={user}"),
+                    1 => format!("theme=dark; uid=\"{user}\"; tier={tier}"),
+                    _ => format!("tier={tier}"),
+                };
+                add("cookie", cookie.as_bytes());
+            }
+            if rng.chance(40) {
+                let xff = format!(
+                    "203.0.113.{}, 10.0.{}.{}",
+                    rng.below(255),
+                    rng.below(4),
+                    rng.below(255)
+                );
+                add("x-forwarded-for", xff.as_bytes());
+            }
+            if rng.chance(50) {
+                add("x-tenant", format!("t{}", rng.below(25)).as_bytes());
+            }
+            if rng.chance(8) {
+                add("x-rollgate-cluster", b"k8s-flask-dev");
+                add("x-rollgate-variant", b"dev");
+            }
+            if rng.chance(5) {
+                add("x-user-id", b"\xff\xfe\x80user");
+            }
+            if rng.chance(5) {
+                add("location", b"shen\xe9zhen");
+            }
+            Generated {
+                method: if rng.chance(80) { "GET" } else { "POST" },
+                authority,
+                path,
+                headers,
+            }
+        })
+        .collect()
+}
+
+/// What a client observes of the filter's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Routed to a variant's cluster.
+    Routed { variant: String, cluster: String },
+    /// No variant: the route without a cluster header answers 404 "no variant".
+    Unrouted,
+    /// The filter's local response: status, body, header names it added.
+    Local {
+        status: u16,
+        body: String,
+        headers: Vec<String>,
+    },
+}
+
+fn from_host(ex: &Exchange) -> Outcome {
+    if let Some(l) = &ex.local_response {
+        let mut headers: Vec<String> = l
+            .headers
+            .pairs()
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        headers.sort();
+        return Outcome::Local {
+            status: l.status as u16,
+            body: String::from_utf8_lossy(&l.body).into_owned(),
+            headers,
+        };
+    }
+    match (
+        ex.request_header("x-rollgate-variant"),
+        ex.request_header("x-rollgate-cluster"),
+    ) {
+        (Some(variant), Some(cluster)) => Outcome::Routed { variant, cluster },
+        _ => Outcome::Unrouted,
+    }
+}
+
+fn from_envoy(r: &Response, expected_local_headers: &[String]) -> Outcome {
+    let body = r.body_str();
+    if r.status == 200 && r.header("x-upstream").is_some() {
+        return Outcome::Routed {
+            variant: r
+                .header_str(&format!("{ECHO_PREFIX}x-rollgate-variant"))
+                .unwrap_or_default(),
+            cluster: body,
+        };
+    }
+    if r.status == 404 && body == "no variant" {
+        return Outcome::Unrouted;
+    }
+    // Only the header names the host saw are compared: Envoy adds its own (date, server…).
+    let mut headers: Vec<String> = expected_local_headers
+        .iter()
+        .filter(|h| r.header(h).is_some())
+        .cloned()
+        .collect();
+    headers.sort();
+    Outcome::Local {
+        status: r.status,
+        body,
+        headers,
+    }
+}
+
+#[test]
+fn host_and_envoy_decide_alike() {
+    let requests = generate(REQUESTS);
+
+    let host = Host::new();
+    let plugin = host
+        .start(common::filter(), PluginConfig::new(POLICY).workers(2))
+        .expect("the filter accepts the differential policy");
+    let in_host: Vec<Outcome> = requests
+        .iter()
+        .map(|g| {
+            let mut r = HttpRequest::new(g.method, &g.authority, &g.path).source("127.0.0.1:40000");
+            for (k, v) in &g.headers {
+                r = r.header(k, v);
+            }
+            from_host(&plugin.run(r).expect("no trap in the host"))
+        })
+        .collect();
+
+    let stack = Stack::try_start(POLICY, &SEED_CLUSTERS, None).expect("Envoy starts");
+    let mut clients = [stack.client(), stack.client()];
+    let mut mismatches = Vec::new();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for (i, (g, expected)) in requests.iter().zip(&in_host).enumerate() {
+        let headers: Vec<(&str, &[u8])> = g
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let response = clients[i % 2]
+            .request(g.method, &g.authority, &g.path, &headers, b"")
+            .unwrap_or_else(|e| panic!("request {i} to Envoy: {e}"));
+        let local_headers = match expected {
+            Outcome::Local { headers, .. } => headers.clone(),
+            _ => Vec::new(),
+        };
+        let in_envoy = from_envoy(&response, &local_headers);
+        let label = match expected {
+            Outcome::Routed { variant, .. } => variant.clone(),
+            Outcome::Unrouted => "unrouted".into(),
+            Outcome::Local { status, .. } => format!("local {status}"),
+        };
+        *counts.entry(label).or_default() += 1;
+        if in_envoy != *expected {
+            mismatches.push(format!(
+                "#{i} {} {}{} {:?}:\n  host:  {expected:?}\n  envoy: {in_envoy:?}",
+                g.method,
+                g.authority,
+                g.path,
+                g.headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v)))
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {REQUESTS} requests decided differently (first 10):\n{}",
+        mismatches.len(),
+        mismatches
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The generated set really covers every kind of outcome.
+    for label in ["stable", "canary", "dev", "unrouted", "local 429"] {
+        assert!(
+            counts.get(label).copied().unwrap_or(0) >= 20,
+            "too few '{label}' outcomes: {counts:?}"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! `rollgate promote|abort|retry|status` against a running sidecar, and `rollgate serve` as
+//! a process: exit codes and output.
+
+mod rollout_support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rollout_support::{wait_until, Sidecar, TempDir, SEED};
+
+fn rollgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(args)
+        .env_remove("ROLLGATE_SERVER")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn started() -> (TempDir, Sidecar) {
+    let dir = TempDir::new("cli");
+    dir.write("flask.yaml", SEED);
+    let s = Sidecar::start(&dir.0, &[]);
+    (dir, s)
+}
+
+#[test]
+fn promote_abort_retry_and_their_exit_codes() {
+    let (_dir, s) = started();
+    let url = s.url();
+    let o = rollgate(&["promote", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "flask: promote: Paused, step 4/6: pause (until promoted), canary 50%, header route on, \
+         policy v2\n  paused at step 4/6: run `rollgate promote flask` to go on\n"
+    );
+    let o = rollgate(&["retry", "flask", &format!("--server={url}")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        "rollgate retry: flask is not aborted (Paused, step 4/6: pause (until promoted)): \
+         nothing to retry\n"
+    );
+    let o = rollgate(&["abort", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).starts_with("flask: abort: Aborted, step 4/6: pause (until promoted), canary 0%, header route off, policy v3\n"), "{}", text(&o.stdout));
+    let o = rollgate(&["abort", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        "rollgate abort: flask is already aborted\n"
+    );
+    let o = rollgate(&["retry", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).contains("Paused, step 2/6"));
+    let o = rollgate(&["promote", "nope", "--server", &url]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        "rollgate promote: no rollout named 'nope'\n"
+    );
+}
+
+#[test]
+fn status_plain_and_watch() {
+    let (_dir, s) = started();
+    let url = s.url();
+    let o = rollgate(&["status", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    assert_eq!(
+        out.lines().next().unwrap(),
+        "flask: Paused, step 2/6: pause (until promoted), canary 0%, header route on, policy v1"
+    );
+    assert!(out.contains("  message   paused at step 2/6: run `rollgate promote flask` to go on"));
+    assert!(!out.contains('█'), "no progress bar when not a terminal");
+    // All rollouts, via $ROLLGATE_SERVER.
+    let o = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(["status"])
+        .env("ROLLGATE_SERVER", &url)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).starts_with("flask: Paused"));
+
+    // --watch follows until the rollout is done: exit 0 when promoted.
+    let child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(["status", "flask", "--watch", "--server", &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..3 {
+        assert_eq!(s.post("/v1/rollouts/flask/promote").status, 200);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    let blocks: Vec<&str> = out.split("\n\n").collect();
+    assert!(blocks.len() >= 3, "a block per change: {out}");
+    assert!(blocks[0].starts_with("flask: Paused, step 2/6"), "{out}");
+    assert!(
+        blocks
+            .last()
+            .unwrap()
+            .starts_with("flask: Promoted, all 6 steps done, canary 100%"),
+        "{out}"
+    );
+    assert_eq!(
+        s.post("/v1/rollouts/flask/abort").status,
+        409,
+        "promoted: cannot abort"
+    );
+    let o = rollgate(&["status", "nope", "--server", &url]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn watch_exits_1_on_abort() {
+    let (_dir, s) = started();
+    assert_eq!(s.post("/v1/rollouts/flask/abort").status, 200);
+    let o = rollgate(&["status", "flask", "-w", "--server", &s.url()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stdout).starts_with("flask: Aborted"));
+}
+
+#[test]
+fn usage_and_unreachable_server_exit_2() {
+    let o = rollgate(&["promote", "--server", "http://127.0.0.1:9"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("promote takes one rollout NAME"));
+    let o = rollgate(&["status", "--server", "http://127.0.0.1:9"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).starts_with("rollgate: cannot reach rollgate at http://127.0.0.1:9"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = rollgate(&["status", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = rollgate(&["serve", "--dir", "/nonexistent/rollouts"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "rollgate: --dir /nonexistent/rollouts: not a directory\n"
+    );
+    let o = rollgate(&["help"]);
+    for cmd in [
+        "serve --dir DIR",
+        "promote NAME",
+        "abort NAME",
+        "retry NAME",
+        "status [NAME]",
+    ] {
+        assert!(text(&o.stdout).contains(cmd), "help mentions {cmd}");
+    }
+}
+
+#[test]
+fn serve_runs_as_a_process() {
+    let dir = TempDir::new("process");
+    dir.write("flask.yaml", SEED);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args([
+            "serve",
+            "--dir",
+            dir.0.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    wait_until("the sidecar to listen", Duration::from_secs(10), || {
+        rollgate::serve::client::request(
+            "GET",
+            &format!("{url}/healthz"),
+            None,
+            Duration::from_secs(1),
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    let o = rollgate(&["promote", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(
+        log.contains("rollgate: flask.yaml: loaded rollout flask (6 steps)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rollgate: flask: promoted past Paused, step 2/6"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("serving {} on http://{listen}", dir.0.display())),
+        "{log}"
+    );
+}
