@@ -67,14 +67,17 @@ demo: wasm envoy
 
 ## Throughput and latency next to Envoy without a filter, with a pass-through Wasm filter and
 ## with its native filters (bench/). Never part of `make test`: timings need a quiet machine.
-## Installs wrk and nginx from Debian when missing. Options: make bench BENCH_ARGS="--rounds 3".
+## Installs wrk and nginx from Debian when missing. Options: make bench BENCH_ARGS="--rounds 3";
+## where the CPU goes: make bench BENCH_ARGS="--profile --light-duration 0 --no-host".
 PASSTHROUGH := target/wasm32-wasip1/release/rollgate_bench_passthrough.wasm
+PROBE_WASM := target/wasm32-wasip1/release/rollgate_bench_probe.wasm
 bench: wasm envoy
 	@command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
-	$(CARGO) build -p rollgate-bench-passthrough --target wasm32-wasip1 --release
+	$(CARGO) build -p rollgate-bench-passthrough -p rollgate-bench-probe --target wasm32-wasip1 --release
 	$(CARGO) build -p rollgate-bench --profile bench-driver
-	ROLLGATE_PASSTHROUGH_WASM=$(CURDIR)/$(PASSTHROUGH) target/bench-driver/rollgate-bench $(BENCH_ARGS)
+	ROLLGATE_PASSTHROUGH_WASM=$(CURDIR)/$(PASSTHROUGH) ROLLGATE_PROBE_WASM=$(CURDIR)/$(PROBE_WASM) \
+	  target/bench-driver/rollgate-bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

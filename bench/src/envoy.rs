@@ -488,7 +488,7 @@ pub fn start(
         .args(["-l", "warning", "--component-log-level", "wasm:info"])
         .arg("-c")
         .arg(config);
-    let mut proc = Proc::spawn(&format!("envoy ({})", case.label()), cmd, &log)?;
+    let mut proc = Proc::spawn(&format!("envoy ({})", case.label()), cmd, &log, pin)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = proc.exited()? {

@@ -2,7 +2,7 @@
 //! request mix of `wrk/mix.lua`; plus the parsing of its `--latency` report.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -51,13 +51,20 @@ impl Wrk<'_> {
             .arg(format!("http://127.0.0.1:{port}/"))
             .arg("--")
             .arg(seed.to_string());
-        let out = run(cmd)?;
+        let out = run(cmd, self.pin)?;
         parse(&out).with_context(|| format!("parsing wrk's report:\n{out}"))
     }
 }
 
-fn run(mut cmd: Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+fn run(mut cmd: Command, pin: &Pin) -> Result<String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    pin.apply(child.id());
+    let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(

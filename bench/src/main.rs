@@ -45,7 +45,8 @@ usage: rollgate-bench [options]
   --light-connections N wrk connections of the light-load runs (1)
   --envoy-cpu LIST      taskset CPU list for Envoy (0)
   --load-cpu LIST       taskset CPU list for wrk and nginx (1)
-  --nice N              nice value for Envoy, wrk and nginx (-10; 0 leaves it alone)
+  --nice N              nice value for Envoy, wrk and nginx (-20: other work on the machine
+                        yields to them; 0 leaves priorities alone)
   --profile             also run rollgate with parts of its policy left out, and the probe
                         filter making rollgate's host calls one kind at a time: where the
                         CPU goes (needs ROLLGATE_PROBE_WASM; use with --light-duration 0)
@@ -88,7 +89,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
         light_connections: 1,
         envoy_cpu: "0".into(),
         load_cpu: "1".into(),
-        nice: -10,
+        nice: -20,
         profile: false,
         host: true,
         out: workspace_root().join("target/bench"),
@@ -202,10 +203,20 @@ pub struct Results {
     pub versions: Vec<(&'static str, String)>,
     /// Pinning of Envoy and of the load.
     pub pins: (Pin, Pin),
-    /// When the run started (Unix seconds).
-    pub started: u64,
+    /// Busy share of each CPU over 2 s with none of the bench's processes running, before
+    /// and after the rounds: the other work on the machine.
+    pub background: (Vec<f64>, Vec<f64>),
+    /// When the run started (UTC, from `date`).
+    pub started: String,
     /// Total wall time.
     pub elapsed: Duration,
+}
+
+/// How busy each CPU is over 2 s (other people's work: nothing of ours runs then).
+fn background_load() -> Result<Vec<f64>> {
+    let before = sys::cpu_jiffies()?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(sys::cpu_busy(&before, &sys::cpu_jiffies()?))
 }
 
 fn check_run(case: Case, what: &str, r: &WrkRun) -> Result<()> {
@@ -337,6 +348,8 @@ fn run(args: Args) -> Result<Results> {
     let nginx_conf = configs.join("nginx.conf");
     fs::write(&nginx_conf, upstream::nginx_conf(&work, upstream_ports))?;
 
+    let background_before = background_load()?;
+
     // Processes: dropped (stopped) in reverse order on every exit path.
     let _nginx = upstream::start(&nginx_bin, &nginx_conf, &work, upstream_ports, &load_pin)?;
     let mut envoys: Vec<Envoy> = Vec::new();
@@ -453,6 +466,7 @@ fn run(args: Args) -> Result<Results> {
     drop(envoys);
     drop(_nginx);
     let _ = fs::remove_dir_all(&work);
+    let background_after = background_load()?;
 
     let host = if args.host {
         eprintln!("bench: host part (wasmtime)…");
@@ -492,7 +506,11 @@ fn run(args: Args) -> Result<Results> {
         machine: sys::machine(),
         versions,
         pins: (envoy_pin, load_pin),
-        started: stamp,
+        background: (background_before, background_after),
+        started: sys::command_line(
+            "date",
+            &["-u", "-d", &format!("@{stamp}"), "+%Y-%m-%d %H:%M UTC"],
+        ),
         elapsed: started.elapsed(),
     })
 }

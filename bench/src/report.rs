@@ -103,7 +103,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         o,
         "Machine: {} × {}{}, {:.0} GiB RAM, {}, kernel {}. Envoy on {}; wrk and nginx on {}. \
-         Measured at Unix time {} in {:.0} s.\n",
+         Run started {}, took {:.0} s.\n",
         m.nproc,
         m.cpu_model,
         if m.virtualized {
@@ -133,6 +133,7 @@ pub fn markdown(r: &Results) -> String {
         "Envoy `--concurrency 1`, HTTP/1.1 over loopback, `generate_request_id: false`, router \
          `dynamic_stats: false` in every case. Mix (wrk Lua, `bench/wrk/mix.lua`): Host \
          `pro.coding`; `x-user-id` from 10,000 users on 95 %; `location: shenzhen` on 10 %. \
+         Per-user limits in (c) and (d): 100/s, burst 1,000, on requests carrying `x-user-id`. \
          {} rounds, cases interleaved (order rotated each round); per case and round: {} s \
          warm-up, {} s loaded (`wrk -t1 -c{}`), {} s light load (`-c{}`). Figures: median \
          [min–max] over rounds.\n",
@@ -214,7 +215,11 @@ pub fn markdown(r: &Results) -> String {
         "| p99 added over (a) ≤ {TARGET_P99_ADDED_US:.0} µs | light load: {}; loaded: {} | {} (light) / {} (loaded) |",
         signed(p99_light),
         signed(p99_load),
-        verdict(p99_light.median <= TARGET_P99_ADDED_US),
+        if r.args.light_duration == 0 {
+            "not measured"
+        } else {
+            verdict(p99_light.median <= TARGET_P99_ADDED_US)
+        },
         verdict(p99_load.median <= TARGET_P99_ADDED_US),
     );
     let _ = writeln!(
@@ -351,10 +356,21 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(o, "{line}.");
     }
 
+    let pct = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, b)| format!("cpu{i} {:.0} %", b * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(
         o,
-        "\nLoad on the machine during the loaded runs (median per case): Envoy's own CPU use, \
-         and how busy each CPU was (anything above Envoy's share on its CPU is other work).\n"
+        "\nOther work on the machine, measured over 2 s with none of the bench's processes \
+         running: before the rounds {}; after {}. The loaded runs (median per case): Envoy's \
+         own CPU use, and how busy each CPU was (anything above Envoy's share on its CPU is \
+         other work).\n",
+        pct(&r.background.0),
+        pct(&r.background.1)
     );
     let _ = writeln!(o, "| case | Envoy CPU use | CPU busy |");
     let _ = writeln!(o, "|---|---|---|");

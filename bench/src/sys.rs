@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -10,17 +11,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// Where a process runs: a CPU list for `taskset` and a `nice` value (0 leaves it alone).
+/// Where and how a process runs: a CPU list for `taskset`, and a priority.
+///
+/// NB: on kernels with autogroup scheduling (`/proc/sys/kernel/sched_autogroup_enabled`), CPU
+/// time is shared between *sessions* first, so `nice` alone does not make a process win
+/// against another session's compiler. Each bench process therefore starts in a session of
+/// its own (`setsid`), whose autogroup gets the nice value too (`/proc/PID/autogroup`).
 #[derive(Debug, Clone)]
 pub struct Pin {
     /// `taskset -c` CPU list; `None` runs unpinned.
     pub cpus: Option<String>,
-    /// `nice -n` adjustment.
+    /// Nice value (and autogroup nice); 0 leaves priorities alone.
     pub nice: i32,
 }
 
 impl Pin {
-    /// A command running `program` under this pinning.
+    /// A command running `program` under this pinning, in its own session, sent SIGTERM if the
+    /// driver dies (so an interrupted bench leaves nothing running).
     pub fn command(&self, program: &Path) -> Command {
         let mut prefix: Vec<String> = Vec::new();
         if let Some(cpus) = &self.cpus {
@@ -29,17 +36,33 @@ impl Pin {
         if self.nice != 0 {
             prefix.extend(["nice".into(), "-n".into(), self.nice.to_string()]);
         }
-        match prefix.split_first() {
+        let mut c = match prefix.split_first() {
             None => Command::new(program),
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(program);
                 c
             }
+        };
+        // SAFETY: between fork and exec we only make two async-signal-safe system calls and
+        // touch no memory of the parent.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
         }
+        c
     }
 
-    /// For the report: `CPU 0, nice -10`.
+    /// Gives the session of `pid` (started by [`Pin::command`]) this priority. Returns whether
+    /// the kernel took it (no autogroups, or no privilege: false, and only `nice` applies).
+    pub fn apply(&self, pid: u32) -> bool {
+        self.nice != 0 && fs::write(format!("/proc/{pid}/autogroup"), self.nice.to_string()).is_ok()
+    }
+
+    /// For the report: `CPU 0, nice -20`.
     pub fn describe(&self) -> String {
         let cpus = self
             .cpus
@@ -48,7 +71,7 @@ impl Pin {
         if self.nice == 0 {
             cpus
         } else {
-            format!("{cpus}, nice {}", self.nice)
+            format!("{cpus}, nice {} (own session and autogroup)", self.nice)
         }
     }
 }
@@ -61,8 +84,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` with stdin closed and stdout and stderr into the file `output`.
-    pub fn spawn(name: &str, mut cmd: Command, output: &Path) -> Result<Proc> {
+    /// Spawns `cmd` (from [`Pin::command`]) with stdin closed and stdout and stderr into the
+    /// file `output`, and applies `pin`'s priority to it.
+    pub fn spawn(name: &str, mut cmd: Command, output: &Path, pin: &Pin) -> Result<Proc> {
         let out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
         let err = out.try_clone()?;
         let child = cmd
@@ -71,6 +95,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        pin.apply(child.id());
         Ok(Proc {
             name: name.to_string(),
             child,

@@ -60,7 +60,7 @@ pub fn start(nginx: &Path, conf: &Path, dir: &Path, ports: [u16; 3], pin: &Pin) 
     let mut cmd = pin.command(nginx);
     cmd.arg("-p").arg(dir).arg("-c").arg(conf);
     cmd.arg("-e").arg(dir.join("nginx-error.log"));
-    let mut proc = Proc::spawn("nginx", cmd, &dir.join("nginx.out"))?;
+    let mut proc = Proc::spawn("nginx", cmd, &dir.join("nginx.out"), pin)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     for ((_, variant), port) in CLUSTERS.iter().zip(ports) {
         loop {

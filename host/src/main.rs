@@ -15,13 +15,17 @@ commands:
   serve --dir DIR [--listen ADDR] [--envoy-admin URL]...
                          run the sidecar: walk the Rollouts in DIR and serve their policies
                          (--listen default 127.0.0.1:8181); analysis reads each Envoy admin
+  serve --kubernetes [--prometheus URL | --envoy-admin URL...] [--lease-namespace NS] [--identity ID]
+                         run the controller: drive every Rollout in the cluster (kubeconfig
+                         or service account), write each policy into its WasmPlugin
   promote NAME           release the rollout's current pause
   abort NAME             abort the rollout: canary weight 0, header route off
   retry NAME             start an aborted rollout over
   status [NAME] [--watch]
                          where rollouts stand; --watch follows NAME until promoted or aborted
                          (promote, abort, retry, status: --server URL, default $ROLLGATE_SERVER
-                         or http://127.0.0.1:8181)
+                         or http://127.0.0.1:8181; with --kubernetes [--namespace NS], the
+                         Rollouts in the cluster, found through kubeconfig like kubectl)
   crd                    print the Rollout CustomResourceDefinition (manifests/crd/rollout.yaml)
   help                   this text";
 
@@ -71,6 +75,23 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         Some("crd") => {
             print!("{}", rollgate::kube::crd::crd_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("serve") if args.iter().any(|a| a == "--kubernetes") => {
+            let opts = rollgate::kube::run::parse_options(&args[1..], |k| std::env::var(k).ok())
+                .map_err(|e| anyhow::anyhow!("{e}\n\n{USAGE}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(async {
+                // kubeconfig or the pod's service account, as kubectl finds them.
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API")?;
+                rollgate::kube::run::run(client, opts).await?;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some("serve") => {

@@ -5,6 +5,9 @@
 //! Exit codes: 0 done; 1 the server refused (unknown rollout, command not applicable, or
 //! `status --watch` saw the rollout abort); 2 usage errors and an unreachable server (the
 //! binary's own convention for errors).
+//!
+//! With `--kubernetes [--namespace NS]` the commands act on Rollouts in the cluster instead
+//! ([`crate::kube::commands`]).
 
 pub mod format;
 
@@ -39,6 +42,9 @@ pub enum CliError {
     /// The server answered something unexpected.
     #[error("unexpected answer from {0}")]
     Protocol(String),
+    /// The Kubernetes API (`--kubernetes`) failed.
+    #[error("{0}")]
+    Cluster(String),
     /// The sidecar could not start.
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
@@ -106,6 +112,9 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<
     let (cmd, rest) = args
         .split_first()
         .ok_or_else(|| CliError::Usage("no command".into()))?;
+    if rest.iter().any(|a| a == "--kubernetes") {
+        return crate::kube::commands::run_cli(cmd, rest, out, err);
+    }
     match cmd.as_str() {
         "promote" | "abort" | "retry" => {
             let a = parse(cmd, rest, false)?;

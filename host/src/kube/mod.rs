@@ -1,7 +1,16 @@
-//! Kubernetes: the Rollout CRD generated from [`crate::rollout::types`].
+//! Kubernetes: the Rollout CRD generated from [`crate::rollout::types`], the controller
+//! (`serve --kubernetes`, [`run`]) that drives Rollouts with the engine of `serve --dir`,
+//! and leader election ([`lease`]).
 //!
 //! The CRD is printed by `rollgate crd` and committed as `manifests/crd/rollout.yaml`; a test
 //! (`host/tests/crd.rs`) fails when the two differ. Regenerate with
 //! `cargo run -q -p rollgate -- crd > manifests/crd/rollout.yaml`.
 
+pub mod analysis;
+pub mod commands;
+pub mod controller;
 pub mod crd;
+pub mod lease;
+pub mod prometheus;
+pub mod rbac;
+pub mod run;

@@ -1,0 +1,189 @@
+//! `rollgate promote|abort|retry|status --kubernetes [--namespace NS]`: the CLI's commands
+//! against the cluster (kubeconfig, like kubectl) instead of the sidecar.
+//!
+//! A command steps the Rollout's status with the engine ([`step`]) and server-side-applies
+//! it, guarded by the `resourceVersion` read: if the controller wrote in between (409), the
+//! command re-reads and tries again. The controller then sees the new status, renders the
+//! policy and writes it into the WasmPlugin.
+
+use kube::{Api, Client, ResourceExt};
+
+use super::controller::{apply_status, Error};
+use crate::cli::{format, CliError};
+use crate::rollout::{step, validate, Event, Refused, Rollout, Timestamp};
+use crate::serve::api::RolloutView;
+
+/// How often a command retries after a conflict with the controller.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The API server refused or failed.
+    #[error(transparent)]
+    Kube(#[from] Error),
+    /// The engine refused (e.g. promote when not paused) or the spec is invalid.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<kube::Error> for CommandError {
+    fn from(e: kube::Error) -> Self {
+        CommandError::Kube(Error::Kube(e))
+    }
+}
+
+/// The Rollout as `rollgate status` shows it (the sidecar's view; `file` is `ns/name`).
+pub fn view(ro: &Rollout) -> RolloutView {
+    let plan = validate::plan(ro);
+    let status = ro.status.clone().unwrap_or_default();
+    RolloutView {
+        name: ro.name_any(),
+        file: format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any()),
+        error: plan.as_ref().err().map(ToString::to_string),
+        steps: plan
+            .as_ref()
+            .map(|p| p.steps.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        serving: status.policy_version > 0,
+        status,
+    }
+}
+
+/// Reads one Rollout.
+pub async fn get(client: &Client, ns: &str, name: &str) -> Result<RolloutView, CommandError> {
+    let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    Ok(view(&api.get(name).await?))
+}
+
+/// Every Rollout of the namespace.
+pub async fn list(client: &Client, ns: &str) -> Result<Vec<RolloutView>, CommandError> {
+    let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&Default::default()).await?;
+    Ok(list.items.iter().map(view).collect())
+}
+
+/// Applies `event` (promote, abort, retry) to the Rollout's status.
+pub async fn command(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    event: Event,
+) -> Result<RolloutView, CommandError> {
+    let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    let mut tries = 0;
+    loop {
+        let mut ro = api.get(name).await?;
+        let plan = validate::plan(&ro).map_err(|e| CommandError::Refused(e.to_string()))?;
+        let old = ro.status.clone().unwrap_or_default();
+        let t = step(&plan, &old, event.clone(), Timestamp::now())
+            .map_err(|Refused(why)| CommandError::Refused(why))?;
+        let rv = ro.resource_version();
+        match apply_status(client, ns, name, rv.as_deref(), &t.status).await {
+            Ok(()) => {
+                ro.status = Some(t.status);
+                return Ok(view(&ro));
+            }
+            Err(Error::Conflict(_)) if tries < CONFLICT_RETRIES => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs `cmd` (`promote`, `abort`, `retry`, `status`) with `args` (`--kubernetes`,
+/// `--namespace NS` / `-n NS`, the NAME) against the cluster; returns the exit code.
+pub fn run_cli(
+    cmd: &str,
+    args: &[String],
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Result<u8, CliError> {
+    let mut ns = None;
+    let mut names = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kubernetes" => {}
+            "--namespace" | "-n" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| usage(cmd, "--namespace needs a value"))?;
+                ns = Some(v.clone());
+            }
+            s if s.starts_with('-') => return Err(usage(cmd, &format!("unknown option '{s}'"))),
+            s => names.push(s.to_string()),
+        }
+    }
+    let event = match cmd {
+        "promote" => Some(Event::Promote),
+        "abort" => Some(Event::Abort),
+        "retry" => Some(Event::Retry),
+        "status" => None,
+        other => return Err(usage(other, "unknown command")),
+    };
+    if names.len() > 1 || (event.is_some() && names.is_empty()) {
+        return Err(usage(cmd, "takes one rollout NAME"));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Cluster(e.to_string()))?;
+    rt.block_on(async {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| CliError::Cluster(format!("connecting to Kubernetes: {e}")))?;
+        let ns = ns.unwrap_or_else(|| client.default_namespace().to_string());
+        cli_with(&client, &ns, cmd, event, names.first(), out, err).await
+    })
+}
+
+fn usage(cmd: &str, what: &str) -> CliError {
+    CliError::Usage(format!("{cmd} --kubernetes: {what}"))
+}
+
+/// [`run_cli`] on a given client (the tests' mock API server).
+pub async fn cli_with(
+    client: &Client,
+    ns: &str,
+    cmd: &str,
+    event: Option<Event>,
+    name: Option<&String>,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Result<u8, CliError> {
+    let outcome = match (event, name) {
+        (Some(ev), Some(n)) => command(client, ns, n, ev).await.map(|v| {
+            let mut text = format!("{n}: {cmd}: {}\n", format::summary(&v));
+            if !v.status.message.is_empty() {
+                text.push_str(&format!("  {}\n", v.status.message));
+            }
+            text
+        }),
+        (_, Some(n)) => get(client, ns, n).await.map(|v| format::block(&v, false)),
+        (_, None) => list(client, ns).await.map(|vs| {
+            if vs.is_empty() {
+                "no rollouts\n".to_string()
+            } else {
+                vs.iter()
+                    .map(|v| format::block(v, false))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }),
+    };
+    match outcome {
+        Ok(text) => {
+            let _ = write!(out, "{text}");
+            Ok(0)
+        }
+        Err(CommandError::Refused(why)) => {
+            let _ = writeln!(err, "rollgate {cmd}: {why}");
+            Ok(1)
+        }
+        Err(CommandError::Kube(Error::Kube(kube::Error::Api(s)))) if s.code == 404 => {
+            let _ = writeln!(err, "rollgate {cmd}: {}", s.message);
+            Ok(1)
+        }
+        Err(e) => Err(CliError::Cluster(e.to_string())),
+    }
+}

@@ -1,0 +1,120 @@
+//! `rollgate serve --kubernetes`: leader election, then the kube-rs controller over every
+//! Rollout in the cluster.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+
+use super::analysis::Source;
+use super::controller::{error_policy, reconcile, Context, Error};
+use super::lease::LeaseLock;
+use crate::rollout::Rollout;
+
+/// Options of `serve --kubernetes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Namespace of the leader-election Lease (`$POD_NAMESPACE`, default `rollgate-system`).
+    pub lease_namespace: String,
+    /// This replica's identity (`$POD_NAME`, else the host name).
+    pub identity: String,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// Envoy admin endpoints read for analysis (`--envoy-admin URL`, repeatable).
+    pub envoy_admin: Vec<String>,
+    /// Prometheus HTTP API read for analysis instead (`--prometheus URL`).
+    pub prometheus: Option<String>,
+}
+
+/// Name of the leader-election Lease.
+pub const LEASE_NAME: &str = "rollgate-controller";
+
+/// Runs until leadership is lost (an error: the process should exit so the pod restarts
+/// and campaigns again, as client-go controllers do).
+pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
+    let lock = LeaseLock::new(leases, LEASE_NAME, &opts.identity, opts.lease_ttl);
+    // Standby until this replica leads; an API error is just another wait.
+    while !lock.try_acquire_or_renew().await.unwrap_or(false) {
+        tokio::time::sleep(lock.renew_every()).await;
+    }
+    eprintln!("rollgate: {} leads; driving rollouts", opts.identity);
+    let ctx = Context::with_analysis(client.clone(), Some(opts.identity.clone()), opts.source());
+    let rollouts: Api<Rollout> = Api::all(client);
+    let controller = Controller::new(rollouts, watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|outcome| async move {
+            if let Err(e) = outcome {
+                eprintln!("rollgate: reconcile: {e}");
+            }
+        });
+    let renew = async {
+        loop {
+            tokio::time::sleep(lock.renew_every()).await;
+            match lock.try_acquire_or_renew().await {
+                Ok(true) => {}
+                Ok(false) => return Error::LostLease,
+                // One failed renewal is not a loss yet: the lease outlives three tries.
+                Err(e) => eprintln!("rollgate: renewing the lease: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        () = controller => Ok(()),
+        e = renew => Err(e),
+    }
+}
+
+/// Parses `serve --kubernetes [--lease-namespace NS] [--identity ID]`; defaults from the
+/// Deployment's downward API (`POD_NAMESPACE`, `POD_NAME`) through `env`.
+pub fn parse_options(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Options, String> {
+    let mut opts = Options {
+        lease_namespace: env("POD_NAMESPACE").unwrap_or_else(|| "rollgate-system".into()),
+        identity: env("POD_NAME")
+            .or_else(|| env("HOSTNAME"))
+            .unwrap_or_else(|| format!("rollgate-{}", std::process::id())),
+        lease_ttl: Duration::from_secs(15),
+        envoy_admin: Vec::new(),
+        prometheus: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or(format!("serve: {a} needs a value"))
+        };
+        match a.as_str() {
+            "--kubernetes" => {}
+            "--lease-namespace" => opts.lease_namespace = value()?,
+            "--identity" => opts.identity = value()?,
+            "--envoy-admin" => opts.envoy_admin.push(value()?),
+            "--prometheus" => opts.prometheus = Some(value()?),
+            other => {
+                return Err(format!(
+                    "serve --kubernetes: unsupported argument '{other}'"
+                ))
+            }
+        }
+    }
+    if opts.prometheus.is_some() && !opts.envoy_admin.is_empty() {
+        return Err("serve --kubernetes: --prometheus and --envoy-admin exclude each other".into());
+    }
+    Ok(opts)
+}
+
+impl Options {
+    /// Where analysis reads its figures.
+    pub fn source(&self) -> Source {
+        match (&self.prometheus, self.envoy_admin.is_empty()) {
+            (Some(url), _) => Source::Prometheus(url.clone()),
+            (None, false) => Source::EnvoyAdmin(self.envoy_admin.clone()),
+            (None, true) => Source::None,
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The controller's API calls, against kube's mock-service pattern (tower-test): the exact
+//! requests for the WasmPlugin patch, the status update and the Events, and what the
+//! controller does when the API server answers 409 or 500.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use rollgate::kube::analysis::Source;
+use rollgate::kube::controller::{self, Context, Error};
+use rollgate::rollout::{render, validate, Phase, Rollout};
+use serde_json::{json, Value};
+
+/// One request the controller sent.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    uri: String,
+    body: Value,
+}
+
+fn rollout() -> Rollout {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/rollout.yaml"
+    ))
+    .unwrap();
+    let mut ro = validate::parse(&text).unwrap();
+    ro.metadata.namespace = Some("shop".into());
+    ro.metadata.resource_version = Some("7".into());
+    ro.metadata.uid = Some("0b5c0a6e-1111-2222-3333-444455556666".into());
+    ro
+}
+
+/// A stand-in API server: records every request and answers with `status_for(uri)` (body:
+/// the request body echoed, or the Rollout for a status patch).
+fn api_server(status_for: fn(&str) -> u16) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let code = status_for(&uri);
+            let answer = if code >= 400 {
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "refused", "reason": "Conflict", "code": code})
+            } else if uri.contains("/rollouts/") {
+                let mut ro = serde_json::to_value(rollout()).unwrap();
+                ro["status"] = body["status"].clone();
+                ro
+            } else {
+                body.clone()
+            };
+            log.lock().unwrap().push(Seen { method, uri, body });
+            let resp = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            send.send_response(resp);
+        }
+    });
+    (Client::new(mock, "default"), seen)
+}
+
+fn ok(_: &str) -> u16 {
+    200
+}
+
+#[tokio::test]
+async fn first_reconcile_patches_the_wasmplugin_then_the_status_then_publishes_events() {
+    let (client, seen) = api_server(ok);
+    let ctx = Context::new(client, Some("rollgate-0".into()));
+    let action = controller::reconcile(Arc::new(rollout()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    let seen = seen.lock().unwrap().clone();
+
+    // 1. The rendered policy, server-side applied into the WasmPlugin named like the Rollout.
+    let wp = &seen[0];
+    assert_eq!(wp.method, "PATCH");
+    assert_eq!(
+        wp.uri,
+        "/apis/extensions.istio.io/v1alpha1/namespaces/shop/wasmplugins/flask?&force=true&fieldManager=rollgate"
+    );
+    assert_eq!(wp.body["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(wp.body["kind"], "WasmPlugin");
+    assert_eq!(wp.body["metadata"], json!({"name": "flask"}));
+    let ro = rollout();
+    let plan = validate::plan(&ro).unwrap();
+    let status: rollgate::rollout::RolloutStatus =
+        serde_json::from_value(seen[1].body["status"].clone()).unwrap();
+    let expected = serde_json::to_value(render(&plan.name, &plan.spec, &status)).unwrap();
+    assert_eq!(wp.body["spec"], json!({ "pluginConfig": expected }));
+    // The seed's first step turns the header route on.
+    let routes = expected["routes"].to_string();
+    assert!(routes.contains("shenzhen"), "{routes}");
+
+    // 2. The status, server-side applied to the status subresource, guarded by the
+    //    resourceVersion read.
+    let st = &seen[1];
+    assert_eq!(st.method, "PATCH");
+    assert_eq!(
+        st.uri,
+        "/apis/rollgate.dev/v1alpha1/namespaces/shop/rollouts/flask/status?&force=true&fieldManager=rollgate"
+    );
+    assert_eq!(st.body["apiVersion"], "rollgate.dev/v1alpha1");
+    assert_eq!(st.body["kind"], "Rollout");
+    assert_eq!(
+        st.body["metadata"],
+        json!({"name": "flask", "resourceVersion": "7"})
+    );
+    assert_eq!(status.revision, plan.revision);
+    assert_eq!(status.policy_version, 1);
+    assert_eq!(status.phase, Phase::Paused);
+
+    // 3. An Event for the transition, on the Rollout, its reason the phase reached.
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    for ev in &seen[2..] {
+        assert_eq!(ev.method, "POST");
+        assert_eq!(ev.uri, "/apis/events.k8s.io/v1/namespaces/shop/events?");
+        assert_eq!(ev.body["reason"], "Paused");
+        assert_eq!(ev.body["type"], "Normal");
+        assert_eq!(ev.body["reportingController"], "rollgate");
+        assert_eq!(ev.body["regarding"]["kind"], "Rollout");
+        assert_eq!(ev.body["regarding"]["name"], "flask");
+        assert_eq!(ev.body["regarding"]["resourceVersion"], "7");
+        let note = ev.body["note"].as_str().unwrap();
+        assert!(note.contains("header route"), "{note}");
+    }
+}
+
+#[tokio::test]
+async fn unchanged_rollout_writes_nothing_the_second_time() {
+    let (client, seen) = api_server(ok);
+    let ctx = Context::new(client, None);
+    controller::reconcile(Arc::new(rollout()), ctx.clone())
+        .await
+        .unwrap();
+    let status = seen.lock().unwrap()[1].body["status"].clone();
+    let mut ro = rollout();
+    ro.status = Some(serde_json::from_value(status).unwrap());
+    let before = seen.lock().unwrap().len();
+    controller::reconcile(Arc::new(ro), ctx).await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "paused and unchanged: no request"
+    );
+}
+
+fn status_conflicts(uri: &str) -> u16 {
+    if uri.contains("/status") {
+        409
+    } else {
+        200
+    }
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_status_is_retried_at_once() {
+    let (client, seen) = api_server(status_conflicts);
+    let ctx = Context::new(client, None);
+    let ro = Arc::new(rollout());
+    let err = controller::reconcile(ro.clone(), ctx.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    // No Event for a transition that was not stored.
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| !s.uri.contains("/events")));
+    assert_eq!(
+        controller::error_policy(ro, &err, ctx),
+        Action::requeue(Duration::from_millis(100))
+    );
+}
+
+fn server_error(uri: &str) -> u16 {
+    if uri.contains("/wasmplugins/") {
+        500
+    } else {
+        200
+    }
+}
+
+#[tokio::test]
+async fn a_server_error_backs_off_and_writes_no_status() {
+    let (client, seen) = api_server(server_error);
+    let ctx = Context::new(client, None);
+    let ro = Arc::new(rollout());
+    let err = controller::reconcile(ro.clone(), ctx.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Kube(_)), "{err:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "only the failed WasmPlugin patch: {seen:#?}");
+    // The status is not advanced past a policy the gateways never got; back-off doubles.
+    let delays: Vec<Action> = (0..3)
+        .map(|_| controller::error_policy(ro.clone(), &err, ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [1, 2, 4].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+}
+
+/// A stand-in Envoy admin: each `/stats/prometheus` reading shows 100 more canary 5xx.
+fn failing_canary_admin() -> String {
+    serve_readings(|i| {
+        format!(
+            "# TYPE rollgate_flask_variant_canary_rs_5xx counter\n\
+             rollgate_flask_variant_canary_rs_5xx {}\n\
+             rollgate_flask_variant_canary_rs_2xx 10\n",
+            100 * i
+        )
+    })
+}
+
+/// A stand-in Prometheus: the instant query's vector, 100 more canary 5xx per reading
+/// (split over two gateways, which the controller sums). Fails the request unless the
+/// query is the policy's selector.
+fn failing_canary_prometheus() -> String {
+    serve_readings(|i| {
+        let v = |n: usize| json!(["1764500000.0", n.to_string()]);
+        json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"__name__": "rollgate_flask_variant_canary_rs_5xx", "instance": "gw-a"}, "value": v(60 * i)},
+            {"metric": {"__name__": "rollgate_flask_variant_canary_rs_5xx", "instance": "gw-b"}, "value": v(40 * i)},
+            {"metric": {"__name__": "rollgate_flask_variant_canary_rs_2xx", "instance": "gw-a"}, "value": v(10)}
+        ]}})
+        .to_string()
+    })
+}
+
+/// Serves `body(i)` for the i-th request; a request line is checked for the expected path.
+fn serve_readings(body: fn(usize) -> String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let mut conn = conn.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let expected = [
+                "GET /stats/prometheus ",
+                "GET /api/v1/query?query=%7B__name__%3D~%22rollgate_flask_.%2A%22%7D ",
+            ];
+            let body = if expected.iter().any(|e| line.starts_with(e)) {
+                body(i)
+            } else {
+                format!("unexpected request {line}")
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_failing_canary_measured_at_the_gateways_is_aborted() {
+    aborts_a_failing_canary(Source::EnvoyAdmin(vec![failing_canary_admin()])).await;
+}
+
+#[tokio::test]
+async fn a_failing_canary_measured_by_prometheus_is_aborted() {
+    aborts_a_failing_canary(Source::Prometheus(failing_canary_prometheus())).await;
+}
+
+async fn aborts_a_failing_canary(source: Source) {
+    let (client, seen) = api_server(ok);
+    let ctx = Context::with_analysis(client, None, source);
+    let mut ro = rollout();
+    let analysis = ro.spec.strategy.analysis.as_mut().unwrap();
+    analysis.interval = Some("200ms".into());
+    analysis.failure_limit = 0;
+    // Paused at the first pause, header route on (as the first reconcile leaves it).
+    controller::reconcile(Arc::new(ro.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let status = seen.lock().unwrap()[1].body["status"].clone();
+    ro.status = Some(serde_json::from_value(status).unwrap());
+    ro.metadata.resource_version = Some("8".into());
+    // The reading after one interval shows the canary answering 5xx only.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = seen.lock().unwrap().len();
+    let action = controller::reconcile(Arc::new(ro), ctx).await.unwrap();
+    assert_eq!(
+        action,
+        Action::await_change(),
+        "aborted: nothing left to drive"
+    );
+    let seen = seen.lock().unwrap()[before..].to_vec();
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    // All traffic back to stable: no header route, no split.
+    let config = seen[0].body["spec"]["pluginConfig"].to_string();
+    assert!(!config.contains("shenzhen"), "{config}");
+    assert_eq!(seen[1].body["status"]["phase"], "Aborted");
+    assert_eq!(seen[1].body["status"]["canaryWeight"], 0.0);
+    assert_eq!(seen[2].body["reason"], "Aborted");
+    assert_eq!(seen[2].body["type"], "Warning");
+    let note = seen[2].body["note"].as_str().unwrap();
+    assert!(note.contains("success-rate"), "{note}");
+}
