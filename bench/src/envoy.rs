@@ -51,14 +51,19 @@ pub enum Case {
 /// The probe's configurations in `--profile` runs: (operations, how many units of the
 /// measured operation they repeat). Cost per unit = (probe − (b)) / units. Repeating an
 /// operation lifts its cost well above the run-to-run noise of Envoy's CPU per request.
-pub const PROBES: [(&str, u32); 11] = [
+pub const PROBES: [(&str, u32); 14] = [
     ("headers*10", 10),
     ("time*10", 10),
     ("property*10", 10),
     ("shared-get*10", 10),
     ("shared*10", 10),
     ("set-headers*5", 5),
+    // Writes the cluster header and clears the route cache: the request is routed again, now
+    // by `cluster_header` (rollgate's path). The next three take it apart.
     ("set-headers,clear-route", 1),
+    ("set-headers", 1),
+    ("clear-route", 1),
+    ("clear-route*10", 10),
     ("counter*10", 10),
     ("histogram*10", 10),
     ("status*10", 10),
