@@ -18,6 +18,7 @@ mod host_cost;
 mod http;
 mod load;
 mod mix;
+mod perf;
 mod report;
 mod stats;
 mod sys;
@@ -55,7 +56,8 @@ usage: rollgate-bench [options]
   --out DIR             where report.md, results.tsv and the configs go (target/bench)
 
 Paths come from the environment, as `make bench` sets them: ROLLGATE_ENVOY, ROLLGATE_WASM,
-ROLLGATE_PASSTHROUGH_WASM; wrk and nginx from PATH (or WRK, NGINX).";
+ROLLGATE_PASSTHROUGH_WASM, ROLLGATE_PROBE_WASM (--profile); the seed policy from
+ROLLGATE_BENCH_POLICY (examples/policy.json); wrk and nginx from PATH (or WRK, NGINX).";
 
 /// Command-line settings.
 #[derive(Debug, Clone)]
@@ -197,6 +199,8 @@ pub struct Results {
     pub routing: Vec<(Case, checks::RoutingSample)>,
     /// The after-rounds checks of each case.
     pub armed: Vec<(Case, checks::Armed)>,
+    /// `--profile`: Envoy's CPU by code region, for (a), (b), (d).
+    pub perf: Vec<(Case, perf::Split)>,
     /// Byte sizes: rollgate, pass-through.
     pub wasm_sizes: (u64, u64),
     /// The wasmtime part (or why it is missing).
@@ -303,12 +307,18 @@ fn run(args: Args) -> Result<Results> {
 
     // Files: configs for inspection under `out`, process state in a temp dir.
     let configs = args.out.join("configs");
+    let _ = fs::remove_dir_all(&configs);
     fs::create_dir_all(&configs)?;
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let work = std::env::temp_dir().join(format!("rollgate-bench-{}", std::process::id()));
     fs::create_dir_all(&work)?;
+    eprintln!(
+        "bench: configs in {}, logs in {} (removed after a clean run)",
+        configs.display(),
+        work.display()
+    );
 
     let ports = sys::free_ports(3 + 2 * cases.len())?;
     let upstream_ports = [ports[0], ports[1], ports[2]];
@@ -461,6 +471,22 @@ fn run(args: Args) -> Result<Results> {
         }
     }
 
+    let mut perf_splits = Vec::new();
+    if args.profile {
+        if perf::available() {
+            for e in envoys
+                .iter()
+                .filter(|e| matches!(e.case, Case::NoFilter | Case::Passthrough | Case::Rollgate))
+            {
+                let split = perf::sample(e, &wrk, args.connections, 4, &work)?;
+                eprintln!("bench: ({}) perf: {split:?}", e.case.label());
+                perf_splits.push((e.case, split));
+            }
+        } else {
+            eprintln!("bench: perf record does not work here; no CPU split by region");
+        }
+    }
+
     let mut armed = Vec::new();
     for e in &envoys {
         let a = checks::armed(e)?;
@@ -510,6 +536,7 @@ fn run(args: Args) -> Result<Results> {
         cases: planned.iter().map(|(c, _, _)| *c).zip(samples).collect(),
         routing,
         armed,
+        perf: perf_splits,
         wasm_sizes: (size(&rollgate_wasm), size(&passthrough_wasm)),
         host,
         machine: sys::machine(),

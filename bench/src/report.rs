@@ -229,6 +229,21 @@ pub fn markdown(r: &Results) -> String {
         wasm as f64 / 1024.0,
         verdict(wasm <= TARGET_WASM_BYTES)
     );
+    if r.args.light_duration > 0 {
+        let _ = writeln!(
+            o,
+            "\nLatency added by rollgate over (a), per round: at light load p50 {}, p99 {}; \
+             the pass-through filter: p50 {}, p99 {}. Loaded latencies follow throughput \
+             (closed loop, {} connections: latency ≈ connections / req/s), so the loaded \
+             difference mostly restates the throughput gap; the light-load runs are the latency \
+             figure.",
+            signed(paired_diff(r, cd, ca, |s| light(s, |l| l.p50_us))),
+            signed(p99_light),
+            signed(paired_diff(r, cb, ca, |s| light(s, |l| l.p50_us))),
+            signed(paired_diff(r, cb, ca, |s| light(s, |l| l.p99_us))),
+            r.args.connections
+        );
+    }
     let _ = writeln!(
         o,
         "\nEnvoy CPU per request added by rollgate over (a): {:.1} µs [{:.1}–{:.1}]; by the \
@@ -284,6 +299,64 @@ pub fn markdown(r: &Results) -> String {
         }
     }
 
+    if !r.perf.is_empty() {
+        let regions: Vec<&str> = [
+            "Envoy (native code)",
+            "Wasm code (V8 JIT)",
+            "kernel",
+            "libc, vdso",
+            "other",
+        ]
+        .into_iter()
+        .filter(|name| {
+            r.perf
+                .iter()
+                .any(|(_, s)| s.shares.iter().any(|(n, v)| n == name && *v > 0.0))
+        })
+        .collect();
+        let _ = writeln!(
+            o,
+            "\nEnvoy's CPU per request by code region (`perf record -e cpu-clock` on the Envoy \
+             process, 4 s under the loaded mix; Envoy is stripped, so regions, not functions), \
+             µs per request (share):\n"
+        );
+        let _ = writeln!(
+            o,
+            "| region | {} |",
+            r.perf
+                .iter()
+                .map(|(c, _)| format!("({})", c.label()))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(o, "|---|{}", "---|".repeat(r.perf.len()));
+        for name in regions {
+            let cells: Vec<String> = r
+                .perf
+                .iter()
+                .map(|(_, s)| {
+                    let share = s
+                        .shares
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map_or(0.0, |(_, v)| *v);
+                    format!(
+                        "{:.1} ({:.1} %)",
+                        share * s.cpu_us_per_request,
+                        share * 100.0
+                    )
+                })
+                .collect();
+            let _ = writeln!(o, "| {name} | {} |", cells.join(" | "));
+        }
+        let totals: Vec<String> = r
+            .perf
+            .iter()
+            .map(|(_, s)| format!("{:.1}", s.cpu_us_per_request))
+            .collect();
+        let _ = writeln!(o, "| total | {} |", totals.join(" | "));
+    }
+
     let _ = writeln!(
         o,
         "\nFilter sizes: rollgate `rollgate_plugin.wasm` {} B ({:.1} KiB); pass-through \
@@ -298,9 +371,10 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(
                 o,
                 "\nHost part (wasmtime, `rollgate::wasmhost::bench::routing_cost`, the same mix, \
-                 whole stream per request; not Envoy's V8): rollgate {} µs/request, pass-through \
-                 {} µs/request, so rollgate's own work ≈ {:.2} µs/request under wasmtime; the \
-                 same decisions natively (`Policy::decide`): {} µs/request.",
+                 whole stream per request; rollgate's own host, not Envoy's V8): rollgate {} \
+                 µs/request, pass-through {} µs/request, so rollgate adds ≈ {:.2} µs/request \
+                 under wasmtime (its host calls and its Wasm code); the same routing decisions \
+                 natively (`Policy::decide`): {} µs/request.",
                 h.rollgate_us.fmt(2),
                 h.passthrough_us.fmt(2),
                 h.rollgate_us.median - h.passthrough_us.median,
