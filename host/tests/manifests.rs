@@ -1,6 +1,7 @@
 //! The shipped manifests: every YAML parses, has a known kind and apiVersion, every
-//! kustomization's resources exist, and the controller's RBAC grants exactly what the
-//! controller calls ([`rollgate::kube::rbac`]).
+//! kustomization's resources exist, and the RBAC roles grant exactly what
+//! [`rollgate::kube::rbac`] lists (which `kube_rbac.rs` checks against the requests the
+//! controller and the CLI send).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -149,38 +150,57 @@ fn rules_of(doc: &Value) -> Rules {
 }
 
 fn wanted(perms: &[rollgate::kube::rbac::Permission]) -> Rules {
-    perms
-        .iter()
-        .flat_map(|p| {
-            p.verbs
-                .iter()
-                .map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string()))
-        })
-        .collect()
+    rollgate::kube::rbac::triples(perms)
 }
 
 #[test]
-fn rbac_grants_exactly_what_the_controller_calls() {
+fn rbac_grants_exactly_what_the_controller_and_the_cli_call() {
+    use rollgate::kube::rbac::{CLI, CONTROLLER, LEADER_ELECTION};
     let docs = documents(&manifests().join("controller/rbac.yaml"));
-    let find = |kind: &str| {
+    let find = |kind: &str, name: &str| {
         docs.iter()
-            .find(|d| str_of(d, "kind") == kind)
-            .unwrap_or_else(|| panic!("no {kind}"))
+            .find(|d| str_of(d, "kind") == kind && str_of(&d["metadata"], "name") == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
     };
+    let kinds: Vec<&str> = docs.iter().map(|d| str_of(d, "kind")).collect();
     assert_eq!(
-        rules_of(find("ClusterRole")),
-        wanted(rollgate::kube::rbac::CLUSTER)
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "ClusterRole"
+        ],
+        "the controller's roles, their bindings, and the CLI's role (bound by users)"
     );
-    let role = find("Role");
-    assert_eq!(rules_of(role), wanted(rollgate::kube::rbac::NAMESPACED));
+    assert_eq!(
+        rules_of(find("ClusterRole", "rollgate-controller")),
+        wanted(CONTROLLER)
+    );
+    assert_eq!(rules_of(find("ClusterRole", "rollgate-cli")), wanted(CLI));
+    let role = find("Role", "rollgate-leader-election");
+    assert_eq!(rules_of(role), wanted(LEADER_ELECTION));
     assert_eq!(str_of(&role["metadata"], "namespace"), "rollgate-system");
-    // The bindings name the roles and the Deployment's service account.
-    let sa = str_of(&find("ClusterRoleBinding")["subjects"][0], "name").to_string();
-    for (binding, role) in [
-        ("ClusterRoleBinding", "rollgate-controller"),
-        ("RoleBinding", "rollgate-leader-election"),
+    // The bindings name the controller's roles and the Deployment's service account.
+    let sa = str_of(
+        &find("ClusterRoleBinding", "rollgate-controller")["subjects"][0],
+        "name",
+    )
+    .to_string();
+    for (binding, name, role) in [
+        (
+            "ClusterRoleBinding",
+            "rollgate-controller",
+            "rollgate-controller",
+        ),
+        (
+            "RoleBinding",
+            "rollgate-leader-election",
+            "rollgate-leader-election",
+        ),
     ] {
-        let b = find(binding);
+        let b = find(binding, name);
         assert_eq!(str_of(&b["roleRef"], "name"), role);
         assert_eq!(str_of(&b["subjects"][0], "name"), sa);
     }

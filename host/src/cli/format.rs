@@ -83,6 +83,61 @@ pub fn block(v: &RolloutView, tty: bool) -> String {
     out
 }
 
+/// Every rollout's block, or `no rollouts`: `rollgate status` without a NAME.
+pub fn list(views: &[RolloutView], tty: bool) -> String {
+    if views.is_empty() {
+        return "no rollouts\n".to_string();
+    }
+    views
+        .iter()
+        .map(|v| block(v, tty))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where `status --watch` stops: 0 once promoted, 1 once aborted, `None` while the rollout
+/// moves.
+pub fn watch_exit(phase: Phase) -> Option<u8> {
+    match phase {
+        Phase::Promoted => Some(0),
+        Phase::Aborted => Some(1),
+        Phase::Progressing | Phase::Paused => None,
+    }
+}
+
+/// `status --watch`'s output: each new text once, redrawn in place on a terminal (home,
+/// clear screen), else after a blank line; an unchanged text is not repeated.
+#[derive(Debug, Default)]
+pub struct Redraw {
+    tty: bool,
+    last: String,
+}
+
+impl Redraw {
+    /// Output to a terminal (`tty`) or not.
+    pub fn new(tty: bool) -> Redraw {
+        Redraw {
+            tty,
+            last: String::new(),
+        }
+    }
+
+    /// Shows `text` if it differs from the last one shown.
+    pub fn show(&mut self, out: &mut dyn std::io::Write, text: String) {
+        if text == self.last {
+            return;
+        }
+        if self.tty {
+            let _ = write!(out, "\x1b[H\x1b[2J");
+        } else if !self.last.is_empty() {
+            let _ = writeln!(out);
+        }
+        let _ = write!(out, "{text}");
+        let _ = out.flush();
+        self.last = text;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +205,20 @@ mod tests {
             "█".repeat(12),
             "░".repeat(12)
         )));
+    }
+
+    #[test]
+    fn redraw_shows_each_change_once() {
+        let mut out = Vec::new();
+        let mut r = Redraw::new(false);
+        for t in ["a\n", "a\n", "b\n"] {
+            r.show(&mut out, t.to_string());
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "a\n\nb\n");
+        let mut out = Vec::new();
+        let mut r = Redraw::new(true);
+        r.show(&mut out, "a\n".to_string());
+        assert_eq!(String::from_utf8(out).unwrap(), "\x1b[H\x1b[2Ja\n");
     }
 
     #[test]

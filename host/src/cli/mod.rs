@@ -14,7 +14,6 @@ pub mod format;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use crate::rollout::Phase;
 use crate::serve::api::{RolloutList, RolloutView};
 use crate::serve::{self, client, Config};
 
@@ -153,7 +152,7 @@ fn status(
     err: &mut dyn Write,
 ) -> Result<u8, CliError> {
     let tty = std::io::stdout().is_terminal();
-    let mut last = String::new();
+    let mut redraw = format::Redraw::new(tty);
     loop {
         let (text, phase) = match name {
             Some(n) => {
@@ -172,37 +171,17 @@ fn status(
                     return Ok(1);
                 }
                 let list: RolloutList = decode(&a.server, &resp)?;
-                let text = if list.rollouts.is_empty() {
-                    "no rollouts\n".to_string()
-                } else {
-                    list.rollouts
-                        .iter()
-                        .map(|v| format::block(v, tty))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                (text, None)
+                (format::list(&list.rollouts, tty), None)
             }
         };
         if !a.watch {
             let _ = write!(out, "{text}");
             return Ok(0);
         }
-        if text != last {
-            if tty {
-                // Redraw in place: home, clear screen.
-                let _ = write!(out, "\x1b[H\x1b[2J");
-            } else if !last.is_empty() {
-                let _ = writeln!(out);
-            }
-            let _ = write!(out, "{text}");
-            let _ = out.flush();
-            last = text;
-        }
-        match phase {
-            Some(Phase::Promoted) => return Ok(0),
-            Some(Phase::Aborted) => return Ok(1),
-            _ => std::thread::sleep(Duration::from_millis(500)),
+        redraw.show(out, text);
+        match phase.and_then(format::watch_exit) {
+            Some(code) => return Ok(code),
+            None => std::thread::sleep(Duration::from_millis(500)),
         }
     }
 }

@@ -1,10 +1,13 @@
 //! `rollgate promote|abort|retry|status --kubernetes [--namespace NS]`: the CLI's commands
-//! against the cluster (kubeconfig, like kubectl) instead of the sidecar.
+//! against the cluster (kubeconfig, like kubectl) instead of the sidecar; `status --watch`
+//! is [`super::watch`].
 //!
 //! A command steps the Rollout's status with the engine ([`step`]) and server-side-applies
 //! it, guarded by the `resourceVersion` read: if the controller wrote in between (409), the
 //! command re-reads and tries again. The controller then sees the new status, renders the
 //! policy and writes it into the WasmPlugin.
+
+use std::io::IsTerminal;
 
 use kube::{Api, Client, ResourceExt};
 
@@ -90,16 +93,30 @@ pub async fn command(
     }
 }
 
-/// Runs `cmd` (`promote`, `abort`, `retry`, `status`) with `args` (`--kubernetes`,
-/// `--namespace NS` / `-n NS`, the NAME) against the cluster; returns the exit code.
-pub fn run_cli(
-    cmd: &str,
-    args: &[String],
-    out: &mut dyn std::io::Write,
-    err: &mut dyn std::io::Write,
-) -> Result<u8, CliError> {
-    let mut ns = None;
-    let mut names = Vec::new();
+/// A command line of the cluster CLI, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// `--namespace NS` / `-n NS`; absent: the kubeconfig's namespace.
+    pub namespace: Option<String>,
+    /// The rollout's NAME (required but for `status`).
+    pub name: Option<String>,
+    /// The engine event of `promote`, `abort`, `retry`; `None` for `status`.
+    pub event: Option<Event>,
+    /// `status --watch` / `-w`.
+    pub watch: bool,
+}
+
+/// Parses the arguments of `cmd` (`promote`, `abort`, `retry`, `status`): `--kubernetes`,
+/// `--namespace NS` / `-n NS`, `--watch` / `-w` (status only), the NAME.
+pub fn parse_args(cmd: &str, args: &[String]) -> Result<Invocation, CliError> {
+    let event = match cmd {
+        "promote" => Some(Event::Promote),
+        "abort" => Some(Event::Abort),
+        "retry" => Some(Event::Retry),
+        "status" => None,
+        other => return Err(usage(other, "unknown command")),
+    };
+    let (mut namespace, mut names, mut watch) = (None, Vec::new(), false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -108,22 +125,33 @@ pub fn run_cli(
                 let v = it
                     .next()
                     .ok_or_else(|| usage(cmd, "--namespace needs a value"))?;
-                ns = Some(v.clone());
+                namespace = Some(v.clone());
             }
+            "--watch" | "-w" if event.is_none() => watch = true,
             s if s.starts_with('-') => return Err(usage(cmd, &format!("unknown option '{s}'"))),
             s => names.push(s.to_string()),
         }
     }
-    let event = match cmd {
-        "promote" => Some(Event::Promote),
-        "abort" => Some(Event::Abort),
-        "retry" => Some(Event::Retry),
-        "status" => None,
-        other => return Err(usage(other, "unknown command")),
-    };
     if names.len() > 1 || (event.is_some() && names.is_empty()) {
         return Err(usage(cmd, "takes one rollout NAME"));
     }
+    Ok(Invocation {
+        namespace,
+        name: names.pop(),
+        event,
+        watch,
+    })
+}
+
+/// Runs `cmd` (`promote`, `abort`, `retry`, `status`) with `args` ([`parse_args`]) against
+/// the cluster; returns the exit code.
+pub fn run_cli(
+    cmd: &str,
+    args: &[String],
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Result<u8, CliError> {
+    let inv = parse_args(cmd, args)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -132,8 +160,14 @@ pub fn run_cli(
         let client = Client::try_default()
             .await
             .map_err(|e| CliError::Cluster(format!("connecting to Kubernetes: {e}")))?;
-        let ns = ns.unwrap_or_else(|| client.default_namespace().to_string());
-        cli_with(&client, &ns, cmd, event, names.first(), out, err).await
+        let ns = inv
+            .namespace
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        if inv.watch {
+            let tty = std::io::stdout().is_terminal();
+            return super::watch::follow(&client, &ns, inv.name.as_deref(), tty, out, err).await;
+        }
+        cli_with(&client, &ns, cmd, inv.event, inv.name.as_ref(), out, err).await
     })
 }
 
@@ -160,16 +194,7 @@ pub async fn cli_with(
             text
         }),
         (_, Some(n)) => get(client, ns, n).await.map(|v| format::block(&v, false)),
-        (_, None) => list(client, ns).await.map(|vs| {
-            if vs.is_empty() {
-                "no rollouts\n".to_string()
-            } else {
-                vs.iter()
-                    .map(|v| format::block(v, false))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-        }),
+        (_, None) => list(client, ns).await.map(|vs| format::list(&vs, false)),
     };
     match outcome {
         Ok(text) => {
@@ -185,5 +210,53 @@ pub async fn cli_with(
             Ok(1)
         }
         Err(e) => Err(CliError::Cluster(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(cmd: &str, args: &[&str]) -> Result<Invocation, CliError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse_args(cmd, &args)
+    }
+
+    #[test]
+    fn status_takes_watch_and_an_optional_name() {
+        let inv = parse(
+            "status",
+            &["--kubernetes", "-n", "shop", "flask", "--watch"],
+        )
+        .unwrap();
+        assert_eq!(
+            inv,
+            Invocation {
+                namespace: Some("shop".into()),
+                name: Some("flask".into()),
+                event: None,
+                watch: true,
+            }
+        );
+        let inv = parse("status", &["--kubernetes", "-w"]).unwrap();
+        assert_eq!((inv.name, inv.watch), (None, true));
+    }
+
+    #[test]
+    fn commands_refuse_watch_and_need_one_name() {
+        assert!(matches!(
+            parse("promote", &["--kubernetes", "flask", "--watch"]),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(
+            parse("abort", &["--kubernetes"]),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(
+            parse("status", &["--kubernetes", "a", "b"]),
+            Err(CliError::Usage(_))
+        ));
+        let inv = parse("retry", &["--kubernetes", "flask"]).unwrap();
+        assert_eq!(inv.event, Some(Event::Retry));
     }
 }

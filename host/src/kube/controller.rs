@@ -5,8 +5,10 @@
 //! revision differs from the status's, else `Tick`); render the policy and server-side-apply
 //! it into the `pluginConfig` of the Rollout's WasmPlugin; server-side-apply the status
 //! (carrying the `resourceVersion` read, so a concurrent `rollgate promote` wins and this
-//! reconcile retries on the fresh object: 409); publish an Event per transition. Errors
-//! back off exponentially per Rollout. No finalizer: nothing outside the Rollout needs
+//! reconcile retries on the fresh object: 409); publish an Event per transition; then start
+//! the webhook call the stored status waits at ([`super::webhooks`]), whose answer a later
+//! reconcile feeds to the engine (`Event::Webhook`). Errors back off exponentially per
+//! Rollout. No finalizer: nothing outside the Rollout needs
 //! cleaning up (the WasmPlugin keeps its last policy, the safe state).
 
 use std::collections::HashMap;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::analysis::{Analyzer, Source};
+use super::webhooks::Webhooks;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -26,6 +29,7 @@ use crate::rollout::{
     render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus, Timestamp,
 };
 use crate::rollout::{API_VERSION, KIND};
+use crate::serve::webhook::Call;
 
 /// The field manager of every server-side apply (what `kubectl get --show-managed-fields`
 /// shows as owning `status` and `spec.pluginConfig`).
@@ -73,6 +77,8 @@ pub struct Context {
     applied: Mutex<HashMap<String, String>>,
     /// Analysis from the gateways' stats (`--envoy-admin`, `--prometheus`).
     analyzer: Analyzer,
+    /// Webhook steps: the calls in flight and their answers.
+    pub webhooks: Webhooks,
 }
 
 impl Context {
@@ -93,6 +99,7 @@ impl Context {
             failures: Mutex::default(),
             applied: Mutex::default(),
             analyzer: Analyzer::new(source),
+            webhooks: Webhooks::default(),
         })
     }
 }
@@ -210,6 +217,15 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     });
     let mut status = t.status;
     let mut effects = t.effects;
+    // The answer of the webhook the rollout waits at, through the same engine: 2xx goes on,
+    // anything else aborts.
+    let uid = ro.uid().unwrap_or_else(|| key.clone());
+    if let Some(ev) = ctx.webhooks.answer(&uid, &status) {
+        if let Ok(next) = step(&plan, &status, ev, now) {
+            status = next.status;
+            effects.extend(next.effects);
+        }
+    }
     // The analysis events due (measurements, canary breaker trips), through the same engine.
     for ev in ctx.analyzer.events(&key, &plan, &status).await {
         if let Ok(next) = step(&plan, &status, ev, now) {
@@ -240,6 +256,18 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     }
     if let Ok(mut m) = ctx.applied.lock() {
         m.insert(key.clone(), text);
+    }
+    // Only now that the status is stored: its webhook call (the engine's `Resumed`
+    // re-issues the call a status waits on, which also covers a restart or a new leader;
+    // the first call per attempt and step is the only one made).
+    if let Ok(t) = step(&plan, &status, Event::Resumed, now) {
+        for fx in &t.effects {
+            if let Some(call) = Call::from_effect(&plan.name, &status, fx) {
+                if call.attempt == status.attempt && call.step == status.current_step {
+                    ctx.webhooks.start(&uid, &key, call);
+                }
+            }
+        }
     }
     // One Event per reconcile that moved the rollout, its reason the phase reached: kube's
     // Recorder folds events with the same reason and object into one series (keeping the

@@ -1,6 +1,11 @@
-//! What the controller asks of the API server, as RBAC rules: the one list the controller's
-//! calls are written against and `manifests/controller/rbac.yaml` is checked against
-//! (`host/tests/manifests.rs`), so the ClusterRole grants exactly this.
+//! What rollgate asks of the API server, as RBAC rules: the one list that
+//! `manifests/controller/rbac.yaml` is checked against (`host/tests/manifests.rs`), and that
+//! is itself checked against the requests the code really sends (`host/tests/kube_rbac.rs`
+//! runs the controller and every cluster command against a recording API server and derives
+//! each request's verb as the API server's authorizer does). A verb granted here and never
+//! used, or used and not granted, fails that test.
+
+use std::collections::BTreeSet;
 
 /// One permission: API group, resource (with subresource), verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,25 +18,27 @@ pub struct Permission {
     pub verbs: &'static [&'static str],
 }
 
-/// Cluster-wide: the Rollouts watched, their status, the WasmPlugins written, the Events.
-pub const CLUSTER: &[Permission] = &[
-    // watcher: list + watch; the CLI backend: get.
+/// `rollgate serve --kubernetes`, cluster-wide (ClusterRole `rollgate-controller`, bound to
+/// the controller's service account).
+pub const CONTROLLER: &[Permission] = &[
+    // The controller's watcher over every namespace: a list, then a watch. No get: the
+    // controller reads Rollouts only from its watch.
     Permission {
         group: "rollgate.dev",
         resource: "rollouts",
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
     },
-    // Status by server-side apply (a PATCH); get for `rollgate status`.
+    // The status, by server-side apply (a PATCH of the status subresource).
     Permission {
         group: "rollgate.dev",
         resource: "rollouts/status",
-        verbs: &["get", "patch"],
+        verbs: &["patch"],
     },
-    // The rendered policy into `pluginConfig` by server-side apply.
+    // The rendered policy into `pluginConfig`, by server-side apply; never read.
     Permission {
         group: "extensions.istio.io",
         resource: "wasmplugins",
-        verbs: &["get", "list", "patch", "watch"],
+        verbs: &["patch"],
     },
     // kube's event Recorder creates an Event, and patches it when the same one repeats.
     Permission {
@@ -41,9 +48,41 @@ pub const CLUSTER: &[Permission] = &[
     },
 ];
 
-/// In the controller's own namespace: the leader-election Lease.
-pub const NAMESPACED: &[Permission] = &[Permission {
+/// The controller in its own namespace: the leader-election Lease (Role
+/// `rollgate-leader-election`).
+pub const LEADER_ELECTION: &[Permission] = &[Permission {
     group: "coordination.k8s.io",
     resource: "leases",
     verbs: &["create", "get", "update"],
 }];
+
+/// `rollgate promote|abort|retry|status [--watch] --kubernetes`, run by people and pipelines
+/// with their own credentials (ClusterRole `rollgate-cli`, bound per namespace with a
+/// RoleBinding; not granted to the controller).
+pub const CLI: &[Permission] = &[
+    // `status NAME` and the commands read one (get); `status` lists; `--watch` lists and
+    // watches.
+    Permission {
+        group: "rollgate.dev",
+        resource: "rollouts",
+        verbs: &["get", "list", "watch"],
+    },
+    // A command's step of the status, by server-side apply.
+    Permission {
+        group: "rollgate.dev",
+        resource: "rollouts/status",
+        verbs: &["patch"],
+    },
+];
+
+/// The permissions as (group, resource, verb) triples, the form RBAC rules expand to.
+pub fn triples(perms: &[Permission]) -> BTreeSet<(String, String, String)> {
+    perms
+        .iter()
+        .flat_map(|p| {
+            p.verbs
+                .iter()
+                .map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string()))
+        })
+        .collect()
+}

@@ -224,28 +224,11 @@ impl Shared {
         let dirty = status != entry.status;
         entry.status = status;
         for fx in t.effects {
-            match fx {
-                Effect::Note(n) => {
-                    self.metrics.transitions.inc();
-                    self.log(&format!("{name}: {n}"));
-                }
-                Effect::CallWebhook {
-                    attempt,
-                    step,
-                    url,
-                    timeout_ms,
-                } => webhook::spawn(
-                    self.clone(),
-                    webhook::Call {
-                        key: key.to_path_buf(),
-                        rollout: name.clone(),
-                        attempt,
-                        step,
-                        url,
-                        timeout_ms,
-                        status: entry.status.clone(),
-                    },
-                ),
+            if let Some(call) = webhook::Call::from_effect(&name, &entry.status, &fx) {
+                webhook::spawn(self.clone(), key.to_path_buf(), call);
+            } else if let Effect::Note(n) = fx {
+                self.metrics.transitions.inc();
+                self.log(&format!("{name}: {n}"));
             }
         }
         if dirty {

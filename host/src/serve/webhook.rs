@@ -1,5 +1,9 @@
-//! Webhook steps: `POST` the rollout's status to the step's URL on a thread of its own, and
-//! feed the answer back to the engine as [`Event::Webhook`].
+//! Webhook steps: `POST` the rollout's status to the step's URL and feed the answer back to
+//! the engine as [`Event::Webhook`].
+//!
+//! [`Call::send`] and [`Call::answer`] are the one implementation of a call; the sidecar runs
+//! it on a thread of its own ([`spawn`]), the controller on tokio's blocking pool
+//! ([`crate::kube::webhooks`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,13 +11,11 @@ use std::time::Duration;
 
 use super::client;
 use super::registry::Shared;
-use crate::rollout::{Event, RolloutStatus, Timestamp};
+use crate::rollout::{Effect, Event, RolloutStatus, Timestamp};
 
 /// One call to make.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// The rollout file.
-    pub key: PathBuf,
     /// The rollout's name.
     pub rollout: String,
     /// The attempt it belongs to.
@@ -28,8 +30,69 @@ pub struct Call {
     pub status: RolloutStatus,
 }
 
-/// Calls the webhook in the background.
-pub fn spawn(shared: Arc<Shared>, call: Call) {
+impl Call {
+    /// The call an [`Effect::CallWebhook`] asks for, made with `status`; `None` for other
+    /// effects.
+    pub fn from_effect(rollout: &str, status: &RolloutStatus, effect: &Effect) -> Option<Call> {
+        match effect {
+            Effect::CallWebhook {
+                attempt,
+                step,
+                url,
+                timeout_ms,
+            } => Some(Call {
+                rollout: rollout.to_string(),
+                attempt: *attempt,
+                step: *step,
+                url: url.clone(),
+                timeout_ms: *timeout_ms,
+                status: status.clone(),
+            }),
+            Effect::Note(_) => None,
+        }
+    }
+
+    /// The JSON body: the rollout, the step and attempt it is called for, and the status.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rollout": self.rollout,
+            "step": self.step,
+            "attempt": self.attempt,
+            "status": self.status,
+        })
+    }
+
+    /// Makes the call (blocking, at most `timeout_ms`): the HTTP status, or why there was
+    /// none.
+    pub fn send(&self) -> Result<u16, String> {
+        client::request(
+            "POST",
+            &self.url,
+            Some(self.body().to_string().as_bytes()),
+            Duration::from_millis(self.timeout_ms),
+        )
+        .map(|r| r.status)
+        .map_err(|e| e.to_string())
+    }
+
+    /// The engine event reporting `outcome`; the engine drops it if the rollout has moved
+    /// on (another attempt or step), so a late answer never applies to the wrong step.
+    pub fn answer(&self, outcome: Result<u16, String>) -> Event {
+        Event::Webhook {
+            attempt: self.attempt,
+            step: self.step,
+            outcome,
+        }
+    }
+}
+
+/// Whether `outcome` lets the rollout go on (a 2xx answer), as the engine decides it.
+pub fn succeeded(outcome: &Result<u16, String>) -> bool {
+    matches!(outcome, Ok(c) if (200..300).contains(c))
+}
+
+/// Calls the webhook in the background; the answer goes to the rollout file `key`.
+pub fn spawn(shared: Arc<Shared>, key: PathBuf, call: Call) {
     shared.log(&format!(
         "{}: calling webhook {} (step {})",
         call.rollout,
@@ -41,7 +104,10 @@ pub fn spawn(shared: Arc<Shared>, call: Call) {
         .spawn({
             let shared = shared.clone();
             let call = call.clone();
-            move || run(&shared, call)
+            move || {
+                let outcome = call.send();
+                finish(&shared, &key, &call, outcome);
+            }
         });
     if let Err(e) = spawned {
         // Called with the state locked, so the failure cannot be fed back here; the rollout
@@ -53,33 +119,9 @@ pub fn spawn(shared: Arc<Shared>, call: Call) {
     }
 }
 
-fn run(shared: &Arc<Shared>, call: Call) {
-    let body = serde_json::json!({
-        "rollout": call.rollout,
-        "step": call.step,
-        "attempt": call.attempt,
-        "status": call.status,
-    });
-    let outcome = client::request(
-        "POST",
-        &call.url,
-        Some(body.to_string().as_bytes()),
-        Duration::from_millis(call.timeout_ms),
-    )
-    .map(|r| r.status)
-    .map_err(|e| e.to_string());
-    finish(shared, call, outcome);
-}
-
-fn finish(shared: &Arc<Shared>, call: Call, outcome: Result<u16, String>) {
-    let ok = matches!(outcome, Ok(c) if (200..300).contains(&c));
-    shared.metrics.webhooks(ok).inc();
+fn finish(shared: &Arc<Shared>, key: &std::path::Path, call: &Call, outcome: Result<u16, String>) {
+    shared.metrics.webhooks(succeeded(&outcome)).inc();
     let mut st = shared.lock();
-    let event = Event::Webhook {
-        attempt: call.attempt,
-        step: call.step,
-        outcome,
-    };
     // Not a command: a stale answer is dropped by the engine, never refused.
-    let _ = shared.apply(&mut st, &call.key, event, Timestamp::now());
+    let _ = shared.apply(&mut st, key, call.answer(outcome), Timestamp::now());
 }
