@@ -20,7 +20,7 @@ export ROLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export ROLLGATE_WASM := $(CURDIR)/$(WASM)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench envoy prometheus wasm abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench envoy prometheus binaryen wasm abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -47,10 +47,27 @@ prometheus:
 	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
 	@prometheus --version 2>&1 | head -1
 
-## The filter.
-wasm: toolchain
-	$(CARGO) build -p rollgate-plugin --target wasm32-wasip1 --release
-	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+## binaryen's wasm-opt from Debian, for the filter's size passes.
+binaryen:
+	@command -v wasm-opt >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binaryen; }
+
+## The filter, in the `wasm` profile (Cargo.toml): `cargo rustc --crate-type cdylib`, because
+## `cargo build` skips the profile's LTO for a crate that is also an rlib (the host links it),
+## then wasm-opt with the features rustc's wasm32-wasip1 target enables. The result goes where
+## every consumer (tests, bench, demo, `rollgate try`) reads it; `mv` replaces it rather than
+## writing through a hard link into cargo's own copy. `make wasm WASM_OPT_LEVEL=z` trades
+## request speed for size (see `[profile.wasm]` in Cargo.toml).
+WASM_BUILD := target/wasm32-wasip1/wasm/rollgate_plugin.wasm
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
+wasm: toolchain binaryen
+	$(CARGO) rustc -p rollgate-plugin --lib --target wasm32-wasip1 --profile wasm --crate-type cdylib \
+	  $(if $(WASM_OPT_LEVEL),--config 'profile.wasm.opt-level="$(WASM_OPT_LEVEL)"')
+	mkdir -p $(dir $(WASM))
+	wasm-opt $(WASM_OPT_FLAGS) $(WASM_BUILD) -o $(WASM).tmp
+	mv $(WASM).tmp $(WASM)
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes; before wasm-opt $$(stat -c %s $(WASM_BUILD)))"
 
 ## The host's ABI probe module, for the host's conformance tests.
 abi-probe: toolchain
@@ -61,7 +78,9 @@ fmt:
 
 clippy: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p rollgate-plugin --target wasm32-wasip1 --all-targets -- -D warnings
+	$(CARGO) clippy -p rollgate-plugin -p rollgate-bench-passthrough -p rollgate-bench-probe \
+	  --target wasm32-wasip1 --all-targets -- -D warnings
+	$(CARGO) clippy -p rollgate-abi-probe --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 lint: clippy
 	$(CARGO) fmt --all -- --check

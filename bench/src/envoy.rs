@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rollgate_e2e::yaml_quote;
 
 use crate::http;
 use crate::sys::{Pin, Proc};
@@ -172,7 +173,8 @@ impl Case {
     }
 }
 
-/// The bench policy: the seed policy plus the parts `case` keeps: a per-user rate limit on
+/// The bench policy: the seed policy, routing on the cluster header alone, plus the parts
+/// `case` keeps: a per-user rate limit on
 /// `x-user-id` (generous, see [`LIMIT_PER_SEC`]) and a breaker on canary
 /// (`LatencyAtQuantileMS(50.0) > 100`, fallback stable).
 ///
@@ -184,7 +186,13 @@ pub fn policy(seed: &str, case: Case) -> Result<String> {
     let Some(body) = body.strip_suffix('}') else {
         bail!("the seed policy is not a JSON object");
     };
-    let mut p = body.trim_end().to_string();
+    // Like (c), rollgate writes only the header Envoy routes on: plain Envoy needs no variant
+    // header (Istio routes on it instead, and then needs no cluster header).
+    let variant = r#""variant_header": "x-rollgate-variant""#;
+    if !body.contains(variant) {
+        bail!("the seed policy does not set {variant}");
+    }
+    let mut p = body.trim_end().replace(variant, r#""variant_header": """#);
     if case.limits() {
         let _ = write!(
             p,
@@ -230,27 +238,6 @@ pub struct Inputs<'a> {
     pub passthrough_wasm: &'a Path,
     /// The seed policy's text.
     pub seed_policy: &'a str,
-}
-
-/// Quotes `s` as a YAML double-quoted scalar (JSON string escapes are valid there).
-fn yaml_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn wasm_filter(name: &str, wasm: &Path, configuration: &str) -> String {

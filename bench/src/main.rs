@@ -119,7 +119,8 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
             "--profile" => a.profile = true,
             "--cases" => a.only = Some(value()?.split(',').map(str::to_string).collect()),
             "--no-host" => a.host = false,
-            "--out" => a.out = PathBuf::from(value()?),
+            // Absolute: nginx resolves a relative configuration path against its prefix.
+            "--out" => a.out = std::path::absolute(value()?)?,
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown option {other}\n\n{USAGE}"),
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::envoy::CLUSTERS;
 use crate::http::Conn;
@@ -64,7 +64,13 @@ pub fn start(nginx: &Path, conf: &Path, dir: &Path, ports: [u16; 3], pin: &Pin) 
     let deadline = Instant::now() + Duration::from_secs(10);
     for ((_, variant), port) in CLUSTERS.iter().zip(ports) {
         loop {
-            proc.check_alive()?;
+            proc.check_alive().with_context(|| {
+                let log = crate::envoy::tail(&dir.join("nginx-error.log"), 5);
+                format!(
+                    "nginx error log:\n{log}{}",
+                    crate::envoy::tail(&dir.join("nginx.out"), 5)
+                )
+            })?;
             let answer = Conn::open(port).and_then(|mut c| c.get("upstream", "/", &[]));
             match answer {
                 Ok(r) if r.status == 200 && r.body == body_of(variant).as_bytes() => break,

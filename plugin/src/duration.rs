@@ -20,9 +20,10 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration '{s}': expected a number like 100ms, 1s, 2m"))?;
+        // Not `str::parse`: core's float parser is about 17 KB of the filter.
+        let value = crate::policy::number::parse(num).ok_or_else(|| {
+            format!("invalid duration '{s}': expected a number like 100ms, 1s, 2m")
+        })?;
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());

@@ -74,8 +74,8 @@ pub fn yaml_quote(s: &str) -> String {
 ///
 /// Routing: route 1 matches any path when `x-rollgate-cluster` is present and sends the
 /// request to the cluster that header names (`cluster_header`); route 2 catches the rest
-/// (fallback cluster or `404 no variant`). The Wasm filter runs before the router and clears
-/// the route cache after setting the header, so route 1 sees it.
+/// (fallback cluster or `404 no variant`). The Wasm filter runs before the router; Envoy
+/// re-matches the route after the filter sets the header, so route 1 sees it.
 pub fn render(opts: &EnvoyOptions, wasm: &Path) -> String {
     let fallback = match &opts.fallback_cluster {
         Some(cluster) => format!("route: {{ cluster: {} }}", yaml_quote(cluster)),

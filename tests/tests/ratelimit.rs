@@ -87,6 +87,31 @@ fn one_key_at_four_times_its_rate_gets_burst_plus_average_times_elapsed() {
 }
 
 #[test]
+fn leased_tokens_keep_a_large_bucket_within_its_leases_of_exact() {
+    // Burst 640: each worker leases 10 tokens at a time (burst / 64), so the two workers may
+    // fall short of the exact count by at most 2 × 10, and never exceed it.
+    let _serial = rollgate_e2e::timing_lock();
+    let stack = Stack::start(&policy(
+        r#"{"name":"api","match":"PathPrefix(`/api`)","average":100,"period":"1s","burst":640,
+            "source":{"header":"x-api-key"}}"#,
+    ));
+    let (ok, refused, elapsed) = paced(&stack, Some("key-1"), 600, Duration::from_secs(4), 8);
+    let expected = 640.0 + 100.0 * elapsed.as_secs_f64();
+    println!("admitted {ok}, refused {refused} in {elapsed:?}: expected {expected:.0}");
+    // Timing slack as in the exact test above (a late request sees a little more refill).
+    let slack = 0.03 * expected;
+    assert!(
+        f64::from(ok) <= expected + slack,
+        "admitted {ok}: more than the bucket allows ({expected:.0})"
+    );
+    assert!(
+        f64::from(ok) >= expected - 20.0 - slack,
+        "admitted {ok}: short of {expected:.0} by more than two leases"
+    );
+    assert!(refused > 800, "most of the excess is refused: {refused}");
+}
+
+#[test]
 fn two_keys_are_limited_independently_and_keyless_requests_by_client_address() {
     let stack = Stack::start(&policy(
         r#"{"name":"api","average":1,"period":"1m","burst":3,"source":{"header":"x-api-key"}}"#,

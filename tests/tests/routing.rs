@@ -251,6 +251,28 @@ fn client_internal_headers_cannot_steer() {
     }
 }
 
+#[test]
+fn a_policy_may_route_on_the_cluster_header_alone() {
+    // Plain Envoy routes on the cluster header only; the variant header is then not ours,
+    // neither written nor stripped (one host call less per request).
+    let written = r#""variant_header": "x-rollgate-variant""#;
+    assert!(SEED_POLICY.contains(written));
+    let policy = SEED_POLICY.replace(written, r#""variant_header": """#);
+    let stack = Stack::start(&policy);
+    let mut c = stack.client();
+    let r = c.get(
+        "dev.coding",
+        "/",
+        &[("x-rollgate-cluster", CANARY.as_bytes())],
+    );
+    assert_eq!(served_by(&r), DEV, "forged cluster header steered");
+    assert_eq!(all_values(&r, "x-echo-x-rollgate-cluster"), [DEV]);
+    assert!(all_values(&r, "x-echo-x-rollgate-variant").is_empty());
+    let r = c.get("pro.coding", "/", &[("location", b"shenzhen")]);
+    assert_eq!(served_by(&r), CANARY);
+    assert!(all_values(&r, "x-echo-x-rollgate-variant").is_empty());
+}
+
 /// A policy with no `default`: requests no route matches pass through untouched.
 const NO_DEFAULT_POLICY: &str = r#"{
   "name": "flask",

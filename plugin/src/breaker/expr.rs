@@ -227,17 +227,23 @@ impl P<'_> {
         }
     }
 
-    fn number(&mut self) -> Result<f64, ParseError> {
-        let start = self.pos;
-        let len = self
-            .rest()
+    /// The number written at `at`. Messages quote it rather than print the `f64`: float
+    /// formatting is about 20 KB of the filter.
+    fn number_text(&self, at: usize) -> &str {
+        let rest = self.s.get(at..).unwrap_or("");
+        let len = rest
             .char_indices()
             .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && c == '-')))
-            .map_or(self.rest().len(), |(i, _)| i);
-        let text = self.rest().get(..len).unwrap_or("").to_string();
-        self.pos += len;
-        text.parse::<f64>()
-            .ok()
+            .map_or(rest.len(), |(i, _)| i);
+        rest.get(..len).unwrap_or("")
+    }
+
+    fn number(&mut self) -> Result<f64, ParseError> {
+        let start = self.pos;
+        let text = self.number_text(start).to_string();
+        self.pos += text.len();
+        // Not `str::parse`: core's float parser is about 17 KB of the filter.
+        crate::policy::number::parse(&text)
             .filter(|v| v.is_finite())
             .ok_or_else(|| self.err(start, format!("invalid number '{text}'")))
     }
@@ -280,6 +286,7 @@ impl P<'_> {
             if v.fract() == 0.0 && (0.0..=999.0).contains(&v) {
                 Ok(v as u16)
             } else {
+                let v = self.number_text(at);
                 Err(self.err(at, format!("expected a status code (0 to 999), got {v}")))
             }
         };
@@ -288,6 +295,7 @@ impl P<'_> {
                 arity(1)?;
                 let (at, q) = args[0];
                 if !(q > 0.0 && q <= 100.0) {
+                    let q = self.number_text(at);
                     return Err(self.err(at, format!("quantile must be above 0 and at most 100, got {q}")));
                 }
                 Metric::LatencyAtQuantileMs(q)

@@ -14,6 +14,7 @@ pub mod window;
 use expr::{Cond, Metric, Stats};
 use window::{Bucket, BUCKETS_PER_WINDOW};
 
+use crate::policy::number;
 use crate::store::{SharedStore, StoreError};
 
 /// Envoy `response.flags` bits meaning the upstream failed: no healthy upstream (UH), upstream
@@ -385,14 +386,21 @@ pub fn describe(cond: &Cond, stats: &dyn Stats) -> String {
     metrics
         .iter()
         .map(|m| {
+            // `number` rather than `{:.3}`: float formatting is about 20 KB of the filter.
             let v = stats.metric(*m);
             match m {
-                Metric::LatencyAtQuantileMs(q) => format!("LatencyAtQuantileMS({q})={v:.1}"),
-                Metric::NetworkErrorRatio => format!("NetworkErrorRatio()={v:.3}"),
-                Metric::ResponseCodeRatio(a, b, c, d) => {
-                    format!("ResponseCodeRatio({a},{b},{c},{d})={v:.3}")
+                Metric::LatencyAtQuantileMs(q) => format!(
+                    "LatencyAtQuantileMS({})={}",
+                    number::text(*q),
+                    number::fixed(v, 1)
+                ),
+                Metric::NetworkErrorRatio => {
+                    format!("NetworkErrorRatio()={}", number::fixed(v, 3))
                 }
-                Metric::RequestThreshold => format!("RequestThreshold()={v}"),
+                Metric::ResponseCodeRatio(a, b, c, d) => {
+                    format!("ResponseCodeRatio({a},{b},{c},{d})={}", number::fixed(v, 3))
+                }
+                Metric::RequestThreshold => format!("RequestThreshold()={}", number::text(v)),
             }
         })
         .collect::<Vec<_>>()

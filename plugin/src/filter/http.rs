@@ -1,12 +1,11 @@
 //! One request through the filter: rate limits, the routing decision, breakers, then the
 //! response's statistics.
 
-use std::cell::Cell;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType, Status};
+use proxy_wasm::types::{Action, MapType};
 
 use super::host::{
     client_addr, increment, now_ns, record, request_header_bytes, response_flags, response_status,
@@ -21,7 +20,6 @@ use crate::stats::class_index;
 pub(crate) struct Filter {
     context_id: u32,
     rt: Option<Rc<Runtime>>,
-    no_route_cache_clearing: Rc<Cell<bool>>,
     /// Index of the chosen variant, for the response phase.
     variant: Option<usize>,
     set_cookie: Option<String>,
@@ -44,15 +42,10 @@ fn limit_headers(v: &Verdict) -> [(&'static str, String); 3] {
 }
 
 impl Filter {
-    pub(crate) fn new(
-        context_id: u32,
-        rt: Option<Rc<Runtime>>,
-        no_route_cache_clearing: Rc<Cell<bool>>,
-    ) -> Filter {
+    pub(crate) fn new(context_id: u32, rt: Option<Rc<Runtime>>) -> Filter {
         Filter {
             context_id,
             rt,
-            no_route_cache_clearing,
             variant: None,
             set_cookie: None,
             start_ns: 0,
@@ -100,7 +93,10 @@ impl HttpContext for Filter {
             policy.cluster_header.as_bytes(),
             policy.variant_header.as_bytes(),
         );
-        let spoofed = pairs.iter().any(|(k, _)| *k == ch || *k == vh);
+        // An empty name means the policy does not use that header.
+        let spoofed = pairs
+            .iter()
+            .any(|(k, _)| (!ch.is_empty() && *k == ch) || (!vh.is_empty() && *k == vh));
         let loader = client_addr;
         let req = Request::lazy(pairs, Some(&loader));
         let needs_clock = !policy.rate_limits.is_empty() || !policy.breakers.is_empty();
@@ -110,7 +106,11 @@ impl HttpContext for Filter {
             if !limit.applies(&req) {
                 continue;
             }
-            let v = limit.check(&EnvoyStore, limit.key_fingerprint(&req), self.start_ns);
+            let key = limit.key_fingerprint(&req);
+            let v = match rt.leases.borrow_mut().get_mut(i) {
+                Some(leases) => limit.check_leased(&EnvoyStore, leases, key, self.start_ns),
+                None => limit.check(&EnvoyStore, key, self.start_ns),
+            };
             if !v.admitted {
                 increment(rt.rate_limited.get(i).copied().unwrap_or(0), 1);
                 return self.refuse_rate_limited(&v);
@@ -162,32 +162,29 @@ impl HttpContext for Filter {
             }
         }
 
-        let mut mutated = false;
-        if spoofed {
-            // Never let a client pick its own variant.
-            let _ =
-                hostcalls::remove_map_value(MapType::HttpRequestHeaders, &policy.cluster_header);
-            let _ =
-                hostcalls::remove_map_value(MapType::HttpRequestHeaders, &policy.variant_header);
-            mutated = true;
-        }
-        if let Some(v) = variant.and_then(|i| policy.variants.get(i)) {
-            self.set_http_request_header(&policy.cluster_header, Some(&v.cluster));
-            self.set_http_request_header(&policy.variant_header, Some(&v.name));
-            mutated = true;
+        let chosen = variant.and_then(|i| policy.variants.get(i));
+        // Each header is written (or removed, when forged and nothing is chosen) once: a
+        // header write is among the dearest host calls. Envoy re-matches the route after any
+        // request-header change by a filter of ABI 0.2.1 (which the SDK declares), so the
+        // cluster header takes effect without a `clear_route_cache` call (Envoy 1.33 only
+        // stopped clearing for ABIs above 0.2.1; the Envoy routing tests hold us to it).
+        for (name, value) in [
+            (&policy.cluster_header, chosen.map(|v| v.cluster.as_str())),
+            (&policy.variant_header, chosen.map(|v| v.name.as_str())),
+        ] {
+            match value {
+                _ if name.is_empty() => {}
+                Some(value) => self.set_http_request_header(name, Some(value)),
+                // Never let a client pick its own variant.
+                None if spoofed => {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                }
+                None => {}
+            }
         }
         self.variant = variant;
         if let Some(ids) = variant.and_then(|i| rt.variants.get(i)) {
             increment(ids.requests, 1);
-        }
-        if mutated && !self.no_route_cache_clearing.get() {
-            // Envoy clears the route cache itself for ABI 0.2.1 filters today; asking
-            // explicitly keeps the routing header effective on hosts that stop doing so.
-            if let Err(Status::NotFound) =
-                hostcalls::call_foreign_function("clear_route_cache", None)
-            {
-                self.no_route_cache_clearing.set(true);
-            }
         }
         Action::Continue
     }

@@ -7,7 +7,7 @@
 mod host;
 mod http;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::breaker::{Local, Phase};
 use crate::config::parse_config;
 use crate::fetch::{Fetcher, Outcome, Reaction};
 use crate::policy::Policy;
+use crate::ratelimit::Leases;
 use crate::stats::StatNames;
 use host::{define, increment, log, now_ns, record, EnvoyStore};
 
@@ -55,6 +56,8 @@ pub(crate) struct Runtime {
     breakers: RefCell<Vec<Local>>,
     /// When each breaker was last checked: the tick may be faster than its `check_period`.
     last_check: RefCell<Vec<u64>>,
+    /// This worker's token leases, per rate limit.
+    leases: RefCell<Vec<Leases>>,
 }
 
 impl Runtime {
@@ -106,8 +109,30 @@ impl Runtime {
                 kept.unwrap_or_else(|| b.local())
             })
             .collect();
+        // Leases of an unchanged limit stay valid: their tokens came out of the same bucket.
+        let mut old_leases = previous.map(|p| {
+            let leases = p
+                .leases
+                .try_borrow_mut()
+                .map(|mut l| std::mem::take(&mut *l));
+            (p.policy.rate_limits.clone(), leases.unwrap_or_default())
+        });
+        let leases = policy
+            .rate_limits
+            .iter()
+            .map(|l| {
+                let kept = old_leases.as_mut().and_then(|(ls, held)| {
+                    let i = ls
+                        .iter()
+                        .position(|o| o.name == l.name && o.config == l.config)?;
+                    held.get_mut(i).map(std::mem::take)
+                });
+                kept.unwrap_or_default()
+            })
+            .collect();
         let n = policy.breakers.len();
         Runtime {
+            leases: RefCell::new(leases),
             policy,
             variants,
             rate_limited,
@@ -169,8 +194,6 @@ struct FetchIds {
 #[derive(Default)]
 struct Root {
     runtime: Option<Rc<Runtime>>,
-    /// Cleared once Envoy says it lacks `clear_route_cache`, so we stop asking.
-    no_route_cache_clearing: Rc<Cell<bool>>,
     /// Fetches policies from the sidecar, when the configuration names a `source`.
     fetcher: Option<Fetcher>,
     fetch_ids: Option<FetchIds>,
@@ -270,8 +293,9 @@ impl Root {
             }
             Reaction::Unchanged => self.start_poll(now),
             Reaction::Failed(why, backoff) => {
-                let secs = backoff as f64 / 1e9;
-                log(LogLevel::Warn, &format!("policy fetch from {from} failed: {why}; the current policy keeps serving, retry in {secs:.1}s"));
+                // Tenths of a second in integers: `{:.1}` on an f64 links ~20 KB of float formatting.
+                let tenths = (backoff + 50_000_000) / 100_000_000;
+                log(LogLevel::Warn, &format!("policy fetch from {from} failed: {why}; the current policy keeps serving, retry in {}.{}s", tenths / 10, tenths % 10));
                 increment(self.fetch_stat(|i| i.errors), 1);
             }
         }
@@ -386,7 +410,6 @@ impl RootContext for Root {
         Some(Box::new(http::Filter::new(
             context_id,
             self.runtime.clone(),
-            self.no_route_cache_clearing.clone(),
         )))
     }
 

@@ -86,7 +86,16 @@ pub(super) fn compile_breakers(
         let (Some(cond), true) = (cond, errs.0.len() == n) else {
             continue;
         };
-        let shape = format!("{}|{window_ns}|{:?}", b.expression, b.variant);
+        // The expression's length keeps `|` inside it from making two shapes one text.
+        let shape = format!(
+            "{}:{}|{window_ns}|{}",
+            b.expression.len(),
+            b.expression,
+            b.variant
+                .as_ref()
+                .map(|v| format!("={v}"))
+                .unwrap_or_default()
+        );
         out.push(Breaker {
             name: b.name.clone(),
             variant: scope,

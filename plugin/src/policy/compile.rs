@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::number;
 use super::spec::{PolicySpec, RouteSpec, StickySpec};
 use super::{Action, Policy, Route, Split, Sticky, Variant};
 use crate::rule;
@@ -44,9 +45,11 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
-/// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path.
+/// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path; every
+/// problem of the document is reported, not only the first.
 pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
-    // serde would also take a struct from an array; a policy is an object.
+    // Said up front: a policy is an object, and a syntax error deep in an array would only
+    // distract from that.
     if json
         .iter()
         .find(|b| !b.is_ascii_whitespace())
@@ -58,16 +61,13 @@ pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
             message,
         }]));
     }
-    serde_json::from_slice(json).map_err(|e| {
-        let path = super::json_path::path_at(json, e.line(), e.column());
-        // The path says where; the position in the text would only repeat it.
-        let message = e.to_string();
-        let message = match message.rfind(" at line ") {
-            Some(i) if !path.is_empty() => message[..i].to_string(),
-            _ => message,
-        };
-        PolicyErrors(vec![PolicyError { path, message }])
-    })
+    let doc = super::json::parse(json).map_err(|e| {
+        PolicyErrors(vec![PolicyError {
+            path: e.path,
+            message: e.message,
+        }])
+    })?;
+    super::decode::run(&doc, super::decode::policy)
 }
 
 pub(super) struct Errors(pub(super) Vec<PolicyError>);
@@ -170,19 +170,33 @@ impl Policy {
             .default
             .as_deref()
             .map(|d| lookup("default".into(), d, &mut errs));
+        // An empty header name means "do not write this header": plain Envoy routes on the
+        // cluster header alone, Istio on the variant header alone. The filter must still write
+        // one of them, or it would route nothing.
         for (field, value) in [
             ("cluster_header", &spec.cluster_header),
             ("variant_header", &spec.variant_header),
         ] {
-            if !valid_header_name(value) {
+            if !value.is_empty() && !valid_header_name(value) {
                 errs.push(field, format!("invalid header name '{value}'"));
             }
         }
-        if spec
+        if spec.cluster_header.is_empty() && spec.variant_header.is_empty() {
+            errs.push(
+                "cluster_header",
+                "must not be empty when variant_header is empty too: the filter would write no header",
+            );
+        } else if spec
             .cluster_header
             .eq_ignore_ascii_case(&spec.variant_header)
         {
             errs.push("variant_header", "must differ from cluster_header");
+        }
+        if spec.expose_variant && spec.variant_header.is_empty() {
+            errs.push(
+                "expose_variant",
+                "needs a non-empty variant_header to return the variant in",
+            );
         }
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {
@@ -245,7 +259,7 @@ fn compile_route(
                 if !(0.0..=100.0).contains(&w) || w.is_nan() {
                     errs.push(
                         format!("{path}.weight"),
-                        format!("must be between 0 and 100, got {w}"),
+                        format!("must be between 0 and 100, got {}", number::text(w)),
                     );
                     continue;
                 }
@@ -253,14 +267,14 @@ fn compile_route(
                 if (buckets - w * 100.0).abs() > 1e-6 {
                     errs.push(
                         format!("{path}.weight"),
-                        format!("at most two decimals, got {w}"),
+                        format!("at most two decimals, got {}", number::text(w)),
                     );
                 }
                 end += buckets as u32;
                 ranges.push((end, v));
             }
             if end > BUCKETS {
-                let total = f64::from(end) / 100.0;
+                let total = number::text(f64::from(end) / 100.0);
                 errs.push(
                     at("split"),
                     format!("weights add up to {total}, more than 100"),

@@ -56,7 +56,10 @@ fn compile_one(
     if !(l.average.is_finite() && l.average > 0.0) {
         errs.push(
             format!("{path}.average"),
-            format!("must be a number above 0, got {}", l.average),
+            format!(
+                "must be a number above 0, got {}",
+                super::number::text(l.average)
+            ),
         );
     }
     let period_ns = match parse_duration(&l.period) {
@@ -85,7 +88,14 @@ fn compile_one(
         return None;
     }
     // Everything that shapes a bucket; `match` and `headers` may change without a reset.
-    let shape = format!("{}|{period_ns}|{burst}|{source:?}|{}", l.average, l.slots);
+    // Spelled out rather than `{}`/`{:?}`: float and string `Debug` formatting are large in
+    // the filter, and only the hash of this text matters.
+    let shape = format!(
+        "{}|{period_ns}|{burst}|{}|{}",
+        l.average.to_bits(),
+        key_shape(&source),
+        l.slots
+    );
     Some(RateLimit {
         name: l.name.clone(),
         matcher,
@@ -97,6 +107,21 @@ fn compile_one(
         config: murmur3_x86_32(shape.as_bytes(), 0),
         key_prefix: format!("rollgate/{}/rl/{}/", spec.name, l.name),
     })
+}
+
+/// A key source as unambiguous text, for the fingerprint of a limit's shape.
+fn key_shape(k: &KeySource) -> String {
+    let opt = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    match k {
+        KeySource::Header(h) => format!("header:{}", String::from_utf8_lossy(h)),
+        KeySource::Cookie(c) => format!("cookie:{}", String::from_utf8_lossy(c)),
+        KeySource::Query(q) => format!("query:{q}"),
+        KeySource::Host => "host".to_string(),
+        KeySource::SourceIp {
+            xff_depth,
+            ipv6_prefix,
+        } => format!("ip:{}:{}", opt(*xff_depth), opt(ipv6_prefix.map(u32::from))),
+    }
 }
 
 fn compile_source(s: Option<&LimitSourceSpec>, path: &str, errs: &mut Errors) -> KeySource {

@@ -3,8 +3,10 @@
 
 mod breakers;
 mod compile;
-mod json_path;
+mod decode;
+mod json;
 mod limits;
+pub(crate) mod number;
 pub mod spec;
 #[cfg(test)]
 mod tests;

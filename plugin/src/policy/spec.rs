@@ -1,95 +1,87 @@
 //! The policy as users, the CLI and the controller write it (JSON). Field names are the
 //! contract shared by Envoy's `configuration`, Istio's `pluginConfig` and the controller.
+//!
+//! Reading is the filter's own decoder (`policy::decode`, also behind these types'
+//! `Deserialize`): unknown fields are refused and absent ones take the defaults documented
+//! here. Writing is serde's derived `Serialize`, used by the CLI and the controller only.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Header the filter writes the chosen upstream cluster into, unless the policy says otherwise.
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-rollgate-cluster";
 /// Header the filter writes the chosen variant into, unless the policy says otherwise.
 pub const DEFAULT_VARIANT_HEADER: &str = "x-rollgate-variant";
 
-fn default_cluster_header() -> String {
-    DEFAULT_CLUSTER_HEADER.to_string()
-}
-
-fn default_variant_header() -> String {
-    DEFAULT_VARIANT_HEADER.to_string()
-}
-
 fn is_false(b: &bool) -> bool {
     !*b
 }
 
 /// A whole policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicySpec {
-    /// The service's name; the default salt of sticky buckets.
-    #[serde(default)]
+    /// The service's name; the default salt of sticky buckets. Required, except in a filter
+    /// configuration that only gives `source`.
     pub name: String,
-    /// Variant name → upstream cluster name.
-    #[serde(default)]
+    /// Variant name → upstream cluster name (at least one, except beside `source` alone).
     pub variants: BTreeMap<String, String>,
     /// Variant for requests no route decides; without it they pass untouched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
-    /// Tried in order; the first whose `match` holds decides.
-    #[serde(default)]
+    /// Tried in order; the first whose `match` holds decides. Default: none.
     pub routes: Vec<RouteSpec>,
     /// Request header that carries the chosen cluster to Envoy's router (`cluster_header`).
-    #[serde(default = "default_cluster_header")]
+    /// Default [`DEFAULT_CLUSTER_HEADER`]; empty means the filter does not write it (Istio
+    /// routes on the variant header alone).
     pub cluster_header: String,
     /// Request header that carries the chosen variant (Istio VirtualService header match).
-    #[serde(default = "default_variant_header")]
+    /// Default [`DEFAULT_VARIANT_HEADER`]; empty means the filter does not write it (plain
+    /// Envoy routes on the cluster header alone). Not both may be empty.
     pub variant_header: String,
-    /// Also return the variant header on the response.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// Also return the variant header on the response (needs a non-empty `variant_header`).
+    #[serde(skip_serializing_if = "is_false")]
     pub expose_variant: bool,
     /// Token-bucket limits; every one that applies must admit a request.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitSpec>,
     /// Circuit breakers, checked in order after routing.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub circuit_breakers: Vec<BreakerSpec>,
     /// Where the filter fetches newer policies (only in the filter's own configuration).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceSpec>,
 }
 
 /// Where the filter long-polls for its policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceSpec {
     /// Envoy cluster of the rollgate sidecar.
     pub cluster: String,
     /// Path of the policy, e.g. `/v1/policies/flask`.
     pub path: String,
-    /// Base delay between attempts after a failure (doubling up to 30 s).
-    #[serde(default = "default_poll")]
+    /// Base delay between attempts after a failure (doubling up to 30 s). Default `1s`.
     pub poll: String,
-    /// How long the sidecar may hold a poll open before answering 304.
-    #[serde(default = "default_wait")]
+    /// How long the sidecar may hold a poll open before answering 304. Default `20s`.
     pub wait: String,
     /// `:authority` of the poll; defaults to the cluster name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
 }
 
-fn default_poll() -> String {
+pub(super) fn default_poll() -> String {
     "1s".to_string()
 }
 
-fn default_wait() -> String {
+pub(super) fn default_wait() -> String {
     "20s".to_string()
 }
 
-fn default_period() -> String {
+pub(super) fn default_period() -> String {
     "1s".to_string()
 }
 
-fn default_slots() -> u32 {
+pub(super) fn default_slots() -> u32 {
     65_536
 }
 
@@ -98,139 +90,127 @@ fn is_default_slots(n: &u32) -> bool {
 }
 
 /// A token-bucket rate limit (Traefik's `rateLimit` meaning of `average`, `period`, `burst`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimitSpec {
     /// Unique name: stats and limiter state are keyed by it.
     pub name: String,
     /// Traefik rule selecting the requests it applies to; absent means all.
-    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Tokens added per `period`.
     pub average: f64,
-    /// Refill period, e.g. `1s`, `1m`.
-    #[serde(default = "default_period")]
+    /// Refill period, e.g. `1s`, `1m`. Default `1s`.
     pub period: String,
     /// Bucket capacity: the most requests let through at once (default 1, as in Traefik).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
     /// Where the key comes from (default: the client address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<LimitSourceSpec>,
     /// Send `X-RateLimit-*` on admitted responses too (refusals always carry them).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_false")]
     pub headers: bool,
-    /// Shared-data slots: the bound on memory however many keys arrive.
-    #[serde(default = "default_slots", skip_serializing_if = "is_default_slots")]
+    /// Shared-data slots: the bound on memory however many keys arrive. Default 65536.
+    #[serde(skip_serializing_if = "is_default_slots")]
     pub slots: u32,
 }
 
 /// A rate limit's key: exactly one field.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LimitSourceSpec {
     /// This request header's value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// This cookie's value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// This query parameter's value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// The requested host (`{}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<Empty>,
     /// The client address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<ClientIpSpec>,
 }
 
 /// An empty object, for options that take no settings (`"host": {}`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Empty {}
 
 /// How a rate limit finds the client address.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ClientIpSpec {
     /// The n-th `X-Forwarded-For` entry from the right (1 = rightmost) instead of
     /// `source.address`, as Traefik's `ipStrategy.depth`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub xff_depth: Option<u32>,
     /// Mask IPv6 addresses to this prefix length (e.g. 64), as Traefik's `ipv6Subnet`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6_prefix: Option<u8>,
 }
 
-fn default_check_period() -> String {
+pub(super) fn default_check_period() -> String {
     "100ms".to_string()
 }
 
-fn default_ten_seconds() -> String {
+pub(super) fn default_ten_seconds() -> String {
     "10s".to_string()
 }
 
-fn default_response_code() -> u16 {
+pub(super) fn default_response_code() -> u16 {
     503
 }
 
 /// A circuit breaker (Traefik's `circuitBreaker`, with its gaps closed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreakerSpec {
     /// Unique name: stats and state are keyed by it.
     pub name: String,
     /// Watch and guard only this variant's traffic; absent means all of the policy's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// When to open, e.g. `LatencyAtQuantileMS(50.0) > 100 || NetworkErrorRatio() > 0.3`.
     pub expression: String,
-    /// How often the expression is checked (also without traffic).
-    #[serde(default = "default_check_period")]
+    /// How often the expression is checked (also without traffic). Default `100ms`.
     pub check_period: String,
-    /// How long it stays open.
-    #[serde(default = "default_ten_seconds")]
+    /// How long it stays open. Default `10s`.
     pub fallback_duration: String,
-    /// How long the let-through share takes to ramp from 0 to 100 % after opening.
-    #[serde(default = "default_ten_seconds")]
+    /// How long the let-through share takes to ramp from 0 to 100 % after opening. Default
+    /// `10s`.
     pub recovery_duration: String,
-    /// The rolling statistics window (ten buckets).
-    #[serde(default = "default_ten_seconds")]
+    /// The rolling statistics window (ten buckets). Default `10s`.
     pub window: String,
-    /// Status sent while open, unless `fallback_variant` is given.
-    #[serde(default = "default_response_code")]
+    /// Status sent while open, unless `fallback_variant` is given. Default 503.
     pub response_code: u16,
     /// While open, route to this variant instead of refusing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_variant: Option<String>,
 }
 
 /// One route: a rule and what to do when it holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteSpec {
     /// Traefik rule; absent means every request.
-    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Send every matching request to this variant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Sticky weighted split; the remainder goes to `default`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<Vec<SplitSpec>>,
     /// Where a split's key comes from (default: the client address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickySpec>,
     /// Variant for the part of a split no weight covers (else the policy's `default`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
 }
 
 /// One share of a split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SplitSpec {
     /// The variant.
     pub variant: String,
@@ -239,35 +219,33 @@ pub struct SplitSpec {
 }
 
 /// The sticky key of a split: exactly one of `header`, `cookie`, `query`, `source_ip`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StickySpec {
     /// Key from this request header.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// Key from this cookie.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// Key from this query parameter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Key from the client address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<SourceIpSpec>,
     /// Hash salt; defaults to the policy name. Changing it reshuffles every user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
     /// When the key is missing, give the client a random id in this cookie and bucket on it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub assign_cookie: Option<String>,
 }
 
 /// How the client address is found.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceIpSpec {
     /// Take the n-th address from the right of `X-Forwarded-For` (1 = rightmost), as
     /// Traefik's `ipStrategy.depth`; without it, Envoy's `source.address`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub xff_depth: Option<u32>,
 }

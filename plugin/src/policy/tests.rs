@@ -280,3 +280,225 @@ fn spec_round_trips_through_json() {
     let json = serde_json::to_string(&p.spec).unwrap();
     assert_eq!(policy(&json).spec, p.spec);
 }
+
+fn minimal(extra: &str) -> String {
+    format!(r#"{{"name":"s","variants":{{"a":"ca"}},"default":"a"{extra}}}"#)
+}
+
+#[test]
+fn an_empty_header_name_means_the_filter_does_not_write_it() {
+    // Plain Envoy: the cluster header alone.
+    let p = policy(&minimal(r#","variant_header":"""#));
+    assert_eq!(
+        (p.cluster_header.as_str(), p.variant_header.as_str()),
+        ("x-rollgate-cluster", "")
+    );
+    // Istio: the variant header alone, which may also go back on the response.
+    let p = policy(&minimal(r#","cluster_header":"","expose_variant":true"#));
+    assert_eq!(
+        (p.cluster_header.as_str(), p.variant_header.as_str()),
+        ("", "x-rollgate-variant")
+    );
+    assert!(p.spec.expose_variant);
+    let p = policy(&minimal(
+        r#","cluster_header":"","variant_header":"X-Side""#,
+    ));
+    assert_eq!(p.variant_header, "x-side");
+}
+
+#[test]
+fn header_names_must_leave_the_filter_something_to_write() {
+    assert_eq!(
+        errors(&minimal(r#","cluster_header":"","variant_header":"""#)),
+        [
+            "cluster_header: must not be empty when variant_header is empty too: the filter would \
+          write no header"
+        ]
+    );
+    assert_eq!(
+        errors(&minimal(r#","variant_header":"","expose_variant":true"#)),
+        ["expose_variant: needs a non-empty variant_header to return the variant in"]
+    );
+    // Both problems at once, and the usual checks still apply to a non-empty name.
+    assert_eq!(
+        errors(&minimal(
+            r#","cluster_header":"","variant_header":"","expose_variant":true"#
+        ))
+        .len(),
+        2
+    );
+    assert_eq!(
+        errors(&minimal(r#","cluster_header":"","variant_header":"a b""#)),
+        ["variant_header: invalid header name 'a b'"]
+    );
+    assert_eq!(
+        errors(&minimal(
+            r#","cluster_header":"X-A","variant_header":"x-a""#
+        )),
+        ["variant_header: must differ from cluster_header"]
+    );
+}
+
+#[test]
+fn absent_fields_take_their_defaults() {
+    let p = parse_spec(
+        br#"{"rate_limits":[{"name":"r","average":5}],
+             "circuit_breakers":[{"name":"b","expression":"NetworkErrorRatio() > 0.5"}],
+             "source":{"cluster":"c","path":"/p"}}"#,
+    )
+    .unwrap();
+    assert_eq!(p.name, "");
+    assert!(p.variants.is_empty() && p.routes.is_empty() && p.default.is_none());
+    assert_eq!(p.cluster_header, spec::DEFAULT_CLUSTER_HEADER);
+    assert_eq!(p.variant_header, spec::DEFAULT_VARIANT_HEADER);
+    assert!(!p.expose_variant);
+    let l = &p.rate_limits[0];
+    assert_eq!((l.average, l.period.as_str(), l.slots), (5.0, "1s", 65_536));
+    assert_eq!(
+        (&l.rule, l.burst, &l.source, l.headers),
+        (&None, None, &None, false)
+    );
+    let b = &p.circuit_breakers[0];
+    assert_eq!(
+        [
+            &b.check_period,
+            &b.fallback_duration,
+            &b.recovery_duration,
+            &b.window
+        ],
+        ["100ms", "10s", "10s", "10s"]
+    );
+    assert_eq!(
+        (b.response_code, &b.variant, &b.fallback_variant),
+        (503, &None, &None)
+    );
+    let s = p.source.unwrap();
+    assert_eq!(
+        (s.poll.as_str(), s.wait.as_str(), s.authority),
+        ("1s", "20s", None)
+    );
+    // `null` is the same as absent for an optional field.
+    let p = policy(&minimal(
+        r#","routes":[{"match":null,"variant":"a","split":null}]"#,
+    ));
+    assert_eq!(p.spec.routes[0].rule, None);
+}
+
+#[test]
+fn decoding_errors_name_the_path_and_all_are_reported() {
+    let errs = errors(&minimal(
+        r#","routes":[{"split":[{"variant":"a"}],"sticky":{"source_ip":{"xff_depth":-1}}}],
+           "rate_limits":[{"name":"r","average":"5","slots":1.5,"source":{"host":{"x":1}},
+                           "burst":18446744073709551616}],
+           "circuit_breakers":[{"name":"b","expression":"x","response_code":70000}],
+           "expose_variant":"yes","name":"again""#,
+    ));
+    assert_eq!(
+        errs,
+        [
+            "routes[0].split[0]: missing field `weight`",
+            "routes[0].sticky.source_ip.xff_depth: invalid value: integer `-1`, expected an \
+             integer from 0 to 4294967295",
+            "rate_limits[0].average: invalid type: string \"5\", expected a number",
+            "rate_limits[0].slots: invalid type: floating point `1.5`, expected an integer",
+            "rate_limits[0].source.host.x: unknown field `x`, there are no fields",
+            "rate_limits[0].burst: invalid type: floating point `1.844674407370955e19`, expected \
+             an integer",
+            "circuit_breakers[0].response_code: invalid value: integer `70000`, expected an \
+             integer from 0 to 65535",
+            "expose_variant: invalid type: string \"yes\", expected a boolean",
+            "name: duplicate field `name`",
+        ]
+    );
+    assert_eq!(
+        errors(r#"{"name":"s","variants":{"a":"ca","a":"cb"},"routes":{}}"#),
+        [
+            "variants.a: duplicate key `a`",
+            "routes: invalid type: map, expected a sequence"
+        ]
+    );
+    assert_eq!(
+        errors(r#"{"name":"s","variants":{"a":1},"source":[]}"#),
+        [
+            "variants.a: invalid type: integer `1`, expected a string",
+            "source: invalid type: sequence, expected an object"
+        ]
+    );
+    let unknown = errors(&minimal(r#","routes":[{"variant":"a","wieght":1}]"#));
+    assert_eq!(
+        unknown,
+        [
+            "routes[0].wieght: unknown field `wieght`, expected one of `match`, `variant`, \
+          `split`, `sticky`, `default`"
+        ]
+    );
+    // A syntax error names where, in the document and in the text.
+    assert_eq!(
+        errors("{\"name\": \"s\",\n \"routes\": [{\"variant\": a}]}"),
+        ["routes[0].variant: expected value at line 2 column 25"]
+    );
+}
+
+/// A policy with every field set away from its default, to check that nothing is dropped
+/// between the spec types' `Serialize` and the decoder.
+const EVERY_FIELD: &str = r#"{
+  "name": "all", "variants": {"a": "ca", "b": "cb"}, "default": "a",
+  "routes": [
+    {"match": "Host(`x`)", "variant": "b"},
+    {"split": [{"variant": "b", "weight": 12.5}], "default": "a",
+     "sticky": {"header": "x-u", "salt": "s2", "assign_cookie": "rg"}},
+    {"split": [], "sticky": {"cookie": "c"}}, {"split": [], "sticky": {"query": "q"}},
+    {"split": [], "sticky": {"source_ip": {"xff_depth": 2}}}
+  ],
+  "cluster_header": "x-c", "variant_header": "x-v", "expose_variant": true,
+  "rate_limits": [
+    {"name": "r1", "match": "PathPrefix(`/api`)", "average": 0.5, "period": "1m", "burst": 7,
+     "source": {"client_ip": {"xff_depth": 1, "ipv6_prefix": 64}}, "headers": true, "slots": 8},
+    {"name": "r2", "average": 1.5, "period": "2s", "source": {"host": {}}},
+    {"name": "r3", "average": 1.5, "period": "2s", "source": {"header": "h"}},
+    {"name": "r4", "average": 1.5, "period": "2s", "source": {"cookie": "c"}},
+    {"name": "r5", "average": 1.5, "period": "2s", "source": {"query": "q"}}
+  ],
+  "circuit_breakers": [
+    {"name": "cb", "variant": "b", "expression": "NetworkErrorRatio() > 0.5",
+     "check_period": "1s", "fallback_duration": "2s", "recovery_duration": "3s",
+     "window": "4s", "response_code": 502, "fallback_variant": "a"}
+  ],
+  "source": {"cluster": "rg", "path": "/v1/policies/all", "poll": "2s", "wait": "5s",
+             "authority": "sidecar"}
+}"#;
+
+#[test]
+fn every_field_survives_serialize_then_decode() {
+    let spec = parse_spec(EVERY_FIELD.as_bytes()).unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(parse_spec(json.as_bytes()).unwrap(), spec);
+    // The decoder read every field: the text and the serialized spec hold the same values.
+    let text: serde_json::Value = serde_json::from_str(EVERY_FIELD).unwrap();
+    assert_eq!(serde_json::to_value(&spec).unwrap(), text);
+    assert!(crate::config::parse_config(EVERY_FIELD.as_bytes()).is_ok());
+}
+
+#[test]
+fn deserialize_runs_the_same_decoder() {
+    // What the CLI and the controller read (status files, rendered defaults) is what the
+    // filter reads.
+    let via_serde: PolicySpec = serde_json::from_str(EVERY_FIELD).unwrap();
+    assert_eq!(via_serde, parse_spec(EVERY_FIELD.as_bytes()).unwrap());
+    let route: spec::RouteSpec = serde_json::from_str("{}").unwrap();
+    assert_eq!(route.split, None);
+    let limit: spec::RateLimitSpec = serde_json::from_str(r#"{"name":"","average":0}"#).unwrap();
+    assert_eq!((limit.period.as_str(), limit.slots), ("1s", 65_536));
+    let err = serde_json::from_str::<PolicySpec>(r#"{"name":"s","routes":[{"wieght":1}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("routes[0].wieght: unknown field `wieght`"),
+        "{err}"
+    );
+    let err = serde_json::from_str::<spec::BreakerSpec>(r#"{"name":"b"}"#).unwrap_err();
+    assert!(
+        err.to_string().starts_with("missing field `expression`"),
+        "{err}"
+    );
+}

@@ -5,11 +5,14 @@
 //! its fingerprint modulo `slots`. A slot whose bucket has refilled to full is idle and goes to
 //! whichever key arrives; two *active* keys in one slot share its bucket (both are limited
 //! together) until one goes idle. Writes use compare-and-swap, so two workers never both spend
-//! the same token.
+//! the same token. The filter goes through per-worker [`Leases`]: a worker takes a few tokens
+//! of a large bucket at once, which keeps most requests off shared data.
 
 mod bucket;
+pub mod lease;
 
 pub use bucket::{BucketState, Rate};
+pub use lease::{lease_size, Leases};
 
 use crate::request::Request;
 use crate::rule::Matcher;
@@ -55,6 +58,16 @@ pub struct Verdict {
     pub reset_secs: u64,
     /// `Retry-After` when refused: seconds until one token is back (at least 1).
     pub retry_after_secs: u64,
+}
+
+/// What one attempt on the shared bucket came to.
+enum Take {
+    /// `taken` tokens are ours; the bucket keeps `left`.
+    Took { taken: u64, left: f64 },
+    /// Not even one token: the bucket has `tokens`.
+    Refused { tokens: f64 },
+    /// The store failed us; admitted uncounted.
+    FailOpen { left: f64 },
 }
 
 /// 64-bit FNV-1a: the key's fingerprint (and slot, modulo the slot count).
@@ -108,10 +121,46 @@ impl RateLimit {
         k
     }
 
-    /// Takes one token for `key_fp` at `now_ns`, or says when to retry.
+    /// Takes one token for `key_fp` at `now_ns` from the shared bucket, or says when to retry.
+    /// Exact: every admission is one compare-and-swap.
     pub fn check(&self, store: &dyn SharedStore, key_fp: u64, now_ns: u64) -> Verdict {
+        match self.take(store, key_fp, now_ns, 1) {
+            Take::Took { left, .. } | Take::FailOpen { left } => self.verdict(true, left),
+            Take::Refused { tokens } => self.verdict(false, tokens),
+        }
+    }
+
+    /// Like [`RateLimit::check`], but through this worker's `leases`: a request first spends a
+    /// token the worker already holds for its key; otherwise the worker takes up to
+    /// [`lease_size`] tokens in one compare-and-swap and keeps the rest (see [`lease`] for
+    /// the bound on exactness).
+    pub fn check_leased(
+        &self,
+        store: &dyn SharedStore,
+        leases: &mut Leases,
+        key_fp: u64,
+        now_ns: u64,
+    ) -> Verdict {
+        let want = lease_size(self.burst);
+        if want <= 1 {
+            return self.check(store, key_fp, now_ns);
+        }
+        if let Some(left) = leases.spend(key_fp) {
+            return self.verdict(true, left);
+        }
+        match self.take(store, key_fp, now_ns, want) {
+            Take::Took { taken, left } => {
+                leases.keep(key_fp, taken - 1, left);
+                self.verdict(true, left + (taken - 1) as f64)
+            }
+            Take::FailOpen { left } => self.verdict(true, left),
+            Take::Refused { tokens } => self.verdict(false, tokens),
+        }
+    }
+
+    /// Takes between 1 and `want` whole tokens for `key_fp` at `now_ns` from the shared bucket.
+    fn take(&self, store: &dyn SharedStore, key_fp: u64, now_ns: u64, want: u64) -> Take {
         let slot = self.slot_key(key_fp);
-        let mut verdict = self.verdict(true, self.rate.burst - 1.0);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = store.get(&slot);
             let cas = current.as_ref().map_or(0, |(_, cas)| *cas);
@@ -132,24 +181,27 @@ impl RateLimit {
             };
             if tokens < 1.0 {
                 // Refusing changes nothing worth writing: refill is a function of time.
-                return self.verdict(false, tokens);
+                return Take::Refused { tokens };
             }
+            let taken = (tokens.floor() as u64).clamp(1, want.max(1));
+            let left = tokens - taken as f64;
             let next = BucketState {
                 config: self.config,
                 key: owner,
-                tokens: tokens - 1.0,
+                tokens: left,
                 last_ns: now_ns,
             };
             match store.set(&slot, &next.encode(), cas) {
-                Ok(()) => return self.verdict(true, tokens - 1.0),
+                Ok(()) => return Take::Took { taken, left },
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Failed) => break,
             }
         }
         // The store is unusable or hopelessly contended: fail open, like Envoy's own limiter
         // when its backend errs, rather than refuse traffic we cannot account for.
-        verdict.admitted = true;
-        verdict
+        Take::FailOpen {
+            left: self.rate.burst - 1.0,
+        }
     }
 
     fn verdict(&self, admitted: bool, tokens: f64) -> Verdict {

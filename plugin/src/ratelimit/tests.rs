@@ -257,3 +257,142 @@ fn compile_errors_name_fields() {
         "rate_limits[1].name: 'x' is used twice"
     );
 }
+
+#[test]
+fn lease_size_is_exact_for_small_bursts_and_bounded_for_large() {
+    assert_eq!(lease_size(1), 1);
+    assert_eq!(lease_size(127), 1, "under 128 every request is one CAS");
+    assert_eq!(lease_size(128), 2);
+    assert_eq!(lease_size(1000), 15);
+    assert_eq!(lease_size(1_000_000), lease::MAX_LEASE);
+}
+
+/// Counts shared-data calls, to show leases keep requests off the store.
+#[derive(Default)]
+struct Counting {
+    inner: MemStore,
+    gets: std::cell::Cell<u32>,
+    sets: std::cell::Cell<u32>,
+}
+
+impl SharedStore for Counting {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.gets.set(self.gets.get() + 1);
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.sets.set(self.sets.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn leased_one_worker_admits_exactly_what_the_bucket_allows() {
+    let l = limit(r#"{"name":"api","average":500,"period":"1s","burst":1000}"#);
+    let store = MemStore::default();
+    let mut leases = Leases::default();
+    let (mut admitted, mut t) = (0u64, 0);
+    while t < 5 * NANOS_PER_SEC {
+        admitted += u64::from(l.check_leased(&store, &mut leases, 7, t).admitted);
+        t += MS / 2;
+    }
+    let expected = 1000 + 500 * 5;
+    // One worker spends every token it leases: only the last lease's leftover is unspent.
+    assert!(
+        admitted <= expected && admitted + lease_size(1000) >= expected,
+        "admitted {admitted}, expected {expected}"
+    );
+}
+
+#[test]
+fn leased_keys_under_their_limit_rarely_touch_shared_data() {
+    let l = limit(r#"{"name":"api","average":500,"period":"1s","burst":1000}"#);
+    let store = Counting::default();
+    let mut leases = Leases::default();
+    let (mut admitted, mut t) = (0u32, 0);
+    // Half the average: everything passes.
+    while t < 5 * NANOS_PER_SEC {
+        admitted += u32::from(l.check_leased(&store, &mut leases, 7, t).admitted);
+        t += 4 * MS;
+    }
+    assert_eq!(admitted, 1250);
+    let (gets, sets) = (store.gets.get(), store.sets.get());
+    assert_eq!(
+        gets, sets,
+        "no contention, no refusal: every read leads to a write"
+    );
+    assert!(
+        sets <= 1250 / 15 + 1,
+        "{sets} shared writes for 1250 requests"
+    );
+    // Without leases every request is a read and a write.
+    let exact = Counting::default();
+    for i in 0..100 {
+        assert!(l.check(&exact, 7, i * 4 * MS).admitted);
+    }
+    assert_eq!((exact.gets.get(), exact.sets.get()), (100, 100));
+}
+
+#[test]
+fn leased_two_workers_stay_within_their_leases_of_the_exact_count() {
+    let l = limit(r#"{"name":"api","average":100,"period":"1s","burst":2000}"#);
+    let lease = lease_size(2000);
+    assert_eq!(lease, 31);
+    let store = MemStore::default();
+    let mut workers = [Leases::default(), Leases::default()];
+    let (mut admitted, mut t, mut i) = (0u64, 0, 0usize);
+    while t < 10 * NANOS_PER_SEC {
+        // Uneven sharing: three requests on one worker for every one on the other.
+        let w = usize::from(i % 4 == 3);
+        admitted += u64::from(l.check_leased(&store, &mut workers[w], 9, t).admitted);
+        i += 1;
+        t += MS;
+    }
+    let expected = 2000 + 100 * 10;
+    assert!(
+        admitted <= expected && admitted + 2 * lease >= expected,
+        "admitted {admitted}, expected {expected} (within 2 leases of {lease})"
+    );
+}
+
+#[test]
+fn leases_refuse_when_the_bucket_is_empty_and_report_what_is_left() {
+    let l = limit(r#"{"name":"api","average":1,"period":"1m","burst":256}"#);
+    assert_eq!(lease_size(256), 4);
+    let store = MemStore::default();
+    let mut leases = Leases::default();
+    let first = l.check_leased(&store, &mut leases, 1, 0);
+    assert_eq!((first.admitted, first.remaining), (true, 255));
+    assert_eq!(leases.tokens(1), 3, "three more tokens held locally");
+    let admitted = (0..300)
+        .filter(|_| l.check_leased(&store, &mut leases, 1, 0).admitted)
+        .count();
+    assert_eq!(admitted, 255, "the whole burst, then nothing");
+    let refused = l.check_leased(&store, &mut leases, 1, 0);
+    assert!(!refused.admitted);
+    assert_eq!(refused.retry_after_secs, 60);
+    // Another key still has its own bucket (another slot), leased separately.
+    assert!(l.check_leased(&store, &mut leases, 2, 0).admitted);
+}
+
+#[test]
+fn lease_table_is_bounded_and_keeps_recent_keys() {
+    let mut leases = Leases::default();
+    for k in 0..(lease::MAX_LEASES as u64 * 3) {
+        leases.keep(k, 5, 0.0);
+        // Key 1 is used all along: it never ages out.
+        if k % 1000 == 0 {
+            assert!(leases.spend(1).is_some() || leases.tokens(1) == 0);
+            leases.keep(1, 5, 0.0);
+        }
+    }
+    assert!(leases.len() <= lease::MAX_LEASES, "{}", leases.len());
+    assert_eq!(leases.tokens(1), 5, "a recently used key keeps its lease");
+    assert_eq!(leases.tokens(3), 0, "an old key's lease is dropped");
+    let last = lease::MAX_LEASES as u64 * 3 - 1;
+    assert_eq!(leases.tokens(last), 5);
+    assert_eq!(leases.spend(u64::MAX), None);
+    leases.keep(u64::MAX, 1, 10.0);
+    assert_eq!(leases.spend(u64::MAX), Some(10.0));
+    assert_eq!(leases.spend(u64::MAX), None, "spent leases are forgotten");
+}

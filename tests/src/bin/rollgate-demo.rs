@@ -270,6 +270,10 @@ fn main() {
         "   the policy promises burst + average × elapsed = 1000 + 500 × {secs:.2} = {:.0}",
         1000.0 + 500.0 * secs
     );
+    println!(
+        "   (each Envoy worker leases up to burst/64 tokens at a time, fewer shared-data writes; \
+         a worker's unspent lease is the most it can be short)"
+    );
 
     step(
         7,
