@@ -57,8 +57,40 @@ fn current_version_waits_then_answers_304() {
         "answered early: {took:?}"
     );
     assert!(took < Duration::from_secs(5), "answered late: {took:?}");
-    // A filter ahead of us (an older sidecar's version) waits too.
-    assert_eq!(s.get("/v1/policies/flask?version=9&wait=100ms").status, 304);
+}
+
+#[test]
+fn a_gateway_ahead_of_the_sidecar_gets_the_current_policy_renumbered_after_its_own() {
+    // A sidecar that lost its status file counts from 1 again while the gateways still run
+    // v9 of the previous one: they must not wait for v10 to come round.
+    let (dir, s) = started();
+    let t = Instant::now();
+    let r = s.get("/v1/policies/flask?version=9&wait=20s");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "held {:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-rollgate-version"), Some("10"));
+    assert_eq!(Policy::from_json(&r.body).unwrap().spec.name, "flask");
+    assert!(s.logged("a gateway runs policy v9"), "{}", s.log_text());
+    // The new numbering is the sidecar's own from now on, persisted in its status file.
+    assert_eq!(
+        s.get("/v1/policies/flask?version=10&wait=100ms").status,
+        304
+    );
+    assert_eq!(
+        s.get("/v1/policies/flask?version=0")
+            .header("x-rollgate-version"),
+        Some("10")
+    );
+    let status: serde_json::Value = serde_json::from_str(&dir.read("flask.status.json")).unwrap();
+    assert_eq!(
+        status.to_string().matches("\"policyVersion\":10").count(),
+        1,
+        "{status}"
+    );
 }
 
 #[test]

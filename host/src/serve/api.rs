@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /v1/policies/NAME?version=N&wait=20s` | the policy when its version is newer than N (at once, or as soon as one appears within `wait`); else 304 after `wait`, or 404 after `wait` if no rollout has that name |
+//! | `GET /v1/policies/NAME?version=N&wait=20s` | the policy when its version is newer than N (at once, or as soon as one appears within `wait`); else 304 after `wait`, or 404 after `wait` if no rollout has that name; an N the sidecar never reached gets the current policy at once, renumbered N+1 |
 //! | `GET /v1/rollouts` | every rollout ([`RolloutList`]) |
 //! | `GET /v1/rollouts/NAME` | one rollout ([`RolloutView`]) |
 //! | `POST /v1/rollouts/NAME/promote`, `/abort`, `/retry` | the rollout after the command; 409 when it does not apply |
@@ -138,6 +138,15 @@ fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
     let resp = loop {
         let now = Instant::now();
         let over = st.stopping || now >= deadline;
+        if let Some(entry) = st.renumber_after(name, known) {
+            shared.persist(entry);
+            shared.log(&format!(
+                "{name}: a gateway runs policy v{known}, newer than this sidecar's; \
+                 serving the current policy as v{}",
+                entry.status.policy_version
+            ));
+            shared.changed.notify_all();
+        }
         match st.policy_of(name) {
             Some((version, json)) if version > known => {
                 break Response::new(200, "application/json", json.as_bytes().to_vec())

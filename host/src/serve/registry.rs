@@ -101,6 +101,22 @@ impl State {
             .map(|(k, _)| k.clone())
     }
 
+    /// Numbers the served policy of `name` after `seen`, a version a gateway already runs
+    /// but this sidecar never served (it lost its status file, or is a fresh replica): its
+    /// own policy is the current truth, and only a higher number makes the gateway take it.
+    /// Returns the entry to persist; `None` when `name` has no policy or is not behind.
+    pub fn renumber_after(&mut self, name: &str, seen: u64) -> Option<&Entry> {
+        let e = self
+            .entries
+            .values_mut()
+            .find(|e| e.name.as_deref() == Some(name) && e.policy.is_some())?;
+        if e.status.policy_version >= seen {
+            return None;
+        }
+        e.status.policy_version = seen.saturating_add(1);
+        Some(e)
+    }
+
     /// The served policy of `name`: (version, JSON).
     pub fn policy_of(&self, name: &str) -> Option<(u64, Arc<String>)> {
         let e = self
