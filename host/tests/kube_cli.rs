@@ -3,71 +3,36 @@
 
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response};
-use kube::client::Body;
 use kube::Client;
 use rollgate::kube::commands::cli_with;
-use rollgate::rollout::{validate, Event, Phase, Rollout, RolloutStatus};
-use serde_json::{json, Value};
+use rollgate::rollout::Event;
+use serde_json::Value;
+
+mod kube_support;
+
+use kube_support::{failure, Reply, Seen};
 
 fn paused_rollout(rv: &str) -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/rollout.yaml"
-    ))
-    .unwrap();
-    let mut ro: Rollout = validate::parse(&text).unwrap();
-    let plan = validate::plan(&ro).unwrap();
-    ro.metadata.namespace = Some("shop".into());
-    ro.metadata.resource_version = Some(rv.into());
-    ro.status = Some(RolloutStatus {
-        phase: Phase::Paused,
-        current_step: 1,
-        policy_version: 2,
-        revision: plan.revision,
-        attempt: 1,
-        ..Default::default()
-    });
-    serde_json::to_value(ro).unwrap()
+    serde_json::to_value(kube_support::paused_rollout(rv)).unwrap()
 }
 
-/// One request: method, path, body.
-type Seen = (String, String, Value);
-
 /// Serves GETs with the paused Rollout (resourceVersion 1, 2, … per read) and answers status
-/// patches with `patch_codes` in turn; records (method, path, body).
+/// patches with `patch_codes` in turn; records every request.
 fn server(patch_codes: Vec<u16>) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        let (mut reads, mut codes) = (0, patch_codes.into_iter());
-        while let Some((req, send)) = handle.next_request().await {
-            let method = req.method().to_string();
-            let path = req.uri().path().to_string();
-            let bytes = req.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let (code, answer) = if method == "GET" {
-                reads += 1;
-                (200, paused_rollout(&reads.to_string()))
-            } else {
-                let code = codes.next().unwrap_or(200);
-                let mut ro = paused_rollout("99");
-                ro["status"] = body["status"].clone();
-                let failure = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                    "status": "Failure", "message": "conflict", "reason": "Conflict", "code": code});
-                (code, if code == 200 { ro } else { failure })
-            };
-            log.lock().unwrap().push((method, path, body));
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
+    let (mut reads, mut codes) = (0, patch_codes.into_iter());
+    kube_support::api_server("shop", move |s: &Seen| {
+        if s.method == "GET" {
+            reads += 1;
+            return Reply::Json(200, paused_rollout(&reads.to_string()));
         }
-    });
-    (Client::new(mock, "shop"), seen)
+        let code = codes.next().unwrap_or(200);
+        if code != 200 {
+            return Reply::Json(code, failure(code, "Conflict"));
+        }
+        let mut ro = paused_rollout("99");
+        ro["status"] = s.body["status"].clone();
+        Reply::Json(code, ro)
+    })
 }
 
 const ONE: &str = "/apis/rollgate.dev/v1alpha1/namespaces/shop/rollouts/flask";
@@ -92,7 +57,7 @@ async fn promote_retries_a_conflict_on_a_fresh_read() {
     let seen = seen.lock().unwrap().clone();
     let calls: Vec<(&str, &str)> = seen
         .iter()
-        .map(|(m, p, _)| (m.as_str(), p.as_str()))
+        .map(|s| (s.method.as_str(), s.path.as_str()))
         .collect();
     let status = format!("{ONE}/status");
     assert_eq!(
@@ -105,12 +70,12 @@ async fn promote_retries_a_conflict_on_a_fresh_read() {
         ]
     );
     // Each write carries the resourceVersion of the read before it.
-    assert_eq!(seen[1].2["metadata"]["resourceVersion"], "1");
-    assert_eq!(seen[3].2["metadata"]["resourceVersion"], "2");
+    assert_eq!(seen[1].body["metadata"]["resourceVersion"], "1");
+    assert_eq!(seen[3].body["metadata"]["resourceVersion"], "2");
     // The pause is released: the engine ran `setWeight: 50` and stopped at the next pause.
-    assert_eq!(seen[3].2["status"]["currentStep"], 3);
-    assert_eq!(seen[3].2["status"]["canaryWeight"], 50.0);
-    assert_eq!(seen[3].2["status"]["phase"], "Paused");
+    assert_eq!(seen[3].body["status"]["currentStep"], 3);
+    assert_eq!(seen[3].body["status"]["canaryWeight"], 50.0);
+    assert_eq!(seen[3].body["status"]["phase"], "Paused");
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("flask: promote: "), "{text}");
 }
@@ -135,7 +100,7 @@ async fn a_command_the_engine_refuses_writes_nothing_and_exits_1() {
     assert!(String::from_utf8(err)
         .unwrap()
         .starts_with("rollgate retry: "));
-    assert!(seen.lock().unwrap().iter().all(|(m, _, _)| m == "GET"));
+    assert!(seen.lock().unwrap().iter().all(|s| s.method == "GET"));
 }
 
 #[tokio::test]

@@ -5,68 +5,37 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
 use rollgate::kube::analysis::Source;
 use rollgate::kube::controller::{self, Context, Error};
 use rollgate::rollout::{render, validate, Phase, Rollout};
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// One request the controller sent.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    uri: String,
-    body: Value,
-}
+mod kube_support;
+
+use kube_support::{failure, Reply, Seen};
 
 fn rollout() -> Rollout {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/rollout.yaml"
-    ))
-    .unwrap();
-    let mut ro = validate::parse(&text).unwrap();
-    ro.metadata.namespace = Some("shop".into());
-    ro.metadata.resource_version = Some("7".into());
-    ro.metadata.uid = Some("0b5c0a6e-1111-2222-3333-444455556666".into());
-    ro
+    kube_support::rollout("7")
 }
 
 /// A stand-in API server: records every request and answers with `status_for(uri)` (body:
 /// the request body echoed, or the Rollout for a status patch).
 fn api_server(status_for: fn(&str) -> u16) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Some((req, send)) = handle.next_request().await {
-            let method = req.method().to_string();
-            let uri = req.uri().to_string();
-            let bytes = req.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let code = status_for(&uri);
-            let answer = if code >= 400 {
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                       "message": "refused", "reason": "Conflict", "code": code})
-            } else if uri.contains("/rollouts/") {
-                let mut ro = serde_json::to_value(rollout()).unwrap();
-                ro["status"] = body["status"].clone();
-                ro
-            } else {
-                body.clone()
-            };
-            log.lock().unwrap().push(Seen { method, uri, body });
-            let resp = Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap();
-            send.send_response(resp);
-        }
-    });
-    (Client::new(mock, "default"), seen)
+    kube_support::api_server("default", move |s: &Seen| {
+        let code = status_for(&s.uri);
+        let answer = if code >= 400 {
+            failure(code, "Conflict")
+        } else if s.uri.contains("/rollouts/") {
+            let mut ro = serde_json::to_value(rollout()).unwrap();
+            ro["status"] = s.body["status"].clone();
+            ro
+        } else {
+            s.body.clone()
+        };
+        Reply::Json(code, answer)
+    })
 }
 
 fn ok(_: &str) -> u16 {

@@ -10,13 +10,13 @@ mod kube_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube_support::{api_server, failure, rollout, Reply, Seen};
+use kube_support::{api_server, failure, paused_rollout, rollout, Reply, Seen};
 use rollgate::kube::commands::cli_with;
 use rollgate::kube::controller::Error;
 use rollgate::kube::rbac::{triples, CLI, CONTROLLER, LEADER_ELECTION};
 use rollgate::kube::run::{run, Options};
 use rollgate::kube::watch::follow;
-use rollgate::rollout::{validate, Event, Phase, RolloutStatus};
+use rollgate::rollout::Event;
 use serde_json::{json, Value};
 
 /// What RBAC authorizes for one request: group, resource (`/subresource`), verb, namespace
@@ -154,16 +154,7 @@ async fn the_controller_calls_exactly_what_its_roles_grant() {
 
 /// The CLI's API server: one paused Rollout in `shop`, whose watch promotes it.
 fn cli_api(s: &Seen) -> Reply {
-    let mut ro = rollout("1");
-    let plan = validate::plan(&ro).unwrap();
-    ro.status = Some(RolloutStatus {
-        phase: Phase::Paused,
-        current_step: 1,
-        policy_version: 2,
-        revision: plan.revision,
-        attempt: 1,
-        ..Default::default()
-    });
+    let ro = paused_rollout("1");
     let a = authz(s);
     match (a.resource.as_str(), a.verb.as_str()) {
         ("rollouts", "get") => Reply::Json(200, serde_json::to_value(&ro).unwrap()),

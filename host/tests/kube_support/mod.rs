@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response};
 use kube::client::Body;
 use kube::Client;
-use rollgate::rollout::{validate, Rollout};
+use rollgate::rollout::{validate, Phase, Rollout, RolloutStatus};
 use serde_json::{json, Value};
 
 /// One request the code under test sent.
@@ -22,6 +22,8 @@ pub struct Seen {
     pub path: String,
     /// The query string (empty if none).
     pub query: String,
+    /// The URI as sent (path and query, `?` included even when the query is empty).
+    pub uri: String,
     /// The JSON body (`Null` if none).
     pub body: Value,
 }
@@ -70,12 +72,14 @@ pub fn api_server(
             let method = req.method().to_string();
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or("").to_string();
+            let uri = req.uri().to_string();
             let bytes = req.into_body().collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let s = Seen {
                 method,
                 path,
                 query,
+                uri,
                 body,
             };
             let reply = answer(&s);
@@ -112,5 +116,20 @@ pub fn rollout(rv: &str) -> Rollout {
     ro.metadata.namespace = Some("shop".into());
     ro.metadata.resource_version = Some(rv.into());
     ro.metadata.uid = Some("0b5c0a6e-1111-2222-3333-444455556666".into());
+    ro
+}
+
+/// [`rollout`] paused at its first manual gate (step 1), as the engine leaves it there.
+pub fn paused_rollout(rv: &str) -> Rollout {
+    let mut ro = rollout(rv);
+    let plan = validate::plan(&ro).unwrap();
+    ro.status = Some(RolloutStatus {
+        phase: Phase::Paused,
+        current_step: 1,
+        policy_version: 2,
+        revision: plan.revision,
+        attempt: 1,
+        ..Default::default()
+    });
     ro
 }
