@@ -31,6 +31,35 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// This worker's state for each item of `new`: taken from the previous runtime's `held`
+/// states where that runtime had the `same` item, `fresh` otherwise.
+fn carry_over<T, S>(
+    new: &[T],
+    previous: Option<(&[T], &RefCell<Vec<S>>)>,
+    same: fn(&T, &T) -> bool,
+    fresh: fn(&T) -> S,
+) -> Vec<S> {
+    let (old, mut held): (&[T], Vec<Option<S>>) = match previous {
+        Some((old, cell)) => {
+            let states = cell
+                .try_borrow_mut()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default();
+            (old, states.into_iter().map(Some).collect())
+        }
+        None => (&[], Vec::new()),
+    };
+    new.iter()
+        .map(|n| {
+            old.iter()
+                .position(|o| same(o, n))
+                .and_then(|i| held.get_mut(i))
+                .and_then(Option::take)
+                .unwrap_or_else(|| fresh(n))
+        })
+        .collect()
+}
+
 /// Metric ids of one variant.
 struct VariantIds {
     requests: u32,
@@ -89,47 +118,20 @@ impl Runtime {
                 fallback: define(MetricType::Counter, &b.fallback),
             })
             .collect();
-        let mut old = previous.map(|p| {
-            let locals = p
-                .breakers
-                .try_borrow_mut()
-                .map(|mut l| std::mem::take(&mut *l));
-            (p.policy.breakers.clone(), locals.unwrap_or_default())
-        });
-        let locals = policy
-            .breakers
-            .iter()
-            .map(|b| {
-                let kept = old.as_mut().and_then(|(bs, ls)| {
-                    let i = bs
-                        .iter()
-                        .position(|o| o.name == b.name && o.config == b.config)?;
-                    ls.get(i).cloned()
-                });
-                kept.unwrap_or_else(|| b.local())
-            })
-            .collect();
-        // Leases of an unchanged limit stay valid: their tokens came out of the same bucket.
-        let mut old_leases = previous.map(|p| {
-            let leases = p
-                .leases
-                .try_borrow_mut()
-                .map(|mut l| std::mem::take(&mut *l));
-            (p.policy.rate_limits.clone(), leases.unwrap_or_default())
-        });
-        let leases = policy
-            .rate_limits
-            .iter()
-            .map(|l| {
-                let kept = old_leases.as_mut().and_then(|(ls, held)| {
-                    let i = ls
-                        .iter()
-                        .position(|o| o.name == l.name && o.config == l.config)?;
-                    held.get_mut(i).map(std::mem::take)
-                });
-                kept.unwrap_or_default()
-            })
-            .collect();
+        // An unchanged breaker keeps this worker's view, an unchanged limit its leases (their
+        // tokens came out of the same bucket).
+        let locals = carry_over(
+            &policy.breakers,
+            previous.map(|p| (&p.policy.breakers[..], &p.breakers)),
+            |o, n| o.name == n.name && o.config == n.config,
+            |b| b.local(),
+        );
+        let leases = carry_over(
+            &policy.rate_limits,
+            previous.map(|p| (&p.policy.rate_limits[..], &p.leases)),
+            |o, n| o.name == n.name && o.config == n.config,
+            |_| Leases::default(),
+        );
         let n = policy.breakers.len();
         Runtime {
             leases: RefCell::new(leases),

@@ -33,6 +33,14 @@ struct Lease {
     shared_left: f64,
 }
 
+impl Lease {
+    /// Takes one token: (tokens still leased, tokens left in all), or `None` if none is.
+    fn spend(&mut self) -> Option<(u64, f64)> {
+        self.tokens = self.tokens.checked_sub(1)?;
+        Some((self.tokens, self.shared_left + self.tokens as f64))
+    }
+}
+
 /// Keys are already 64-bit fingerprints: a multiply-shift spreads them for the table without
 /// SipHash's cost.
 #[derive(Default)]
@@ -68,16 +76,17 @@ impl Leases {
     /// Spends one leased token of `key_fp`; returns the tokens the key has left in all (leased
     /// plus the shared bucket when the lease was taken), or `None` when nothing is leased.
     pub fn spend(&mut self, key_fp: u64) -> Option<f64> {
-        let mut lease = match self.newer.remove(&key_fp) {
-            Some(l) => l,
-            None => self.older.remove(&key_fp)?,
-        };
-        if lease.tokens == 0 {
-            return None;
+        if let Some(lease) = self.newer.get_mut(&key_fp) {
+            let (tokens, left) = lease.spend()?;
+            if tokens == 0 {
+                self.newer.remove(&key_fp);
+            }
+            return Some(left);
         }
-        lease.tokens -= 1;
-        let left = lease.shared_left + lease.tokens as f64;
-        if lease.tokens > 0 {
+        // Used again: the lease moves to the newer generation.
+        let mut lease = self.older.remove(&key_fp)?;
+        let (tokens, left) = lease.spend()?;
+        if tokens > 0 {
             self.insert(key_fp, lease);
         }
         Some(left)
