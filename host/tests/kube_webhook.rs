@@ -5,8 +5,9 @@
 //! conflict on the status write.
 
 mod kube_support;
+mod rollout_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,25 +41,9 @@ fn webhook_server(hook: Hook) -> (String, Calls) {
         for conn in listener.incoming() {
             let conn = conn.unwrap();
             let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let mut length = 0;
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h).unwrap();
-                if h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
+            let (line, body) = rollout_support::read_message(&mut reader).unwrap();
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            log.lock().unwrap().push((line.trim().to_string(), body));
+            log.lock().unwrap().push((line, body));
             match hook {
                 Hook::Answer(code) => {
                     let mut conn = conn;

@@ -190,7 +190,7 @@ fn unknown_names_and_bad_parameters() {
 
 #[test]
 fn keep_alive_connections_serve_request_after_request() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let (_dir, s) = started();
     let mut conn = std::net::TcpStream::connect(s.server.addr()).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -200,22 +200,8 @@ fn keep_alive_connections_serve_request_after_request() {
             "GET /v1/policies/flask?version={version} HTTP/1.1\r\nhost: rollgate\r\n\r\n"
         )
         .unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        let (line, body) = rollout_support::read_message(&mut reader).unwrap();
         assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-        let mut length = 0;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            if h.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = h.strip_prefix("content-length: ") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
         Policy::from_json(&body).unwrap();
     }
 }

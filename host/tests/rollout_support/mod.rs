@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
@@ -192,6 +192,31 @@ impl FakeServer {
     }
 }
 
+/// Reads one HTTP/1.1 message from `r`: its start line (trimmed) and its `content-length`
+/// body. A malformed `content-length` is an error.
+pub fn read_message(r: &mut impl BufRead) -> std::io::Result<(String, Vec<u8>)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            if n.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{h:?}: {e}"))
+                })?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    Ok((line.trim().to_string(), body))
+}
+
 type Answer = dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync;
 
 fn handle(
@@ -202,26 +227,10 @@ fn handle(
 ) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
+    let (line, body) = read_message(&mut r)?;
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
-    let mut length = 0;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h)?;
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some((n, v)) = h.split_once(':') {
-            if n.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body)?;
     let body = String::from_utf8_lossy(&body).into_owned();
     let (status, text) = answer(&method, &path, &body);
     seen.lock().unwrap().push((method, path, body));
