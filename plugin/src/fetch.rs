@@ -8,7 +8,7 @@
 //! the lease expires on its own if its holder dies, so another worker takes over.
 
 use crate::config::Source;
-use crate::policy::Policy;
+use crate::policy::{accept_policy, Policy};
 use crate::store::SharedStore;
 
 const MAX_BACKOFF_NS: u64 = 30_000_000_000;
@@ -155,7 +155,7 @@ impl Fetcher {
             }
             Outcome::Policy { version, body } => {
                 self.failures = 0;
-                match Policy::from_json(&body) {
+                match accept_policy(&body) {
                     Ok(p) => {
                         let mut rec = version.to_le_bytes().to_vec();
                         rec.extend(&body);
@@ -200,7 +200,7 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_config;
+    use crate::config::accept_config;
     use crate::store::MemStore;
 
     const S: u64 = 1_000_000_000;
@@ -208,7 +208,7 @@ mod tests {
         br#"{"name":"flask","variants":{"stable":"s","canary":"c"},"default":"canary"}"#;
 
     fn fetcher(worker: u64) -> Fetcher {
-        let c = parse_config(br#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s","wait":"20s"}}"#).unwrap();
+        let c = accept_config(br#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s","wait":"20s"}}"#).unwrap();
         Fetcher::new(c.source.unwrap(), worker)
     }
 
