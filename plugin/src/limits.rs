@@ -9,8 +9,8 @@
 //! cost time and memory linear in the input, itself bounded by [`MAX_POLICY_BYTES`]).
 //!
 //! The values are far above anything a real policy needs (the seed policy nests JSON 4 deep,
-//! rules 2 deep, and has 3 routes) and far below what overflows: the deepest rule and JSON
-//! allowed parse, compile, match and drop on a 128 KiB native stack (see the tests).
+//! its rules not at all, and has 3 routes) and far below what overflows: the deepest rule and
+//! JSON allowed parse, compile, match and drop on a 128 KiB native stack (see the tests).
 
 /// Bytes in a policy or filter configuration document.
 pub const MAX_POLICY_BYTES: usize = 1 << 20;

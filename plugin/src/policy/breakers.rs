@@ -29,7 +29,7 @@ pub(super) fn compile_breakers(
     variant_index: &dyn Fn(&str) -> Option<usize>,
     errs: &mut Errors,
 ) -> Vec<Breaker> {
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = Vec::new();
     let mut out = Vec::new();
     let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
     for (i, b) in spec.circuit_breakers.iter().enumerate() {

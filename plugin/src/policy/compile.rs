@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use std::collections::BTreeMap;
-
 use super::number;
 use super::spec::{PolicySpec, RouteSpec, StickySpec};
 use super::{Action, Policy, Route, Split, Sticky, Variant};
@@ -288,15 +286,16 @@ impl Policy {
             });
         }
         let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
-        let index: BTreeMap<&str, usize> = spec
-            .variants
-            .keys()
-            .enumerate()
-            .map(|(i, name)| (name.as_str(), i))
-            .collect();
+        // `variants` is in name order (it comes from a map): a binary search, not a scan per
+        // lookup (routes × split entries × variants would be quadratic).
+        let index = |name: &str| {
+            variants
+                .binary_search_by(|v| v.name.as_str().cmp(name))
+                .ok()
+        };
         let mut lookup = |path: String, name: &str, errs: &mut Errors| -> usize {
-            match index.get(name) {
-                Some(&i) => i,
+            match index(name) {
+                Some(i) => i,
                 None => {
                     errs.push_with(path, || {
                         format!("unknown variant '{name}' (known: {})", known())
@@ -347,7 +346,6 @@ impl Policy {
             }
         }
         let rate_limits = super::limits::compile_rate_limits(&spec, &mut errs, &mut regexes_left);
-        let index = |name: &str| index.get(name).copied();
         let breakers = super::breakers::compile_breakers(&spec, &index, &mut errs);
         errs.finish(())?;
         Ok(Policy {

@@ -1,7 +1,5 @@
 //! Validation and compilation of `rate_limits`.
 
-use std::collections::BTreeSet;
-
 use super::compile::Errors;
 use super::spec::{LimitSourceSpec, PolicySpec, RateLimitSpec};
 use crate::duration::parse_duration;
@@ -11,8 +9,10 @@ use crate::ratelimit::{Rate, RateLimit};
 use crate::rule;
 use crate::sticky::KeySource;
 
-/// Names end up in stat names and shared-data keys: keep them to a safe alphabet.
-pub(super) fn check_name(name: &str, path: &str, seen: &mut BTreeSet<String>, errs: &mut Errors) {
+/// Names end up in stat names and shared-data keys: keep them to a safe alphabet. `seen` is
+/// scanned, not hashed: there are at most 64 of each kind (`crate::limits`), and a set would
+/// grow the filter.
+pub(super) fn check_name(name: &str, path: &str, seen: &mut Vec<String>, errs: &mut Errors) {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && name
@@ -25,8 +25,10 @@ pub(super) fn check_name(name: &str, path: &str, seen: &mut BTreeSet<String>, er
             format!("{path}.name"),
             format!("must be letters, digits, '-' or '_', got '{name}'"),
         );
-    } else if !seen.insert(name.to_string()) {
+    } else if seen.iter().any(|s| s == name) {
         errs.push(format!("{path}.name"), format!("'{name}' is used twice"));
+    } else {
+        seen.push(name.to_string());
     }
 }
 
@@ -35,7 +37,7 @@ pub(super) fn compile_rate_limits(
     errs: &mut Errors,
     regexes_left: &mut usize,
 ) -> Vec<RateLimit> {
-    let mut seen = BTreeSet::new();
+    let mut seen = Vec::new();
     let mut out = Vec::new();
     for (i, l) in spec.rate_limits.iter().enumerate() {
         let path = format!("rate_limits[{i}]");
