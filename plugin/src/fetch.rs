@@ -289,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_policy_is_refused_by_the_same_limits() {
+        // 8,000 parentheses trapped every worker that fetched them.
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        a.poll_now(&store, 0).unwrap();
+        let deep = format!(
+            r#"{{"name":"flask","variants":{{"s":"s"}},"routes":[{{"match":"{}Host(`a`){}","variant":"s"}}]}}"#,
+            "(".repeat(8000),
+            ")".repeat(8000)
+        );
+        let outcome = Outcome::Policy {
+            version: 1,
+            body: deep.into_bytes(),
+        };
+        match a.finished(&store, 0, outcome) {
+            Reaction::Refused(1, why) => {
+                assert_eq!(why, "routes[0].match: column 33: nesting deeper than 32")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(fetcher(2).published(&store).is_none());
+    }
+
+    #[test]
     fn failures_back_off_exponentially_up_to_30s() {
         let store = MemStore::default();
         let mut a = fetcher(1);
