@@ -385,7 +385,7 @@ pub fn run(
     let policy = read_source(&opts.policy, stdin)?;
     let wasm = Wasm::from_file(locate_wasm(opts.wasm.as_deref())?)?;
     // The header names come from the policy; the filter itself is the judge of validity.
-    let (cluster_header, variant_header) = rollgate_plugin::config::parse_config(&policy)
+    let (cluster_header, variant_header) = rollgate_plugin::config::accept_config(&policy)
         .ok()
         .and_then(|c| c.policy)
         .map(|p| (p.cluster_header, p.variant_header))

@@ -162,3 +162,37 @@ fn usage_and_missing_files_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/p.json"));
 }
+
+#[test]
+fn long_rules_run_and_deep_ones_are_refused_inside_the_filter() {
+    let policy = |rule: &str| {
+        format!(
+            r#"{{"name":"f","variants":{{"a":"ca","b":"cb"}},"default":"b","routes":[{{"match":"{rule}","variant":"a"}}]}}"#
+        )
+    };
+    // Envoy applied a 3,000-term `||` rule while `try` trapped on it (the filter's recursion
+    // overran wasmtime's stack); the chain is now one flat list.
+    let mut terms: Vec<String> = (0..3000).map(|i| format!("Host(`h{i}`)")).collect();
+    terms.push("Host(`last`)".into());
+    let chain = policy(&terms.join(" || "));
+    let out = rollgate(&["try", "--policy", "-", "--authority", "last"], &chain);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_lines(&out)[0]["variant"], "a");
+    // 8,000 parentheses trapped every Envoy worker; the filter now refuses them at configure.
+    let deep = policy(&format!(
+        "{}Host(`a`){}",
+        "(".repeat(8000),
+        ")".repeat(8000)
+    ));
+    let out = rollgate(&["try", "--policy", "-", "--authority", "a"], &deep);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].match: column 33: nesting deeper than 32"),
+        "{stderr}"
+    );
+}

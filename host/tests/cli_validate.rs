@@ -74,3 +74,75 @@ fn usage_errors_exit_2() {
     let out = rollgate(&["frobnicate"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `validate` prints the filter's own verdict: the errors of `accept_config` line by line.
+fn filter_verdict(json: &str) -> String {
+    match rollgate_plugin::config::accept_config(json.as_bytes()) {
+        Ok(_) => "accepted".into(),
+        Err(e) => e.0.iter().map(|e| format!("-: {e}\n")).collect(),
+    }
+}
+
+#[test]
+fn a_source_only_configuration_validates_as_the_filter_loads_it() {
+    let config = r#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s"}}"#;
+    assert_eq!(filter_verdict(config), "accepted");
+    let out = rollgate(&["validate", "-"], Some(config));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "ok: fetches policies from cluster 'rollgate', path /v1/policies/flask (no starting policy)\n"
+    );
+}
+
+#[test]
+fn a_bad_source_is_refused_by_validate_exactly_as_by_the_filter() {
+    let config = r#"{"source":{"cluster":"","path":"x","poll":"0s","wait":"bogus"}}"#;
+    let out = rollgate(&["validate", "-"], Some(config));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr, filter_verdict(config));
+    assert_eq!(
+        stderr,
+        "-: source.cluster: must name the sidecar's Envoy cluster\n\
+         -: source.path: must be a path starting with '/' and without a query, got 'x'\n\
+         -: source.poll: must be longer than 0\n\
+         -: source.wait: invalid duration 'bogus': expected a number like 100ms, 1s, 2m\n"
+    );
+}
+
+#[test]
+fn deep_and_long_rules_are_refused_not_a_crash() {
+    // 10,000 parentheses, 4,000 `!` and 10,000 `||` terms overflowed the stack (exit 134).
+    let policy = |rule: &str| {
+        format!(
+            r#"{{"name":"f","variants":{{"a":"ca"}},"routes":[{{"match":"{rule}","variant":"a"}}]}}"#
+        )
+    };
+    let cases = [
+        (
+            format!("{}Host(`a`){}", "(".repeat(10_000), ")".repeat(10_000)),
+            "-: routes[0].match: column 33: nesting deeper than 32\n",
+        ),
+        (
+            format!("{}Host(`a`)", "!".repeat(4_000)),
+            "-: routes[0].match: column 33: nesting deeper than 32\n",
+        ),
+        (
+            vec!["Host(`a`)"; 10_000].join(" || "),
+            "-: routes[0].match: string longer than 65536 bytes at line 1 column 55\n",
+        ),
+    ];
+    for (rule, want) in cases {
+        let json = policy(&rule);
+        let out = rollgate(&["validate", "-"], Some(&json));
+        assert_eq!(out.status.code(), Some(1), "{want}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr, want);
+        assert_eq!(stderr, filter_verdict(&json));
+    }
+}

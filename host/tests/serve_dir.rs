@@ -258,3 +258,35 @@ fn renaming_a_rollout_serves_it_under_the_new_name() {
     );
     assert_eq!(policy(&s, "flask-v2").spec.name, "flask-v2");
 }
+
+/// A Rollout whose `match` nests 8,000 parentheses was accepted and served (trapping every
+/// gateway that fetched it) and around 2,500 overflowed the sidecar's own stack. Now it is
+/// refused with the column, and the sidecar and the last good policy carry on.
+#[test]
+fn a_deeply_nested_match_is_refused_and_the_sidecar_carries_on() {
+    let dir = TempDir::new("deep");
+    dir.write("flask.yaml", SEED);
+    let s = Sidecar::start(&dir.0, &[]);
+    assert_eq!(version(&s, "flask"), 1);
+    let deep = format!("{}Host(`pro.coding`){}", "(".repeat(8000), ")".repeat(8000));
+    dir.write(
+        "flask.yaml",
+        &SEED.replace(
+            "  match: \"Host(`pro.coding`)\"",
+            &format!("  match: \"{deep}\""),
+        ),
+    );
+    let expected = "spec.match: column 33: nesting deeper than 32";
+    wait_until("the error to show", WAIT, || {
+        s.rollout("flask")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(expected))
+    });
+    assert_eq!(s.get("/healthz").status, 200);
+    assert_eq!(
+        version(&s, "flask"),
+        1,
+        "the last good policy keeps serving"
+    );
+    policy(&s, "flask");
+}

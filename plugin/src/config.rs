@@ -6,6 +6,7 @@
 //! ```
 
 use crate::duration::parse_duration;
+use crate::limits::MAX_NAME_BYTES;
 use crate::policy::spec::SourceSpec;
 use crate::policy::{parse_spec, Policy, PolicyError, PolicyErrors};
 
@@ -39,17 +40,28 @@ pub struct Config {
     pub policy: Option<Policy>,
 }
 
-/// Parses the filter configuration: `source`, a policy, or both.
-pub fn parse_config(json: &[u8]) -> Result<Config, PolicyErrors> {
+/// The one acceptance function for a filter configuration (`source`, a policy, or both): the
+/// filter's `on_configure`, `rollgate validate` and `rollgate try` all call it, so what one
+/// accepts every other accepts. Policies the filter fetches go through
+/// [`crate::policy::accept_policy`], the same parser, limits and compiler without `source`.
+pub fn accept_config(json: &[u8]) -> Result<Config, PolicyErrors> {
     let mut spec = parse_spec(json)?;
-    let source = spec.source.take().map(compile_source).transpose()?;
+    let source = spec.source.take().map(compile_source);
     let only_source = source.is_some() && spec.name.is_empty() && spec.variants.is_empty();
-    let policy = if only_source {
-        None
-    } else {
-        Some(Policy::compile(spec)?)
-    };
-    Ok(Config { source, policy })
+    let policy = (!only_source).then(|| Policy::compile(spec));
+    match (source.transpose(), policy.transpose()) {
+        (Ok(source), Ok(policy)) => Ok(Config { source, policy }),
+        (Err(mut a), Err(b)) => {
+            a.0.extend(b.0);
+            Err(a)
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// [`accept_config`], by its older name.
+pub fn parse_config(json: &[u8]) -> Result<Config, PolicyErrors> {
+    accept_config(json)
 }
 
 fn compile_source(spec: SourceSpec) -> Result<Source, PolicyErrors> {
@@ -60,6 +72,21 @@ fn compile_source(spec: SourceSpec) -> Result<Source, PolicyErrors> {
             message: m,
         })
     };
+    for (field, value) in [
+        ("source.cluster", Some(&spec.cluster)),
+        ("source.authority", spec.authority.as_ref()),
+    ] {
+        match value {
+            Some(v) if v.len() > MAX_NAME_BYTES => push(
+                field,
+                format!(
+                    "may be at most {MAX_NAME_BYTES} bytes, this one is {}",
+                    v.len()
+                ),
+            ),
+            _ => {}
+        }
+    }
     if spec.cluster.is_empty() {
         push(
             "source.cluster",
@@ -136,6 +163,25 @@ mod tests {
         )
         .unwrap();
         assert!(c.source.is_some() && c.policy.is_some());
+    }
+
+    #[test]
+    fn a_bad_source_is_refused_whole_and_beside_policy_errors() {
+        let e = accept_config(
+            br#"{"source":{"cluster":"","path":"x","poll":"0s","wait":"bogus"},"name":"f","variants":{"a":"ca"},"default":"b"}"#,
+        )
+        .unwrap_err();
+        let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "source.cluster: must name the sidecar's Envoy cluster",
+                "source.path: must be a path starting with '/' and without a query, got 'x'",
+                "source.poll: must be longer than 0",
+                "source.wait: invalid duration 'bogus': expected a number like 100ms, 1s, 2m",
+                "default: unknown variant 'b' (known: a)",
+            ]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! the lease expires on its own if its holder dies, so another worker takes over.
 
 use crate::config::Source;
-use crate::policy::Policy;
+use crate::policy::{accept_policy, Policy};
 use crate::store::SharedStore;
 
 const MAX_BACKOFF_NS: u64 = 30_000_000_000;
@@ -155,7 +155,7 @@ impl Fetcher {
             }
             Outcome::Policy { version, body } => {
                 self.failures = 0;
-                match Policy::from_json(&body) {
+                match accept_policy(&body) {
                     Ok(p) => {
                         let mut rec = version.to_le_bytes().to_vec();
                         rec.extend(&body);
@@ -200,7 +200,7 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_config;
+    use crate::config::accept_config;
     use crate::store::MemStore;
 
     const S: u64 = 1_000_000_000;
@@ -208,7 +208,7 @@ mod tests {
         br#"{"name":"flask","variants":{"stable":"s","canary":"c"},"default":"canary"}"#;
 
     fn fetcher(worker: u64) -> Fetcher {
-        let c = parse_config(br#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s","wait":"20s"}}"#).unwrap();
+        let c = accept_config(br#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s","wait":"20s"}}"#).unwrap();
         Fetcher::new(c.source.unwrap(), worker)
     }
 
@@ -286,6 +286,30 @@ mod tests {
             b.poll_now(&store, 0).unwrap(),
             "/v1/policies/flask?version=2&wait=20s"
         );
+    }
+
+    #[test]
+    fn a_hostile_policy_is_refused_by_the_same_limits() {
+        // 8,000 parentheses trapped every worker that fetched them.
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        a.poll_now(&store, 0).unwrap();
+        let deep = format!(
+            r#"{{"name":"flask","variants":{{"s":"s"}},"routes":[{{"match":"{}Host(`a`){}","variant":"s"}}]}}"#,
+            "(".repeat(8000),
+            ")".repeat(8000)
+        );
+        let outcome = Outcome::Policy {
+            version: 1,
+            body: deep.into_bytes(),
+        };
+        match a.finished(&store, 0, outcome) {
+            Reaction::Refused(1, why) => {
+                assert_eq!(why, "routes[0].match: column 33: nesting deeper than 32")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(fetcher(2).published(&store).is_none());
     }
 
     #[test]

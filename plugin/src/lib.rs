@@ -1,7 +1,7 @@
 //! rollgate's filter: routes each request to a variant (stable, canary, dev, …) inside Envoy.
 //!
 //! Data flow: Envoy hands the plugin configuration to `on_configure`, where
-//! [`policy::Policy::from_json`] parses, validates and compiles it once (rules into
+//! [`config::accept_config`] parses, validates and compiles it once (rules into
 //! [`rule::Matcher`]s, splits into bucket ranges). Each request's header map is read once into
 //! a borrowed [`request::Request`]; [`policy::Policy::decide`] picks the variant (first matching
 //! route; sticky splits bucket a user key with [`sticky::bucket`]); the glue in `filter` strips
@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod config;
 pub mod duration;
 pub mod fetch;
+pub mod limits;
 pub mod murmur3;
 pub mod policy;
 pub mod ratelimit;

@@ -115,3 +115,33 @@ fn validation_catches_an_invalid_policy() {
     );
     let _ = fs::remove_dir_all(&scratch);
 }
+
+/// A rule nesting 8,000 parentheses made every worker's filter trap (`memory access out of
+/// bounds`: its wasm stack overflowed); the filter now refuses it at configure time, with the
+/// column where the nesting passes its limit, and no VM dies.
+#[test]
+fn validation_refuses_a_deeply_nested_rule_without_a_trap() {
+    let deep = format!("{}Host(`pro.coding`){}", "(".repeat(8000), ")".repeat(8000));
+    let policy = SEED_POLICY.replace(
+        "\"match\": \"Host(`dev.coding`)\"",
+        &format!("\"match\": \"{deep}\""),
+    );
+    assert_ne!(policy, SEED_POLICY);
+    let mut opts = EnvoyOptions::new(policy);
+    for (i, name) in SEED_CLUSTERS.iter().enumerate() {
+        opts = opts.cluster(name, 20_000 + i as u16);
+    }
+    let scratch = scratch_dir("deep");
+    let config = scratch.join("envoy.yaml");
+    fs::write(&config, render_config(&opts, &wasm_path())).unwrap();
+    let (ok, output) = validate(&config);
+    assert!(!ok, "8,000 nested parentheses passed validation:\n{output}");
+    assert!(
+        output.contains("invalid policy: routes[0].match: column 33: nesting deeper than 32"),
+        "no rule error in validation output:\n{output}"
+    );
+    for trap in ["RuntimeError", "out of bounds", "stack overflow"] {
+        assert!(!output.contains(trap), "the filter trapped:\n{output}");
+    }
+    let _ = fs::remove_dir_all(&scratch);
+}

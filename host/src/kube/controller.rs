@@ -26,7 +26,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::rollout::{
-    render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus, Timestamp,
+    accept_rendered, render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus,
+    Timestamp,
 };
 use crate::rollout::{API_VERSION, KIND};
 use crate::serve::webhook::Call;
@@ -233,7 +234,15 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
             effects.extend(next.effects);
         }
     }
-    let policy = serde_json::to_value(render(&plan.name, &plan.spec, &status))?;
+    let rendered = render(&plan.name, &plan.spec, &status);
+    // Written only once the filter's own acceptance function accepts the very text, as the
+    // sidecar serves it; else the last good policy stays and the Rollout says why.
+    if let Err(e) = accept_rendered(&rendered) {
+        let why = format!("rendered policy refused by the filter: {e}");
+        publish(&ctx, &reference, true, "InvalidPolicy", why).await?;
+        return Ok(Action::await_change());
+    }
+    let policy = serde_json::to_value(rendered)?;
     let text = policy.to_string();
     let changed = ctx
         .applied

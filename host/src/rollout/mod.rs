@@ -23,7 +23,7 @@ pub mod validate;
 mod testdata;
 
 pub use plan::{Plan, PlanStep};
-pub use render::render;
+pub use render::{accept_rendered, render};
 pub use status::{AnalysisStatus, Figure, Phase, RolloutStatus, Verdict};
 pub use step::{step, Effect, Event, Refused, Transition};
 pub use time::Timestamp;

@@ -8,6 +8,7 @@
 
 use rollgate_plugin::policy::spec::{PolicySpec, RouteSpec, SplitSpec};
 use rollgate_plugin::policy::spec::{DEFAULT_CLUSTER_HEADER, DEFAULT_VARIANT_HEADER};
+use rollgate_plugin::policy::{accept_policy, PolicyError, PolicyErrors};
 
 use super::parts::defaults;
 use super::status::RolloutStatus;
@@ -27,6 +28,20 @@ pub fn and_rules(a: Option<&str>, b: &str) -> String {
         Some(a) => format!("{} && {}", wrap(a), wrap(b)),
         None => b.to_string(),
     }
+}
+
+/// The JSON to serve for a rendered policy, once the filter's own acceptance function
+/// ([`accept_policy`]: its parser, limits and compiler) accepts that very text. The sidecar and
+/// the controller serve nothing else, so no policy the filter would refuse reaches a gateway.
+pub fn accept_rendered(policy: &PolicySpec) -> Result<String, PolicyErrors> {
+    let json = serde_json::to_string(policy).map_err(|e| {
+        PolicyErrors(vec![PolicyError {
+            path: String::new(),
+            message: format!("the policy does not serialize: {e}"),
+        }])
+    })?;
+    accept_policy(json.as_bytes())?;
+    Ok(json)
 }
 
 /// The policy for rollout `name` with `spec` in state `status`.
@@ -168,6 +183,31 @@ mod tests {
         assert_eq!(p.variant_header, DEFAULT_VARIANT_HEADER);
         assert!(p.expose_variant);
         Policy::compile(p).unwrap();
+    }
+
+    #[test]
+    fn the_rendered_text_passes_the_filters_acceptance_or_is_refused() {
+        let plan = seed();
+        let json = accept_rendered(&render("flask", &plan.spec, &status(10.0, None))).unwrap();
+        let served = accept_policy(json.as_bytes()).unwrap();
+        assert_eq!(served.spec.routes.len(), 2);
+        // Every part within its own limit, the whole beyond the filter's document limit: only
+        // the text says so, and it is refused rather than served.
+        let mut spec = plan.spec;
+        let rule = format!("Host(`{}`)", "a".repeat(60 << 10));
+        spec.rule = Some(rule);
+        spec.routes.clear();
+        spec.circuit_breakers.clear();
+        let mut p = render("flask", &spec, &status(10.0, Some("Cookie(`beta`)")));
+        for _ in 0..20 {
+            p.routes.push(p.routes[1].clone());
+        }
+        Policy::compile(p.clone()).unwrap();
+        let e = accept_rendered(&p).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the document may be at most 1048576 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rollgate_plugin::policy::spec::PolicySpec;
-use rollgate_plugin::policy::Policy;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
 use super::{webhook, Config};
-use crate::rollout::{render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp};
+use crate::rollout::{
+    accept_rendered, render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp,
+};
 
 /// Writes one log line.
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
@@ -212,17 +213,19 @@ impl Shared {
         let mut status = t.status;
         status.policy_version = entry.status.policy_version;
         if entry.policy.as_ref().map(|(p, _)| p) != Some(&policy) {
-            // Served only once the filter's own compiler accepts it.
-            if let Err(e) = Policy::compile(policy.clone()) {
-                let why = format!("rendered policy refused by the filter's compiler: {e}");
-                self.log(&format!(
-                    "{name}: {why}; the last good policy keeps serving"
-                ));
-                entry.error = Some(why);
-                self.persist(entry);
-                return Ok(());
-            }
-            let json = serde_json::to_string(&policy).unwrap_or_default();
+            // Served only once the filter's own acceptance function accepts the very text.
+            let json = match accept_rendered(&policy) {
+                Ok(json) => json,
+                Err(e) => {
+                    let why = format!("rendered policy refused by the filter: {e}");
+                    self.log(&format!(
+                        "{name}: {why}; the last good policy keeps serving"
+                    ));
+                    entry.error = Some(why);
+                    self.persist(entry);
+                    return Ok(());
+                }
+            };
             status.policy_version += 1;
             entry.policy = Some((policy, Arc::new(json)));
             self.log(&format!(

@@ -192,8 +192,7 @@ fn restore(shared: &Shared, st: &State, file: &Path, result: &Result<Plan, Strin
         Some(sf) if sf.rollout.is_some() && sf.rollout == name => {
             entry.status = sf.status;
             entry.policy = sf.policy.and_then(|p| {
-                let json = serde_json::to_string(&p).ok()?;
-                rollgate_plugin::policy::Policy::compile(p.clone()).ok()?;
+                let json = crate::rollout::accept_rendered(&p).ok()?;
                 Some((p, Arc::new(json)))
             });
         }

@@ -4,7 +4,12 @@
 //!
 //! Unlike Traefik (Go's parser + oxy's strict types), integers and floats are accepted wherever a
 //! number fits, the function may stand on either side of a comparison, and `!` exists.
+//!
+//! Bounded as rules are ([`crate::limits`]): length and nesting of `(` and `!` (the only
+//! recursion); `a || b || c` is one flat list. The length also bounds the comparisons (each is
+//! at least 20 bytes, so fewer than 3,300), below [`crate::limits::MAX_RULE_TERMS`].
 
+use crate::limits::{MAX_RULE_BYTES, MAX_RULE_DEPTH};
 use crate::rule::ParseError;
 
 /// A statistic an expression reads.
@@ -41,10 +46,10 @@ pub enum Op {
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
-    /// Both hold.
-    And(Box<Cond>, Box<Cond>),
-    /// Either holds.
-    Or(Box<Cond>, Box<Cond>),
+    /// All hold (two or more).
+    And(Vec<Cond>),
+    /// At least one holds (two or more).
+    Or(Vec<Cond>),
     /// Does not hold.
     Not(Box<Cond>),
     /// `metric op value` (normalised so the metric is on the left).
@@ -61,8 +66,8 @@ impl Cond {
     /// Evaluates against `stats`.
     pub fn eval(&self, stats: &dyn Stats) -> bool {
         match self {
-            Cond::And(a, b) => a.eval(stats) && b.eval(stats),
-            Cond::Or(a, b) => a.eval(stats) || b.eval(stats),
+            Cond::And(items) => items.iter().all(|c| c.eval(stats)),
+            Cond::Or(items) => items.iter().any(|c| c.eval(stats)),
             Cond::Not(a) => !a.eval(stats),
             Cond::Compare(m, op, v) => {
                 let x = stats.metric(*m);
@@ -81,7 +86,24 @@ impl Cond {
 
 /// Parses an expression; errors carry the 1-based column.
 pub fn parse(input: &str) -> Result<Cond, ParseError> {
-    let mut p = P { s: input, pos: 0 };
+    let mut p = P {
+        s: input,
+        pos: 0,
+        depth: 0,
+    };
+    if input.len() > MAX_RULE_BYTES {
+        let mut at = MAX_RULE_BYTES;
+        while !input.is_char_boundary(at) {
+            at -= 1;
+        }
+        return Err(p.err(
+            at,
+            format!(
+                "an expression may be at most {MAX_RULE_BYTES} bytes, this one is {}",
+                input.len()
+            ),
+        ));
+    }
     p.ws();
     if p.pos >= p.s.len() {
         return Err(p.err(p.pos, "empty expression"));
@@ -102,6 +124,8 @@ enum Operand {
 struct P<'a> {
     s: &'a str,
     pos: usize,
+    /// Open parentheses and `!` around the current position.
+    depth: usize,
 }
 
 impl P<'_> {
@@ -131,34 +155,60 @@ impl P<'_> {
         false
     }
 
-    fn or(&mut self) -> Result<Cond, ParseError> {
-        let mut l = self.and()?;
-        while self.eat("||") {
-            l = Cond::Or(Box::new(l), Box::new(self.and()?));
+    /// One more level of nesting, at the `(` or `!` under the cursor.
+    fn enter(&mut self) -> Result<(), ParseError> {
+        if self.depth >= MAX_RULE_DEPTH {
+            return Err(self.err(self.pos, format!("nesting deeper than {MAX_RULE_DEPTH}")));
         }
-        Ok(l)
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn or(&mut self) -> Result<Cond, ParseError> {
+        let first = self.and()?;
+        if !self.eat("||") {
+            return Ok(first);
+        }
+        let mut items = vec![first];
+        loop {
+            items.push(self.and()?);
+            if !self.eat("||") {
+                return Ok(Cond::Or(items));
+            }
+        }
     }
 
     fn and(&mut self) -> Result<Cond, ParseError> {
-        let mut l = self.unary()?;
-        while self.eat("&&") {
-            l = Cond::And(Box::new(l), Box::new(self.unary()?));
+        let first = self.unary()?;
+        if !self.eat("&&") {
+            return Ok(first);
         }
-        Ok(l)
+        let mut items = vec![first];
+        loop {
+            items.push(self.unary()?);
+            if !self.eat("&&") {
+                return Ok(Cond::And(items));
+            }
+        }
     }
 
     fn unary(&mut self) -> Result<Cond, ParseError> {
         self.ws();
         if self.rest().starts_with('!') && !self.rest().starts_with("!=") {
+            self.enter()?;
             self.pos += 1;
-            return Ok(Cond::Not(Box::new(self.unary()?)));
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Cond::Not(Box::new(inner)));
         }
         if self.rest().starts_with('(') {
+            self.enter()?;
             self.pos += 1;
             let c = self.or()?;
             if !self.eat(")") {
                 return Err(self.err(self.pos, "expected ')'"));
             }
+            self.depth -= 1;
             return Ok(c);
         }
         self.comparison()

@@ -409,9 +409,10 @@ pub fn describe(cond: &Cond, stats: &dyn Stats) -> String {
 
 fn collect(c: &Cond, out: &mut Vec<Metric>) {
     match c {
-        Cond::And(a, b) | Cond::Or(a, b) => {
-            collect(a, out);
-            collect(b, out);
+        Cond::And(items) | Cond::Or(items) => {
+            for c in items {
+                collect(c, out);
+            }
         }
         Cond::Not(a) => collect(a, out),
         Cond::Compare(m, _, _) => {

@@ -15,7 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 
 use crate::breaker::{Local, Phase};
-use crate::config::parse_config;
+use crate::config::accept_config;
 use crate::fetch::{Fetcher, Outcome, Reaction};
 use crate::policy::Policy;
 use crate::ratelimit::Leases;
@@ -231,7 +231,7 @@ impl Root {
         };
         if let Some((version, body)) = f.published(&EnvoyStore) {
             f.adopted(version);
-            match Policy::from_json(&body) {
+            match crate::policy::accept_policy(&body) {
                 Ok(p) => {
                     self.switch(p);
                     record(self.fetch_stat(|i| i.version), version);
@@ -344,7 +344,7 @@ impl RootContext for Root {
             );
             return false;
         };
-        let config = match parse_config(&config) {
+        let config = match accept_config(&config) {
             Ok(c) => c,
             Err(e) => {
                 // Envoy rejects the configuration; a policy we already run keeps serving.

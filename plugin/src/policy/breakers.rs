@@ -34,16 +34,15 @@ pub(super) fn compile_breakers(
     let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
     for (i, b) in spec.circuit_breakers.iter().enumerate() {
         let path = format!("circuit_breakers[{i}]");
-        let n = errs.0.len();
+        let n = errs.count();
         check_name(&b.name, &path, &mut seen, errs);
         let mut variant = |field: &str, name: &Option<String>| {
             let name = name.as_deref()?;
             let idx = variant_index(name);
             if idx.is_none() {
-                errs.push(
-                    format!("{path}.{field}"),
-                    format!("unknown variant '{name}' (known: {})", known()),
-                );
+                errs.push_with(format!("{path}.{field}"), || {
+                    format!("unknown variant '{name}' (known: {})", known())
+                });
             }
             idx
         };
@@ -83,7 +82,7 @@ pub(super) fn compile_breakers(
                 format!("must be an HTTP status 200 to 599, got {}", b.response_code),
             );
         }
-        let (Some(cond), true) = (cond, errs.0.len() == n) else {
+        let (Some(cond), true) = (cond, errs.count() == n) else {
             continue;
         };
         // The expression's length keeps `|` inside it from making two shapes one text.

@@ -5,6 +5,10 @@ use std::fmt;
 use super::number;
 use super::spec::{PolicySpec, RouteSpec, StickySpec};
 use super::{Action, Policy, Route, Split, Sticky, Variant};
+use crate::limits::{
+    MAX_BREAKERS, MAX_ERRORS, MAX_NAME_BYTES, MAX_POLICY_BYTES, MAX_RATE_LIMITS, MAX_REGEXES,
+    MAX_ROUTES, MAX_VARIANTS,
+};
 use crate::rule;
 use crate::sticky::{KeySource, BUCKETS};
 
@@ -48,6 +52,16 @@ impl std::error::Error for PolicyErrors {}
 /// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path; every
 /// problem of the document is reported, not only the first.
 pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
+    if json.len() > MAX_POLICY_BYTES {
+        let message = format!(
+            "the document may be at most {MAX_POLICY_BYTES} bytes, this one is {}",
+            json.len()
+        );
+        return Err(PolicyErrors(vec![PolicyError {
+            path: String::new(),
+            message,
+        }]));
+    }
     // Said up front: a policy is an object, and a syntax error deep in an array would only
     // distract from that.
     if json
@@ -70,14 +84,87 @@ pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
     super::decode::run(&doc, super::decode::policy)
 }
 
-pub(super) struct Errors(pub(super) Vec<PolicyError>);
+/// Problems collected while decoding or compiling: the first [`MAX_ERRORS`] kept, the rest
+/// counted.
+pub(super) struct Errors {
+    list: Vec<PolicyError>,
+    total: usize,
+}
 
 impl Errors {
+    pub(super) fn new() -> Errors {
+        Errors {
+            list: Vec::new(),
+            total: 0,
+        }
+    }
+
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(PolicyError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.total += 1;
+        if self.list.len() < MAX_ERRORS {
+            self.list.push(PolicyError {
+                path: path.into(),
+                message: message.into(),
+            });
+        }
+    }
+
+    /// Problems found so far, kept or not.
+    pub(super) fn count(&self) -> usize {
+        self.total
+    }
+
+    /// Like [`Errors::push`], formatting the message only if it is kept: messages listing
+    /// every variant would otherwise cost time for each of thousands of problems.
+    pub(super) fn push_with(&mut self, path: impl Into<String>, message: impl FnOnce() -> String) {
+        if self.list.len() < MAX_ERRORS {
+            self.push(path, message());
+        } else {
+            self.total += 1;
+        }
+    }
+
+    /// `Ok(t)` if nothing was found, else every problem kept and a count of the others.
+    pub(super) fn finish<T>(self, t: T) -> Result<T, PolicyErrors> {
+        if self.total == 0 {
+            Ok(t)
+        } else {
+            Err(self.into_errors())
+        }
+    }
+
+    fn into_errors(mut self) -> PolicyErrors {
+        if self.total > self.list.len() {
+            let more = self.total - self.list.len();
+            self.list.push(PolicyError {
+                path: String::new(),
+                message: format!("and {more} more problems"),
+            });
+        }
+        PolicyErrors(self.list)
+    }
+
+    /// Refuses a name longer than [`MAX_NAME_BYTES`].
+    pub(super) fn check_len(&mut self, path: impl Into<String>, value: &str) {
+        if value.len() > MAX_NAME_BYTES {
+            self.push(
+                path,
+                format!(
+                    "may be at most {MAX_NAME_BYTES} bytes, this one is {}",
+                    value.len()
+                ),
+            );
+        }
+    }
+
+    /// Refuses more than `max` entries of the list at `path` (naming the first one too many).
+    pub(super) fn check_count(&mut self, path: &str, len: usize, max: usize, what: &str) {
+        if len > max {
+            self.push(
+                format!("{path}[{max}]"),
+                format!("at most {max} {what} are allowed, this policy has {len}"),
+            );
+        }
     }
 }
 
@@ -90,6 +177,11 @@ pub(super) fn request_sources(
     errs: &mut Errors,
 ) -> Vec<KeySource> {
     let mut sources = Vec::new();
+    for (field, value) in [("header", header), ("cookie", cookie), ("query", query)] {
+        if let Some(v) = value {
+            errs.check_len(format!("{path}.{field}"), v);
+        }
+    }
     if let Some(h) = header {
         if !valid_header_name(h) {
             errs.push(
@@ -123,25 +215,65 @@ pub(super) fn valid_header_name(name: &str) -> bool {
 }
 
 impl Policy {
-    /// Parses, validates and compiles policy JSON.
+    /// Parses, validates and compiles policy JSON: [`super::accept_policy`].
     pub fn from_json(json: &[u8]) -> Result<Policy, PolicyErrors> {
-        Policy::compile(parse_spec(json)?)
+        super::accept_policy(json)
     }
 
     /// Validates and compiles a parsed policy, reporting every problem found.
     pub fn compile(spec: PolicySpec) -> Result<Policy, PolicyErrors> {
-        let mut errs = Errors(Vec::new());
+        let mut errs = Errors::new();
         if spec.name.is_empty() {
             errs.push("name", "must not be empty");
         }
+        errs.check_len("name", &spec.name);
         if spec.variants.is_empty() {
             errs.push("variants", "must name at least one variant");
+        }
+        let before_counts = errs.count();
+        if spec.variants.len() > MAX_VARIANTS {
+            errs.push(
+                "variants",
+                format!(
+                    "at most {MAX_VARIANTS} variants are allowed, this policy has {}",
+                    spec.variants.len()
+                ),
+            );
+        }
+        errs.check_count("routes", spec.routes.len(), MAX_ROUTES, "routes");
+        errs.check_count(
+            "rate_limits",
+            spec.rate_limits.len(),
+            MAX_RATE_LIMITS,
+            "rate limits",
+        );
+        errs.check_count(
+            "circuit_breakers",
+            spec.circuit_breakers.len(),
+            MAX_BREAKERS,
+            "circuit breakers",
+        );
+        if errs.count() > before_counts {
+            // Compiling thousands of entries only to refuse them would cost time for nothing.
+            return Err(errs.into_errors());
         }
         let mut variants = Vec::with_capacity(spec.variants.len());
         for (name, cluster) in &spec.variants {
             if name.is_empty() {
                 errs.push("variants", "a variant name must not be empty");
             }
+            if name.len() > MAX_NAME_BYTES {
+                // Not the usual `variants.<name>` path: it would repeat the whole name.
+                errs.push(
+                    "variants",
+                    format!(
+                        "a variant name may be at most {MAX_NAME_BYTES} bytes, this one is {}",
+                        name.len()
+                    ),
+                );
+                continue;
+            }
+            errs.check_len(format!("variants.{name}"), cluster);
             if cluster.is_empty() || cluster.bytes().any(|b| b.is_ascii_control()) {
                 errs.push(
                     format!("variants.{name}"),
@@ -154,14 +286,20 @@ impl Policy {
             });
         }
         let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
+        // `variants` is in name order (it comes from a map): a binary search, not a scan per
+        // lookup (routes × split entries × variants would be quadratic).
+        let index = |name: &str| {
+            variants
+                .binary_search_by(|v| v.name.as_str().cmp(name))
+                .ok()
+        };
         let mut lookup = |path: String, name: &str, errs: &mut Errors| -> usize {
-            match variants.iter().position(|v| v.name == name) {
+            match index(name) {
                 Some(i) => i,
                 None => {
-                    errs.push(
-                        path,
-                        format!("unknown variant '{name}' (known: {})", known()),
-                    );
+                    errs.push_with(path, || {
+                        format!("unknown variant '{name}' (known: {})", known())
+                    });
                     0
                 }
             }
@@ -177,6 +315,7 @@ impl Policy {
             ("cluster_header", &spec.cluster_header),
             ("variant_header", &spec.variant_header),
         ] {
+            errs.check_len(field, value);
             if !value.is_empty() && !valid_header_name(value) {
                 errs.push(field, format!("invalid header name '{value}'"));
             }
@@ -198,18 +337,17 @@ impl Policy {
                 "needs a non-empty variant_header to return the variant in",
             );
         }
+        let mut regexes_left = MAX_REGEXES;
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {
-            if let Some(route) = compile_route(&spec, i, r, &mut errs, &mut lookup) {
+            let route = compile_route(&spec, i, r, &mut errs, &mut lookup, &mut regexes_left);
+            if let Some(route) = route {
                 routes.push(route);
             }
         }
-        let rate_limits = super::limits::compile_rate_limits(&spec, &mut errs);
-        let index = |name: &str| spec.variants.keys().position(|v| v == name);
+        let rate_limits = super::limits::compile_rate_limits(&spec, &mut errs, &mut regexes_left);
         let breakers = super::breakers::compile_breakers(&spec, &index, &mut errs);
-        if !errs.0.is_empty() {
-            return Err(PolicyErrors(errs.0));
-        }
+        errs.finish(())?;
         Ok(Policy {
             rate_limits,
             breakers,
@@ -229,9 +367,11 @@ fn compile_route(
     r: &RouteSpec,
     errs: &mut Errors,
     lookup: &mut dyn FnMut(String, &str, &mut Errors) -> usize,
+    regexes_left: &mut usize,
 ) -> Option<Route> {
     let at = |field: &str| format!("routes[{i}].{field}");
-    let matcher = match r.rule.as_deref().map(rule::compile) {
+    let compile = |rule: &str| rule::compile_counting(rule, regexes_left);
+    let matcher = match r.rule.as_deref().map(compile) {
         None => None,
         Some(Ok(m)) => Some(m),
         Some(Err(e)) => {
@@ -250,6 +390,10 @@ fn compile_route(
             Action::Variant(lookup(at("variant"), v, errs))
         }
         (None, Some(split)) => {
+            if split.len() > MAX_VARIANTS {
+                errs.check_count(&at("split"), split.len(), MAX_VARIANTS, "split entries");
+                return None;
+            }
             let mut ranges = Vec::with_capacity(split.len());
             let mut end = 0u32;
             for (j, s) in split.iter().enumerate() {
@@ -333,7 +477,11 @@ fn compile_sticky(
             "give exactly one of 'header', 'cookie', 'query', 'source_ip'",
         );
     }
+    if let Some(salt) = &s.salt {
+        errs.check_len(format!("{path}.salt"), salt);
+    }
     if let Some(name) = &s.assign_cookie {
+        errs.check_len(format!("{path}.assign_cookie"), name);
         let ok = !name.is_empty()
             && name
                 .bytes()

@@ -21,13 +21,9 @@ type Decoder<T> = fn(&Json, &str, &mut Errors) -> T;
 
 /// Runs `decode` on a whole document; any problem fails it.
 pub(super) fn run<T>(v: &Json, decode: Decoder<T>) -> Result<T, PolicyErrors> {
-    let mut errs = Errors(Vec::new());
+    let mut errs = Errors::new();
     let t = decode(v, "", &mut errs);
-    if errs.0.is_empty() {
-        Ok(t)
-    } else {
-        Err(PolicyErrors(errs.0))
-    }
+    errs.finish(t)
 }
 
 /// Path of member `key` of the value at `path`.

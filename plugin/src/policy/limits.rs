@@ -3,35 +3,46 @@
 use super::compile::Errors;
 use super::spec::{LimitSourceSpec, PolicySpec, RateLimitSpec};
 use crate::duration::parse_duration;
+use crate::limits::MAX_NAME_BYTES;
 use crate::murmur3::murmur3_x86_32;
 use crate::ratelimit::{Rate, RateLimit};
 use crate::rule;
 use crate::sticky::KeySource;
 
-/// Names end up in stat names and shared-data keys: keep them to a safe alphabet.
+/// Names end up in stat names and shared-data keys: keep them to a safe alphabet. `seen` is
+/// scanned, not hashed: there are at most 64 of each kind (`crate::limits`), and a set would
+/// grow the filter.
 pub(super) fn check_name(name: &str, path: &str, seen: &mut Vec<String>, errs: &mut Errors) {
     let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !ok {
+    if name.len() > MAX_NAME_BYTES {
+        errs.check_len(format!("{path}.name"), name);
+    } else if !ok {
         errs.push(
             format!("{path}.name"),
             format!("must be letters, digits, '-' or '_', got '{name}'"),
         );
     } else if seen.iter().any(|s| s == name) {
         errs.push(format!("{path}.name"), format!("'{name}' is used twice"));
+    } else {
+        seen.push(name.to_string());
     }
-    seen.push(name.to_string());
 }
 
-pub(super) fn compile_rate_limits(spec: &PolicySpec, errs: &mut Errors) -> Vec<RateLimit> {
+pub(super) fn compile_rate_limits(
+    spec: &PolicySpec,
+    errs: &mut Errors,
+    regexes_left: &mut usize,
+) -> Vec<RateLimit> {
     let mut seen = Vec::new();
     let mut out = Vec::new();
     for (i, l) in spec.rate_limits.iter().enumerate() {
         let path = format!("rate_limits[{i}]");
         check_name(&l.name, &path, &mut seen, errs);
-        if let Some(limit) = compile_one(spec, l, &path, errs) {
+        if let Some(limit) = compile_one(spec, l, &path, errs, regexes_left) {
             out.push(limit);
         }
     }
@@ -43,9 +54,11 @@ fn compile_one(
     l: &RateLimitSpec,
     path: &str,
     errs: &mut Errors,
+    regexes_left: &mut usize,
 ) -> Option<RateLimit> {
-    let n = errs.0.len();
-    let matcher = match l.rule.as_deref().map(rule::compile) {
+    let n = errs.count();
+    let compile = |rule: &str| rule::compile_counting(rule, regexes_left);
+    let matcher = match l.rule.as_deref().map(compile) {
         Some(Err(e)) => {
             errs.push(format!("{path}.match"), e.to_string());
             None
@@ -84,7 +97,7 @@ fn compile_one(
         );
     }
     let source = compile_source(l.source.as_ref(), &format!("{path}.source"), errs);
-    if errs.0.len() > n {
+    if errs.count() > n {
         return None;
     }
     // Everything that shapes a bucket; `match` and `headers` may change without a reset.

@@ -1,4 +1,4 @@
-//! The policy: its JSON form ([`spec`]), validation and compilation ([`Policy::from_json`]),
+//! The policy: its JSON form ([`spec`]), validation and compilation ([`accept_policy`]),
 //! and the per-request decision ([`Policy::decide`]).
 
 mod breakers;
@@ -13,6 +13,15 @@ mod tests;
 
 pub use compile::{parse_spec, PolicyError, PolicyErrors};
 pub use spec::PolicySpec;
+
+/// The one acceptance function for a policy (no `source`): the policies the filter fetches,
+/// and what the sidecar and the controller serve (they run it on the JSON they are about to
+/// serve). Parsing and compiling stay within [`crate::limits`]; every problem names its JSON
+/// path, and for rules and expressions the column. The filter's configuration goes through
+/// [`crate::config::accept_config`], the same core plus `source`.
+pub fn accept_policy(json: &[u8]) -> Result<Policy, PolicyErrors> {
+    Policy::compile(parse_spec(json)?)
+}
 
 use crate::breaker::Breaker;
 use crate::ratelimit::RateLimit;

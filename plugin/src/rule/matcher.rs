@@ -4,9 +4,10 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use regex_lite::Regex;
+use regex_lite::{Regex, RegexBuilder};
 
 use super::parse::{parse, Arg, Expr, ParseError};
+use crate::limits::{MAX_REGEXES, MAX_REGEX_BYTES};
 use crate::request::Request;
 
 /// A rule ready to evaluate.
@@ -130,31 +131,41 @@ impl IpNet {
 
 /// Parses and compiles a rule. Errors name the column.
 pub fn compile(rule: &str) -> Result<Matcher, ParseError> {
-    compile_expr(&parse(rule)?)
+    let mut regexes_left = MAX_REGEXES;
+    compile_counting(rule, &mut regexes_left)
 }
 
-fn compile_expr(e: &Expr) -> Result<Matcher, ParseError> {
+/// [`compile`], taking the regular expressions it builds from `regexes_left`: a policy shares
+/// one budget of [`MAX_REGEXES`] among all its rules.
+pub fn compile_counting(rule: &str, regexes_left: &mut usize) -> Result<Matcher, ParseError> {
+    compile_expr(&parse(rule)?, regexes_left)
+}
+
+/// Recurses once per nesting level of the rule, which the parser bounds.
+fn compile_expr(e: &Expr, budget: &mut usize) -> Result<Matcher, ParseError> {
     Ok(match e {
-        Expr::And(a, b) => flatten(true, compile_expr(a)?, compile_expr(b)?),
-        Expr::Or(a, b) => flatten(false, compile_expr(a)?, compile_expr(b)?),
-        Expr::Not(a) => Matcher::Not(Box::new(compile_expr(a)?)),
-        Expr::Call { name, column, args } => compile_call(name, *column, args)?,
+        Expr::And(items) => flatten(true, items, budget)?,
+        Expr::Or(items) => flatten(false, items, budget)?,
+        Expr::Not(a) => Matcher::Not(Box::new(compile_expr(a, budget)?)),
+        Expr::Call { name, column, args } => compile_call(name, *column, args, budget)?,
     })
 }
 
-fn flatten(and: bool, a: Matcher, b: Matcher) -> Matcher {
-    let mut items = Vec::new();
-    for m in [a, b] {
-        match (and, m) {
-            (true, Matcher::All(inner)) | (false, Matcher::Any(inner)) => items.extend(inner),
-            (_, m) => items.push(m),
+/// `All`/`Any` of `items`, splicing in the lists of inner ones of the same kind (`(a || b) ||
+/// c` evaluates as `a || b || c`).
+fn flatten(and: bool, items: &[Expr], budget: &mut usize) -> Result<Matcher, ParseError> {
+    let mut out = Vec::with_capacity(items.len());
+    for e in items {
+        match (and, compile_expr(e, budget)?) {
+            (true, Matcher::All(inner)) | (false, Matcher::Any(inner)) => out.extend(inner),
+            (_, m) => out.push(m),
         }
     }
-    if and {
-        Matcher::All(items)
+    Ok(if and {
+        Matcher::All(out)
     } else {
-        Matcher::Any(items)
-    }
+        Matcher::Any(out)
+    })
 }
 
 fn err(column: usize, message: impl Into<String>) -> ParseError {
@@ -183,8 +194,17 @@ fn arity(
     Err(err(column, format!("{name} takes {want}, got {n}")))
 }
 
-fn regex(arg: &Arg, pattern: &str) -> Result<Regex, ParseError> {
-    Regex::new(pattern).map_err(|e| {
+fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Regex, ParseError> {
+    if *budget == 0 {
+        return Err(err(
+            arg.column,
+            format!("more than {MAX_REGEXES} regular expressions in the policy"),
+        ));
+    }
+    *budget -= 1;
+    let mut builder = RegexBuilder::new(pattern);
+    builder.size_limit(MAX_REGEX_BYTES);
+    builder.build().map_err(|e| {
         let first = e
             .to_string()
             .lines()
@@ -278,12 +298,13 @@ fn literal_or_template(
     host: bool,
     literal: fn(Vec<Box<[u8]>>) -> Matcher,
     templated: fn(Regex) -> Matcher,
+    budget: &mut usize,
 ) -> Result<Matcher, ParseError> {
     let mut plain = Vec::new();
     let mut any = Vec::new();
     for a in args {
         match template_regex(&a.value, default, prefix, host) {
-            Some(re) => any.push(templated(regex(a, &re)?)),
+            Some(re) => any.push(templated(regex(a, &re, budget)?)),
             None if host => {
                 plain.push(a.value.to_ascii_lowercase().into_bytes().into_boxed_slice())
             }
@@ -300,7 +321,12 @@ fn literal_or_template(
     })
 }
 
-fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, ParseError> {
+fn compile_call(
+    name: &str,
+    column: usize,
+    args: &[Arg],
+    budget: &mut usize,
+) -> Result<Matcher, ParseError> {
     // Traefik v2 accepted lower-case matcher names too.
     const NAMES: &[&str] = &[
         "Host",
@@ -342,6 +368,7 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
                 true,
                 Matcher::Host,
                 Matcher::HostRegexp,
+                budget,
             )?
         }
         "HostRegexp" => {
@@ -350,7 +377,7 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
             for a in args {
                 let pattern = template_regex(&a.value, "[^.]+", false, true)
                     .unwrap_or_else(|| a.value.clone());
-                any.push(Matcher::HostRegexp(regex(a, &pattern)?));
+                any.push(Matcher::HostRegexp(regex(a, &pattern, budget)?));
             }
             if any.len() == 1 {
                 any.remove(0)
@@ -367,6 +394,7 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
                 false,
                 Matcher::Path,
                 Matcher::PathRegexp,
+                budget,
             )?
         }
         "PathPrefix" => {
@@ -378,11 +406,12 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
                 false,
                 Matcher::PathPrefix,
                 Matcher::PathRegexp,
+                budget,
             )?
         }
         "PathRegexp" => {
             arity(name, column, args, 1, 1)?;
-            Matcher::PathRegexp(regex(&args[0], first(0))?)
+            Matcher::PathRegexp(regex(&args[0], first(0), budget)?)
         }
         "Method" => {
             arity(name, column, args, 1, usize::MAX)?;
@@ -399,7 +428,7 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
             arity(name, column, args, 2, 2)?;
             Matcher::HeaderRegexp {
                 name: header_name(&args[0])?,
-                re: regex(&args[1], first(1))?,
+                re: regex(&args[1], first(1), budget)?,
             }
         }
         "Query" => compile_query(name, column, args)?,
@@ -407,7 +436,7 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
             arity(name, column, args, 2, 2)?;
             Matcher::QueryRegexp {
                 key: first(0).to_string(),
-                re: regex(&args[1], first(1))?,
+                re: regex(&args[1], first(1), budget)?,
             }
         }
         "ClientIP" => {
@@ -429,7 +458,7 @@ fn compile_call(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Pars
             arity(name, column, args, 2, 2)?;
             Matcher::CookieRegexp {
                 name: bytes(&args[0]),
-                re: regex(&args[1], first(1))?,
+                re: regex(&args[1], first(1), budget)?,
             }
         }
         _ => return Err(err(column, format!("unknown matcher '{name}'"))),

@@ -8,5 +8,5 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use matcher::{compile, IpNet, Matcher};
+pub use matcher::{compile, compile_counting, IpNet, Matcher};
 pub use parse::{parse, Arg, Expr, ParseError};
