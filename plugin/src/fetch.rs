@@ -40,6 +40,13 @@ pub enum Outcome {
         /// The policy JSON.
         body: Vec<u8>,
     },
+    /// 200 with a body over [`crate::limits::MAX_POLICY_BYTES`]: refused unread.
+    Oversized {
+        /// `x-rollgate-version`.
+        version: u64,
+        /// The body's size in bytes.
+        size: usize,
+    },
     /// 304: nothing newer within the wait.
     NotModified,
     /// Anything else: the reason.
@@ -153,6 +160,21 @@ impl Fetcher {
                 self.failures = 0;
                 Reaction::Unchanged
             }
+            Outcome::Oversized { version, .. } if version <= self.version => {
+                self.failures = 0;
+                Reaction::Unchanged
+            }
+            Outcome::Oversized { version, size } => {
+                self.failures = 0;
+                self.refuse(store, version);
+                Reaction::Refused(
+                    version,
+                    format!(
+                        "policy: {size} bytes, more than the limit of {} bytes",
+                        crate::limits::MAX_POLICY_BYTES
+                    ),
+                )
+            }
             Outcome::Policy { version, body } => {
                 self.failures = 0;
                 match accept_policy(&body) {
@@ -166,8 +188,7 @@ impl Fetcher {
                         Reaction::Adopt(version, Box::new(p))
                     }
                     Err(e) => {
-                        self.rejected = self.rejected.max(version);
-                        let _ = store.set(&self.key("refused"), &self.rejected.to_le_bytes(), 0);
+                        self.refuse(store, version);
                         Reaction::Refused(version, e.to_string())
                     }
                 }
@@ -183,6 +204,12 @@ impl Fetcher {
                 Reaction::Failed(why, backoff)
             }
         }
+    }
+
+    /// Remembers a refused version so no worker fetches it again.
+    fn refuse(&mut self, store: &dyn SharedStore, version: u64) {
+        self.rejected = self.rejected.max(version);
+        let _ = store.set(&self.key("refused"), &self.rejected.to_le_bytes(), 0);
     }
 
     fn release(&self, store: &dyn SharedStore) {
@@ -310,6 +337,26 @@ mod tests {
             r => panic!("{r:?}"),
         }
         assert!(fetcher(2).published(&store).is_none());
+    }
+
+    #[test]
+    fn an_oversized_answer_is_refused_unread_and_not_fetched_again() {
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        a.poll_now(&store, 0).unwrap();
+        let size = crate::limits::MAX_POLICY_BYTES + 1;
+        match a.finished(&store, 0, Outcome::Oversized { version: 4, size }) {
+            Reaction::Refused(4, why) => assert_eq!(
+                why,
+                format!("policy: {size} bytes, more than the limit of 1048576 bytes")
+            ),
+            r => panic!("{r:?}"),
+        }
+        assert!(fetcher(2).published(&store).is_none());
+        assert_eq!(
+            fetcher(2).poll_now(&store, 0).unwrap(),
+            "/v1/policies/flask?version=4&wait=20s"
+        );
     }
 
     #[test]

@@ -320,6 +320,13 @@ impl Context for Root {
         let status = header(":status").and_then(|s| s.parse::<u16>().ok());
         let version = header("x-rollgate-version").and_then(|s| s.trim().parse::<u64>().ok());
         let outcome = match (status, version) {
+            // Refused before the body is copied into the VM: the size alone decides.
+            (Some(200), Some(version)) if body_size > crate::limits::MAX_POLICY_BYTES => {
+                Outcome::Oversized {
+                    version,
+                    size: body_size,
+                }
+            }
             (Some(200), Some(version)) => Outcome::Policy {
                 version,
                 body: self
