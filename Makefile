@@ -20,7 +20,7 @@ export ROLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export ROLLGATE_WASM := $(CURDIR)/$(WASM)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench envoy prometheus binaryen wasm abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench fuzz envoy prometheus binaryen wasm abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -88,6 +88,16 @@ lint: clippy
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
 test: lint wasm abi-probe envoy prometheus
 	$(CARGO) test --workspace
+
+## Fuzzing (fuzz/, README "Fuzzing"): every target for FUZZ_SECS seconds in all; `make test`
+## runs the same for ~35 s. FUZZ_SEED repeats a run's random choices, FUZZ_SAVE=1 adds inputs
+## with new behaviour to fuzz/corpus, FUZZ_ARGS picks targets ("policy rule"). Dev profile: it
+## shares `make test`'s build (a release build would relink wasmtime with fat LTO).
+FUZZ_SECS ?= 300
+fuzz:
+	ROLLGATE_FUZZ_SECS=$(FUZZ_SECS) $(if $(FUZZ_SEED),ROLLGATE_FUZZ_SEED=$(FUZZ_SEED)) \
+	  $(if $(FUZZ_SAVE),ROLLGATE_FUZZ_SAVE=$(FUZZ_SAVE)) \
+	  $(CARGO) run --quiet -p rollgate-fuzz --bin rollgate-fuzz -- $(FUZZ_ARGS)
 
 # Dev profile on purpose: it shares `make test`'s build, and a failing demo unwinds and stops
 # what it started (the release profile aborts on panic, as the filter must).
