@@ -98,7 +98,7 @@ fn compile_source(spec: SourceSpec) -> Result<Source, PolicyErrors> {
             "source.path",
             format!(
                 "must be a path starting with '/' and without a query, got '{}'",
-                spec.path
+                crate::excerpt::excerpt(&spec.path)
             ),
         );
     }

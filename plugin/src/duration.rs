@@ -22,7 +22,10 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         let (num, tail) = rest.split_at(num_len);
         // Not `str::parse`: core's float parser is about 17 KB of the filter.
         let value = crate::policy::number::parse(num).ok_or_else(|| {
-            format!("invalid duration '{s}': expected a number like 100ms, 1s, 2m")
+            format!(
+                "invalid duration '{}': expected a number like 100ms, 1s, 2m",
+                crate::excerpt::excerpt(s)
+            )
         })?;
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -37,16 +40,26 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             "h" => 3600e9,
             "" => {
                 return Err(format!(
-                    "invalid duration '{s}': missing unit (ns, us, ms, s, m, h)"
+                    "invalid duration '{}': missing unit (ns, us, ms, s, m, h)",
+                    crate::excerpt::excerpt(s)
                 ))
             }
-            u => return Err(format!("invalid duration '{s}': unknown unit '{u}'")),
+            u => {
+                return Err(format!(
+                    "invalid duration '{}': unknown unit '{}'",
+                    crate::excerpt::excerpt(s),
+                    crate::excerpt::excerpt(u)
+                ))
+            }
         };
         total += value * scale;
         rest = next;
     }
     if total > 1e18 {
-        return Err(format!("invalid duration '{s}': too long"));
+        return Err(format!(
+            "invalid duration '{}': too long",
+            crate::excerpt::excerpt(s)
+        ));
     }
     Ok(total.round() as u64)
 }

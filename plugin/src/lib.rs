@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod config;
 pub mod duration;
+pub mod excerpt;
 pub mod fetch;
 pub mod limits;
 pub mod murmur3;

@@ -4,6 +4,10 @@
 
 use std::io::{self, BufRead, Read, Write};
 
+// Errors are answered to the client and may be logged: they quote at most a short, escaped
+// excerpt of what was sent (fuzzing found a 400 answer echoing a 16 KB request line).
+use rollgate_plugin::excerpt::excerpt;
+
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 << 10;
 /// Largest request body accepted (the API takes none worth mentioning).
@@ -122,10 +126,10 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(bad(format!("bad request line '{}'", line.trim())));
+        return Err(bad(format!("bad request line '{}'", excerpt(line.trim()))));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(bad(format!("unsupported version '{version}'")));
+        return Err(bad(format!("unsupported version '{}'", excerpt(version))));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut req = Request {
@@ -157,7 +161,7 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
         }
         let (n, v) = l
             .split_once(':')
-            .ok_or_else(|| bad(format!("bad header line '{l}'")))?;
+            .ok_or_else(|| bad(format!("bad header line '{}'", excerpt(l))))?;
         req.headers
             .push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
@@ -181,7 +185,7 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
     if let Some(len) = header("content-length") {
         let n: usize = len
             .parse()
-            .map_err(|_| bad(format!("bad content-length '{len}'")))?;
+            .map_err(|_| bad(format!("bad content-length '{}'", excerpt(&len))))?;
         if n > MAX_BODY {
             return Err(bad("request body too large"));
         }

@@ -295,7 +295,12 @@ impl P<'_> {
         // Not `str::parse`: core's float parser is about 17 KB of the filter.
         crate::policy::number::parse(&text)
             .filter(|v| v.is_finite())
-            .ok_or_else(|| self.err(start, format!("invalid number '{text}'")))
+            .ok_or_else(|| {
+                self.err(
+                    start,
+                    format!("invalid number '{}'", crate::excerpt::excerpt(&text)),
+                )
+            })
     }
 
     fn call(&mut self, start: usize) -> Result<Operand, ParseError> {
@@ -306,7 +311,10 @@ impl P<'_> {
         let name = self.rest().get(..len).unwrap_or("").to_string();
         self.pos += len;
         if !self.eat("(") {
-            return Err(self.err(self.pos, format!("expected '(' after {name}")));
+            return Err(self.err(
+                self.pos,
+                format!("expected '(' after {}", crate::excerpt::excerpt(&name)),
+            ));
         }
         let mut args = Vec::new();
         if !self.eat(")") {
@@ -328,7 +336,11 @@ impl P<'_> {
                 let s = if n == 1 { "" } else { "s" };
                 Err(self.err(
                     start,
-                    format!("{name} takes {n} argument{s}, got {}", args.len()),
+                    format!(
+                        "{} takes {n} argument{s}, got {}",
+                        crate::excerpt::excerpt(&name),
+                        args.len()
+                    ),
                 ))
             }
         };
@@ -370,7 +382,8 @@ impl P<'_> {
                 return Err(self.err(
                     start,
                     format!(
-                        "unknown function '{name}' (LatencyAtQuantileMS, NetworkErrorRatio, ResponseCodeRatio, RequestThreshold)"
+                        "unknown function '{}' (LatencyAtQuantileMS, NetworkErrorRatio, ResponseCodeRatio, RequestThreshold)",
+                        crate::excerpt::excerpt(&name)
                     ),
                 ))
             }

@@ -13,7 +13,11 @@ fn duration(text: &str, path: String, min_ns: u64, errs: &mut Errors) -> u64 {
         Ok(_) => {
             errs.push(
                 path,
-                format!("must be at least {}ms, got {text}", min_ns / 1_000_000),
+                format!(
+                    "must be at least {}ms, got {}",
+                    min_ns / 1_000_000,
+                    crate::excerpt::excerpt(text)
+                ),
             );
             min_ns
         }
@@ -31,7 +35,7 @@ pub(super) fn compile_breakers(
 ) -> Vec<Breaker> {
     let mut seen = Vec::new();
     let mut out = Vec::new();
-    let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
+    let known = || crate::excerpt::list(spec.variants.keys().map(String::as_str));
     for (i, b) in spec.circuit_breakers.iter().enumerate() {
         let path = format!("circuit_breakers[{i}]");
         let n = errs.count();
@@ -41,7 +45,11 @@ pub(super) fn compile_breakers(
             let idx = variant_index(name);
             if idx.is_none() {
                 errs.push_with(format!("{path}.{field}"), || {
-                    format!("unknown variant '{name}' (known: {})", known())
+                    format!(
+                        "unknown variant '{}' (known: {})",
+                        crate::excerpt::excerpt(name),
+                        known()
+                    )
                 });
             }
             idx

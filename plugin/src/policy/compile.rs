@@ -5,6 +5,7 @@ use std::fmt;
 use super::number;
 use super::spec::{PolicySpec, RouteSpec, StickySpec};
 use super::{Action, Policy, Route, Split, Sticky, Variant};
+use crate::excerpt::{excerpt, list};
 use crate::limits::{
     MAX_BREAKERS, MAX_ERRORS, MAX_NAME_BYTES, MAX_POLICY_BYTES, MAX_RATE_LIMITS, MAX_REGEXES,
     MAX_ROUTES, MAX_VARIANTS,
@@ -186,7 +187,7 @@ pub(super) fn request_sources(
         if !valid_header_name(h) {
             errs.push(
                 format!("{path}.header"),
-                format!("invalid header name '{h}'"),
+                format!("invalid header name '{}'", excerpt(h)),
             );
         }
         sources.push(KeySource::Header(
@@ -285,7 +286,7 @@ impl Policy {
                 cluster: cluster.clone(),
             });
         }
-        let known = || spec.variants.keys().cloned().collect::<Vec<_>>().join(", ");
+        let known = || list(spec.variants.keys().map(String::as_str));
         // `variants` is in name order (it comes from a map): a binary search, not a scan per
         // lookup (routes × split entries × variants would be quadratic).
         let index = |name: &str| {
@@ -298,7 +299,7 @@ impl Policy {
                 Some(i) => i,
                 None => {
                     errs.push_with(path, || {
-                        format!("unknown variant '{name}' (known: {})", known())
+                        format!("unknown variant '{}' (known: {})", excerpt(name), known())
                     });
                     0
                 }
@@ -317,7 +318,7 @@ impl Policy {
         ] {
             errs.check_len(field, value);
             if !value.is_empty() && !valid_header_name(value) {
-                errs.push(field, format!("invalid header name '{value}'"));
+                errs.push(field, format!("invalid header name '{}'", excerpt(value)));
             }
         }
         if spec.cluster_header.is_empty() && spec.variant_header.is_empty() {
@@ -489,7 +490,7 @@ fn compile_sticky(
         if !ok {
             errs.push(
                 format!("{path}.assign_cookie"),
-                format!("invalid cookie name '{name}'"),
+                format!("invalid cookie name '{}'", excerpt(name)),
             );
         }
     }

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::excerpt::excerpt;
+
 use super::compile::{Errors, PolicyErrors};
 use super::json::{Json, Num};
 use super::spec::{
@@ -28,11 +30,9 @@ pub(super) fn run<T>(v: &Json, decode: Decoder<T>) -> Result<T, PolicyErrors> {
 
 /// Path of member `key` of the value at `path`.
 fn member(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    let mut at = path.to_string();
+    super::json::push_key(&mut at, key);
+    at
 }
 
 /// What a value is, for "invalid type" messages (serde's wording).
@@ -43,7 +43,7 @@ fn kind(v: &Json) -> String {
         Json::Num(Num::Uint(n)) => format!("integer `{n}`"),
         Json::Num(Num::Int(n)) => format!("integer `{n}`"),
         Json::Num(Num::Float(x)) => format!("floating point `{}`", super::number::text(*x)),
-        Json::Str(s) => format!("string \"{s}\""),
+        Json::Str(s) => format!("string \"{}\"", excerpt(s)),
         Json::Arr(_) => "sequence".into(),
         Json::Obj(_) => "map".into(),
     }
@@ -74,13 +74,18 @@ fn object(
     for (key, value) in members {
         let at = member(path, key);
         match fields.iter().position(|f| f == key) {
-            Some(i) if seen & (1 << i) != 0 => errs.push(at, format!("duplicate field `{key}`")),
+            Some(i) if seen & (1 << i) != 0 => {
+                errs.push(at, format!("duplicate field `{}`", excerpt(key)))
+            }
             Some(i) => {
                 seen |= 1 << i;
                 field(key, value, &at, errs);
             }
             None if fields.is_empty() => {
-                errs.push(at, format!("unknown field `{key}`, there are no fields"));
+                errs.push(
+                    at,
+                    format!("unknown field `{}`, there are no fields", excerpt(key)),
+                );
             }
             None => {
                 let expected = fields
@@ -90,7 +95,10 @@ fn object(
                     .join(", ");
                 errs.push(
                     at,
-                    format!("unknown field `{key}`, expected one of {expected}"),
+                    format!(
+                        "unknown field `{}`, expected one of {expected}",
+                        excerpt(key)
+                    ),
                 );
             }
         }
@@ -201,7 +209,7 @@ fn string_map(v: &Json, path: &str, errs: &mut Errors) -> BTreeMap<String, Strin
         let at = member(path, key);
         let value = string(value, &at, errs);
         if map.insert(key.clone(), value).is_some() {
-            errs.push(at, format!("duplicate key `{key}`"));
+            errs.push(at, format!("duplicate key `{}`", excerpt(key)));
         }
     }
     map

@@ -23,10 +23,16 @@ pub(super) fn check_name(name: &str, path: &str, seen: &mut Vec<String>, errs: &
     } else if !ok {
         errs.push(
             format!("{path}.name"),
-            format!("must be letters, digits, '-' or '_', got '{name}'"),
+            format!(
+                "must be letters, digits, '-' or '_', got '{}'",
+                crate::excerpt::excerpt(name)
+            ),
         );
     } else if seen.iter().any(|s| s == name) {
-        errs.push(format!("{path}.name"), format!("'{name}' is used twice"));
+        errs.push(
+            format!("{path}.name"),
+            format!("'{}' is used twice", crate::excerpt::excerpt(name)),
+        );
     } else {
         seen.push(name.to_string());
     }

@@ -94,7 +94,7 @@ impl IpNet {
         let addr: IpAddr = addr_s
             .trim()
             .parse()
-            .map_err(|_| format!("invalid IP address '{addr_s}'"))?;
+            .map_err(|_| format!("invalid IP address '{}'", crate::excerpt::excerpt(addr_s)))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_s {
             None => max,
@@ -214,7 +214,11 @@ fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Regex, ParseErr
             .to_string();
         err(
             arg.column,
-            format!("invalid regular expression '{}': {first}", arg.value),
+            format!(
+                "invalid regular expression '{}': {}",
+                crate::excerpt::excerpt(&arg.value),
+                crate::excerpt::excerpt(&first)
+            ),
         )
     })
 }
@@ -226,7 +230,10 @@ fn header_name(arg: &Arg) -> Result<Box<[u8]>, ParseError> {
             (b.is_ascii_graphic() && !b"\"(),/;<=>?@[\\]{}".contains(&b)) || (b == b':' && i == 0)
         });
     if !ok {
-        return Err(err(arg.column, format!("invalid header name '{v}'")));
+        return Err(err(
+            arg.column,
+            format!("invalid header name '{}'", crate::excerpt::excerpt(v)),
+        ));
     }
     Ok(v.to_ascii_lowercase().into_bytes().into_boxed_slice())
 }
@@ -355,7 +362,10 @@ fn compile_call(
         } else {
             ""
         };
-        return Err(err(column, format!("unknown matcher '{name}'{hint}")));
+        return Err(err(
+            column,
+            format!("unknown matcher '{}'{hint}", crate::excerpt::excerpt(name)),
+        ));
     };
     let first = |i: usize| args.get(i).map(|a| a.value.as_str()).unwrap_or("");
     Ok(match canonical {
@@ -461,7 +471,12 @@ fn compile_call(
                 re: regex(&args[1], first(1), budget)?,
             }
         }
-        _ => return Err(err(column, format!("unknown matcher '{name}'"))),
+        _ => {
+            return Err(err(
+                column,
+                format!("unknown matcher '{}'", crate::excerpt::excerpt(name)),
+            ))
+        }
     })
 }
 
@@ -484,7 +499,10 @@ fn compile_query(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, Par
                 let Some((k, v)) = a.value.split_once('=') else {
                     return Err(err(
                         a.column,
-                        format!("expected 'key=value' in {name}, got '{}'", a.value),
+                        format!(
+                            "expected 'key=value' in {name}, got '{}'",
+                            crate::excerpt::excerpt(&a.value)
+                        ),
                     ));
                 };
                 any.push(Matcher::Query {

@@ -250,7 +250,10 @@ impl Parser<'_> {
         let column = self.column_of(start);
         self.skip_ws();
         if self.peek() != Some('(') {
-            return Err(self.error_here(format!("expected '(' after {name}")));
+            return Err(self.error_here(format!(
+                "expected '(' after {}",
+                crate::excerpt::excerpt(&name)
+            )));
         }
         self.pos += 1;
         let mut args = Vec::new();
@@ -262,9 +265,10 @@ impl Parser<'_> {
         loop {
             self.skip_ws();
             if args.len() >= MAX_RULE_ARGS {
-                return Err(
-                    self.error_here(format!("more than {MAX_RULE_ARGS} arguments to {name}"))
-                );
+                return Err(self.error_here(format!(
+                    "more than {MAX_RULE_ARGS} arguments to {}",
+                    crate::excerpt::excerpt(&name)
+                )));
             }
             args.push(self.string()?);
             self.skip_ws();

@@ -1,0 +1,96 @@
+//! Every finding fuzzing made, as the input that showed it: each fails on the code before its
+//! fix and passes after. The inputs also sit in the corpus, so the loop starts from them.
+
+use rollgate_fuzz::runner::run_on_stack;
+use rollgate_fuzz::targets::by_name;
+use rollgate_plugin::policy::accept_policy;
+
+fn passes(target: &str, input: &[u8]) -> String {
+    let t = by_name(target).expect("target");
+    let (verdict, _) = run_on_stack(t, input.to_vec());
+    verdict.unwrap_or_else(|e| panic!("{target}: {e}"))
+}
+
+/// Policy target: `{"":1}` was refused with an error whose path was empty, so it named no
+/// position ("unknown field ``, expected one of …").
+#[test]
+fn an_empty_json_key_is_named_in_the_error_path() {
+    passes("policy", br#"{"":1}"#);
+    let e = accept_policy(br#"{"":1}"#).unwrap_err();
+    assert_eq!(e.0[0].path, r#"[""]"#);
+    let e = accept_policy(br#"{"name":"f","variants":{"a":"c"},"routes":[{"":1}]}"#).unwrap_err();
+    assert_eq!(e.0[0].path, r#"routes[0][""]"#);
+    // A key cannot forge a path either.
+    let e = accept_policy(br#"{"name":"f","variants":{"a":"c"},"routes[1]":1}"#).unwrap_err();
+    assert_eq!(e.0[0].path, r#"["routes[1]"]"#);
+}
+
+/// Longest error line found for each regression input, path and message.
+fn longest_error(e: &rollgate_plugin::policy::PolicyErrors) -> usize {
+    e.0.iter()
+        .map(|e| e.to_string().chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Policy target: a variant name of 43,000 characters came back whole in "unknown variant
+/// '…' (known: …)", an error of 43,310 characters (and up to 100 such in one answer).
+#[test]
+fn an_unknown_variant_is_quoted_as_a_short_excerpt() {
+    let input = include_bytes!("regressions/policy-43310-char-error");
+    passes("policy", input);
+    let e = accept_policy(input).unwrap_err();
+    assert!(longest_error(&e) <= 300, "{}", longest_error(&e));
+    // The list of known variants is bounded too: 250 names of 200 bytes.
+    let variants: Vec<String> = (0..250)
+        .map(|i| format!(r#""{}{i}":"c""#, "v".repeat(200)))
+        .collect();
+    let doc = format!(
+        r#"{{"name":"f","variants":{{{}}},"default":"nope"}}"#,
+        variants.join(",")
+    );
+    let e = accept_policy(doc.as_bytes()).unwrap_err();
+    assert!(longest_error(&e) <= 1024, "{}", longest_error(&e));
+    assert!(e.to_string().contains("(250 in all)"), "{e}");
+}
+
+/// Rule and breaker targets: an identifier of a few thousand characters came back whole in
+/// "expected '(' after …" (3,065 characters) and "unknown function '…'" (5,496).
+#[test]
+fn rule_and_expression_errors_quote_short_excerpts() {
+    for (target, file) in [
+        (
+            "rule",
+            &include_bytes!("regressions/rule-long-identifier")[..],
+        ),
+        (
+            "breaker",
+            include_bytes!("regressions/breaker-long-identifier"),
+        ),
+        (
+            "breaker",
+            include_bytes!("regressions/breaker-unknown-function"),
+        ),
+    ] {
+        passes(target, file);
+    }
+    let e = rollgate_plugin::rule::parse(&"Cook".repeat(10_000)).unwrap_err();
+    assert!(e.message.len() < 120, "{}", e.message);
+    let e = rollgate_plugin::breaker::expr::parse(&format!("{}() > 1", "X".repeat(10_000)))
+        .unwrap_err();
+    assert!(e.message.len() < 200, "{}", e.message);
+    // Control and bidirectional characters are escaped, not passed to a terminal.
+    let e = rollgate_plugin::rule::compile("Headers(`x\u{202e}y`, `v`)").unwrap_err();
+    assert!(e.message.contains("\\u{202e}"), "{}", e.message);
+}
+
+/// HTTP target: the sidecar answered a bad 16 KB request line with a 400 quoting all of it
+/// (an error of 16,313 characters; without a newline, as long as the line).
+#[test]
+fn the_sidecar_quotes_a_bad_request_line_as_a_short_excerpt() {
+    let input = include_bytes!("regressions/http-16k-request-line-echo");
+    passes("http", input);
+    let mut r = std::io::BufReader::new(&input[..]);
+    let e = rollgate::serve::http::read_request(&mut r).unwrap_err();
+    assert!(e.to_string().len() < 120, "{e}");
+}
