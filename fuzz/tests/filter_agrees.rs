@@ -50,7 +50,13 @@ fn the_filter_accepts_exactly_what_accept_config_accepts_with_the_same_message()
             (Ok(_), Ok(_)) => accepted += 1,
             (Err(e), Err(HostError::ConfigureFailed { logs, .. })) => {
                 refused += 1;
-                let want = format!("invalid policy: {e}");
+                // An empty configuration reaches the filter as none at all (proxy-wasm's
+                // `get_plugin_configuration` is `None`), which it names as such.
+                let want = if input.is_empty() {
+                    "invalid policy: no plugin configuration given".to_string()
+                } else {
+                    format!("invalid policy: {e}")
+                };
                 assert!(
                     logs.iter().any(|l| l.message == want),
                     "the filter refuses {:?} with {:?}, natively: {want:?}",
@@ -71,7 +77,7 @@ fn the_filter_accepts_exactly_what_accept_config_accepts_with_the_same_message()
     }
     // Both verdicts were exercised.
     assert!(
-        accepted >= 20 && refused >= 20,
+        accepted >= 5 && refused >= 50,
         "accepted {accepted}, refused {refused}"
     );
 }
