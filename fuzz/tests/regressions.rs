@@ -94,3 +94,36 @@ fn the_sidecar_quotes_a_bad_request_line_as_a_short_excerpt() {
     let e = rollgate::serve::http::read_request(&mut r).unwrap_err();
     assert!(e.to_string().len() < 120, "{e}");
 }
+
+/// Policy target: a bad `source` beside a policy with over 100 problems gave 102 errors: the
+/// two lists were joined past the bound (at most 100 and a count of the rest).
+#[test]
+fn a_bad_source_beside_many_problems_stays_within_the_error_bound() {
+    let input = include_bytes!("regressions/policy-102-errors");
+    passes("policy", input);
+    let e = rollgate_plugin::config::accept_config(input).unwrap_err();
+    assert_eq!(e.0.len(), rollgate_plugin::limits::MAX_ERRORS + 1);
+    assert!(e.0[0].path.starts_with("source."), "{}", e.0[0]);
+    let last = &e.0[e.0.len() - 1].message;
+    assert!(
+        last.starts_with("and ") && last.ends_with(" more problems"),
+        "{last}"
+    );
+}
+
+/// Rollout target, step property: `spec.match` of 3,000 matchers and a header route of 1,500
+/// each compiled alone, so the Rollout validated; the sidecar then refused the policy of the
+/// header-route step (the two joined: "more than 4096 matchers in one rule"), in the middle
+/// of a release. Now `validate` refuses it, at the step.
+#[test]
+fn a_header_route_too_big_once_joined_to_the_match_is_refused_at_its_step() {
+    let input = include_bytes!("regressions/rollout-header-route-4500-terms.yaml");
+    passes("rollout", input);
+    let e = rollgate::rollout::load(std::str::from_utf8(input).unwrap()).unwrap_err();
+    assert_eq!(e.0[0].path, "spec.strategy.steps[0].setHeaderRoute.match");
+    assert!(
+        e.0[0].message.contains("more than 4096 matchers"),
+        "{}",
+        e.0[0]
+    );
+}

@@ -51,10 +51,7 @@ pub fn accept_config(json: &[u8]) -> Result<Config, PolicyErrors> {
     let policy = (!only_source).then(|| Policy::compile(spec));
     match (source.transpose(), policy.transpose()) {
         (Ok(source), Ok(policy)) => Ok(Config { source, policy }),
-        (Err(mut a), Err(b)) => {
-            a.0.extend(b.0);
-            Err(a)
-        }
+        (Err(a), Err(b)) => Err(a.and(b)),
         (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }

@@ -50,6 +50,27 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
+impl PolicyErrors {
+    /// Both lists as one, still at most [`MAX_ERRORS`] problems and a count of the rest (found
+    /// by fuzzing: a bad `source` beside a policy with 100 problems listed 102).
+    pub fn and(self, other: PolicyErrors) -> PolicyErrors {
+        let mut errs = Errors::new();
+        for e in self.0.into_iter().chain(other.0) {
+            let more = e
+                .message
+                .strip_prefix("and ")
+                .and_then(|m| m.strip_suffix(" more problems"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|_| e.path.is_empty());
+            match more {
+                Some(n) => errs.total += n,
+                None => errs.push(e.path, e.message),
+            }
+        }
+        errs.into_errors()
+    }
+}
+
 /// Parses policy JSON. Syntax, type and unknown-field errors name their JSON path; every
 /// problem of the document is reported, not only the first.
 pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
