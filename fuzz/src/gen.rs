@@ -491,7 +491,17 @@ pub fn rollout(rng: &mut Rng) -> Vec<u8> {
     let v = |rng: &mut Rng| yaml_str(&variants[rng.usize(..variants.len())]);
     y.push_str(&format!("  stableVariant: {}\n", v(rng)));
     y.push_str(&format!("  canaryVariant: {}\n", v(rng)));
-    if chance(rng, 70) {
+    // Now and then a match near its bounds, so a header route joined to it crosses them.
+    let joined = chance(rng, 4);
+    if joined {
+        let m = if chance(rng, 50) {
+            vec!["Host(`a`)"; rng.usize(2000..4096)].join(" || ")
+        } else {
+            let d = rng.usize(28..=MAX_RULE_DEPTH);
+            format!("{}Host(`a`) || Host(`b`){}", "(".repeat(d), ")".repeat(d))
+        };
+        y.push_str(&format!("  match: {}\n", yaml_str(&m)));
+    } else if chance(rng, 70) {
         y.push_str(&format!("  match: {}\n", yaml_str(&rule(rng))));
     }
     if chance(rng, 30) {
@@ -519,6 +529,13 @@ pub fn rollout(rng: &mut Rng) -> Vec<u8> {
         ));
     }
     y.push_str("  strategy:\n    steps:\n");
+    if joined {
+        let h = vec!["Method(`GET`)"; rng.usize(1..2500)].join(" && ");
+        y.push_str(&format!(
+            "      - setHeaderRoute:\n          match: {}\n",
+            yaml_str(&h)
+        ));
+    }
     for _ in 0..rng.usize(..6) {
         let step = match rng.u32(..6) {
             0 => format!("      - setWeight: {}\n", number(rng)),

@@ -126,4 +126,15 @@ fn a_header_route_too_big_once_joined_to_the_match_is_refused_at_its_step() {
         "{}",
         e.0[0]
     );
+    // The same for nesting: a match with `||` 32 levels deep is parenthesised when joined,
+    // one level past the bound.
+    let input = include_bytes!("regressions/rollout-header-route-nesting-33.yaml");
+    passes("rollout", input);
+    let e = rollgate::rollout::load(std::str::from_utf8(input).unwrap()).unwrap_err();
+    assert_eq!(e.0[0].path, "spec.strategy.steps[0].setHeaderRoute.match");
+    assert!(
+        e.0[0].message.contains("nesting deeper than 32"),
+        "{}",
+        e.0[0]
+    );
 }
