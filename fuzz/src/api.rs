@@ -241,8 +241,42 @@ fn check_on(sidecar: &Sidecar, input: &[u8]) -> Result<String, String> {
     } else {
         0
     };
-    let raw = exchange(addr, &tame_versions(no_waiting(input)))?;
+    let sent = tame_versions(no_waiting(input));
+    let raw = exchange(addr, &sent)?;
     let codes = responses(&raw)?;
+    if pending::BROWSER_REQUESTS_REFUSED {
+        // Answers come in request order: pair them with the requests as the sidecar read them.
+        let mut r = std::io::BufReader::new(&sent[..]);
+        for code in &codes {
+            let Ok(Some(req)) = rollgate::serve::http::read_request(&mut r) else {
+                break;
+            };
+            let header = |n: &str| {
+                req.headers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.to_ascii_lowercase())
+            };
+            let foreign = header("origin")
+                .is_some_and(|o| !o.contains("127.0.0.1") && !o.contains("localhost"))
+                || header("sec-fetch-site").is_some_and(|s| s == "cross-site")
+                || header("content-type").is_some_and(|t| {
+                    [
+                        "application/x-www-form-urlencoded",
+                        "multipart/form-data",
+                        "text/plain",
+                    ]
+                    .iter()
+                    .any(|f| t.starts_with(f))
+                });
+            if req.method == "POST" && foreign && *code < 400 {
+                return Err(format!(
+                    "a browser-style {} {} was answered {code}",
+                    req.method, req.path
+                ));
+            }
+        }
+    }
     let (health, _) = get(addr, "/healthz")?;
     if health != 200 {
         return Err(format!("/healthz answers {health} after the input"));

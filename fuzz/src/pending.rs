@@ -12,6 +12,12 @@ pub const HEAD_LIMIT_AS_BYTES_ARRIVE: bool = false;
 /// to 2^64−1). Work of the "server" change to the registry's renumbering.
 pub const VERSIONS_ONLY_COMPARED: bool = false;
 
+/// A request a browser would send for another site (a foreign `Origin`, `Sec-Fetch-Site:
+/// cross-site`, or a form content type) never acts: a mutating endpoint answers it with a
+/// 4xx (issue 11: a form post from any web page aborted a release). Work of the "server"
+/// change (token, CSRF checks).
+pub const BROWSER_REQUESTS_REFUSED: bool = false;
+
 /// Rollout YAML errors carry a field path or a line and column, and echo at most a short
 /// excerpt of the file (issue 11: serde_yaml's messages quoted whole values, and a symlinked
 /// `/etc/passwd` came back in full). Work of the "rolldir" change to serde-saphyr.
