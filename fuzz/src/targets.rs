@@ -672,7 +672,7 @@ pub fn check_rollout(input: &[u8]) -> Result<String, String> {
                 check_errors(
                     "rollout",
                     e.0.iter().map(|e| (e.path.as_str(), e.message.as_str())),
-                    240,
+                    MAX_ERROR_CHARS,
                 )?;
             }
             return Ok(e
@@ -781,10 +781,12 @@ pub fn check_http(input: &[u8]) -> Result<String, String> {
                 let used = r.get_ref().taken - r.buffer().len() - before;
                 if pending::HEAD_LIMIT_AS_BYTES_ARRIVE && used > HEAD_BUDGET {
                     return Err(format!(
-                        "the reader took {used} bytes before refusing ({e}); the head limit is 16 KiB"
+                        "the reader took {used} bytes before refusing ({e:?}); the head limit is 16 KiB"
                     ));
                 }
-                let m = e.to_string();
+                // Debug: the reader's error type may change (an io::Error today); its Debug
+                // form carries the message either way.
+                let m = format!("{e:?}");
                 if m.chars().count() > MAX_ERROR_CHARS {
                     return Err(format!(
                         "an error of {} characters: {:?}",

@@ -92,7 +92,8 @@ fn the_sidecar_quotes_a_bad_request_line_as_a_short_excerpt() {
     passes("http", input);
     let mut r = std::io::BufReader::new(&input[..]);
     let e = rollgate::serve::http::read_request(&mut r).unwrap_err();
-    assert!(e.to_string().len() < 120, "{e}");
+    // Debug carries the message whatever the error type (io::Error here).
+    assert!(format!("{e:?}").len() < 160, "{e:?}");
 }
 
 /// Policy target: a bad `source` beside a policy with over 100 problems gave 102 errors: the
