@@ -430,6 +430,9 @@ pub fn policy_value(rng: &mut Rng) -> Value {
 
 /// A policy document as bytes, sometimes deeply nested or with duplicate keys.
 pub fn policy(rng: &mut Rng) -> Vec<u8> {
+    if chance(rng, 40) {
+        return serde_json::to_vec(&valid_policy_value(rng)).unwrap_or_default();
+    }
     match rng.u32(..30) {
         0 => {
             let d = around(rng, 40, 100_000);
@@ -453,6 +456,9 @@ fn yaml_str(s: &str) -> String {
 
 /// A Rollout YAML document.
 pub fn rollout(rng: &mut Rng) -> Vec<u8> {
+    if chance(rng, 40) {
+        return valid_rollout(rng);
+    }
     if chance(rng, 3) {
         // serde_yaml takes 35 s at 100,000 levels: that depth waits for the new parser.
         let deep = if crate::pending::ROLLOUT_ERRORS_LOCATED_AND_SHORT {
@@ -721,4 +727,194 @@ pub fn header_map(rng: &mut Rng) -> Vec<u8> {
         _ => {}
     }
     out
+}
+
+// Valid documents. The mixed generators above rarely make one (a wrong part somewhere is
+// likely), so the properties that only apply to accepted documents (the sidecar serves what
+// the filter accepted; every step of a validated Rollout renders) get their own supply.
+
+const VALID_CALLS: &[&str] = &[
+    "Host(`pro.coding`)",
+    "Host(`a.coding`, `b.coding`)",
+    "HostRegexp(`{sub:[a-z]+}.coding`)",
+    "PathPrefix(`/api`)",
+    "Path(`/a`, `/b`)",
+    "PathRegexp(`^/v[0-9]+/`)",
+    "Method(`GET`, `HEAD`)",
+    "Headers(`location`, `shenzhen`)",
+    "HeadersRegexp(`x-user-id`, `^u[0-9]+$`)",
+    "Query(`beta`, `1`)",
+    "QueryRegexp(`user`, `^u`)",
+    "ClientIP(`10.0.0.0/8`, `::1`)",
+    "Cookie(`tier`, `gold`)",
+    "CookieRegexp(`uid`, `^[0-9a-f]+$`)",
+];
+
+/// A rule that compiles.
+pub fn valid_rule(rng: &mut Rng) -> String {
+    fn expr(rng: &mut Rng, depth: u32) -> String {
+        if depth == 0 || chance(rng, 45) {
+            return pick(rng, VALID_CALLS).to_string();
+        }
+        let a = expr(rng, depth - 1);
+        match rng.u32(..4) {
+            0 => format!("!({a})"),
+            1 => format!("({a})"),
+            2 => format!("{a} && {}", expr(rng, depth - 1)),
+            _ => format!("({a} || {})", expr(rng, depth - 1)),
+        }
+    }
+    expr(rng, 3)
+}
+
+/// A breaker expression that parses.
+pub fn valid_breaker(rng: &mut Rng) -> String {
+    let term = |rng: &mut Rng| {
+        pick(
+            rng,
+            &[
+                "NetworkErrorRatio() > 0.5",
+                "LatencyAtQuantileMS(50.0) > 100",
+                "ResponseCodeRatio(500, 600, 0, 600) > 0.25",
+                "RequestThreshold() >= 20",
+                "100 < LatencyAtQuantileMS(99)",
+            ],
+        )
+        .to_string()
+    };
+    match rng.u32(..4) {
+        0 => format!("{} && {}", term(rng), term(rng)),
+        1 => format!("{} || !({})", term(rng), term(rng)),
+        _ => term(rng),
+    }
+}
+
+fn valid_duration(rng: &mut Rng) -> String {
+    format!("{}{}", rng.u32(1..60), pick(rng, &["s", "m"]))
+}
+
+/// A policy the filter accepts (most of the time: a generated mix can still cross a rule).
+pub fn valid_policy_value(rng: &mut Rng) -> Value {
+    let names = ["stable", "canary", "dev", "v2", "blue_green"];
+    let n = rng.usize(1..=names.len());
+    let variants: Vec<&str> = names[..n].to_vec();
+    let mut vm = Map::new();
+    for v in &variants {
+        vm.insert(v.to_string(), json!(format!("k8s-{v}")));
+    }
+    let v = |rng: &mut Rng| json!(variants[rng.usize(..variants.len())]);
+    let mut routes = Vec::new();
+    for _ in 0..rng.usize(..4) {
+        let mut r = Map::new();
+        if chance(rng, 80) {
+            r.insert("match".into(), json!(valid_rule(rng)));
+        }
+        if chance(rng, 50) {
+            r.insert("variant".into(), v(rng));
+        } else {
+            let w = f64::from(rng.u32(..=5000)) / 100.0;
+            r.insert("split".into(), json!([{"variant": v(rng), "weight": w}]));
+            let sticky = pick(
+                rng,
+                &[
+                    &json!({"header": "x-user-id"}),
+                    &json!({"cookie": "uid", "salt": "s1"}),
+                    &json!({"query": "user"}),
+                    &json!({"source_ip": {"xff_depth": 1}}),
+                    &json!({"assign_cookie": "rg"}),
+                ],
+            )
+            .clone();
+            r.insert("sticky".into(), sticky);
+            if chance(rng, 50) {
+                r.insert("default".into(), v(rng));
+            }
+        }
+        routes.push(Value::Object(r));
+    }
+    let mut m = Map::new();
+    m.insert(
+        "name".into(),
+        json!(pick(rng, &["flask", "shop", "api-v2"])),
+    );
+    m.insert("variants".into(), Value::Object(vm));
+    if chance(rng, 70) {
+        m.insert("default".into(), v(rng));
+    }
+    m.insert("routes".into(), json!(routes));
+    if chance(rng, 30) {
+        m.insert(
+            "rate_limits".into(),
+            json!([{"name": "per-client", "average": rng.u32(1..1000), "period": "1s",
+                    "burst": rng.u32(1..2000), "match": valid_rule(rng)}]),
+        );
+    }
+    if chance(rng, 30) {
+        let mut b = json!({"name": "cb", "expression": valid_breaker(rng),
+                           "window": "10s", "fallback_duration": valid_duration(rng)});
+        if n > 1 && chance(rng, 60) {
+            b["variant"] = json!(variants[1]);
+            b["fallback_variant"] = json!(variants[0]);
+        }
+        m.insert("circuit_breakers".into(), json!([b]));
+    }
+    Value::Object(m)
+}
+
+/// A Rollout that validates (most of the time).
+pub fn valid_rollout(rng: &mut Rng) -> Vec<u8> {
+    let mut y = String::from(
+        "apiVersion: rollgate.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: flask\nspec:\n  \
+         variants:\n    stable: k8s-flask\n    canary: k8s-flask-canary\n    dev: k8s-flask-dev\n  \
+         stableVariant: stable\n  canaryVariant: canary\n",
+    );
+    if chance(rng, 70) {
+        y.push_str(&format!("  match: {}\n", yaml_str(&valid_rule(rng))));
+    }
+    if chance(rng, 50) {
+        y.push_str(pick(
+            rng,
+            &[
+                "  sticky:\n    header: x-user-id\n",
+                "  sticky:\n    cookie: uid\n",
+                "  sticky:\n    assignCookie: rg\n",
+            ],
+        ));
+    }
+    if chance(rng, 40) {
+        y.push_str(&format!(
+            "  routes:\n    - match: {}\n      variant: dev\n",
+            yaml_str(&valid_rule(rng))
+        ));
+    }
+    if chance(rng, 30) {
+        y.push_str("  rateLimits:\n    - name: per-client\n      average: 500\n      period: 1s\n");
+    }
+    if chance(rng, 30) {
+        y.push_str(&format!(
+            "  circuitBreakers:\n    - name: cb\n      variant: canary\n      expression: {}\n      \
+             fallbackVariant: stable\n",
+            yaml_str(&valid_breaker(rng))
+        ));
+    }
+    y.push_str("  strategy:\n    steps:\n");
+    for _ in 0..rng.usize(1..6) {
+        let step = match rng.u32(..5) {
+            0 => format!("      - setWeight: {}\n", rng.u32(..=100)),
+            1 => "      - pause: {}\n".to_string(),
+            2 => format!("      - pause: {{duration: {}}}\n", valid_duration(rng)),
+            3 => format!(
+                "      - setHeaderRoute:\n          match: {}\n",
+                yaml_str(&valid_rule(rng))
+            ),
+            _ => "      - setHeaderRoute: {}\n".to_string(),
+        };
+        y.push_str(&step);
+    }
+    if chance(rng, 30) {
+        y.push_str(
+            "    analysis:\n      interval: 10s\n      metrics:\n        - name: success-rate\n          min: 0.99\n",
+        );
+    }
+    y.into_bytes()
 }

@@ -174,10 +174,11 @@ fn child(args: &[String]) -> ExitCode {
     };
     let r = runner::fuzz(t, opts);
     println!(
-        "{:<10} {:>8} inputs, {:>5} behaviours, corpus {:>4}{}, slowest {} ms",
+        "{:<10} {:>8} inputs, {:>5} behaviours, {:>7} accepted, corpus {:>4}{}, slowest {} ms",
         t.name,
         r.runs,
         r.behaviours,
+        r.accepted,
         r.corpus,
         if r.saved > 0 {
             format!(" (+{} saved)", r.saved)

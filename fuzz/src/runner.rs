@@ -47,6 +47,8 @@ pub struct Report {
     pub runs: u64,
     /// Distinct behaviours seen.
     pub behaviours: usize,
+    /// Inputs accepted (signatures starting `ok`): the agreement properties apply to these.
+    pub accepted: u64,
     /// Corpus entries loaded.
     pub corpus: usize,
     /// Inputs saved to the corpus.
@@ -156,6 +158,7 @@ pub fn fuzz(target: &'static Target, opts: Options) -> Report {
         .unwrap_or_else(|| Report {
             runs: 0,
             behaviours: 0,
+            accepted: 0,
             corpus: 0,
             saved: 0,
             slowest: Duration::ZERO,
@@ -175,6 +178,7 @@ fn fuzz_here(target: &Target, opts: &Options) -> Report {
     let mut report = Report {
         runs: 0,
         behaviours: 0,
+        accepted: 0,
         corpus: corpus.len(),
         saved: 0,
         slowest: Duration::ZERO,
@@ -207,6 +211,7 @@ fn fuzz_here(target: &Target, opts: &Options) -> Report {
         report.slowest = report.slowest.max(took);
         match verdict {
             Ok(sig) => {
+                report.accepted += u64::from(sig.starts_with("ok"));
                 if seen.insert(crate::runner::hash(sig.as_bytes())) {
                     if opts.save
                         && report.saved < SAVE_AT_MOST

@@ -684,6 +684,24 @@ pub fn check_rollout(input: &[u8]) -> Result<String, String> {
                 .join(" | "));
         }
     };
+    // The controller reads the same Rollout as JSON from the API server (kube's serde), then
+    // plans it with the same function: it must come to the same plan.
+    let parsed = rollgate::rollout::validate::parse(&text)
+        .map_err(|e| format!("load accepts what parse refuses: {e}"))?;
+    let json = serde_json::to_value(&parsed)
+        .map_err(|e| format!("an accepted Rollout does not serialize: {e}"))?;
+    let from_api: rollgate::rollout::Rollout = serde_json::from_value(json)
+        .map_err(|e| format!("the controller cannot read an accepted Rollout back: {e}"))?;
+    match rollgate::rollout::validate::plan(&from_api) {
+        Ok(p) if p == plan => {}
+        Ok(_) => return Err("the controller plans the same Rollout differently".into()),
+        Err(e) => {
+            return Err(format!(
+                "the sidecar accepts the Rollout, the controller refuses it: {}",
+                excerpt(&e.to_string(), 300)
+            ))
+        }
+    }
     let mut status = RolloutStatus::default();
     let mut states = vec![status.clone()];
     for s in &plan.steps {
