@@ -1,6 +1,7 @@
 //! `rollgate serve --kubernetes`: leader election, then the kube-rs controller over every
 //! Rollout in the cluster.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -50,19 +51,45 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
                 eprintln!("rollgate: reconcile: {e}");
             }
         });
+    lead(&lock, controller).await
+}
+
+/// Runs `work` while this replica holds the lease it has just acquired. Renewal errors are
+/// retried, but only until the renew deadline: then `work` is dropped (no further writes) and
+/// `LostLease` returned, before the lease can expire and another replica take over. An API
+/// call that hangs counts as failed at the deadline. `work` finishing ends leadership too.
+pub async fn lead(lock: &LeaseLock, work: impl Future<Output = ()>) -> Result<(), Error> {
+    use tokio::time::{sleep, timeout_at, Instant};
+    // Conservative: the renewal written at acquisition is no earlier than this.
+    let mut renewed = Instant::now();
     let renew = async {
+        let mut wait = lock.renew_every();
         loop {
-            tokio::time::sleep(lock.renew_every()).await;
-            match lock.try_acquire_or_renew().await {
-                Ok(true) => {}
-                Ok(false) => return Error::LostLease,
-                // One failed renewal is not a loss yet: the lease outlives three tries.
-                Err(e) => eprintln!("rollgate: renewing the lease: {e}"),
+            sleep(wait).await;
+            let attempt = Instant::now();
+            match timeout_at(renewed + lock.renew_deadline(), lock.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    renewed = attempt;
+                    wait = lock.renew_every();
+                }
+                Ok(Ok(false)) => return Error::LostLease,
+                Ok(Err(e)) => {
+                    eprintln!("rollgate: renewing the lease: {e}");
+                    wait = lock.retry_every();
+                    if Instant::now() + wait >= renewed + lock.renew_deadline() {
+                        eprintln!("rollgate: lease not renewed within its deadline; stepping down");
+                        return Error::LostLease;
+                    }
+                }
+                Err(_) => {
+                    eprintln!("rollgate: lease not renewed within its deadline; stepping down");
+                    return Error::LostLease;
+                }
             }
         }
     };
     tokio::select! {
-        () = controller => Ok(()),
+        () = work => Ok(()),
         e = renew => Err(e),
     }
 }
