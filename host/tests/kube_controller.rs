@@ -125,6 +125,30 @@ async fn unchanged_rollout_writes_nothing_the_second_time() {
     );
 }
 
+#[tokio::test]
+async fn a_restarted_controller_neither_reapplies_nor_bumps_an_unchanged_policy() {
+    let (client, seen) = api_server(ok);
+    controller::reconcile(Arc::new(rollout()), Context::new(client.clone(), None))
+        .await
+        .unwrap();
+    let status = seen.lock().unwrap()[1].body["status"].clone();
+    assert_eq!(status["policyVersion"], 1);
+    let mut ro = rollout();
+    ro.status = Some(serde_json::from_value(status).unwrap());
+    let before = seen.lock().unwrap().len();
+    // A new process (or the new leader after a fail-over): nothing in memory.
+    controller::reconcile(Arc::new(ro), Context::new(client, None))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        before,
+        "same policy, nothing to write; got {:#?}",
+        &seen[before..]
+    );
+}
+
 fn status_conflicts(uri: &str) -> u16 {
     if uri.contains("/status") {
         409
