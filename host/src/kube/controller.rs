@@ -103,6 +103,22 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Forgets every rollout not in `live` (`(ns/name, uid)` of the Rollouts that exist):
+    /// without a finalizer a deleted Rollout is never reconciled again, so its back-off count,
+    /// analysis baseline and webhook answers would otherwise stay for the life of the process.
+    /// Returns how many per-rollout entries remain.
+    pub fn forget_all_but(&self, live: &[(String, String)]) -> usize {
+        let key_live = |k: &str| live.iter().any(|(key, _)| key == k);
+        let uid_live = |u: &str| live.iter().any(|(_, uid)| uid == u);
+        let failures = self.failures.lock().map_or(0, |mut f| {
+            f.retain(|k, _| key_live(k));
+            f.len()
+        });
+        failures + self.analyzer.retain(key_live) + self.webhooks.retain(uid_live)
+    }
+}
+
 /// The Istio WasmPlugin resource (no Rust types: only its `pluginConfig` is written).
 pub fn wasmplugin_resource() -> ApiResource {
     let gvk = GroupVersionKind::gvk("extensions.istio.io", "v1alpha1", "WasmPlugin");

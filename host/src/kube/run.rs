@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::analysis::Source;
 use super::controller::{error_policy, reconcile, Context, Error};
@@ -29,6 +29,9 @@ pub struct Options {
     pub prometheus: Option<String>,
 }
 
+/// How often rollouts deleted from the cluster are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Name of the leader-election Lease.
 pub const LEASE_NAME: &str = "rollgate-controller";
 
@@ -44,13 +47,42 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     eprintln!("rollgate: {} leads; driving rollouts", opts.identity);
     let ctx = Context::with_analysis(client.clone(), Some(opts.identity.clone()), opts.source());
     let rollouts: Api<Rollout> = Api::all(client);
-    let controller = Controller::new(rollouts, watcher::Config::default())
+    let controller = Controller::new(rollouts, watcher::Config::default());
+    let store = controller.store();
+    let pruner = ctx.clone();
+    let controller = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|outcome| async move {
             if let Err(e) = outcome {
                 eprintln!("rollgate: reconcile: {e}");
             }
         });
+    // Deleted Rollouts are never reconciled again: forget them now and then. Only once the
+    // store holds the first full list, so a rollout is never forgotten for not being seen yet
+    // (forgetting a webhook answer would call it again).
+    let prune = async move {
+        if store.wait_until_ready().await.is_err() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(PRUNE_EVERY).await;
+            let live: Vec<(String, String)> = store
+                .state()
+                .iter()
+                .map(|ro| {
+                    let key = format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any());
+                    (key, ro.uid().unwrap_or_default())
+                })
+                .collect();
+            pruner.forget_all_but(&live);
+        }
+    };
+    let controller = async move {
+        tokio::select! {
+            () = controller => {}
+            () = prune => {}
+        }
+    };
     lead(&lock, controller).await
 }
 
