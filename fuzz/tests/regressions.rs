@@ -139,3 +139,26 @@ fn a_header_route_too_big_once_joined_to_the_match_is_refused_at_its_step() {
         e.0[0]
     );
 }
+
+/// Policy target (a 7-minute run): keys nested in objects, each quoted as an excerpt, made
+/// a path of 1,100 characters (an error of 1,168). Paths are shortened in the middle.
+#[test]
+fn a_path_of_many_quoted_keys_is_shortened() {
+    let input = include_bytes!("regressions/policy-1168-char-path");
+    passes("policy", input);
+    let e = accept_policy(input).unwrap_err();
+    assert!(e.0.iter().all(|e| e.path.chars().count() <= 201), "{e}");
+}
+
+/// Rule target (a 7-minute run): `ClientIP` quoted a whole invalid prefix length ("invalid
+/// prefix length '/.0.0/.0.0/…'", an error of 1,781 characters).
+#[test]
+fn an_invalid_prefix_length_is_quoted_as_an_excerpt() {
+    passes(
+        "rule",
+        include_bytes!("regressions/rule-long-prefix-length"),
+    );
+    let e = rollgate_plugin::rule::compile(&format!("ClientIP(`10.0.0.0/{}`)", "1".repeat(5000)))
+        .unwrap_err();
+    assert!(e.message.len() < 150, "{}", e.message);
+}

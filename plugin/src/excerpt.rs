@@ -50,6 +50,23 @@ pub fn excerpt(s: &str) -> String {
     out
 }
 
+/// Characters of a JSON path in an error: 32 levels of quoted keys could be 2,000.
+pub const MAX_PATH_CHARS: usize = 200;
+
+/// `path` shortened in the middle to at most [`MAX_PATH_CHARS`] (about): the start names
+/// the section, the end the field (found by fuzzing: nested quoted keys made a path of
+/// 1,100 characters).
+pub fn path(path: String) -> String {
+    let n = path.chars().count();
+    if n <= MAX_PATH_CHARS {
+        return path;
+    }
+    let half = MAX_PATH_CHARS / 2;
+    let head: String = path.chars().take(half).collect();
+    let tail: String = path.chars().skip(n - half).collect();
+    format!("{head}…{tail}")
+}
+
 /// Names joined by `, `, each an [`excerpt`], the first [`MAX_LISTED`] and a count of the rest.
 pub fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     let mut out = String::new();

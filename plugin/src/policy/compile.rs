@@ -99,7 +99,7 @@ pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
     }
     let doc = super::json::parse(json).map_err(|e| {
         PolicyErrors(vec![PolicyError {
-            path: e.path,
+            path: crate::excerpt::path(e.path),
             message: e.message,
         }])
     })?;
@@ -125,7 +125,7 @@ impl Errors {
         self.total += 1;
         if self.list.len() < MAX_ERRORS {
             self.list.push(PolicyError {
-                path: path.into(),
+                path: crate::excerpt::path(path.into()),
                 message: message.into(),
             });
         }

@@ -100,7 +100,12 @@ impl IpNet {
             None => max,
             Some(p) => match p.trim().parse::<u8>() {
                 Ok(n) if n <= max => n,
-                _ => return Err(format!("invalid prefix length '/{p}' (0 to {max})")),
+                _ => {
+                    return Err(format!(
+                        "invalid prefix length '/{}' (0 to {max})",
+                        crate::excerpt::excerpt(p)
+                    ))
+                }
             },
         };
         Ok(IpNet { addr, prefix })
