@@ -70,6 +70,17 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                     eprintln!("{}: {e}", opts.policy);
                     Ok(ExitCode::FAILURE)
                 }
+                // The filter or its input went past a bound: an answer about them, as a
+                // rejected policy is, not a failure of `try` itself.
+                Err(
+                    e @ (rollgate::try_cmd::TryError::Timeout { .. }
+                    | rollgate::try_cmd::TryError::Memory { .. }
+                    | rollgate::try_cmd::TryError::TooLarge { .. }
+                    | rollgate::try_cmd::TryError::Host(rollgate::wasmhost::HostError::Trap(_))),
+                ) => {
+                    eprintln!("rollgate try: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
                 Err(e) => Err(e.into()),
             }
         }
