@@ -25,6 +25,15 @@ pub enum ClientError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The request was sent, then the answer did not come (timeout, reset, closed): the
+    /// server may or may not have acted on it.
+    #[error("{url}: request sent, no answer: {source}")]
+    NoAnswer {
+        /// The URL.
+        url: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The answer was not HTTP as we know it.
     #[error("{url}: bad response: {why}")]
     Protocol {
@@ -68,6 +77,17 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, ClientError> {
+    request_with(method, url, &[], body, timeout)
+}
+
+/// [`request`] with extra `headers` (names and values without line breaks).
+pub fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse, ClientError> {
     let parsed = HttpUrl::parse(url).map_err(ClientError::Url)?;
     let io = |source| ClientError::Io {
         url: url.to_string(),
@@ -92,6 +112,9 @@ pub fn request(
         parsed.path,
         parsed.authority()
     );
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
     if let Some(b) = body {
         head.push_str(&format!(
             "content-type: application/json\r\ncontent-length: {}\r\n",
@@ -106,16 +129,21 @@ pub fn request(
     if let Some(b) = body {
         w.write_all(b).map_err(io)?;
     }
+    // From here on the server may have acted: failures say so.
+    let io = |source| ClientError::NoAnswer {
+        url: url.to_string(),
+        source,
+    };
     let mut reader = BufReader::new(&stream);
     let mut read_line = |what: &str| -> Result<String, ClientError> {
         stream.set_read_timeout(Some(left())).map_err(io)?;
         let mut line = String::new();
         let n = reader.read_line(&mut line).map_err(io)?;
         if n == 0 {
-            return Err(ClientError::Protocol {
-                url: url.to_string(),
-                why: format!("connection closed before the {what}"),
-            });
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed before the {what}"),
+            )));
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     };
