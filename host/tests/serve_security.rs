@@ -628,3 +628,123 @@ fn unreachable_and_unanswered_commands_exit_differently() {
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
 }
+
+/// The committed test certificates (see rollout_support/tls/README.md).
+fn tls_file(name: &str) -> String {
+    format!(
+        "{}/tests/rollout_support/tls/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn tls_with_a_trusted_ca_and_nothing_in_clear() {
+    let dir = seeded("sec-tls");
+    let port = free_port();
+    let stderr = dir.path("serve.stderr");
+    let child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(["serve", "--dir"])
+        .arg(dir.path("rollouts"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--tls-cert",
+            &tls_file("cert.pem"),
+            "--tls-key",
+            &tls_file("key.pem"),
+        ])
+        .env("ROLLGATE_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Serve {
+        child,
+        port,
+        stderr,
+    };
+    let https = format!("https://127.0.0.1:{port}");
+    let ca = tls_file("ca.pem");
+    let env = [("ROLLGATE_TOKEN", TOKEN)];
+    wait_until("serve to answer over TLS", Duration::from_secs(20), || {
+        rollgate(&["status", "flask", "--server", &https, "--ca", &ca], &env)
+            .status
+            .code()
+            == Some(0)
+    });
+    let o = rollgate(&["status", "flask", "--server", &https, "--ca", &ca], &env);
+    assert!(
+        text(&o.stdout).starts_with("flask: Paused, step 2/6"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = rollgate(
+        &[
+            "promote",
+            "flask",
+            "--server",
+            &format!("https://localhost:{port}"),
+        ],
+        &[("ROLLGATE_TOKEN", TOKEN), ("ROLLGATE_CA", ca.as_str())],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("step 4/6"), "{}", text(&o.stdout));
+    // A server certificate the client's CA did not sign: refused before anything is sent.
+    let o = rollgate(
+        &[
+            "abort",
+            "flask",
+            "--server",
+            &https,
+            "--ca",
+            &tls_file("other-ca.pem"),
+        ],
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("cannot reach rollgate"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stderr).to_ascii_lowercase().contains("certificate"),
+        "{}",
+        text(&o.stderr)
+    );
+    // https without a CA to trust is a usage error, not a silent plain-text fallback.
+    let o = rollgate(&["abort", "flask", "--server", &https], &env);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--ca"), "{}", text(&o.stderr));
+    // Plain HTTP to the TLS port gets no answer from the API.
+    let plain = raw(
+        port,
+        "GET /v1/rollouts/flask HTTP/1.1\r\nconnection: close\r\n\r\n",
+    );
+    assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
+    // Promoted once, never aborted.
+    let o = rollgate(&["status", "flask", "--server", &https, "--ca", &ca], &env);
+    assert!(
+        text(&o.stdout).starts_with("flask: Paused, step 4/6"),
+        "{}",
+        text(&o.stdout)
+    );
+    // A key that is not a key: refused at start, its content not echoed.
+    let o = rollgate(
+        &[
+            "serve",
+            "--dir",
+            &dir.path("rollouts").to_string_lossy(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &tls_file("cert.pem"),
+            "--tls-key",
+            &tls_file("README.md"),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--tls-key"), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("openssl"), "{}", text(&o.stderr));
+    assert!(s.stderr().contains("on https://127.0.0.1:"), "{}", s.stderr());
+}

@@ -77,6 +77,7 @@ struct Args {
     token_file: Option<String>,
     from_step: Option<u32>,
     timeout: Duration,
+    ca: Option<String>,
 }
 
 fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
@@ -87,6 +88,7 @@ fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
         token_file: None,
         from_step: None,
         timeout: TIMEOUT,
+        ca: std::env::var("ROLLGATE_CA").ok(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -117,6 +119,13 @@ fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
                         "{cmd}: --from-step {v}: expected a step number (1, 2, …)"
                     ))
                 })?);
+            }
+            "--ca" => {
+                out.ca = Some(
+                    it.next()
+                        .ok_or_else(|| CliError::Usage(format!("{cmd}: --ca needs a PATH")))?
+                        .clone(),
+                );
             }
             "--timeout" => {
                 let v = it
@@ -151,12 +160,20 @@ fn send(
         .map_err(CliError::Usage)?;
     let auth = token.map(|t| format!("Bearer {}", t.secret()));
     let headers: Vec<(&str, &str)> = auth.iter().map(|v| ("authorization", v.as_str())).collect();
-    client::request_with(method, &url, &headers, body, a.timeout).map_err(|source| match source {
-        client::ClientError::Url(u) => CliError::Usage(format!("--server {u}")),
-        source => CliError::Unreachable {
-            server: server.to_string(),
-            source,
-        },
+    let tls = match &a.ca {
+        Some(ca) if server.starts_with("https://") => Some(
+            crate::serve::tls::client_config(std::path::Path::new(ca)).map_err(CliError::Usage)?,
+        ),
+        _ => None,
+    };
+    client::request_with(method, &url, &headers, body, a.timeout, tls.as_ref()).map_err(|source| {
+        match source {
+            client::ClientError::Url(u) => CliError::Usage(format!("--server {u}")),
+            source => CliError::Unreachable {
+                server: server.to_string(),
+                source,
+            },
+        }
     })
 }
 
@@ -306,6 +323,7 @@ fn status(
 pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
     let mut dir = None;
     let mut token_file = None;
+    let (mut cert, mut key) = (None, None);
     let mut config = Config::new("");
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -318,6 +336,8 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
             "--dir" => dir = Some(value("--dir")?),
             "--listen" => config.listen = value("--listen")?,
             "--token-file" => token_file = Some(value("--token-file")?),
+            "--tls-cert" => cert = Some(value("--tls-cert")?),
+            "--tls-key" => key = Some(value("--tls-key")?),
             "--envoy-admin" => config.envoy_admin.push(value("--envoy-admin")?),
             other => {
                 return Err(CliError::Usage(format!(
@@ -329,6 +349,15 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
     config.dir = dir
         .ok_or_else(|| CliError::Usage("serve needs --dir DIR".into()))?
         .into();
+    config.tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.into(), k.into())),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::Usage(
+                "serve: --tls-cert and --tls-key go together".into(),
+            ))
+        }
+    };
     config.token = Token::from_flag_or_env(token_file.as_deref(), |k| std::env::var(k).ok())
         .map_err(CliError::Usage)?;
     Ok(config)

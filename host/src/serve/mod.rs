@@ -15,11 +15,12 @@ pub mod http;
 pub mod metrics;
 pub mod registry;
 pub mod scrape;
+pub mod tls;
 pub mod watch;
 pub mod webhook;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,6 +82,8 @@ pub struct Config {
     pub token: Option<auth::Token>,
     /// Connection cap and timeouts.
     pub limits: Limits,
+    /// `(certificate chain, private key)` PEM files: serve HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             log: None,
             token: None,
             limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -108,6 +112,7 @@ impl std::fmt::Debug for Config {
             .field("envoy_admin", &self.envoy_admin)
             .field("token", &self.token)
             .field("limits", &self.limits)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +133,9 @@ pub enum ServeError {
          promote and abort; give --token-file PATH or $ROLLGATE_TOKEN (or listen on 127.0.0.1)"
     )]
     NoToken(String),
+    /// The TLS certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// Binding the listen address failed.
     #[error("--listen {addr}: {source}")]
     Listen {
@@ -155,6 +163,10 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
     for a in &config.envoy_admin {
         crate::rollout::url::HttpUrl::parse(a).map_err(ServeError::BadAdmin)?;
     }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key).map_err(ServeError::Tls)?),
+        None => None,
+    };
     let listener = TcpListener::bind(&config.listen).map_err(|source| ServeError::Listen {
         addr: config.listen.clone(),
         source,
@@ -178,9 +190,16 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
         log,
     });
     watch::scan(&shared);
+    if !addr.ip().is_loopback() && tls.is_none() {
+        shared.log(
+            "warning: listening beyond loopback without TLS: the token travels in clear text \
+             (give --tls-cert and --tls-key, or keep traffic on a trusted network)",
+        );
+    }
     shared.log(&format!(
-        "serving {} on http://{addr}{}",
+        "serving {} on {}://{addr}{}",
         shared.config.dir.display(),
+        if tls.is_some() { "https" } else { "http" },
         if shared.config.envoy_admin.is_empty() {
             " (no --envoy-admin: analysis and breaker checks are off)".to_string()
         } else {
@@ -199,7 +218,7 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
     let results = [
         spawn(
             "rollgate-accept",
-            Box::new(move || accept(&s, &listener, &c)),
+            Box::new(move || accept(&s, &listener, &c, tls.as_ref())),
         ),
         spawn("rollgate-control", {
             let s = shared.clone();
@@ -298,6 +317,7 @@ fn accept(
     shared: &Arc<Shared>,
     listener: &TcpListener,
     conns: &Arc<Mutex<HashMap<u64, TcpStream>>>,
+    tls: Option<&Arc<rustls::ServerConfig>>,
 ) {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let active = Arc::new(AtomicUsize::new(0));
@@ -334,12 +354,12 @@ fn accept(
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, clone);
         }
-        let (shared, conns2) = (shared.clone(), conns.clone());
+        let (shared, conns2, tls) = (shared.clone(), conns.clone(), tls.cloned());
         let spawned = thread::Builder::new()
             .name("rollgate-conn".into())
             .spawn(move || {
                 let _slot = slot;
-                serve_connection(&shared, stream);
+                serve_connection(&shared, stream, tls);
                 conns2.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             });
         if spawned.is_err() {
@@ -407,43 +427,85 @@ impl std::io::Write for Timed {
     }
 }
 
-fn serve_connection(shared: &Arc<Shared>, sock: TcpStream) {
-    let limits = &shared.config.limits;
+/// A connection whose request reads give up at a deadline.
+trait Conn: Read + Write {
+    fn set_deadline(&mut self, deadline: Option<Instant>);
+    /// Ends the connection cleanly before it is dropped.
+    fn finish(&mut self) {}
+}
+
+impl Conn for Timed {
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, Timed> {
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.sock.deadline = deadline;
+    }
+    /// `close_notify`, so a client reading to the end can tell the end from a truncation.
+    fn finish(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+    }
+}
+
+fn serve_connection(shared: &Arc<Shared>, sock: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let _ = sock.set_nodelay(true);
     let _ = sock.set_write_timeout(Some(WRITE_TIMEOUT));
-    let opened = Instant::now();
-    let mut conn = BufReader::new(Timed {
+    let timed = Timed {
         sock,
         deadline: None,
-    });
+    };
+    match tls {
+        None => serve_on(shared, timed),
+        // The handshake runs inside the first read, under the head timeout.
+        Some(config) => match rustls::ServerConnection::new(config) {
+            Ok(c) => serve_on(shared, rustls::StreamOwned::new(c, timed)),
+            Err(e) => shared.log(&format!("TLS: {e}")),
+        },
+    }
+}
+
+fn serve_on(shared: &Arc<Shared>, conn: impl Conn) {
+    let mut conn = BufReader::new(conn);
+    serve_requests(shared, &mut conn);
+    conn.get_mut().finish();
+}
+
+fn serve_requests(shared: &Arc<Shared>, conn: &mut BufReader<impl Conn>) {
+    let limits = &shared.config.limits;
+    let opened = Instant::now();
     let mut first = true;
     loop {
         // A new connection has the head timeout from its opening; a kept-alive one may
         // idle, then has the head timeout from the request's first byte.
-        conn.get_mut().deadline = Some(if first {
+        conn.get_mut().set_deadline(Some(if first {
             opened + limits.head_timeout
         } else {
             Instant::now() + limits.idle_timeout
-        });
+        }));
         match conn.fill_buf() {
             Ok(b) if !b.is_empty() => {}
             _ => return,
         }
         if !first {
-            conn.get_mut().deadline = Some(Instant::now() + limits.head_timeout);
+            conn.get_mut()
+                .set_deadline(Some(Instant::now() + limits.head_timeout));
         }
         first = false;
-        let req = match http::read_request(&mut conn) {
+        let req = match http::read_request(conn) {
             Ok(Some(r)) => r,
             Ok(None) | Err(http::ReadError::Io(_)) => return,
             Err(http::ReadError::Refuse(status, why)) => {
-                conn.get_mut().deadline = None;
+                conn.get_mut().set_deadline(None);
                 let resp = http::Response::error(status, &why);
                 let _ = http::write_response(conn.get_mut(), &resp, true);
                 return;
             }
         };
-        conn.get_mut().deadline = None;
+        conn.get_mut().set_deadline(None);
         let resp = api::handle(shared, &req);
         let close = req.close || shared.lock().stopping;
         if http::write_response(conn.get_mut(), &resp, close).is_err() || close {
