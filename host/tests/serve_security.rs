@@ -746,5 +746,9 @@ fn tls_with_a_trusted_ca_and_nothing_in_clear() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("--tls-key"), "{}", text(&o.stderr));
     assert!(!text(&o.stderr).contains("openssl"), "{}", text(&o.stderr));
-    assert!(s.stderr().contains("on https://127.0.0.1:"), "{}", s.stderr());
+    assert!(
+        s.stderr().contains("on https://127.0.0.1:"),
+        "{}",
+        s.stderr()
+    );
 }

@@ -208,6 +208,10 @@ fn main() {
         envoy.port(),
         dir.display()
     );
+    println!(
+        "the sidecar takes commands only with the token this run generated (the CLI gets it \
+         in $ROLLGATE_TOKEN; see README \"Security\")"
+    );
     std::fs::write(dir.join("flask.yaml"), demo_rollout()).expect("write the Rollout");
     println!(
         "wrote the seed Rollout (examples/rollout.yaml, analysis every 2 s) into the directory"
