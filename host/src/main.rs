@@ -13,7 +13,7 @@ commands:
   try --policy POLICY.json [--wasm FILE] [--workers N] [request flags | --requests FILE|-]
                          run requests through the compiled filter; prints JSON per request
   serve --dir DIR [--listen ADDR] [--envoy-admin URL]... [--token-file PATH]
-        [--tls-cert CHAIN.pem --tls-key KEY.pem]
+        [--tls-cert CHAIN.pem --tls-key KEY.pem] [--max-connections 256]
                          run the sidecar: walk the Rollouts in DIR and serve their policies
                          (--listen default 127.0.0.1:8181); analysis reads each Envoy admin;
                          with a token (--token-file or $ROLLGATE_TOKEN) commands must carry
@@ -31,9 +31,9 @@ commands:
                          where rollouts stand; --watch follows NAME until promoted or aborted
                          (promote, abort, retry, status: --server URL, default $ROLLGATE_SERVER
                          or http://127.0.0.1:8181, --token-file PATH or $ROLLGATE_TOKEN,
-                         for https:// --ca PATH or $ROLLGATE_CA, --timeout 10s;
-                         with --kubernetes [--namespace NS], the
-                         Rollouts in the cluster, found through kubeconfig like kubectl)
+                         for https:// --ca PATH or $ROLLGATE_CA, --timeout 10s; with
+                         --kubernetes [--namespace NS], the Rollouts in the cluster, found
+                         through kubeconfig like kubectl)
   crd                    print the Rollout CustomResourceDefinition (manifests/crd/rollout.yaml)
   help                   this text";
 

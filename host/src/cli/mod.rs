@@ -336,6 +336,15 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
             "--dir" => dir = Some(value("--dir")?),
             "--listen" => config.listen = value("--listen")?,
             "--token-file" => token_file = Some(value("--token-file")?),
+            "--max-connections" => {
+                let v = value("--max-connections")?;
+                config.limits.max_connections =
+                    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "serve: --max-connections {v}: expected a whole number above 0"
+                        ))
+                    })?;
+            }
             "--tls-cert" => cert = Some(value("--tls-cert")?),
             "--tls-key" => key = Some(value("--tls-key")?),
             "--envoy-admin" => config.envoy_admin.push(value("--envoy-admin")?),
@@ -393,6 +402,10 @@ mod tests {
         assert_eq!(c.dir, std::path::PathBuf::from("/r"));
         assert_eq!(c.listen, "0.0.0.0:9");
         assert_eq!(c.envoy_admin, ["http://a:1", "http://b:2"]);
+        assert_eq!(c.limits.max_connections, 256);
+        let c = serve_config(&strings(&["--dir", "d", "--max-connections", "1000"])).unwrap();
+        assert_eq!(c.limits.max_connections, 1000);
+        assert!(serve_config(&strings(&["--dir", "d", "--max-connections", "0"])).is_err());
         assert!(serve_config(&strings(&["--listen", "x"])).is_err());
         assert!(serve_config(&strings(&["--dir"])).is_err());
         assert!(serve_config(&strings(&["--dir", "d", "--bogus"])).is_err());
