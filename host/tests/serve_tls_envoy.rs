@@ -133,7 +133,7 @@ fn envoy_fetches_the_policy_over_tls_and_only_from_the_trusted_sidecar() {
 
     let trusted = RunningEnvoy::start(&dir, "trusted", port, &tls_file("ca.pem"));
     let start = std::time::Instant::now();
-    while !trusted.stat(VERSION).is_some_and(|v| v >= 1) {
+    while trusted.stat(VERSION).is_none_or(|v| v < 1) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "Envoy did not apply policy v1 over TLS within 30 s; its log:\n{}",
