@@ -16,6 +16,10 @@ use crate::rollout::{
     accept_rendered, render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp,
 };
 
+/// How far a gateway's claimed version may lead the served one and still renumber it
+/// ([`State::renumber_after`]): 65,536 lost versions, years of releases of one rollout.
+pub const RENUMBER_LEAD: u64 = 1 << 16;
+
 /// Writes one log line.
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -106,12 +110,19 @@ impl State {
     /// but this sidecar never served (it lost its status file, or is a fresh replica): its
     /// own policy is the current truth, and only a higher number makes the gateway take it.
     /// Returns the entry to persist; `None` when `name` has no policy or is not behind.
+    ///
+    /// Anyone may poll, so a claimed version only moves ours when it is at most
+    /// [`RENUMBER_LEAD`] ahead: a restarted sidecar is behind its gateways by the versions
+    /// it lost, never by billions, and a stranger's `version=18446744073709551614` would
+    /// otherwise push the counter to its end (before: the next promote wrapped it to v0, and
+    /// gateways got 304 forever). A claim beyond the lead is only compared.
     pub fn renumber_after(&mut self, name: &str, seen: u64) -> Option<&Entry> {
         let e = self
             .entries
             .values_mut()
             .find(|e| e.name.as_deref() == Some(name) && e.policy.is_some())?;
-        if e.status.policy_version >= seen {
+        let served = e.status.policy_version;
+        if served >= seen || seen - served > RENUMBER_LEAD {
             return None;
         }
         e.status.policy_version = seen.saturating_add(1);
@@ -138,9 +149,55 @@ pub enum CommandError {
     /// The rollout file never validated: there is nothing to drive.
     #[error("rollout '{0}' has no valid version: {1}")]
     Invalid(String, String),
+    /// The rollout is not where the command expected it: it moved on (an earlier try of
+    /// the same command was applied, or someone else acted), so acting again could skip a
+    /// pause.
+    #[error("{0}")]
+    Moved(String),
     /// Not applicable in the rollout's state.
     #[error(transparent)]
     Refused(#[from] Refused),
+}
+
+/// Where a command expects the rollout to stand (`{"expect": {"step": 4}}`); a command
+/// retried after a timeout then acts at most once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The step (1-based, as shown: "step 4/6") the rollout must be at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// The attempt (`status.attempt`) it must be in: a retry starts a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+impl Expect {
+    /// Why `status` is not where this expects it, if it is not.
+    pub fn mismatch(&self, name: &str, steps: usize, status: &RolloutStatus) -> Option<String> {
+        let at = status.current_step.saturating_add(1);
+        let step_moved = self.step.is_some_and(|s| s != at);
+        let attempt_moved = self.attempt.is_some_and(|a| a != status.attempt);
+        if !step_moved && !attempt_moved {
+            return None;
+        }
+        let now = if status.current_step as usize >= steps {
+            format!("{:?}, all {steps} steps done", status.phase)
+        } else {
+            format!("{:?} at step {at}/{steps}", status.phase)
+        };
+        let expected = match (self.step, self.attempt) {
+            (Some(s), Some(a)) => format!("step {s} of attempt {a}"),
+            (Some(s), None) => format!("step {s}"),
+            (None, Some(a)) => format!("attempt {a}"),
+            (None, None) => String::new(),
+        };
+        Some(format!(
+            "{name} is {now} (attempt {}), not at {expected}: not applied (an earlier try may \
+             have been)",
+            status.attempt
+        ))
+    }
 }
 
 /// State shared by the server's threads.
@@ -179,15 +236,25 @@ impl Shared {
         (self.log)(line);
     }
 
-    /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`.
-    pub fn command(self: &Arc<Self>, name: &str, event: Event) -> Result<(), CommandError> {
+    /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`, if it stands where
+    /// `expect` says.
+    pub fn command(
+        self: &Arc<Self>,
+        name: &str,
+        event: Event,
+        expect: &Expect,
+    ) -> Result<(), CommandError> {
         let mut st = self.lock();
         let key = st
             .key_of(name)
             .ok_or_else(|| CommandError::NotFound(name.to_string()))?;
-        if st.entries[&key].plan.is_none() {
-            let why = st.entries[&key].error.clone().unwrap_or_default();
+        let entry = &st.entries[&key];
+        let Some(plan) = &entry.plan else {
+            let why = entry.error.clone().unwrap_or_default();
             return Err(CommandError::Invalid(name.to_string(), why));
+        };
+        if let Some(why) = expect.mismatch(name, plan.steps.len(), &entry.status) {
+            return Err(CommandError::Moved(why));
         }
         self.apply(&mut st, &key, event, Timestamp::now())?;
         Ok(())
@@ -226,7 +293,8 @@ impl Shared {
                     return Ok(());
                 }
             };
-            status.policy_version += 1;
+            // Saturating: a version never wraps back below what gateways run.
+            status.policy_version = status.policy_version.saturating_add(1);
             entry.policy = Some((policy, Arc::new(json)));
             self.log(&format!(
                 "{name}: policy v{} (canary weight {}%, header route {})",
