@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod client;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod registry;

@@ -11,7 +11,7 @@ use rollgate_plugin::policy::spec::PolicySpec;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
-use super::{webhook, Config};
+use super::{files, webhook, Config};
 use crate::rollout::{
     accept_rendered, render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp,
 };
@@ -256,16 +256,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes the entry's status file (atomically: a temp file renamed over it).
+    /// Writes the entry's status file (atomically, never through a link:
+    /// [`files::replace`]).
     pub fn persist(&self, entry: &Entry) {
         let path = status_path(&entry.file);
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
         let json = serde_json::to_vec_pretty(&entry.to_file()).unwrap_or_default();
-        let result = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
+        if let Err(e) = files::replace(&path, &json) {
             self.log(&format!("cannot write {}: {e}", path.display()));
         }
     }

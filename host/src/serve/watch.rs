@@ -2,26 +2,53 @@
 //! `.` are ignored). Polled (no inotify dependency): a file whose content changed is reloaded,
 //! a new one is loaded (resuming from its status file if there is one), a removed one is
 //! dropped together with its status file.
+//!
+//! Symbolic links and special files under a rollout name are listed as refused, never read
+//! ([`files::read_regular`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::files::{self, ReadError};
 use super::registry::{status_path, Entry, Shared, State, StatusFile};
 use crate::rollout::plan::fingerprint;
 use crate::rollout::{validate, Event, Plan, RolloutStatus, Timestamp};
 
+/// Largest rollout file read (the rendered policy has the same bound).
+pub const MAX_ROLLOUT_BYTES: usize = rollgate_plugin::limits::MAX_POLICY_BYTES;
+/// Largest status file read.
+const MAX_STATUS_BYTES: usize = 2 * rollgate_plugin::limits::MAX_POLICY_BYTES;
+
 fn rollout_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if yaml && !name.starts_with('.') && path.is_file() {
+        // The entry's own type (a link is a link, not what it points to): links and special
+        // files are listed, to be refused by name when read; only directories are skipped.
+        let dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if yaml && !name.starts_with('.') && !dir {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// The text of a rollout file, or why it is refused; `None` when it vanished meanwhile.
+fn read_rollout(file: &Path) -> Option<Result<String, String>> {
+    match files::read_regular(file, MAX_ROLLOUT_BYTES) {
+        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|e| {
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            )
+        })),
+        Err(ReadError::NotFound) => None,
+        Err(e) => Some(Err(e.to_string())),
+    }
 }
 
 fn short(path: &Path) -> String {
@@ -51,15 +78,19 @@ pub fn scan(shared: &Arc<Shared>) {
         remove(shared, &mut st, &key);
     }
     for file in files {
-        // A file that vanished or cannot be read right now is looked at again next time.
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        // A file that vanished meanwhile is looked at again next time.
+        let Some(read) = read_rollout(&file) else {
             continue;
         };
-        let content = fingerprint(text.as_bytes());
+        // A refused file's fingerprint is its reason: reported once, not at every scan.
+        let content = match &read {
+            Ok(text) => fingerprint(text.as_bytes()),
+            Err(why) => format!("refused: {why}"),
+        };
         if st.entries.get(&file).is_some_and(|e| e.content == content) {
             continue;
         }
-        load(shared, &mut st, &file, &text, content);
+        load(shared, &mut st, &file, read, content);
     }
 }
 
@@ -80,19 +111,33 @@ fn remove(shared: &Arc<Shared>, st: &mut State, key: &Path) {
 
 fn read_status_file(shared: &Shared, file: &Path) -> Option<StatusFile> {
     let path = status_path(file);
-    let text = std::fs::read_to_string(&path).ok()?;
-    match serde_json::from_str(&text) {
+    let bytes = match files::read_regular(&path, MAX_STATUS_BYTES) {
+        Ok(b) => b,
+        Err(ReadError::NotFound) => return None,
+        Err(e) => {
+            shared.log(&format!("ignoring {}: {e}", short(&path)));
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
         Ok(sf) => Some(sf),
         Err(e) => {
-            shared.log(&format!("ignoring {}: {e}", path.display()));
+            // serde_json's message names a line and column, never the content.
+            shared.log(&format!("ignoring {}: {e}", short(&path)));
             None
         }
     }
 }
 
-fn load(shared: &Arc<Shared>, st: &mut State, file: &Path, text: &str, content: String) {
-    let result = validate::load(text)
-        .map_err(|e| e.to_string())
+fn load(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    file: &Path,
+    read: Result<String, String>,
+    content: String,
+) {
+    let result = read
+        .and_then(|text| validate::load(&text).map_err(|e| e.to_string()))
         .and_then(|plan| {
             match st
                 .entries
