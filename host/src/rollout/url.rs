@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::excerpt::excerpt;
+
 /// A parsed `http://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
@@ -17,11 +19,12 @@ pub struct HttpUrl {
 impl HttpUrl {
     /// Parses `http://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let quoted = excerpt(url);
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             if url.starts_with("https://") {
-                format!("'{url}': only http:// is supported")
+                format!("'{quoted}': only http:// is supported")
             } else {
-                format!("'{url}': expected http://host[:port]/path")
+                format!("'{quoted}': expected http://host[:port]/path")
             }
         })?;
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -35,12 +38,12 @@ impl HttpUrl {
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            return Err(format!("'{url}': the path must not contain spaces"));
+            return Err(format!("'{quoted}': the path must not contain spaces"));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, tail) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("'{url}': unclosed '['"))?;
+                .ok_or_else(|| format!("'{quoted}': unclosed '['"))?;
             (h, tail.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -49,7 +52,7 @@ impl HttpUrl {
             }
         };
         if host.is_empty() || host.contains('@') {
-            return Err(format!("'{url}': missing host"));
+            return Err(format!("'{quoted}': missing host"));
         }
         let port = match port {
             None => 80,
@@ -57,7 +60,7 @@ impl HttpUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("'{url}': invalid port '{p}'"))?,
+                .ok_or_else(|| format!("'{quoted}': invalid port '{}'", excerpt(p)))?,
         };
         Ok(HttpUrl {
             host: host.to_string(),

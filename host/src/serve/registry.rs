@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::metrics::Metrics;
 use super::{files, webhook, Config};
 use crate::rollout::{
-    accept_rendered, render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp,
+    accept_rendered, render, step, Effect, Event, FieldError, Plan, Refused, RolloutErrors,
+    RolloutStatus, Timestamp,
 };
 
 /// Writes one log line.
@@ -217,7 +218,15 @@ impl Shared {
             let json = match accept_rendered(&policy) {
                 Ok(json) => json,
                 Err(e) => {
-                    let why = format!("rendered policy refused by the filter: {e}");
+                    // Bounded as a Rollout's own errors are.
+                    let problems = e.0.into_iter().map(|p| FieldError {
+                        path: p.path,
+                        message: p.message,
+                    });
+                    let why = format!(
+                        "rendered policy refused by the filter: {}",
+                        RolloutErrors(problems.collect())
+                    );
                     self.log(&format!(
                         "{name}: {why}; the last good policy keeps serving"
                     ));
