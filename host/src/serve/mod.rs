@@ -5,8 +5,9 @@
 //! a control loop that re-reads the directory ([`watch`]) and ticks timed pauses; the
 //! analysis loop reading the gateways' stats ([`scrape`]); one thread per webhook call
 //! ([`webhook`]). All of them change rollouts only through [`registry::Shared::apply`],
-//! under one lock; long-polls wait on its condition variable and answer within
-//! milliseconds of a new version.
+//! under one lock, held only to read and swap state: parsing, validating and compiling run
+//! outside it, so no file or policy, however large, stalls the API. Long-polls wait on its
+//! condition variable and answer within milliseconds of a new version.
 
 pub mod api;
 pub mod client;
@@ -310,11 +311,10 @@ fn control(shared: &Arc<Shared>) {
             since_scan = Duration::ZERO;
             watch::scan(shared);
         }
-        let mut st = shared.lock();
-        let keys: Vec<PathBuf> = st.entries.keys().cloned().collect();
+        let keys: Vec<PathBuf> = shared.lock().entries.keys().cloned().collect();
         for key in keys {
             // Not a command: ticks are never refused.
-            let _ = shared.apply(&mut st, &key, Event::Tick, Timestamp::now());
+            let _ = shared.apply(&key, Event::Tick, Timestamp::now());
         }
     }
 }

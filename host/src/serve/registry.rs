@@ -14,8 +14,9 @@ use super::metrics::Metrics;
 use super::{files, webhook, Config};
 use crate::rollout::{
     accept_rendered, render, step, Effect, Event, FieldError, Plan, Refused, RolloutErrors,
-    RolloutStatus, Timestamp,
+    RolloutStatus, Timestamp, Transition,
 };
+use rollgate_plugin::policy::PolicyErrors;
 
 /// Writes one log line.
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
@@ -182,72 +183,113 @@ impl Shared {
 
     /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`.
     pub fn command(self: &Arc<Self>, name: &str, event: Event) -> Result<(), CommandError> {
-        let mut st = self.lock();
-        let key = st
-            .key_of(name)
-            .ok_or_else(|| CommandError::NotFound(name.to_string()))?;
-        if st.entries[&key].plan.is_none() {
-            let why = st.entries[&key].error.clone().unwrap_or_default();
-            return Err(CommandError::Invalid(name.to_string(), why));
-        }
-        self.apply(&mut st, &key, event, Timestamp::now())?;
+        let key = {
+            let st = self.lock();
+            let key = st
+                .key_of(name)
+                .ok_or_else(|| CommandError::NotFound(name.to_string()))?;
+            if st.entries[&key].plan.is_none() {
+                let why = st.entries[&key].error.clone().unwrap_or_default();
+                return Err(CommandError::Invalid(name.to_string(), why));
+            }
+            key
+        };
+        self.apply(&key, event, Timestamp::now())?;
         Ok(())
     }
 
     /// Applies `event` to the entry at `key` (with a valid plan) and commits the outcome.
+    ///
+    /// Called without the lock: the filter's compiler, which accepts a new policy, runs
+    /// outside it (a policy whose rules hold 60,000 arguments took seconds, during which every
+    /// endpoint, `/healthz` included, waited). The step is computed under the lock from the
+    /// state of the moment; if a new policy is needed, the lock is released to compile it and
+    /// the step computed again once it is held anew: it commits only when it renders the very
+    /// policy that was accepted (else the new one is compiled in turn).
     pub fn apply(
         self: &Arc<Self>,
-        st: &mut State,
         key: &Path,
         event: Event,
         now: Timestamp,
     ) -> Result<(), Refused> {
-        let Some(entry) = st.entries.get_mut(key) else {
+        let mut accepted: Option<(PolicySpec, Result<String, PolicyErrors>)> = None;
+        loop {
+            let mut st = self.lock();
+            let Some(entry) = st.entries.get_mut(key) else {
+                return Ok(());
+            };
+            let Some(plan) = &entry.plan else {
+                return Ok(());
+            };
+            let t = step(plan, &entry.status, event.clone(), now)?;
+            let policy = render(&plan.name, &plan.spec, &t.status);
+            let changed = entry.policy.as_ref().map(|(p, _)| p) != Some(&policy);
+            if changed && accepted.as_ref().map(|(p, _)| p) != Some(&policy) {
+                drop(st);
+                let result = accept_rendered(&policy);
+                accepted = Some((policy, result));
+                continue;
+            }
+            let json = if changed {
+                accepted.take().map(|(_, r)| r)
+            } else {
+                None
+            };
+            self.commit(entry, key, t, policy, json);
             return Ok(());
-        };
-        let Some(plan) = &entry.plan else {
-            return Ok(());
-        };
-        let t = step(plan, &entry.status, event, now)?;
-        let name = plan.name.clone();
-        let policy = render(&plan.name, &plan.spec, &t.status);
+        }
+    }
+
+    /// Stores a transition computed under the same lock; `json` is the acceptance of
+    /// `policy` when it differs from the one served.
+    fn commit(
+        self: &Arc<Self>,
+        entry: &mut Entry,
+        key: &Path,
+        t: Transition,
+        policy: PolicySpec,
+        json: Option<Result<String, PolicyErrors>>,
+    ) {
+        let name = entry
+            .plan
+            .as_ref()
+            .map_or_else(|| entry.display_name(), |p| p.name.clone());
         let mut status = t.status;
         status.policy_version = entry.status.policy_version;
-        if entry.policy.as_ref().map(|(p, _)| p) != Some(&policy) {
-            // Served only once the filter's own acceptance function accepts the very text.
-            let json = match accept_rendered(&policy) {
-                Ok(json) => json,
-                Err(e) => {
-                    // Bounded as a Rollout's own errors are.
-                    let problems = e.0.into_iter().map(|p| FieldError {
-                        path: p.path,
-                        message: p.message,
-                    });
-                    let why = format!(
-                        "rendered policy refused by the filter: {}",
-                        RolloutErrors(problems.collect())
-                    );
-                    self.log(&format!(
-                        "{name}: {why}; the last good policy keeps serving"
-                    ));
-                    entry.error = Some(why);
-                    self.persist(entry);
-                    return Ok(());
-                }
-            };
-            status.policy_version += 1;
-            entry.policy = Some((policy, Arc::new(json)));
-            self.log(&format!(
-                "{name}: policy v{} (canary weight {}%, header route {})",
-                status.policy_version,
-                status.canary_weight,
-                if status.header_route.is_some() {
-                    "on"
-                } else {
-                    "off"
-                }
-            ));
-            self.changed.notify_all();
+        match json {
+            None => {}
+            Some(Err(e)) => {
+                // Bounded as a Rollout's own errors are.
+                let problems = e.0.into_iter().map(|p| FieldError {
+                    path: p.path,
+                    message: p.message,
+                });
+                let why = format!(
+                    "rendered policy refused by the filter: {}",
+                    RolloutErrors(problems.collect())
+                );
+                self.log(&format!(
+                    "{name}: {why}; the last good policy keeps serving"
+                ));
+                entry.error = Some(why);
+                self.persist(entry);
+                return;
+            }
+            Some(Ok(json)) => {
+                status.policy_version += 1;
+                entry.policy = Some((policy, Arc::new(json)));
+                self.log(&format!(
+                    "{name}: policy v{} (canary weight {}%, header route {})",
+                    status.policy_version,
+                    status.canary_weight,
+                    if status.header_route.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                ));
+                self.changed.notify_all();
+            }
         }
         let dirty = status != entry.status;
         entry.status = status;
@@ -262,7 +304,6 @@ impl Shared {
         if dirty {
             self.persist(entry);
         }
-        Ok(())
     }
 
     /// Writes the entry's status file (atomically, never through a link:

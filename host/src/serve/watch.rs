@@ -6,8 +6,11 @@
 //! Symbolic links and special files under a rollout name are listed as refused, never read
 //! ([`files::read_regular`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rollgate_plugin::policy::spec::PolicySpec;
 
 use super::files::{self, ReadError};
 use super::registry::{status_path, Entry, Shared, State, StatusFile};
@@ -58,7 +61,26 @@ fn short(path: &Path) -> String {
         .into_owned()
 }
 
+/// A changed file, read and checked without the lock.
+struct Changed {
+    file: PathBuf,
+    content: String,
+    result: Result<Plan, String>,
+    /// For a file new to the sidecar: its status file, with the policy in it accepted.
+    saved: Option<Saved>,
+}
+
+struct Saved {
+    file: StatusFile,
+    policy: Option<(PolicySpec, Arc<String>)>,
+}
+
 /// Reads the directory once and applies what changed.
+///
+/// Reading, parsing, validating and compiling (seconds for a large Rollout) run without the
+/// lock that serves the API; only the swap of the results into the state holds it. The
+/// entries' files and contents change only here, on the control thread (and in `start`
+/// before it runs), so what was read against the state copied at the start still applies.
 pub fn scan(shared: &Arc<Shared>) {
     let files = match rollout_files(&shared.config.dir) {
         Ok(f) => f,
@@ -67,19 +89,16 @@ pub fn scan(shared: &Arc<Shared>) {
             return;
         }
     };
-    let mut st = shared.lock();
-    let gone: Vec<PathBuf> = st
+    let known: HashMap<PathBuf, String> = shared
+        .lock()
         .entries
-        .keys()
-        .filter(|k| !files.contains(k))
-        .cloned()
+        .iter()
+        .map(|(k, e)| (k.clone(), e.content.clone()))
         .collect();
-    for key in gone {
-        remove(shared, &mut st, &key);
-    }
-    for file in files {
+    let mut changed = Vec::new();
+    for file in &files {
         // A file that vanished meanwhile is looked at again next time.
-        let Some(read) = read_rollout(&file) else {
+        let Some(read) = read_rollout(file) else {
             continue;
         };
         // A refused file's fingerprint is its reason: reported once, not at every scan.
@@ -87,10 +106,44 @@ pub fn scan(shared: &Arc<Shared>) {
             Ok(text) => fingerprint(text.as_bytes()),
             Err(why) => format!("refused: {why}"),
         };
-        if st.entries.get(&file).is_some_and(|e| e.content == content) {
+        if known.get(file) == Some(&content) {
             continue;
         }
-        load(shared, &mut st, &file, read, content);
+        let result = read.and_then(|text| validate::load(&text).map_err(|e| e.to_string()));
+        let saved = if known.contains_key(file) {
+            None
+        } else {
+            read_saved(shared, file)
+        };
+        changed.push(Changed {
+            file: file.clone(),
+            content,
+            result,
+            saved,
+        });
+    }
+    let mut events = Vec::new();
+    {
+        let mut st = shared.lock();
+        let gone: Vec<PathBuf> = st
+            .entries
+            .keys()
+            .filter(|k| !files.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            remove(shared, &mut st, &key);
+        }
+        for c in changed {
+            let file = c.file.clone();
+            if let Some(event) = load(shared, &mut st, c) {
+                events.push((file, event));
+            }
+        }
+    }
+    for (file, event) in events {
+        // Not a command: SpecChanged and Resumed are never refused.
+        let _ = shared.apply(&file, event, Timestamp::now());
     }
 }
 
@@ -109,7 +162,8 @@ fn remove(shared: &Arc<Shared>, st: &mut State, key: &Path) {
     shared.changed.notify_all();
 }
 
-fn read_status_file(shared: &Shared, file: &Path) -> Option<StatusFile> {
+/// The status file of `file`, with its policy accepted by the filter's compiler (or dropped).
+fn read_saved(shared: &Shared, file: &Path) -> Option<Saved> {
     let path = status_path(file);
     let bytes = match files::read_regular(&path, MAX_STATUS_BYTES) {
         Ok(b) => b,
@@ -119,46 +173,49 @@ fn read_status_file(shared: &Shared, file: &Path) -> Option<StatusFile> {
             return None;
         }
     };
-    match serde_json::from_slice(&bytes) {
-        Ok(sf) => Some(sf),
+    let sf: StatusFile = match serde_json::from_slice(&bytes) {
+        Ok(sf) => sf,
         Err(e) => {
             // serde_json's message names a line and column, never the content.
             shared.log(&format!("ignoring {}: {e}", short(&path)));
-            None
+            return None;
         }
-    }
+    };
+    let policy = sf.policy.clone().and_then(|p| {
+        let json = crate::rollout::accept_rendered(&p).ok()?;
+        Some((p, Arc::new(json)))
+    });
+    Some(Saved { file: sf, policy })
 }
 
-fn load(
-    shared: &Arc<Shared>,
-    st: &mut State,
-    file: &Path,
-    read: Result<String, String>,
-    content: String,
-) {
-    let result = read
-        .and_then(|text| validate::load(&text).map_err(|e| e.to_string()))
-        .and_then(|plan| {
-            match st
-                .entries
-                .values()
-                .find(|e| e.file != file && e.name.as_deref() == Some(&plan.name))
-            {
-                Some(other) => Err(format!(
-                    "metadata.name: '{}' is already the name of {}",
-                    plan.name,
-                    short(&other.file)
-                )),
-                None => Ok(plan),
-            }
-        });
+/// Swaps a changed file's outcome into the state; returns the event to apply to it then.
+fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event> {
+    let Changed {
+        file,
+        content,
+        result,
+        saved,
+    } = changed;
+    let file = file.as_path();
+    let result = result.and_then(|plan| {
+        match st
+            .entries
+            .values()
+            .find(|e| e.file != file && e.name.as_deref() == Some(&plan.name))
+        {
+            Some(other) => Err(format!(
+                "metadata.name: '{}' is already the name of {}",
+                plan.name,
+                short(&other.file)
+            )),
+            None => Ok(plan),
+        }
+    });
     if !st.entries.contains_key(file) {
-        let entry = restore(shared, st, file, &result);
+        let entry = restore(st, file, &result, saved);
         st.entries.insert(file.to_path_buf(), entry);
     }
-    let Some(entry) = st.entries.get_mut(file) else {
-        return;
-    };
+    let entry = st.entries.get_mut(file)?;
     entry.content = content;
     let plan = match result {
         Ok(plan) => plan,
@@ -172,7 +229,7 @@ fn load(
             shared.log(&format!("{}: invalid, {keeps}: {why}", short(file)));
             entry.error = Some(why);
             shared.persist(entry);
-            return;
+            return None;
         }
     };
     let renamed = entry.name.as_ref().filter(|n| **n != plan.name).cloned();
@@ -201,22 +258,21 @@ fn load(
     ));
     entry.name = Some(plan.name.clone());
     entry.plan = Some(plan);
-    let had_error = entry.error.take().is_some();
-    let before = entry.status.clone();
-    // Not a command: SpecChanged and Resumed are never refused.
-    let _ = shared.apply(st, file, event, Timestamp::now());
-    if let Some(e) = st.entries.get(file) {
-        if had_error && e.status == before {
-            shared.persist(e);
-        }
+    if entry.error.take().is_some() {
+        // The error clears from the status file even if the status does not change.
+        shared.persist(entry);
     }
+    Some(event)
 }
 
 /// A new entry for `file`: from its status file if there is one (a restart resumes where it
 /// was, at the same version), else from scratch, counting versions on from a deleted
 /// rollout of the same name.
-fn restore(shared: &Shared, st: &State, file: &Path, result: &Result<Plan, String>) -> Entry {
-    let sf = read_status_file(shared, file);
+fn restore(st: &State, file: &Path, result: &Result<Plan, String>, saved: Option<Saved>) -> Entry {
+    let (sf, policy) = match saved {
+        Some(s) => (Some(s.file), s.policy),
+        None => (None, None),
+    };
     let name = result
         .as_ref()
         .ok()
@@ -236,10 +292,7 @@ fn restore(shared: &Shared, st: &State, file: &Path, result: &Result<Plan, Strin
         // version count.
         Some(sf) if sf.rollout.is_some() && sf.rollout == name => {
             entry.status = sf.status;
-            entry.policy = sf.policy.and_then(|p| {
-                let json = crate::rollout::accept_rendered(&p).ok()?;
-                Some((p, Arc::new(json)))
-            });
+            entry.policy = policy;
         }
         Some(sf) => entry.status.policy_version = sf.status.policy_version,
         None => {}
