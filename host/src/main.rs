@@ -12,9 +12,10 @@ commands:
   validate POLICY.json   check a policy (use - for standard input); prints ok or every error
   try --policy POLICY.json [--wasm FILE] [--workers N] [request flags | --requests FILE|-]
                          run requests through the compiled filter; prints JSON per request
-  serve --dir DIR [--listen ADDR] [--envoy-admin URL]...
+  serve --dir DIR [--listen ADDR] [--envoy-admin URL]... [--vanished-grace DURATION]
                          run the sidecar: walk the Rollouts in DIR and serve their policies
-                         (--listen default 127.0.0.1:8181); analysis reads each Envoy admin
+                         (--listen default 127.0.0.1:8181; a rollout whose file vanished is
+                         kept --vanished-grace, default 5m); analysis reads each Envoy admin
   serve --kubernetes [--prometheus URL | --envoy-admin URL...] [--lease-namespace NS] [--identity ID]
                          run the controller: drive every Rollout in the cluster (kubeconfig
                          or service account), write each policy into its WasmPlugin

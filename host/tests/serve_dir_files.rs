@@ -225,3 +225,67 @@ fn a_heavy_rollout_does_not_stall_the_api() {
     );
     assert_eq!(s.rollout("heavy")["status"]["currentStep"], 3);
 }
+
+/// Moving a rollout file out of the directory for a second deleted its status file, and the
+/// rollout started over from step 1 when it came back (a new policy version too). A vanished
+/// file now keeps its rollout for `--vanished-grace` (default 5m): shown as gone meanwhile,
+/// its policy still served; back in time, it continues at the same step and version.
+#[test]
+fn a_file_moved_out_and_back_continues_where_it_was() {
+    let dir = TempDir::new("vanish");
+    let away = TempDir::new("vanish-away");
+    dir.write("flask.yaml", SEED);
+    let s = Sidecar::start(&dir.0, &[]);
+    assert_eq!(s.post("/v1/rollouts/flask/promote").status, 200);
+    let before = s.rollout("flask")["status"].clone();
+    assert_eq!(before["currentStep"], 3);
+    assert_eq!(before["policyVersion"], 2);
+
+    std::fs::rename(dir.path("flask.yaml"), away.path("flask.yaml")).unwrap();
+    wait_until("the file to be seen gone", WAIT, || {
+        s.rollout("flask")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("flask.yaml is gone from the directory"))
+    });
+    assert!(dir.path("flask.status.json").exists());
+    assert!(dir
+        .read("flask.status.json")
+        .contains("is gone from the directory"));
+    let r = s.get("/v1/policies/flask?wait=0s");
+    assert_eq!(r.status, 200, "still served");
+    assert_eq!(r.header("x-rollgate-version"), Some("2"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    std::fs::rename(away.path("flask.yaml"), dir.path("flask.yaml")).unwrap();
+    wait_until("the file to be back", WAIT, || {
+        s.rollout("flask")["error"].is_null()
+    });
+    let after = s.rollout("flask")["status"].clone();
+    assert_eq!(after, before, "same step, weight, attempt and version");
+    assert!(!dir.read("flask.status.json").contains("gone"));
+    assert!(s.logged("flask.yaml is back"), "{}", s.log_text());
+    assert_eq!(s.post("/v1/rollouts/flask/promote").status, 200);
+    assert_eq!(s.rollout("flask")["status"]["currentStep"], 5);
+}
+
+/// After `--vanished-grace` the rollout is deleted: no longer served, status file removed.
+#[test]
+fn a_file_gone_longer_than_the_grace_is_deleted() {
+    let dir = TempDir::new("vanish-grace");
+    dir.write("flask.yaml", SEED);
+    let s = Sidecar::start_with(&dir.0, &[], |c| {
+        c.vanished_grace = Duration::from_millis(1500)
+    });
+    std::fs::remove_file(dir.path("flask.yaml")).unwrap();
+    let gone = std::time::Instant::now();
+    wait_until("the rollout to be deleted", WAIT, || {
+        s.get("/v1/policies/flask?wait=0s").status == 404
+    });
+    assert!(
+        gone.elapsed() >= Duration::from_millis(1500),
+        "not before the grace"
+    );
+    assert!(!dir.path("flask.status.json").exists());
+    assert_eq!(s.get("/v1/rollouts/flask").status, 404);
+    assert!(s.logged("flask.yaml removed: rollout flask deleted"));
+}

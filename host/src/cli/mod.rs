@@ -201,6 +201,12 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
             "--dir" => dir = Some(value("--dir")?),
             "--listen" => config.listen = value("--listen")?,
             "--envoy-admin" => config.envoy_admin.push(value("--envoy-admin")?),
+            "--vanished-grace" => {
+                let v = value("--vanished-grace")?;
+                let ms = crate::rollout::time::parse_ms(&v)
+                    .map_err(|e| CliError::Usage(format!("serve: --vanished-grace: {e}")))?;
+                config.vanished_grace = std::time::Duration::from_millis(ms);
+            }
             other => {
                 return Err(CliError::Usage(format!(
                     "serve: unknown argument '{other}'"
@@ -244,6 +250,10 @@ mod tests {
         assert_eq!(c.dir, std::path::PathBuf::from("/r"));
         assert_eq!(c.listen, "0.0.0.0:9");
         assert_eq!(c.envoy_admin, ["http://a:1", "http://b:2"]);
+        assert_eq!(c.vanished_grace, crate::serve::DEFAULT_VANISHED_GRACE);
+        let c = serve_config(&strings(&["--dir", "d", "--vanished-grace", "90s"])).unwrap();
+        assert_eq!(c.vanished_grace, std::time::Duration::from_secs(90));
+        assert!(serve_config(&strings(&["--dir", "d", "--vanished-grace", "soon"])).is_err());
         assert!(serve_config(&strings(&["--listen", "x"])).is_err());
         assert!(serve_config(&strings(&["--dir"])).is_err());
         assert!(serve_config(&strings(&["--dir", "d", "--bogus"])).is_err());

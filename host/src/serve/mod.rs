@@ -34,6 +34,9 @@ use crate::rollout::{Event, Timestamp};
 
 /// Default `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8181";
+/// Default `--vanished-grace`: long enough for an editor, a `git checkout` or a move out and
+/// back; short enough that a deleted rollout stops being served soon.
+pub const DEFAULT_VANISHED_GRACE: Duration = Duration::from_secs(300);
 /// A connection idle this long between requests is closed (clients reconnect).
 const IDLE: Duration = Duration::from_secs(300);
 
@@ -50,13 +53,17 @@ pub struct Config {
     pub scan_interval: Duration,
     /// How often the gateways' stats are read (breaker trips are seen this fast).
     pub scrape_interval: Duration,
+    /// How long a rollout whose file vanished keeps its status (and its policy served):
+    /// a file moved out and back within it continues where it was. Zero deletes at once.
+    pub vanished_grace: Duration,
     /// Where log lines go (standard error if `None`).
     pub log: Option<Logger>,
 }
 
 impl Config {
     /// Defaults for `dir`: listen on [`DEFAULT_LISTEN`], re-read every 500 ms, read stats
-    /// every second, log to standard error.
+    /// every second, keep a vanished rollout [`DEFAULT_VANISHED_GRACE`], log to standard
+    /// error.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
@@ -64,6 +71,7 @@ impl Config {
             envoy_admin: Vec::new(),
             scan_interval: Duration::from_millis(500),
             scrape_interval: Duration::from_secs(1),
+            vanished_grace: DEFAULT_VANISHED_GRACE,
             log: None,
         }
     }
@@ -75,6 +83,7 @@ impl std::fmt::Debug for Config {
             .field("dir", &self.dir)
             .field("listen", &self.listen)
             .field("envoy_admin", &self.envoy_admin)
+            .field("vanished_grace", &self.vanished_grace)
             .finish_non_exhaustive()
     }
 }

@@ -61,6 +61,8 @@ pub struct Entry {
     pub policy: Option<(PolicySpec, Arc<String>)>,
     /// Why the file is refused, if it is.
     pub error: Option<String>,
+    /// Since when the file is gone from the directory, if it is (kept for the grace).
+    pub gone_since: Option<std::time::Instant>,
 }
 
 impl Entry {

@@ -1,7 +1,9 @@
 //! The rollout directory: every `*.yaml`/`*.yml` file is one Rollout (files starting with
 //! `.` are ignored). Polled (no inotify dependency): a file whose content changed is reloaded,
-//! a new one is loaded (resuming from its status file if there is one), a removed one is
-//! dropped together with its status file.
+//! a new one is loaded (resuming from its status file if there is one). A removed one is
+//! kept, status and policy, for `--vanished-grace` (shown with an error saying its file is
+//! gone), so a file moved out and back continues where it was; after that it is dropped
+//! together with its status file.
 //!
 //! Symbolic links and special files under a rollout name are listed as refused, never read
 //! ([`files::read_regular`]).
@@ -9,12 +11,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rollgate_plugin::policy::spec::PolicySpec;
 
 use super::files::{self, ReadError};
 use super::registry::{status_path, Entry, Shared, State, StatusFile};
 use crate::rollout::plan::fingerprint;
+use crate::rollout::time::human_ms;
 use crate::rollout::{validate, Event, Plan, RolloutStatus, Timestamp};
 
 /// Largest rollout file read (the rendered policy has the same bound).
@@ -93,6 +97,8 @@ pub fn scan(shared: &Arc<Shared>) {
         .lock()
         .entries
         .iter()
+        // A vanished file that is back is read again whatever its content.
+        .filter(|(_, e)| e.gone_since.is_none())
         .map(|(k, e)| (k.clone(), e.content.clone()))
         .collect();
     let mut changed = Vec::new();
@@ -113,6 +119,8 @@ pub fn scan(shared: &Arc<Shared>) {
         let saved = if known.contains_key(file) {
             None
         } else {
+            // Only a file the sidecar has no entry for (a vanished one that is back keeps
+            // its entry, which is newer than its status file).
             read_saved(shared, file)
         };
         changed.push(Changed {
@@ -131,8 +139,9 @@ pub fn scan(shared: &Arc<Shared>) {
             .filter(|k| !files.contains(k))
             .cloned()
             .collect();
+        let grace = shared.config.vanished_grace;
         for key in gone {
-            remove(shared, &mut st, &key);
+            vanished(shared, &mut st, &key, grace);
         }
         for c in changed {
             let file = c.file.clone();
@@ -145,6 +154,32 @@ pub fn scan(shared: &Arc<Shared>) {
         // Not a command: SpecChanged and Resumed are never refused.
         let _ = shared.apply(&file, event, Timestamp::now());
     }
+}
+
+/// The file of the entry at `key` is not in the directory: the entry is kept for `grace`
+/// (its policy served, its status file kept, its error saying so), then removed.
+fn vanished(shared: &Arc<Shared>, st: &mut State, key: &Path, grace: Duration) {
+    let Some(e) = st.entries.get_mut(key) else {
+        return;
+    };
+    match e.gone_since {
+        _ if grace.is_zero() => {}
+        None => {
+            e.gone_since = Some(Instant::now());
+            let why = format!(
+                "{} is gone from the directory: the rollout is kept for {}, then deleted",
+                short(key),
+                human_ms(grace.as_millis() as u64)
+            );
+            shared.log(&why);
+            e.error = Some(why);
+            shared.persist(e);
+            return;
+        }
+        Some(since) if since.elapsed() < grace => return,
+        Some(_) => {}
+    }
+    remove(shared, st, key);
 }
 
 fn remove(shared: &Arc<Shared>, st: &mut State, key: &Path) {
@@ -216,6 +251,9 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
         st.entries.insert(file.to_path_buf(), entry);
     }
     let entry = st.entries.get_mut(file)?;
+    if entry.gone_since.take().is_some() {
+        shared.log(&format!("{} is back", short(file)));
+    }
     entry.content = content;
     let plan = match result {
         Ok(plan) => plan,
@@ -286,6 +324,7 @@ fn restore(st: &State, file: &Path, result: &Result<Plan, String>, saved: Option
         status: RolloutStatus::default(),
         policy: None,
         error: None,
+        gone_since: None,
     };
     match sf {
         // The status of another rollout (the file now names a different one) only lends its
