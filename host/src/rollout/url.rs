@@ -20,6 +20,21 @@ impl HttpUrl {
     /// Parses `http://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
         let quoted = excerpt(url);
+        // The URL goes into a request line and a `Host` header as it is: CR/LF would inject
+        // headers, a space split the request line. Only visible ASCII (RFC 3986 needs no more;
+        // other characters are percent-encoded).
+        if let Some((i, c)) = url.chars().enumerate().find(|(_, c)| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "character {} of '{quoted}' is {}: a URL is visible ASCII only \
+                 (percent-encode the rest)",
+                i + 1,
+                match c {
+                    ' ' => "a space".to_string(),
+                    c if c.is_control() => format!("the control character {}", c.escape_debug()),
+                    c => format!("'{c}', not ASCII"),
+                }
+            ));
+        }
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             if url.starts_with("https://") {
                 format!("'{quoted}': only http:// is supported")

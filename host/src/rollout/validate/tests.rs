@@ -408,3 +408,28 @@ fn errors_never_echo_the_file() {
     );
     assert!(report.ends_with("; and 10 more problems"), "{report}");
 }
+
+/// A webhook URL is sent as the request line and the `Host` header: CR, LF, spaces, other
+/// control characters or non-ASCII in it (`http://evil\r\nX-Injected:80/x` was accepted, its
+/// host written into the `Host` header) are refused with the field path and the position.
+#[test]
+fn webhook_urls_are_visible_ascii() {
+    for (url, position) in [
+        ("http://evil\\r\\nX-Injected:80/x", 12),
+        ("http://a b/x", 9),
+        ("http://jobs/x\\ty", 14),
+        ("http://jöbs/x", 9),
+        ("http://jobs/x\\u007f", 14),
+    ] {
+        let doc = edit(
+            "- setWeight: 50",
+            &format!("- webhook: {{ url: \"{url}\" }}\n      - setWeight: 50"),
+        );
+        assert_error(
+            &doc,
+            &format!("spec.strategy.steps[2].webhook.url: character {position}"),
+        );
+        let report = load(&doc).unwrap_err().to_string();
+        assert!(!report.contains('\r') && !report.contains('\n'), "{report}");
+    }
+}
