@@ -1,14 +1,18 @@
-//! `rollgate`: the command line, and later the wasmtime host, sidecar and controller.
+//! `rollgate`: the command line, the wasmtime host, the sidecar and the controller.
 //!
-//! Data flow today: the CLI reads a policy file and hands it to the filter's own compiler
-//! ([`rollgate_plugin::policy::Policy`]), so `rollgate validate` accepts exactly what the
-//! filter accepts inside Envoy, with the same messages.
+//! Policies: `rollgate validate` hands a policy or filter configuration to the filter's own
+//! acceptance functions ([`rollgate_plugin::config::accept_config`],
+//! [`rollgate_plugin::policy::accept_policy`]), so it accepts exactly what the filter accepts
+//! inside Envoy, with the same messages. [`wasmhost`] runs the filter's `.wasm` in-process on
+//! wasmtime as Envoy would; `rollgate try` ([`try_cmd`]) feeds it requests.
 //!
 //! Releases: [`rollout`] holds the `Rollout` resource and the two pure functions that drive
 //! it (render: spec + status → policy; step: status + event → status + effects);
 //! [`serve`] is the sidecar (`rollgate serve --dir`) that runs them over a directory of
 //! Rollout files, long-polls policies to the filters, and reads the gateways' stats for
-//! analysis; [`cli`] is `serve` and the client side of `promote`, `abort`, `retry`, `status`.
+//! analysis; [`kube`] is the same over Rollout resources in a cluster (`serve --kubernetes`,
+//! with leader election); [`cli`] is `serve` and the client side of `promote`, `abort`,
+//! `retry`, `status`.
 
 pub mod cli;
 pub mod kube;

@@ -125,6 +125,51 @@ async fn unchanged_rollout_writes_nothing_the_second_time() {
     );
 }
 
+#[tokio::test]
+async fn a_deleted_rollout_is_forgotten() {
+    let (client, _) = api_server(server_error);
+    let ctx = Context::new(client, None);
+    let err = controller::reconcile(Arc::new(rollout()), ctx.clone())
+        .await
+        .unwrap_err();
+    controller::error_policy(Arc::new(rollout()), &err, ctx.clone());
+    let uid = rollout().metadata.uid.unwrap_or_default();
+    let other = ("shop/other".to_string(), "u2".to_string());
+    assert_eq!(
+        ctx.forget_all_but(&[other.clone(), ("shop/flask".into(), uid)]),
+        1
+    );
+    assert_eq!(
+        ctx.forget_all_but(&[other]),
+        0,
+        "its back-off count is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_controller_neither_reapplies_nor_bumps_an_unchanged_policy() {
+    let (client, seen) = api_server(ok);
+    controller::reconcile(Arc::new(rollout()), Context::new(client.clone(), None))
+        .await
+        .unwrap();
+    let status = seen.lock().unwrap()[1].body["status"].clone();
+    assert_eq!(status["policyVersion"], 1);
+    let mut ro = rollout();
+    ro.status = Some(serde_json::from_value(status).unwrap());
+    let before = seen.lock().unwrap().len();
+    // A new process (or the new leader after a fail-over): nothing in memory.
+    controller::reconcile(Arc::new(ro), Context::new(client, None))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        before,
+        "same policy, nothing to write; got {:#?}",
+        &seen[before..]
+    );
+}
+
 fn status_conflicts(uri: &str) -> u16 {
     if uri.contains("/status") {
         409
@@ -257,6 +302,7 @@ async fn a_failing_canary_measured_by_prometheus_is_aborted() {
 async fn aborts_a_failing_canary(source: Source) {
     let (client, seen) = api_server(ok);
     let ctx = Context::with_analysis(client, None, source);
+    let forget = ctx.clone();
     let mut ro = rollout();
     let analysis = ro.spec.strategy.analysis.as_mut().unwrap();
     analysis.interval = Some("200ms".into());
@@ -288,4 +334,8 @@ async fn aborts_a_failing_canary(source: Source) {
     assert_eq!(seen[2].body["type"], "Warning");
     let note = seen[2].body["note"].as_str().unwrap();
     assert!(note.contains("success-rate"), "{note}");
+    // What was read of it is kept while it exists, and forgotten once it is deleted.
+    let uid = rollout().metadata.uid.unwrap_or_default();
+    assert_eq!(forget.forget_all_but(&[("shop/flask".into(), uid)]), 1);
+    assert_eq!(forget.forget_all_but(&[]), 0);
 }

@@ -109,6 +109,110 @@ async fn a_server_error_is_an_error_not_leadership() {
     task.await.unwrap();
 }
 
+/// What the controller did while leading, and when (virtual time).
+type Log = std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, &'static str)>>>;
+
+/// The lease API for a leader that acquired at t=0: the first renewal succeeds, every later
+/// one fails with 500 (`hang`: is never answered). Logs each request's time and outcome.
+fn flaky_api(log: Log, hang: bool) -> Client {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        let mut renewals = 0;
+        let mut held = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let now = tokio::time::Instant::now();
+            let (code, body) = match (req.method().as_str(), renewals) {
+                ("GET", _) if renewals >= 1 && hang => {
+                    log.lock().unwrap().push((now, "renewal hangs"));
+                    held.push(send);
+                    continue;
+                }
+                ("GET", _) if renewals >= 1 => {
+                    log.lock().unwrap().push((now, "renewal fails"));
+                    (500, status(500))
+                }
+                ("GET", _) => (200, lease("pod-a", 0)),
+                _ => {
+                    renewals += 1;
+                    log.lock().unwrap().push((now, "renewed"));
+                    (200, lease("pod-a", 0))
+                }
+            };
+            let resp = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap();
+            send.send_response(resp);
+        }
+    });
+    Client::new(mock, "rollgate-system")
+}
+
+/// A leader whose renewals stop succeeding (failing or hanging) stops acting before its lease
+/// can expire: no controller write after the last successful renewal plus the renew deadline,
+/// which is shorter than the 15 s after which another replica may take the lease over.
+async fn leader_steps_down(hang: bool) {
+    let log: Log = Default::default();
+    let lock = lock(flaky_api(log.clone(), hang));
+    let start = tokio::time::Instant::now();
+    let work_log = log.clone();
+    let work = async move {
+        loop {
+            work_log
+                .lock()
+                .unwrap()
+                .push((tokio::time::Instant::now(), "controller write"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        rollgate::kube::run::lead(&lock, work),
+    )
+    .await;
+    let log = log.lock().unwrap().clone();
+    let at = |t: tokio::time::Instant| t.duration_since(start).as_secs_f64();
+    let mut renewed = log.iter().filter(|e| e.1 == "renewed").map(|e| at(e.0));
+    let last_renewal = renewed.next_back().expect("one renewal succeeded");
+    let last_write = log
+        .iter()
+        .filter(|e| e.1 == "controller write")
+        .map(|e| at(e.0))
+        .next_back()
+        .unwrap();
+    let failures = log
+        .iter()
+        .filter(|e| e.1 != "renewed" && e.1 != "controller write");
+    assert!(
+        failures.count() >= 1,
+        "renewals were attempted after the last success"
+    );
+    let Ok(result) = outcome else {
+        panic!(
+            "still leading 60 s later; last renewal at {last_renewal} s, last write {last_write} s"
+        );
+    };
+    assert!(
+        matches!(result, Err(rollgate::kube::controller::Error::LostLease)),
+        "{result:?}"
+    );
+    // Another replica may take over 15 s (the lease) after the last renewal it saw.
+    assert!(
+        last_write <= last_renewal + 10.0,
+        "wrote at {last_write} s; last renewal {last_renewal} s; lease 15 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_renewals_fail_stops_writing_before_the_lease_expires() {
+    leader_steps_down(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_renewal_hangs_stops_writing_before_the_lease_expires() {
+    leader_steps_down(true).await;
+}
+
 #[test]
 fn options_come_from_the_downward_api_and_flags() {
     use rollgate::kube::run::parse_options;

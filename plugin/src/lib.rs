@@ -5,8 +5,10 @@
 //! [`rule::Matcher`]s, splits into bucket ranges). Each request's header map is read once into
 //! a borrowed [`request::Request`]; [`policy::Policy::decide`] picks the variant (first matching
 //! route; sticky splits bucket a user key with [`sticky::bucket`]); the glue in `filter` strips
-//! client-sent internal headers, writes the cluster and variant headers, and asks Envoy to
-//! re-match the route. Everything but `filter` is plain Rust, tested natively.
+//! client-sent internal headers and writes the cluster and variant headers, which the route
+//! configuration reads (no `clear_route_cache` call: Envoy re-matches by itself after a header
+//! change by a filter of ABI 0.2.1, see `filter/http.rs`). Everything but `filter` is plain
+//! Rust, tested natively.
 
 pub mod breaker;
 pub mod config;

@@ -146,11 +146,6 @@ impl<'a> Request<'a> {
         self.header_values(name).next()
     }
 
-    /// Whether any header in the request has this name.
-    pub fn has_header(&self, name: &[u8]) -> bool {
-        self.header(name).is_some()
-    }
-
     /// Every cookie value named `name`, across all `Cookie` headers.
     pub fn cookie_values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'a [u8]> + 's {
         self.header_values(b"cookie").flat_map(move |h| {

@@ -45,6 +45,14 @@ impl Analyzer {
         }
     }
 
+    /// Drops what was read of rollouts (`ns/name`) that `live` says are gone; how many remain.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) -> usize {
+        self.trackers.lock().map_or(0, |mut t| {
+            t.retain(|key, _| live(key));
+            t.len()
+        })
+    }
+
     /// The analysis events due for rollout `key` now.
     pub async fn events(&self, key: &str, plan: &Plan, status: &RolloutStatus) -> Vec<Event> {
         let watched = plan.analysis.is_some() || !plan.canary_breakers.is_empty();

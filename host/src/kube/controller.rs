@@ -25,6 +25,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::rollout::plan::fingerprint;
 use crate::rollout::{
     accept_rendered, render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus,
     Timestamp,
@@ -74,8 +75,6 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per rollout (`ns/name`), for the back-off.
     failures: Mutex<HashMap<String, u32>>,
-    /// The policy last applied per rollout, so `policyVersion` grows only on a real change.
-    applied: Mutex<HashMap<String, String>>,
     /// Analysis from the gateways' stats (`--envoy-admin`, `--prometheus`).
     analyzer: Analyzer,
     /// Webhook steps: the calls in flight and their answers.
@@ -98,10 +97,25 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             failures: Mutex::default(),
-            applied: Mutex::default(),
             analyzer: Analyzer::new(source),
             webhooks: Webhooks::default(),
         })
+    }
+}
+
+impl Context {
+    /// Forgets every rollout not in `live` (`(ns/name, uid)` of the Rollouts that exist):
+    /// without a finalizer a deleted Rollout is never reconciled again, so its back-off count,
+    /// analysis baseline and webhook answers would otherwise stay for the life of the process.
+    /// Returns how many per-rollout entries remain.
+    pub fn forget_all_but(&self, live: &[(String, String)]) -> usize {
+        let key_live = |k: &str| live.iter().any(|(key, _)| key == k);
+        let uid_live = |u: &str| live.iter().any(|(_, uid)| uid == u);
+        let failures = self.failures.lock().map_or(0, |mut f| {
+            f.retain(|k, _| key_live(k));
+            f.len()
+        });
+        failures + self.analyzer.retain(key_live) + self.webhooks.retain(uid_live)
     }
 }
 
@@ -243,15 +257,13 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let policy = serde_json::to_value(rendered)?;
-    let text = policy.to_string();
-    let changed = ctx
-        .applied
-        .lock()
-        .map(|m| m.get(&key) != Some(&text))
-        .unwrap_or(true);
-    if changed {
+    // Compared with the fingerprint stored in the status, not with memory: level-triggered,
+    // so a restart or a fail-over neither re-applies nor bumps the version.
+    let digest = fingerprint(policy.to_string().as_bytes());
+    if old.applied_policy.as_deref() != Some(digest.as_str()) {
         apply_policy(&ctx.client, &ns, &wasmplugin_name(&ro), &policy).await?;
         status.policy_version = old.policy_version.max(status.policy_version) + 1;
+        status.applied_policy = Some(digest);
     }
     if status != old {
         apply_status(
@@ -262,9 +274,6 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
             &status,
         )
         .await?;
-    }
-    if let Ok(mut m) = ctx.applied.lock() {
-        m.insert(key.clone(), text);
     }
     // Only now that the status is stored: its webhook call (the engine's `Resumed`
     // re-issues the call a status waits on, which also covers a restart or a new leader;

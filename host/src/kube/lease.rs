@@ -2,6 +2,9 @@
 //! renews `renewTime` every third of the lease's duration; another replica takes over only
 //! once a renewal is overdue. Writes carry the `resourceVersion` read, so of two replicas
 //! racing for an expired lease exactly one wins (the other gets 409).
+//!
+//! A leader that cannot renew stops acting at its renew deadline (two thirds of the lease,
+//! client-go's 10 s of 15 s), so it has stopped before any other replica may take over.
 
 use std::time::Duration;
 
@@ -35,6 +38,18 @@ impl LeaseLock {
     /// How often the holder renews.
     pub fn renew_every(&self) -> Duration {
         self.ttl / 3
+    }
+
+    /// How long after its last successful renewal a leader may go on acting: client-go's
+    /// `RenewDeadline` (10 s for a 15 s lease, `leaderelection.go` defaults). The third left
+    /// over covers clock skew and a write already in flight when the deadline passes.
+    pub fn renew_deadline(&self) -> Duration {
+        self.ttl * 2 / 3
+    }
+
+    /// How soon a failed renewal is tried again: client-go's `RetryPeriod` (2 s of 15 s).
+    pub fn retry_every(&self) -> Duration {
+        self.ttl * 2 / 15
     }
 
     /// Takes or renews the lease; `Ok(true)` when this replica holds it now.

@@ -40,6 +40,14 @@ fn awaited(call: &Call, status: &RolloutStatus) -> bool {
 }
 
 impl Webhooks {
+    /// Drops the slots of rollouts whose UID `live` says is gone; how many slots remain.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) -> usize {
+        self.slots.lock().map_or(0, |mut slots| {
+            slots.retain(|uid, _| live(uid));
+            slots.len()
+        })
+    }
+
     /// The answer to the call `status` waits on, as the engine event, once it came.
     pub fn answer(&self, key: &str, status: &RolloutStatus) -> Option<Event> {
         let slots = self.slots.lock().ok()?;

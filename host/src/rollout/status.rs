@@ -74,6 +74,11 @@ pub struct RolloutStatus {
     /// What is going on, for people.
     #[serde(default)]
     pub message: String,
+    /// The controller's fingerprint of the policy it last wrote to the WasmPlugin, so a
+    /// restarted controller or a new leader bumps `policyVersion` only for a policy that
+    /// really changed (the sidecar keeps its versions itself and leaves this out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_policy: Option<String>,
 }
 
 /// How a measurement came out.

@@ -207,6 +207,7 @@ pub(super) fn request_sources(
     sources
 }
 
+/// An RFC 9110 `token`: what a header (or cookie) name may be.
 pub(super) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -482,11 +483,8 @@ fn compile_sticky(
     }
     if let Some(name) = &s.assign_cookie {
         errs.check_len(format!("{path}.assign_cookie"), name);
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b));
-        if !ok {
+        // A cookie name is an RFC 6265 token, as a header name is (RFC 9110 `token`).
+        if !valid_header_name(name) {
             errs.push(
                 format!("{path}.assign_cookie"),
                 format!("invalid cookie name '{name}'"),

@@ -86,8 +86,9 @@ impl RateLimit {
         self.matcher.as_ref().is_none_or(|m| m.matches(req))
     }
 
-    /// The fingerprint of the request's key; without the key, of its client address (never
-    /// one bucket shared by every keyless request).
+    /// The fingerprint of the request's key; without the key, of its client address, so
+    /// keyless requests share a bucket only with their own client's. Requests with neither
+    /// (no key and no known address) all share the one bucket of the empty address.
     pub fn key_fingerprint(&self, req: &Request<'_>) -> u64 {
         if let Some(k) = self.source.extract(req) {
             let kind = match self.source {
