@@ -14,10 +14,12 @@ commands:
                          run requests through the compiled filter; prints JSON per request
   serve --dir DIR [--listen ADDR] [--envoy-admin URL]... [--token-file PATH]
         [--tls-cert CHAIN.pem --tls-key KEY.pem] [--max-connections 256]
+        [--vanished-grace DURATION]
                          run the sidecar: walk the Rollouts in DIR and serve their policies
                          (--listen default 127.0.0.1:8181); analysis reads each Envoy admin;
                          with a token (--token-file or $ROLLGATE_TOKEN) commands must carry
-                         it, and a non-loopback --listen needs one
+                         it, and a non-loopback --listen needs one; a rollout whose file
+                         vanished is kept --vanished-grace (default 5m)
   serve --kubernetes [--prometheus URL | --envoy-admin URL...] [--lease-namespace NS] [--identity ID]
                          run the controller: drive every Rollout in the cluster (kubeconfig
                          or service account), write each policy into its WasmPlugin

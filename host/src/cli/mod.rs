@@ -348,6 +348,12 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
             "--tls-cert" => cert = Some(value("--tls-cert")?),
             "--tls-key" => key = Some(value("--tls-key")?),
             "--envoy-admin" => config.envoy_admin.push(value("--envoy-admin")?),
+            "--vanished-grace" => {
+                let v = value("--vanished-grace")?;
+                let ms = crate::rollout::time::parse_ms(&v)
+                    .map_err(|e| CliError::Usage(format!("serve: --vanished-grace: {e}")))?;
+                config.vanished_grace = std::time::Duration::from_millis(ms);
+            }
             other => {
                 return Err(CliError::Usage(format!(
                     "serve: unknown argument '{other}'"
@@ -406,6 +412,10 @@ mod tests {
         let c = serve_config(&strings(&["--dir", "d", "--max-connections", "1000"])).unwrap();
         assert_eq!(c.limits.max_connections, 1000);
         assert!(serve_config(&strings(&["--dir", "d", "--max-connections", "0"])).is_err());
+        assert_eq!(c.vanished_grace, crate::serve::DEFAULT_VANISHED_GRACE);
+        let c = serve_config(&strings(&["--dir", "d", "--vanished-grace", "90s"])).unwrap();
+        assert_eq!(c.vanished_grace, std::time::Duration::from_secs(90));
+        assert!(serve_config(&strings(&["--dir", "d", "--vanished-grace", "soon"])).is_err());
         assert!(serve_config(&strings(&["--listen", "x"])).is_err());
         assert!(serve_config(&strings(&["--dir"])).is_err());
         assert!(serve_config(&strings(&["--dir", "d", "--bogus"])).is_err());

@@ -5,12 +5,14 @@
 //! a control loop that re-reads the directory ([`watch`]) and ticks timed pauses; the
 //! analysis loop reading the gateways' stats ([`scrape`]); one thread per webhook call
 //! ([`webhook`]). All of them change rollouts only through [`registry::Shared::apply`],
-//! under one lock; long-polls wait on its condition variable and answer within
-//! milliseconds of a new version.
+//! under one lock, held only to read and swap state: parsing, validating and compiling run
+//! outside it, so no file or policy, however large, stalls the API. Long-polls wait on its
+//! condition variable and answer within milliseconds of a new version.
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod registry;
@@ -62,6 +64,9 @@ impl Default for Limits {
         }
     }
 }
+/// Default `--vanished-grace`: long enough for an editor, a `git checkout` or a move out and
+/// back; short enough that a deleted rollout stops being served soon.
+pub const DEFAULT_VANISHED_GRACE: Duration = Duration::from_secs(300);
 
 /// How to run the sidecar.
 #[derive(Clone)]
@@ -76,6 +81,9 @@ pub struct Config {
     pub scan_interval: Duration,
     /// How often the gateways' stats are read (breaker trips are seen this fast).
     pub scrape_interval: Duration,
+    /// How long a rollout whose file vanished keeps its status (and its policy served):
+    /// a file moved out and back within it continues where it was. Zero deletes at once.
+    pub vanished_grace: Duration,
     /// Where log lines go (standard error if `None`).
     pub log: Option<Logger>,
     /// The bearer token commands must carry; required to listen beyond loopback.
@@ -88,7 +96,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults for `dir`: listen on [`DEFAULT_LISTEN`], re-read every 500 ms, read stats
-    /// every second, log to standard error.
+    /// every second, keep a vanished rollout [`DEFAULT_VANISHED_GRACE`], log to standard
+    /// error.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
@@ -96,6 +105,7 @@ impl Config {
             envoy_admin: Vec::new(),
             scan_interval: Duration::from_millis(500),
             scrape_interval: Duration::from_secs(1),
+            vanished_grace: DEFAULT_VANISHED_GRACE,
             log: None,
             token: None,
             limits: Limits::default(),
@@ -113,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("token", &self.token)
             .field("limits", &self.limits)
             .field("tls", &self.tls)
+            .field("vanished_grace", &self.vanished_grace)
             .finish_non_exhaustive()
     }
 }
@@ -528,11 +539,10 @@ fn control(shared: &Arc<Shared>) {
             since_scan = Duration::ZERO;
             watch::scan(shared);
         }
-        let mut st = shared.lock();
-        let keys: Vec<PathBuf> = st.entries.keys().cloned().collect();
+        let keys: Vec<PathBuf> = shared.lock().entries.keys().cloned().collect();
         for key in keys {
             // Not a command: ticks are never refused.
-            let _ = shared.apply(&mut st, &key, Event::Tick, Timestamp::now());
+            let _ = shared.apply(&key, Event::Tick, Timestamp::now());
         }
     }
 }
