@@ -10,6 +10,7 @@ use std::fmt;
 
 use rollgate_plugin::policy::Policy;
 
+use super::parts::RuleSyntax;
 use super::plan::{fingerprint, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanStep};
 use super::render::render;
 use super::status::RolloutStatus;
@@ -156,11 +157,11 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
         errs.push("spec.canaryVariant", "must differ from stableVariant");
     }
     if let Some(rule) = &spec.rule {
-        if let Err(e) = rollgate_plugin::rule::compile(rule) {
+        if let Err(e) = compile_rule(rule, spec.rule_syntax) {
             errs.push("spec.match", e.to_string());
         }
     }
-    let steps = plan_steps(&spec.strategy.steps, &mut errs);
+    let steps = plan_steps(&spec.strategy.steps, spec.rule_syntax, &mut errs);
     let analysis = spec
         .strategy
         .analysis
@@ -205,7 +206,20 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
     })
 }
 
-fn plan_steps(steps: &[Step], errs: &mut Errors) -> Vec<PlanStep> {
+/// A rule in the rollout's `ruleSyntax` (guessed when it has none), as the filter reads it.
+fn compile_rule(
+    rule: &str,
+    syntax: Option<RuleSyntax>,
+) -> Result<rollgate_plugin::rule::Matcher, rollgate_plugin::rule::ParseError> {
+    let syntax = syntax.map(|s| match s {
+        RuleSyntax::V3 => rollgate_plugin::rule::Syntax::V3,
+        RuleSyntax::V2 => rollgate_plugin::rule::Syntax::V2,
+    });
+    let mut regexes = rollgate_plugin::limits::MAX_REGEXES;
+    rollgate_plugin::rule::compile_with(rule, syntax, &mut regexes)
+}
+
+fn plan_steps(steps: &[Step], syntax: Option<RuleSyntax>, errs: &mut Errors) -> Vec<PlanStep> {
     let mut out = Vec::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
         let at = format!("spec.strategy.steps[{i}]");
@@ -251,7 +265,7 @@ fn plan_steps(steps: &[Step], errs: &mut Errors) -> Vec<PlanStep> {
             }
         } else if let Some(h) = &s.set_header_route {
             if let Some(rule) = &h.rule {
-                if let Err(e) = rollgate_plugin::rule::compile(rule) {
+                if let Err(e) = compile_rule(rule, syntax) {
                     errs.push(format!("{at}.setHeaderRoute.match"), e.to_string());
                 }
             }

@@ -275,3 +275,31 @@ fn revision_tracks_the_release_not_the_edits() {
     let steps = load(&edit("- setWeight: 50", "- setWeight: 25")).unwrap();
     assert_ne!(steps.revision, base, "new steps start over");
 }
+
+#[test]
+fn rule_syntax_is_carried_and_checked() {
+    // Issue 13: `ruleSyntax` (Traefik's router option) on the Rollout, its routes and limits.
+    let v2 = load(&edit(
+        "  match: \"Host(`pro.coding`)\"",
+        "  match: \"Host(`pro.coding`)\"\n  ruleSyntax: v2",
+    ))
+    .unwrap();
+    let policy = render("flask", &v2.spec, &RolloutStatus::default());
+    assert_eq!(policy.rule_syntax.as_deref(), Some("v2"));
+    // Stated v3, the seed's header route (v2 `Headers`) is refused where it is written.
+    assert_error(
+        &edit(
+            "  match: \"Host(`pro.coding`)\"",
+            "  match: \"Host(`pro.coding`)\"\n  ruleSyntax: v3",
+        ),
+        "spec.strategy.steps[0].setHeaderRoute.match: column 1: unknown matcher 'Headers' in \
+         rule syntax v3 (a v2 matcher)",
+    );
+    assert_error(
+        &edit(
+            "    - match: \"Host(`dev.coding`)\"",
+            "    - match: \"Host(`dev.coding`)\"\n      ruleSyntax: v4",
+        ),
+        "spec.routes[0].ruleSyntax",
+    );
+}
