@@ -431,4 +431,41 @@ mod tests {
         assert_eq!(&*percent_decode(b"a%2Fb%zz%4"), b"a/b%zz%4");
         assert!(matches!(percent_decode(b"plain"), Cow::Borrowed(_)));
     }
+
+    #[test]
+    fn canonical_host_as_traefik_parses_it() {
+        // traefik pkg/middlewares/requestdecorator/request_decorator.go:50-65 (net.SplitHostPort,
+        // brackets dropped) and pkg/types/domains.go:56 (trimmed, lower-cased), fd5a576df2
+        let host = |a: &str| {
+            let req = Request::new(vec![(&b":authority"[..], a.as_bytes())], None);
+            String::from_utf8(req.canonical_host().into_owned()).unwrap()
+        };
+        assert_eq!(host("Example.COM:8443"), "example.com");
+        assert_eq!(host("example.com."), "example.com.");
+        assert_eq!(host("[::1]:80"), "::1");
+        assert_eq!(host("[::1]"), "::1");
+        assert_eq!(host("::1"), "::1");
+        assert_eq!(host("a:b"), "a");
+        assert_eq!(host(" a "), "a");
+    }
+
+    #[test]
+    fn routing_path_decodes_all_but_reserved_escapes() {
+        // traefik pkg/muxer/http/mux_test.go:676-712 (TestRoutingPath), fd5a576df2
+        let path = |p: &str| {
+            let req = Request::new(vec![(&b":path"[..], p.as_bytes())], None);
+            req.routing_path()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+        };
+        assert_eq!(path("/foo%20bar").as_deref(), Some("/foo bar"));
+        assert_eq!(path("/foo%2Fbar").as_deref(), Some("/foo%2Fbar"));
+        assert_eq!(
+            path("/foo%20bar%2Fbaz%23qux?x=%20").as_deref(),
+            Some("/foo bar%2Fbaz%23qux")
+        );
+        assert_eq!(path("/%2f%25").as_deref(), Some("//%25"));
+        assert_eq!(path("/x%"), None);
+        assert_eq!(path("/x%4"), None);
+        assert_eq!(path("/x%zz"), None);
+    }
 }
