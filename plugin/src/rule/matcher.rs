@@ -722,15 +722,17 @@ fn compile_v2(
                     ),
                 ));
             }
-            // gorilla/mux keeps the pairs in a map: a repeated name keeps its last value.
-            let mut pairs: Vec<(Box<[u8]>, &Arg)> = Vec::new();
+            // gorilla/mux keeps the pairs in a map keyed by the name as written (route.go:248,
+            // mux.go:495-505): a name repeated in the same spelling keeps its last value.
+            let mut pairs: Vec<(&str, Box<[u8]>, &Arg)> = Vec::new();
             for pair in args.chunks(2) {
-                let (k, v) = (header_name(&pair[0])?, &pair[1]);
-                pairs.retain(|(seen, _)| *seen != k);
-                pairs.push((k, v));
+                let (k, v) = (&pair[0], &pair[1]);
+                let name = header_name(k)?;
+                pairs.retain(|(seen, _, _)| *seen != k.value);
+                pairs.push((&k.value, name, v));
             }
             let mut all = Vec::new();
-            for (k, v) in pairs {
+            for (_, k, v) in pairs {
                 all.push(if canonical == "Headers" {
                     Matcher::Header {
                         name: k,

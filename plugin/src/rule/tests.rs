@@ -750,6 +750,9 @@ fn headers_exact_and_regexp() {
     // v2 takes pairs, all required (gorilla route.go:248-280).
     assert!(r.v2("Headers(`x-multi`, `one`, `x-forwarded-proto`, `https`)"));
     assert!(!r.v2("Headers(`x-multi`, `one`, `x-forwarded-proto`, `http`)"));
+    // A name repeated as written keeps its last value; in another spelling both hold.
+    assert!(r.v2("Headers(`x-multi`, `nope`, `x-multi`, `one`)"));
+    assert!(!r.v2("Headers(`X-Multi`, `nope`, `x-multi`, `one`)"));
     assert_eq!(
         err_in(
             Syntax::V2,
