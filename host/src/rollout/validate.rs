@@ -15,7 +15,7 @@ use super::plan::{fingerprint, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanS
 use super::render::render;
 use super::status::RolloutStatus;
 use super::time::parse_ms;
-use super::types::{Analysis, Rollout, RolloutSpec, Step, Threshold, API_VERSION, KIND};
+use super::types::{Analysis, Rollout, RolloutSpec, Threshold, API_VERSION, KIND};
 use super::url::HttpUrl;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -161,7 +161,7 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
             errs.push("spec.match", e.to_string());
         }
     }
-    let steps = plan_steps(&spec.strategy.steps, spec.rule_syntax, &mut errs);
+    let steps = plan_steps(spec, &mut errs);
     let analysis = spec
         .strategy
         .analysis
@@ -219,7 +219,8 @@ fn compile_rule(
     rollgate_plugin::rule::compile_with(rule, syntax, &mut regexes)
 }
 
-fn plan_steps(steps: &[Step], syntax: Option<RuleSyntax>, errs: &mut Errors) -> Vec<PlanStep> {
+fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
+    let (steps, syntax) = (&spec.strategy.steps, spec.rule_syntax);
     let mut out = Vec::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
         let at = format!("spec.strategy.steps[{i}]");
@@ -265,8 +266,25 @@ fn plan_steps(steps: &[Step], syntax: Option<RuleSyntax>, errs: &mut Errors) -> 
             }
         } else if let Some(h) = &s.set_header_route {
             if let Some(rule) = &h.rule {
-                if let Err(e) = compile_rule(rule, syntax) {
+                let alone = compile_rule(rule, syntax);
+                // The filter gets `match && rule` as one rule (render::and_rules): a pair that
+                // is valid only in different syntaxes would be refused when the step runs.
+                let joined = match (&alone, &spec.rule) {
+                    (Ok(_), Some(r)) if compile_rule(r, syntax).is_ok() => {
+                        compile_rule(&super::render::and_rules(Some(r), rule), syntax).err()
+                    }
+                    _ => None,
+                };
+                if let Err(e) = alone {
                     errs.push(format!("{at}.setHeaderRoute.match"), e.to_string());
+                } else if let Some(e) = joined {
+                    errs.push(
+                        format!("{at}.setHeaderRoute.match"),
+                        format!(
+                            "with spec.match, no rule syntax reads both (set spec.ruleSyntax \
+                             and write both in it): {e}"
+                        ),
+                    );
                 }
             }
             out.push(PlanStep::SetHeaderRoute(h.rule.clone()));

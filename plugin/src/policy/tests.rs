@@ -580,13 +580,13 @@ fn rule_syntax_errors_name_the_field_and_what_each_syntax_expected() {
     // Without one, a rule valid in neither syntax says what each expected.
     let neither = SEED.replace(
         "Headers(`location`, `shenzhen`)",
-        "Header(`a`, `b`) && Headers(`location`, `shenzhen`)",
+        "Header(`a`, `b`) && HostHeader(`x`)",
     );
     assert_eq!(
         errors(&neither),
         [
-            "routes[1].match: column 43: as v3: unknown matcher 'Headers' in rule syntax v3 (a v2 \
-          matcher); as v2, column 23: unknown matcher 'Header' in rule syntax v2 (a v3 matcher)"
+            "routes[1].match: column 43: as v3: unknown matcher 'HostHeader' in rule syntax v3 (a \
+          v2 matcher); as v2, column 23: unknown matcher 'Header' in rule syntax v2 (a v3 matcher)"
         ]
     );
 }

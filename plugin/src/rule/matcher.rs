@@ -531,7 +531,16 @@ fn compile_call(
         Syntax::V3 => (V3_NAMES, V2_NAMES, Syntax::V2),
         Syntax::V2 => (V2_NAMES, V3_NAMES, Syntax::V3),
     };
-    let Some(&canonical) = names.iter().find(|n| spelled(n, name)) else {
+    // Guessing, v2's one-pair `Headers(k, v)` / `HeadersRegexp(k, re)` are read as v3's
+    // `Header` / `HeaderRegexp`, which mean the same (matcher_v2.go:173-185, 227-239 and
+    // matcher.go:190-213): a v2 header rule, like the seed's, can then stand beside v3-only
+    // matchers, as a Rollout's header route stands beside its `match`.
+    let alias = match (read.auto, sx, args.len()) {
+        (true, Syntax::V3, 2) if spelled("Headers", name) => Some("Header"),
+        (true, Syntax::V3, 2) if spelled("HeadersRegexp", name) => Some("HeaderRegexp"),
+        _ => None,
+    };
+    let Some(canonical) = alias.or_else(|| names.iter().find(|n| spelled(n, name)).copied()) else {
         let hint = if others.iter().any(|n| spelled(n, name)) {
             format!(" in rule syntax {} (a {} matcher)", sx.name(), other.name())
         } else if name.starts_with("HostSNI") || name == "ALPN" {

@@ -964,10 +964,17 @@ fn syntax_is_chosen_per_rule_when_not_stated() {
         err_in(Syntax::V2, "Header(`location`, `shenzhen`)"),
         "column 1: unknown matcher 'Header' in rule syntax v2 (a v3 matcher)"
     );
+    // Guessing, a one-pair Headers is v3's Header (the same meaning in both syntaxes), so
+    // it stands beside v3-only matchers; stated v3 it stays unknown.
+    let both = "PathRegexp(`^/`) && Headers(`location`, `shenzhen`)";
+    assert!(r.eval(both));
+    assert!(!req("pro.coding", "/").h("location", b"x").eval(both));
+    assert!(r.eval("PathRegexp(`^/`) && HeadersRegexp(`location`, `^shen`)"));
+    assert!(compile_with(both, Some(Syntax::V3), &mut 256).is_err());
     // Valid in neither: the error says what each expected.
     assert_eq!(
-        compile_err("Header(`a`, `b`) && Headers(`a`, `b`)"),
-        "column 21: as v3: unknown matcher 'Headers' in rule syntax v3 (a v2 matcher); \
+        compile_err("Header(`a`, `b`) && HostHeader(`a`)"),
+        "column 21: as v3: unknown matcher 'HostHeader' in rule syntax v3 (a v2 matcher); \
          as v2, column 1: unknown matcher 'Header' in rule syntax v2 (a v3 matcher)"
     );
     assert_eq!(

@@ -303,3 +303,36 @@ fn rule_syntax_is_carried_and_checked() {
         "spec.routes[0].ruleSyntax",
     );
 }
+
+#[test]
+fn header_route_and_match_must_share_a_syntax() {
+    // The seed's v2 header route beside a v3-only match: a one-pair Headers reads as v3's
+    // Header, so the joined rule loads (it did before issue 13 too).
+    let ok = edit(
+        "  match: \"Host(`pro.coding`)\"",
+        "  match: \"PathRegexp(`^/`)\"",
+    );
+    let plan = load(&ok).unwrap();
+    let header = plan.steps.iter().find_map(|s| match s {
+        PlanStep::SetHeaderRoute(r) => r.clone(),
+        _ => None,
+    });
+    let status = RolloutStatus {
+        header_route: header,
+        ..RolloutStatus::default()
+    };
+    assert!(super::super::render::accept_rendered(&render("flask", &plan.spec, &status)).is_ok());
+    // A pair no syntax reads together is refused when validated, not when the step runs.
+    assert_error(
+        &edit(
+            "match: \"Headers(`location`, `shenzhen`)\"",
+            "match: \"HostHeader(`pro.coding`)\"",
+        )
+        .replacen(
+            "  match: \"Host(`pro.coding`)\"",
+            "  match: \"PathRegexp(`^/`)\"",
+            1,
+        ),
+        "spec.strategy.steps[0].setHeaderRoute.match: with spec.match, no rule syntax reads both",
+    );
+}
