@@ -883,6 +883,7 @@ fn literal_brace_rewrite() {
     assert_eq!(e("[]{]x{"), r"[]{]x\{");
     assert_eq!(e("[[:alpha:]]{1}{"), r"[[:alpha:]]{1}\{");
     assert_eq!(e("é{"), r"é\{");
+    assert_eq!(e(r"\p{Greek}{2}\pL{"), r"\p{Greek}{2}\pL\{");
 }
 
 // ---- Operators, extensions, errors ---------------------------------------------------------
