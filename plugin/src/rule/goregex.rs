@@ -23,9 +23,9 @@ pub fn escape_literal_braces(pattern: &str) -> String {
                 if let Some(n) = next {
                     out.push(n);
                     i += 1 + n.len_utf8();
-                    // `\p{Greek}`: the braces belong to the class name (regex-lite then
+                    // `\p{Greek}`, `\x{263a}`: the braces belong to the escape (regex-lite
                     // refuses Unicode classes with its own message).
-                    if matches!(n, 'p' | 'P') && bytes.get(i) == Some(&b'{') {
+                    if matches!(n, 'p' | 'P' | 'x') && bytes.get(i) == Some(&b'{') {
                         if let Some(end) = pattern.get(i..).and_then(|r| r.find('}')) {
                             out.push_str(pattern.get(i..=i + end).unwrap_or(""));
                             i += end + 1;

@@ -884,6 +884,13 @@ fn literal_brace_rewrite() {
     assert_eq!(e("[[:alpha:]]{1}{"), r"[[:alpha:]]{1}\{");
     assert_eq!(e("é{"), r"é\{");
     assert_eq!(e(r"\p{Greek}{2}\pL{"), r"\p{Greek}{2}\pL\{");
+    assert_eq!(e(r"\x{263a}{2}"), r"\x{263a}{2}");
+    table(
+        V3,
+        "PathRegexp(`^/\\x{41}{2}$`)",
+        &["http://a/AA"],
+        &["http://a/A"],
+    );
 }
 
 // ---- Operators, extensions, errors ---------------------------------------------------------
