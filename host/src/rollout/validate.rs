@@ -11,11 +11,12 @@ use std::fmt;
 use rollgate_plugin::policy::Policy;
 
 use super::excerpt::{bounded, excerpt, MAX_MESSAGE, MAX_PROBLEMS};
+use super::parts::RuleSyntax;
 use super::plan::{fingerprint, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanStep};
 use super::render::render;
 use super::status::RolloutStatus;
 use super::time::parse_ms;
-use super::types::{Analysis, Rollout, RolloutSpec, Step, Threshold, API_VERSION, KIND};
+use super::types::{Analysis, Rollout, RolloutSpec, Threshold, API_VERSION, KIND};
 use super::url::HttpUrl;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -248,11 +249,11 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
         errs.push("spec.canaryVariant", "must differ from stableVariant");
     }
     if let Some(rule) = &spec.rule {
-        if let Err(e) = rollgate_plugin::rule::compile(rule) {
+        if let Err(e) = compile_rule(rule, spec.rule_syntax) {
             errs.push("spec.match", e.to_string());
         }
     }
-    let steps = plan_steps(&spec.strategy.steps, &mut errs);
+    let steps = plan_steps(spec, &mut errs);
     let analysis = spec
         .strategy
         .analysis
@@ -297,7 +298,21 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
     })
 }
 
-fn plan_steps(steps: &[Step], errs: &mut Errors) -> Vec<PlanStep> {
+/// A rule in the rollout's `ruleSyntax` (guessed when it has none), as the filter reads it.
+fn compile_rule(
+    rule: &str,
+    syntax: Option<RuleSyntax>,
+) -> Result<rollgate_plugin::rule::Matcher, rollgate_plugin::rule::ParseError> {
+    let syntax = syntax.map(|s| match s {
+        RuleSyntax::V3 => rollgate_plugin::rule::Syntax::V3,
+        RuleSyntax::V2 => rollgate_plugin::rule::Syntax::V2,
+    });
+    let mut regexes = rollgate_plugin::limits::MAX_REGEXES;
+    rollgate_plugin::rule::compile_with(rule, syntax, &mut regexes)
+}
+
+fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
+    let (steps, syntax) = (&spec.strategy.steps, spec.rule_syntax);
     let mut out = Vec::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
         let at = format!("spec.strategy.steps[{i}]");
@@ -343,8 +358,25 @@ fn plan_steps(steps: &[Step], errs: &mut Errors) -> Vec<PlanStep> {
             }
         } else if let Some(h) = &s.set_header_route {
             if let Some(rule) = &h.rule {
-                if let Err(e) = rollgate_plugin::rule::compile(rule) {
+                let alone = compile_rule(rule, syntax);
+                // The filter gets `match && rule` as one rule (render::and_rules): a pair that
+                // is valid only in different syntaxes would be refused when the step runs.
+                let joined = match (&alone, &spec.rule) {
+                    (Ok(_), Some(r)) if compile_rule(r, syntax).is_ok() => {
+                        compile_rule(&super::render::and_rules(Some(r), rule), syntax).err()
+                    }
+                    _ => None,
+                };
+                if let Err(e) = alone {
                     errs.push(format!("{at}.setHeaderRoute.match"), e.to_string());
+                } else if let Some(e) = joined {
+                    errs.push(
+                        format!("{at}.setHeaderRoute.match"),
+                        format!(
+                            "with spec.match, no rule syntax reads both (set spec.ruleSyntax \
+                             and write both in it): {e}"
+                        ),
+                    );
                 }
             }
             out.push(PlanStep::SetHeaderRoute(h.rule.clone()));

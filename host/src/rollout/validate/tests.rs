@@ -433,3 +433,64 @@ fn webhook_urls_are_visible_ascii() {
         assert!(!report.contains('\r') && !report.contains('\n'), "{report}");
     }
 }
+
+#[test]
+fn rule_syntax_is_carried_and_checked() {
+    // Issue 13: `ruleSyntax` (Traefik's router option) on the Rollout, its routes and limits.
+    let v2 = load(&edit(
+        "  match: \"Host(`pro.coding`)\"",
+        "  match: \"Host(`pro.coding`)\"\n  ruleSyntax: v2",
+    ))
+    .unwrap();
+    let policy = render("flask", &v2.spec, &RolloutStatus::default());
+    assert_eq!(policy.rule_syntax.as_deref(), Some("v2"));
+    // Stated v3, the seed's header route (v2 `Headers`) is refused where it is written.
+    assert_error(
+        &edit(
+            "  match: \"Host(`pro.coding`)\"",
+            "  match: \"Host(`pro.coding`)\"\n  ruleSyntax: v3",
+        ),
+        "spec.strategy.steps[0].setHeaderRoute.match: column 1: unknown matcher 'Headers' in \
+         rule syntax v3 (a v2 matcher)",
+    );
+    assert_error(
+        &edit(
+            "    - match: \"Host(`dev.coding`)\"",
+            "    - match: \"Host(`dev.coding`)\"\n      ruleSyntax: v4",
+        ),
+        "spec.routes[0].ruleSyntax",
+    );
+}
+
+#[test]
+fn header_route_and_match_must_share_a_syntax() {
+    // The seed's v2 header route beside a v3-only match: a one-pair Headers reads as v3's
+    // Header, so the joined rule loads (it did before issue 13 too).
+    let ok = edit(
+        "  match: \"Host(`pro.coding`)\"",
+        "  match: \"PathRegexp(`^/`)\"",
+    );
+    let plan = load(&ok).unwrap();
+    let header = plan.steps.iter().find_map(|s| match s {
+        PlanStep::SetHeaderRoute(r) => r.clone(),
+        _ => None,
+    });
+    let status = RolloutStatus {
+        header_route: header,
+        ..RolloutStatus::default()
+    };
+    assert!(super::super::render::accept_rendered(&render("flask", &plan.spec, &status)).is_ok());
+    // A pair no syntax reads together is refused when validated, not when the step runs.
+    assert_error(
+        &edit(
+            "match: \"Headers(`location`, `shenzhen`)\"",
+            "match: \"HostHeader(`pro.coding`)\"",
+        )
+        .replacen(
+            "  match: \"Host(`pro.coding`)\"",
+            "  match: \"PathRegexp(`^/`)\"",
+            1,
+        ),
+        "spec.strategy.steps[0].setHeaderRoute.match: with spec.match, no rule syntax reads both",
+    );
+}
