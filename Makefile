@@ -12,15 +12,17 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_STAMP := $(VENV)/.envoy-$(ENVOY_VERSION)
 WASM := target/wasm32-wasip1/release/rollgate_plugin.wasm
+WASM_TEST_TRAP := target/wasm32-wasip1/release/rollgate_plugin_test_trap.wasm
 PROBE := target/wasm32-unknown-unknown/release/rollgate_abi_probe.wasm
 TARGET_STAMP := target/.wasm-targets
 CARGO ?= cargo
 
 export ROLLGATE_ENVOY := $(CURDIR)/$(ENVOY)
 export ROLLGATE_WASM := $(CURDIR)/$(WASM)
+export ROLLGATE_WASM_TEST_TRAP := $(CURDIR)/$(WASM_TEST_TRAP)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench fuzz envoy prometheus binaryen wasm abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench fuzz envoy prometheus binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -69,6 +71,15 @@ wasm: toolchain binaryen
 	mv $(WASM).tmp $(WASM)
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes; before wasm-opt $$(stat -c %s $(WASM_BUILD)))"
 
+## The filter with its test-only trap triggers (feature `test-trap`), for the tests of how the
+## gateway recovers from a dead VM. Never shipped: a test checks the shipped filter lacks them.
+## Built after `wasm` (same cargo output path), then the shipped filter is left as it was.
+wasm-test-trap: wasm
+	$(CARGO) rustc -p rollgate-plugin --lib --target wasm32-wasip1 --profile wasm --crate-type cdylib \
+	  --features test-trap
+	wasm-opt $(WASM_OPT_FLAGS) $(WASM_BUILD) -o $(WASM_TEST_TRAP).tmp
+	mv $(WASM_TEST_TRAP).tmp $(WASM_TEST_TRAP)
+
 ## The host's ABI probe module, for the host's conformance tests.
 abi-probe: toolchain
 	$(CARGO) build -p rollgate-abi-probe --target wasm32-unknown-unknown --release
@@ -80,13 +91,14 @@ clippy: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p rollgate-plugin -p rollgate-bench-passthrough -p rollgate-bench-probe \
 	  --target wasm32-wasip1 --all-targets -- -D warnings
+	$(CARGO) clippy -p rollgate-plugin --features test-trap --target wasm32-wasip1 -- -D warnings
 	$(CARGO) clippy -p rollgate-abi-probe --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 lint: clippy
 	$(CARGO) fmt --all -- --check
 
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
-test: lint wasm abi-probe envoy prometheus
+test: lint wasm wasm-test-trap abi-probe envoy prometheus
 	$(CARGO) test --workspace
 
 ## Fuzzing (fuzz/, README "Fuzzing"): every target for FUZZ_SECS seconds in all; `make test`

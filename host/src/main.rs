@@ -12,20 +12,30 @@ commands:
   validate POLICY.json   check a policy (use - for standard input); prints ok or every error
   try --policy POLICY.json [--wasm FILE] [--workers N] [request flags | --requests FILE|-]
                          run requests through the compiled filter; prints JSON per request
-  serve --dir DIR [--listen ADDR] [--envoy-admin URL]...
+  serve --dir DIR [--listen ADDR] [--envoy-admin URL]... [--token-file PATH]
+        [--tls-cert CHAIN.pem --tls-key KEY.pem] [--max-connections 256]
+        [--vanished-grace DURATION]
                          run the sidecar: walk the Rollouts in DIR and serve their policies
-                         (--listen default 127.0.0.1:8181); analysis reads each Envoy admin
+                         (--listen default 127.0.0.1:8181); analysis reads each Envoy admin;
+                         with a token (--token-file or $ROLLGATE_TOKEN) commands must carry
+                         it, and a non-loopback --listen needs one; a rollout whose file
+                         vanished is kept --vanished-grace (default 5m)
   serve --kubernetes [--prometheus URL | --envoy-admin URL...] [--lease-namespace NS] [--identity ID]
                          run the controller: drive every Rollout in the cluster (kubeconfig
                          or service account), write each policy into its WasmPlugin
-  promote NAME           release the rollout's current pause
+  promote NAME [--from-step N]
+                         release the rollout's current pause (only if it is at step N;
+                         without --from-step, the step it reads first); exit 3 when sent but
+                         unanswered (--timeout, default 10s): unknown whether applied
   abort NAME             abort the rollout: canary weight 0, header route off
   retry NAME             start an aborted rollout over
   status [NAME] [--watch]
                          where rollouts stand; --watch follows NAME until promoted or aborted
                          (promote, abort, retry, status: --server URL, default $ROLLGATE_SERVER
-                         or http://127.0.0.1:8181; with --kubernetes [--namespace NS], the
-                         Rollouts in the cluster, found through kubeconfig like kubectl)
+                         or http://127.0.0.1:8181, --token-file PATH or $ROLLGATE_TOKEN,
+                         for https:// --ca PATH or $ROLLGATE_CA, --timeout 10s; with
+                         --kubernetes [--namespace NS], the Rollouts in the cluster, found
+                         through kubeconfig like kubectl)
   crd                    print the Rollout CustomResourceDefinition (manifests/crd/rollout.yaml)
   help                   this text";
 
@@ -70,6 +80,17 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                     eprintln!("{}: {e}", opts.policy);
                     Ok(ExitCode::FAILURE)
                 }
+                // The filter or its input went past a bound: an answer about them, as a
+                // rejected policy is, not a failure of `try` itself.
+                Err(
+                    e @ (rollgate::try_cmd::TryError::Timeout { .. }
+                    | rollgate::try_cmd::TryError::Memory { .. }
+                    | rollgate::try_cmd::TryError::TooLarge { .. }
+                    | rollgate::try_cmd::TryError::Host(rollgate::wasmhost::HostError::Trap(_))),
+                ) => {
+                    eprintln!("rollgate try: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -99,12 +120,16 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some("promote" | "abort" | "retry" | "status") => {
-            let code = rollgate::cli::run(args, &mut std::io::stdout(), &mut std::io::stderr())
-                .map_err(|e| match e {
-                    rollgate::cli::CliError::Usage(u) => anyhow::anyhow!("{u}\n\n{USAGE}"),
-                    e => e.into(),
-                })?;
-            Ok(ExitCode::from(code))
+            match rollgate::cli::run(args, &mut std::io::stdout(), &mut std::io::stderr()) {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(rollgate::cli::CliError::Usage(u)) => bail!("{u}\n\n{USAGE}"),
+                // Not an error like the others: the command may have been applied.
+                Err(e @ rollgate::cli::CliError::NoAnswer { .. }) => {
+                    eprintln!("rollgate: {e}");
+                    Ok(ExitCode::from(3))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");

@@ -8,8 +8,9 @@
 //! others still run. Blank lines are skipped.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,12 +22,17 @@ use crate::wasmhost::{
 /// Usage of `rollgate try`.
 pub const USAGE: &str = "\
 usage: rollgate try --policy POLICY.json [--wasm FILE] [--workers N]
+                    [--timeout DURATION] [--max-memory MIB]
                     [--authority HOST] [--path PATH] [--method METHOD]
                     [-H 'name: value']... [--source IP:PORT]
-       rollgate try --policy POLICY.json [--wasm FILE] [--workers N] --requests FILE|-
+       rollgate try --policy POLICY.json [--wasm FILE] [--workers N]
+                    [--timeout DURATION] [--max-memory MIB] --requests FILE|-
 
 Runs requests through the compiled filter (default: the workspace's `make wasm` build) in
-rollgate's in-process proxy-wasm host and prints one JSON line per request:
+rollgate's in-process proxy-wasm host and prints one JSON line per request. Each call into
+the filter may run --timeout (default 1s) and each VM may use --max-memory MiB of memory
+(default 256); past either the VM fails, as a trap fails it in Envoy. The policy file may
+be at most 1 MiB, as in the filter. Output:
 {\"variant\", \"cluster\", \"request_headers\", \"local_response\", \"response\", \"worker\"}.
 --requests reads one JSON request per line:
 {\"authority\":…,\"path\":…,\"method\":…,\"headers\":{…},\"source\":\"ip:port\"}";
@@ -49,6 +55,10 @@ pub struct TryOptions {
     pub wasm: Option<PathBuf>,
     /// Worker VMs (requests go round-robin).
     pub workers: usize,
+    /// How long one call into the filter may run.
+    pub timeout: Duration,
+    /// Linear memory one VM may use, in bytes.
+    pub max_memory: usize,
     /// The requests.
     pub requests: Requests,
 }
@@ -127,6 +137,30 @@ pub enum TryError {
     /// The filter refused the policy (its `on_configure` returned false).
     #[error("the filter rejected the policy:\n{0}")]
     Rejected(String),
+    /// A file is larger than `try` reads.
+    #[error("reading {path}: more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A VM grew its memory past `--max-memory`.
+    #[error("the filter needed more than --max-memory {} MiB in {callback} and was stopped; Envoy would answer 503 (wasm_fail_stream) on that worker", max_memory >> 20)]
+    Memory {
+        /// The limit in bytes.
+        max_memory: usize,
+        /// The export that was running.
+        callback: &'static str,
+    },
+    /// A call into the filter ran past `--timeout`.
+    #[error("the filter ran longer than --timeout {timeout:?} in {callback} and was stopped; Envoy would answer 503 (wasm_fail_stream) on that worker")]
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+        /// The export that was running.
+        callback: &'static str,
+    },
     /// The host failed to load the filter.
     #[error(transparent)]
     Host(#[from] HostError),
@@ -145,6 +179,8 @@ pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
     let mut policy = None;
     let mut wasm = None;
     let mut workers = 1;
+    let mut timeout = DEFAULT_TIMEOUT;
+    let mut max_memory = DEFAULT_MAX_MEMORY;
     let mut requests_file = None;
     let mut single = RequestSpec::default();
     let mut single_given = false;
@@ -158,6 +194,29 @@ pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
                 workers = v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
                     TryError::Usage(format!("--workers takes a number ≥ 1, not '{v}'"))
                 })?;
+            }
+            "--timeout" => {
+                let v = take_value(&mut it, arg)?;
+                timeout = rollgate_plugin::duration::parse_duration(v)
+                    .ok()
+                    .filter(|ns| *ns > 0)
+                    .map(Duration::from_nanos)
+                    .ok_or_else(|| {
+                        TryError::Usage(format!("--timeout takes a duration like 1s, not '{v}'"))
+                    })?;
+            }
+            "--max-memory" => {
+                let v = take_value(&mut it, arg)?;
+                max_memory = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|m| (1..=4096).contains(m))
+                    .map(|m| m << 20)
+                    .ok_or_else(|| {
+                        TryError::Usage(format!(
+                            "--max-memory takes MiB from 1 to 4096 (a wasm32 memory's most), not '{v}'"
+                        ))
+                    })?;
             }
             "--requests" => requests_file = Some(take_value(&mut it, arg)?.clone()),
             "--authority" => {
@@ -223,6 +282,8 @@ pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
         policy,
         wasm,
         workers,
+        timeout,
+        max_memory,
         requests,
     })
 }
@@ -261,17 +322,36 @@ fn locate_wasm(given: Option<&Path>) -> Result<PathBuf, TryError> {
         .ok_or(TryError::NoWasm(candidates))
 }
 
-fn read_source(path: &str, stdin: &mut dyn BufRead) -> Result<Vec<u8>, TryError> {
+/// Default `--timeout`: a filter call takes microseconds; a second means it is stuck.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `--max-memory`: far above the filter's few MiB, far below a machine's memory.
+pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
+
+/// Reads `path` (`-`: standard input), at most `limit` bytes: a larger file is refused
+/// unread past the limit (a 10 MB policy used to take 366 MB of memory, a 50 MB one 4.8 GB).
+fn read_source(path: &str, stdin: &mut dyn BufRead, limit: usize) -> Result<Vec<u8>, TryError> {
     let io = |error| TryError::Io {
         path: path.to_string(),
         error,
     };
+    let mut buf = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     if path == "-" {
-        let mut buf = Vec::new();
-        stdin.read_to_end(&mut buf).map_err(io)?;
-        return Ok(buf);
+        Read::take(&mut *stdin, cap)
+            .read_to_end(&mut buf)
+            .map_err(io)?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(cap).read_to_end(&mut buf))
+            .map_err(io)?;
     }
-    std::fs::read(path).map_err(io)
+    if buf.len() > limit {
+        return Err(TryError::TooLarge {
+            path: path.to_string(),
+            limit,
+        });
+    }
+    Ok(buf)
 }
 
 /// A JSON string literal.
@@ -360,13 +440,27 @@ pub fn exchange_fields(
 
 struct Runner {
     plugin: Plugin,
+    timeout: Duration,
+    max_memory: usize,
     cluster_header: String,
     variant_header: String,
 }
 
 impl Runner {
-    fn answer(&self, spec: &RequestSpec) -> Result<Vec<(&'static str, String)>, HostError> {
-        let ex = self.plugin.run(spec.to_request())?;
+    fn answer(&self, spec: &RequestSpec) -> Result<Vec<(&'static str, String)>, TryError> {
+        let ex = self.plugin.run(spec.to_request()).map_err(|e| match e {
+            HostError::Trap(t) if t.trap.contains("interrupt") => TryError::Timeout {
+                timeout: self.timeout,
+                callback: t.callback,
+            },
+            HostError::Trap(t) if t.trap.contains("forcing trap when growing memory") => {
+                TryError::Memory {
+                    max_memory: self.max_memory,
+                    callback: t.callback,
+                }
+            }
+            e => e.into(),
+        })?;
         Ok(exchange_fields(
             &ex,
             &self.cluster_header,
@@ -382,8 +476,12 @@ pub fn run(
     stdin: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> Result<bool, TryError> {
-    let policy = read_source(&opts.policy, stdin)?;
-    let wasm = Wasm::from_file(locate_wasm(opts.wasm.as_deref())?)?;
+    let policy = read_source(
+        &opts.policy,
+        stdin,
+        rollgate_plugin::limits::MAX_POLICY_BYTES,
+    )?;
+    let wasm = Wasm::interruptible_from_file(locate_wasm(opts.wasm.as_deref())?)?;
     // The header names come from the policy; the filter itself is the judge of validity.
     let (cluster_header, variant_header) = rollgate_plugin::config::accept_config(&policy)
         .ok()
@@ -395,7 +493,10 @@ pub fn run(
                 rollgate_plugin::policy::spec::DEFAULT_VARIANT_HEADER.to_string(),
             )
         });
-    let config = PluginConfig::new(policy).workers(opts.workers);
+    let config = PluginConfig::new(policy)
+        .workers(opts.workers)
+        .call_timeout(opts.timeout)
+        .max_memory(opts.max_memory);
     let plugin = match Host::new().start(&wasm, config) {
         Ok(p) => p,
         Err(HostError::ConfigureFailed { logs, .. }) => {
@@ -410,6 +511,8 @@ pub fn run(
     };
     let runner = Runner {
         plugin,
+        timeout: opts.timeout,
+        max_memory: opts.max_memory,
         cluster_header,
         variant_header,
     };
@@ -420,7 +523,8 @@ pub fn run(
             Ok(true)
         }
         Requests::Lines(file) => {
-            let text = read_source(file, stdin)?;
+            // Requests are read whole; bounded only by what the machine allows.
+            let text = read_source(file, stdin, usize::MAX)?;
             let mut all_ok = true;
             for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
                 let n = i + 1;

@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use rollgate::kube::commands::cli_with;
+use rollgate::kube::commands::{cli_with, cli_with_expect};
 use rollgate::rollout::Event;
+use rollgate::serve::registry::Expect;
 use serde_json::Value;
 
 mod kube_support;
@@ -78,6 +79,56 @@ async fn promote_retries_a_conflict_on_a_fresh_read() {
     assert_eq!(seen[3].body["status"]["phase"], "Paused");
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("flask: promote: "), "{text}");
+}
+
+#[tokio::test]
+async fn a_promote_from_a_step_the_rollout_left_writes_nothing() {
+    // `promote --from-step 4` repeated after an unknown outcome: the Rollout is at step 2
+    // (the mock's), not 4, so nothing is written (before: no way to say it; a repeated
+    // promote released the next pause).
+    let (client, seen) = server(vec![]);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let name = "flask".to_string();
+    let expect = Expect {
+        step: Some(4),
+        attempt: None,
+    };
+    let code = cli_with_expect(
+        &client,
+        "shop",
+        "promote",
+        Some(Event::Promote),
+        Some(&name),
+        &expect,
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    let err = String::from_utf8(err).unwrap();
+    assert!(err.contains("not at step 4: not applied"), "{err}");
+    assert!(seen.lock().unwrap().iter().all(|s| s.method == "GET"));
+    // From the step it is at: applied.
+    let expect = Expect {
+        step: Some(2),
+        attempt: None,
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli_with_expect(
+        &client,
+        "shop",
+        "promote",
+        Some(Event::Promote),
+        Some(&name),
+        &expect,
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert!(seen.lock().unwrap().iter().any(|s| s.method == "PATCH"));
 }
 
 #[tokio::test]

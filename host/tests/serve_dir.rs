@@ -30,7 +30,10 @@ fn weight(p: &Policy) -> f64 {
 #[test]
 fn files_are_added_changed_and_deleted() {
     let dir = TempDir::new("dir");
-    let s = Sidecar::start(&dir.0, &[]);
+    // A deleted file is dropped once it has been gone this long.
+    let s = Sidecar::start_with(&dir.0, &[], |c| {
+        c.vanished_grace = Duration::from_millis(300)
+    });
     assert_eq!(s.get("/v1/policies/flask?wait=0s").status, 404);
     let list: Value = serde_json::from_slice(&s.get("/v1/rollouts").body).unwrap();
     assert_eq!(list["rollouts"], serde_json::json!([]));
@@ -75,7 +78,7 @@ fn files_are_added_changed_and_deleted() {
     dir.write("other.yml", &SEED.replace("name: flask", "name: other"));
     wait_until("other to be served", WAIT, || version(&s, "other") == 1);
 
-    // Deleted: no longer served, status file gone.
+    // Deleted: no longer served, status file gone, once the grace has passed.
     let last = version(&s, "flask");
     std::fs::remove_file(dir.path("flask.yaml")).unwrap();
     wait_until("flask to be dropped", WAIT, || {

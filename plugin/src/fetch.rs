@@ -4,16 +4,27 @@
 //! data (compare-and-swap) and long-polls the sidecar; a valid answer is published to shared
 //! data (`<prefix>version`, `<prefix>policy`), and every worker adopts a newer published
 //! version on its next tick. An answer that fails validation is refused: nothing is published
-//! and the last good policy keeps serving. Failures back off exponentially from `poll` to 30 s;
-//! the lease expires on its own if its holder dies, so another worker takes over.
+//! and the last good policy keeps serving. Failures back off exponentially from `poll` to 30 s.
+//!
+//! A VM can die (trap) while it holds the lease or while it applies a version. Its holder
+//! renews the lease on every tick, so the lease of a dead VM lapses within [`LEASE_NS`] and the
+//! fresh VM Envoy starts in its place (`failure_policy: FAIL_RELOAD`) polls again at once.
+//! A worker applying a version counts itself in shared data (`<prefix>applying`) and out when
+//! done; a fresh VM that finds VMs still counted adds them to that version's deaths, and a
+//! version that killed [`MAX_DEATHS`] VMs is refused: never applied again (`<prefix>poisoned`),
+//! and polling asks for a newer one.
 
 use crate::config::Source;
 use crate::policy::{accept_policy, Policy};
 use crate::store::SharedStore;
 
 const MAX_BACKOFF_NS: u64 = 30_000_000_000;
-/// Slack past the long-poll wait before a lease counts as abandoned.
-const LEASE_SLACK_NS: u64 = 10_000_000_000;
+/// How long a lease lasts unless its holder renews it (every tick, 100 ms). It used to last the
+/// whole long-poll wait plus 10 s: a VM that died holding it kept every other worker, and its
+/// own replacement, from polling for 30 s with the shipped `wait: 20s`.
+pub const LEASE_NS: u64 = 2_000_000_000;
+/// VMs a version may kill while being applied before it is refused for good.
+pub const MAX_DEATHS: u64 = 2;
 
 /// One worker's fetch state.
 #[derive(Debug, Clone)]
@@ -99,7 +110,108 @@ impl Fetcher {
         }
         let (rec, _) = store.get(&self.key("policy"))?;
         let body_version = u64_le(&rec)?;
-        (body_version > self.version).then(|| (body_version, rec.get(8..).unwrap_or(&[]).to_vec()))
+        // A published version that then killed the VMs applying it is never applied again.
+        (body_version > self.version.max(self.stored(store, "poisoned")))
+            .then(|| (body_version, rec.get(8..).unwrap_or(&[]).to_vec()))
+    }
+
+    /// A version number kept in shared data under `what` (0 if none).
+    fn stored(&self, store: &dyn SharedStore, what: &str) -> u64 {
+        store
+            .get(&self.key(what))
+            .and_then(|(b, _)| u64_le(&b))
+            .unwrap_or(0)
+    }
+
+    /// On every tick: keeps this worker's lease alive while its poll is in flight, so only a
+    /// dead holder's lease lapses.
+    pub fn renew(&self, store: &dyn SharedStore, now: u64) {
+        if !self.in_flight {
+            return;
+        }
+        let key = self.key("lease");
+        if let Some((b, cas)) = store.get(&key) {
+            if u64_le(&b) == Some(self.worker) {
+                let mut lease = self.worker.to_le_bytes().to_vec();
+                lease.extend(now.saturating_add(LEASE_NS).to_le_bytes());
+                let _ = store.set(&key, &lease, cas);
+            }
+        }
+    }
+
+    /// `<prefix>applying`: the version being applied and how many VMs are applying it.
+    fn applying_mark(&self, store: &dyn SharedStore) -> Option<(u64, u64, u32)> {
+        let (b, cas) = store.get(&self.key("applying"))?;
+        Some((u64_le(&b)?, b.get(8..).and_then(u64_le).unwrap_or(0), cas))
+    }
+
+    /// Sets `<prefix>applying` to `version` applied by `count` VMs if it is still as read
+    /// (`cas`).
+    fn set_applying(&self, store: &dyn SharedStore, version: u64, count: u64, cas: u32) -> bool {
+        let mut mark = version.to_le_bytes().to_vec();
+        mark.extend(count.to_le_bytes());
+        store.set(&self.key("applying"), &mark, cas).is_ok()
+    }
+
+    /// Counts this worker in among those applying `version`; [`Fetcher::applied`] counts it
+    /// out. A VM that traps in between stays counted, for [`Fetcher::recover`].
+    pub fn applying(&self, store: &dyn SharedStore, version: u64) {
+        // Compare-and-swap against the other workers; a few tries, then give up (the count
+        // only decides how soon a version that kills VMs is refused).
+        for _ in 0..4 {
+            let (count, cas) = match self.applying_mark(store) {
+                Some((v, n, cas)) if v == version => (n.saturating_add(1), cas),
+                Some((_, _, cas)) => (1, cas),
+                None => (1, 0),
+            };
+            if self.set_applying(store, version, count, cas) {
+                return;
+            }
+        }
+    }
+
+    /// Counts this worker out of those applying `version`.
+    pub fn applied(&self, store: &dyn SharedStore, version: u64) {
+        for _ in 0..4 {
+            match self.applying_mark(store) {
+                Some((v, n, cas)) if v == version && n > 0 => {
+                    if self.set_applying(store, version, n - 1, cas) {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// In a VM that just started: VMs still counted as applying a version died doing it
+    /// (applying takes microseconds; a VM is replaced a second after it died). Adds them to
+    /// that version's deaths, and refuses the version once it has killed [`MAX_DEATHS`] VMs.
+    /// Returns the version and its deaths so far, if there were new ones.
+    ///
+    /// A worker applying at this very instant is counted too; that takes a reload to coincide
+    /// with an apply, within microseconds.
+    pub fn recover(&mut self, store: &dyn SharedStore) -> Option<(u64, u64)> {
+        let (version, dead, cas) = self.applying_mark(store)?;
+        // Only the VM whose compare-and-swap wins counts these deaths.
+        if dead == 0 || !self.set_applying(store, version, 0, cas) {
+            return None;
+        }
+        let deaths_key = self.key("deaths");
+        let before = match store.get(&deaths_key) {
+            Some((d, _)) if u64_le(&d) == Some(version) => d.get(8..).and_then(u64_le).unwrap_or(0),
+            _ => 0,
+        };
+        let deaths = before.saturating_add(dead);
+        let mut rec = version.to_le_bytes().to_vec();
+        rec.extend(deaths.to_le_bytes());
+        let _ = store.set(&deaths_key, &rec, 0);
+        if deaths >= MAX_DEATHS {
+            let poisoned = version.max(self.stored(store, "poisoned"));
+            let _ = store.set(&self.key("poisoned"), &poisoned.to_le_bytes(), 0);
+            self.refuse(store, version);
+        }
+        Some((version, deaths))
     }
 
     /// Records that this worker now runs `version`.
@@ -126,15 +238,14 @@ impl Fetcher {
             }
         }
         let mut lease = self.worker.to_le_bytes().to_vec();
-        lease.extend((now + self.source.wait_ns + LEASE_SLACK_NS).to_le_bytes());
+        lease.extend(now.saturating_add(LEASE_NS).to_le_bytes());
         store.set(&key, &lease, cas).ok()?;
         self.in_flight = true;
         // A version refused by any worker is not worth fetching again.
-        let refused = store
-            .get(&self.key("refused"))
-            .and_then(|(b, _)| u64_le(&b))
-            .unwrap_or(0);
-        let have = self.version.max(self.rejected).max(refused);
+        let have = self
+            .version
+            .max(self.rejected)
+            .max(self.stored(store, "refused"));
         Some(format!(
             "{}?version={have}&wait={}",
             self.source.path, self.source.wait
@@ -175,8 +286,15 @@ impl Fetcher {
                     ),
                 )
             }
+            Outcome::Policy { version, .. } if version <= self.stored(store, "poisoned") => {
+                // Asked for before the version was refused (it killed VMs applying it).
+                self.failures = 0;
+                Reaction::Unchanged
+            }
             Outcome::Policy { version, body } => {
                 self.failures = 0;
+                // Cleared by the glue once the policy runs ([`Fetcher::applied`]).
+                self.applying(store, version);
                 match accept_policy(&body) {
                     Ok(p) => {
                         let mut rec = version.to_le_bytes().to_vec();
@@ -188,6 +306,7 @@ impl Fetcher {
                         Reaction::Adopt(version, Box::new(p))
                     }
                     Err(e) => {
+                        self.applied(store, version);
                         self.refuse(store, version);
                         Reaction::Refused(version, e.to_string())
                     }
@@ -208,7 +327,10 @@ impl Fetcher {
 
     /// Remembers a refused version so no worker fetches it again.
     fn refuse(&mut self, store: &dyn SharedStore, version: u64) {
-        self.rejected = self.rejected.max(version);
+        self.rejected = self
+            .rejected
+            .max(version)
+            .max(self.stored(store, "refused"));
         let _ = store.set(&self.key("refused"), &self.rejected.to_le_bytes(), 0);
     }
 
@@ -387,15 +509,106 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_lease_expires() {
+    fn a_dead_holders_lease_lapses_within_2s_and_a_live_one_is_renewed() {
         let store = MemStore::default();
         let (mut a, mut b) = (fetcher(1), fetcher(2));
-        a.poll_now(&store, 0).unwrap(); // and worker 1 never answers
-        assert!(b.poll_now(&store, 29 * S).is_none());
-        assert!(
-            b.poll_now(&store, 31 * S).is_some(),
-            "wait 20 s + 10 s slack"
+        a.poll_now(&store, 0).unwrap();
+        // Worker 1 is alive: it renews on each tick through its 20 s long poll.
+        let mut now = 0;
+        while now < 25 * S {
+            now += S / 10;
+            a.renew(&store, now);
+            assert!(b.poll_now(&store, now).is_none(), "taken at {now} ns");
+        }
+        // Worker 1's VM dies: no more renewals. It used to block polls for 30 s.
+        assert!(b.poll_now(&store, now + S).is_none());
+        assert!(b.poll_now(&store, now + LEASE_NS + 1).is_some());
+    }
+
+    fn apply(f: &mut Fetcher, store: &MemStore, version: u64, body: &[u8]) -> Reaction {
+        f.poll_now(store, 0);
+        f.finished(
+            store,
+            0,
+            Outcome::Policy {
+                version,
+                body: body.to_vec(),
+            },
+        )
+    }
+
+    #[test]
+    fn workers_dying_together_on_one_version_all_count() {
+        let store = MemStore::default();
+        let (mut a, b, c) = (fetcher(1), fetcher(2), fetcher(3));
+        assert!(matches!(
+            apply(&mut a, &store, 1, GOOD),
+            Reaction::Adopt(1, _)
+        ));
+        b.applying(&store, 1);
+        c.applying(&store, 1);
+        c.applied(&store, 1); // c survives; a and b die
+        assert_eq!(fetcher(4).recover(&store), Some((1, 2)));
+        assert!(fetcher(5).published(&store).is_none(), "refused at once");
+    }
+
+    #[test]
+    fn a_version_that_kills_two_vms_applying_it_is_refused_and_a_newer_one_applies() {
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        assert!(matches!(
+            apply(&mut a, &store, 1, GOOD),
+            Reaction::Adopt(1, _)
+        ));
+        a.applied(&store, 1);
+        assert_eq!(
+            fetcher(9).recover(&store),
+            None,
+            "a finished apply is no death"
         );
+
+        // Worker 1 fetches version 2, publishes it, and dies applying it.
+        assert!(matches!(
+            apply(&mut a, &store, 2, GOOD),
+            Reaction::Adopt(2, _)
+        ));
+        let mut a2 = fetcher(3);
+        assert_eq!(a2.recover(&store), Some((2, 1)));
+        assert_eq!(fetcher(4).recover(&store), None, "one death counts once");
+        // One death is not enough to give up on a version: the fresh VM tries it again.
+        let (v, _) = a2.published(&store).unwrap();
+        assert_eq!(v, 2);
+        a2.applying(&store, 2); // and dies again
+        let mut a3 = fetcher(5);
+        assert_eq!(a3.recover(&store), Some((2, 2)));
+        assert!(
+            a3.published(&store).is_none(),
+            "version 2 is never applied again"
+        );
+        assert_eq!(
+            a3.poll_now(&store, 0).unwrap(),
+            "/v1/policies/flask?version=2&wait=20s",
+            "polling asks for a newer version"
+        );
+        // A poll sent before the refusal that answers version 2 changes nothing.
+        assert!(matches!(
+            a3.finished(
+                &store,
+                0,
+                Outcome::Policy {
+                    version: 2,
+                    body: GOOD.to_vec()
+                }
+            ),
+            Reaction::Unchanged
+        ));
+        assert!(matches!(
+            apply(&mut a3, &store, 3, GOOD),
+            Reaction::Adopt(3, _)
+        ));
+        a3.applied(&store, 3);
+        assert_eq!(fetcher(6).published(&store).map(|(v, _)| v), Some(3));
+        assert_eq!(fetcher(7).recover(&store), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub struct Request<'a> {
     query: &'a [u8],
     method: &'a [u8],
     client: OnceCell<Option<IpAddr>>,
+    routing_path: OnceCell<Option<Cow<'a, [u8]>>>,
     client_loader: Option<&'a dyn Fn() -> Option<IpAddr>>,
 }
 
@@ -123,6 +124,39 @@ impl<'a> Request<'a> {
         self.path
     }
 
+    /// The raw `:authority` (else `Host`), port included.
+    pub fn authority(&self) -> &'a [u8] {
+        self.authority
+    }
+
+    /// The authority's host part as gorilla/mux's `parseHost` finds it (case kept).
+    pub fn authority_host(&self) -> &'a [u8] {
+        go_split_host(self.authority)
+    }
+
+    /// The host as Traefik's request decorator canonicalises it (`GetCanonicalHost`): port
+    /// removed as Go's `net.SplitHostPort` does, spaces trimmed, lower-cased.
+    // traefik pkg/middlewares/requestdecorator/request_decorator.go:39,50 and
+    // pkg/types/domains.go:56 (v3.7, fd5a576df2)
+    pub fn canonical_host(&self) -> Cow<'a, [u8]> {
+        let host = trim(go_split_host(self.authority));
+        if host.iter().any(u8::is_ascii_uppercase) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        }
+    }
+
+    /// The path Traefik routes on: the escaped path with every `%XX` decoded except the
+    /// reserved characters of RFC 3986 (and `%` itself), written in upper-case hex; `None`
+    /// when a `%` is not followed by two more bytes (Traefik answers 400, no rule matches).
+    // traefik pkg/muxer/http/mux.go:102-176 (v3.7, fd5a576df2)
+    pub fn routing_path(&self) -> Option<&[u8]> {
+        self.routing_path
+            .get_or_init(|| routing_path(self.path))
+            .as_deref()
+    }
+
     /// The raw query string (after `?`), without decoding.
     pub fn query(&self) -> &'a [u8] {
         self.query
@@ -170,6 +204,69 @@ impl<'a> Request<'a> {
             };
             (percent_decode(k).as_ref() == key.as_bytes()).then(|| percent_decode(v))
         })
+    }
+}
+
+/// `%XX` forms Traefik keeps encoded in the routing path (`reservedCharacters`, upper-case
+/// hex only: `%2f` is decoded).
+const RESERVED_ESCAPES: [&[u8; 3]; 19] = [
+    b"%3A", b"%2F", b"%3F", b"%23", b"%5B", b"%5D", b"%40", b"%21", b"%24", b"%26", b"%27", b"%28",
+    b"%29", b"%2A", b"%2B", b"%2C", b"%3B", b"%3D", b"%25",
+];
+
+fn routing_path(path: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if !path.contains(&b'%') {
+        return Some(Cow::Borrowed(path));
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = path.get(i) {
+        if b != b'%' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let code = path.get(i..i + 3)?;
+        if RESERVED_ESCAPES.iter().any(|r| r[..] == *code) {
+            out.extend_from_slice(code);
+        } else {
+            // Go's url.PathUnescape refuses a malformed escape; so does the routing path.
+            let (h, l) = (hex(*code.get(1)?)?, hex(*code.get(2)?)?);
+            out.push(h << 4 | l);
+        }
+        i += 3;
+    }
+    Some(Cow::Owned(out))
+}
+
+/// The host part as Traefik's `parseHost` finds it: no `:` means no port; `[v6]:port` and
+/// `host:port` split; a `[v6]` alone loses its brackets; anything else is kept whole.
+fn go_split_host(addr: &[u8]) -> &[u8] {
+    if !addr.contains(&b':') {
+        return addr;
+    }
+    if let [b'[', inner @ ..] = addr {
+        if let Some(end) = inner.iter().position(|&b| b == b']') {
+            let host = inner.get(..end).unwrap_or(&[]);
+            match inner.get(end + 1..) {
+                Some([]) => return host,
+                Some([b':', ..]) => return host,
+                _ => return addr,
+            }
+        }
+        return addr;
+    }
+    match addr.iter().rposition(|&b| b == b':') {
+        Some(c) => {
+            let host = addr.get(..c).unwrap_or(addr);
+            if host.contains(&b':') {
+                addr
+            } else {
+                host
+            }
+        }
+        None => addr,
     }
 }
 
@@ -333,5 +430,42 @@ mod tests {
     fn percent_decoding() {
         assert_eq!(&*percent_decode(b"a%2Fb%zz%4"), b"a/b%zz%4");
         assert!(matches!(percent_decode(b"plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn canonical_host_as_traefik_parses_it() {
+        // traefik pkg/middlewares/requestdecorator/request_decorator.go:50-65 (net.SplitHostPort,
+        // brackets dropped) and pkg/types/domains.go:56 (trimmed, lower-cased), fd5a576df2
+        let host = |a: &str| {
+            let req = Request::new(vec![(&b":authority"[..], a.as_bytes())], None);
+            String::from_utf8(req.canonical_host().into_owned()).unwrap()
+        };
+        assert_eq!(host("Example.COM:8443"), "example.com");
+        assert_eq!(host("example.com."), "example.com.");
+        assert_eq!(host("[::1]:80"), "::1");
+        assert_eq!(host("[::1]"), "::1");
+        assert_eq!(host("::1"), "::1");
+        assert_eq!(host("a:b"), "a");
+        assert_eq!(host(" a "), "a");
+    }
+
+    #[test]
+    fn routing_path_decodes_all_but_reserved_escapes() {
+        // traefik pkg/muxer/http/mux_test.go:676-712 (TestRoutingPath), fd5a576df2
+        let path = |p: &str| {
+            let req = Request::new(vec![(&b":path"[..], p.as_bytes())], None);
+            req.routing_path()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+        };
+        assert_eq!(path("/foo%20bar").as_deref(), Some("/foo bar"));
+        assert_eq!(path("/foo%2Fbar").as_deref(), Some("/foo%2Fbar"));
+        assert_eq!(
+            path("/foo%20bar%2Fbaz%23qux?x=%20").as_deref(),
+            Some("/foo bar%2Fbaz%23qux")
+        );
+        assert_eq!(path("/%2f%25").as_deref(), Some("//%25"));
+        assert_eq!(path("/x%"), None);
+        assert_eq!(path("/x%4"), None);
+        assert_eq!(path("/x%zz"), None);
     }
 }

@@ -79,7 +79,15 @@ impl Envoy {
     /// first (e.g. the filter rejected the policy) or does not get ready within 30 s, returns
     /// an error carrying its log.
     pub fn start(opts: &EnvoyOptions) -> Result<Envoy, StartError> {
-        let (mut child, files) = spawn(opts);
+        Envoy::start_yaml(&config::render(opts, &wasm_path()), opts.concurrency)
+    }
+
+    /// Like [`start`](Envoy::start), with a bootstrap of the test's own (a shipped config
+    /// adapted to loopback ports and temp paths), on `concurrency` workers. The harness learns
+    /// the listener's port from the admin endpoint, so the config should bind port 0 and
+    /// have one listener.
+    pub fn start_yaml(yaml: &str, concurrency: u32) -> Result<Envoy, StartError> {
+        let (mut child, files) = spawn(yaml, concurrency);
         match wait_ready(&mut child, &files) {
             Outcome::Ready { port, admin_port } => Ok(Envoy {
                 child,
@@ -111,7 +119,7 @@ impl Envoy {
     /// once it exits with a failure status. Panics if it becomes ready, exits successfully,
     /// or neither exits nor gets ready within 30 s.
     pub fn start_expect_failure(opts: &EnvoyOptions) -> String {
-        let (mut child, files) = spawn(opts);
+        let (mut child, files) = spawn(&config::render(opts, &wasm_path()), opts.concurrency);
         let outcome = wait_ready(&mut child, &files);
         let log = files.log_text();
         match outcome {
@@ -221,9 +229,8 @@ impl Drop for Envoy {
 }
 
 /// Writes the config into a fresh temp dir and launches Envoy on it.
-fn spawn(opts: &EnvoyOptions) -> (Child, Files) {
+fn spawn(yaml: &str, concurrency: u32) -> (Child, Files) {
     let envoy = envoy_bin();
-    let wasm = wasm_path();
     let n = STARTED.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("rollgate-e2e-{pid}-{n}"));
@@ -236,7 +243,7 @@ fn spawn(opts: &EnvoyOptions) -> (Child, Files) {
         admin_address: dir.join("admin-address"),
         dir,
     };
-    fs::write(&files.config, config::render(opts, &wasm))
+    fs::write(&files.config, yaml)
         .unwrap_or_else(|e| panic!("write {}: {e}", files.config.display()));
     let stderr = File::create(&files.stderr).expect("create stderr file");
     let stdout = stderr.try_clone().expect("clone stderr file");
@@ -247,7 +254,7 @@ fn spawn(opts: &EnvoyOptions) -> (Child, Files) {
         .arg("-c")
         .arg(&files.config)
         .arg("--concurrency")
-        .arg(opts.concurrency.to_string())
+        .arg(concurrency.to_string())
         .arg("--base-id")
         .arg(base_id.to_string())
         .arg("--disable-hot-restart")

@@ -78,6 +78,26 @@ pub fn wasm_path() -> PathBuf {
     path
 }
 
+/// The filter built with its test-only trap triggers (`make wasm-test-trap`):
+/// `$ROLLGATE_WASM_TEST_TRAP`, else
+/// `<root>/target/wasm32-wasip1/release/rollgate_plugin_test_trap.wasm`.
+///
+/// Panics with instructions if it does not exist: these tests never skip silently.
+pub fn test_trap_wasm_path() -> PathBuf {
+    let path = std::env::var_os("ROLLGATE_WASM_TEST_TRAP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/wasm32-wasip1/release/rollgate_plugin_test_trap.wasm")
+        });
+    assert!(
+        path.is_file(),
+        "\n\n*** test-trap filter not built at {}: run `make wasm-test-trap`, \
+         or set ROLLGATE_WASM_TEST_TRAP to the .wasm file ***\n",
+        path.display()
+    );
+    path
+}
+
 /// Held by tests whose assertions depend on timing (paced load, breaker trips), so two of them
 /// never compete for the machine's two cores within one test binary.
 pub fn timing_lock() -> std::sync::MutexGuard<'static, ()> {

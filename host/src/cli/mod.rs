@@ -2,9 +2,13 @@
 //! `status`, which talk to a running `rollgate serve` (`--server URL`, else
 //! `$ROLLGATE_SERVER`, else `http://127.0.0.1:8181`).
 //!
-//! Exit codes: 0 done; 1 the server refused (unknown rollout, command not applicable, or
-//! `status --watch` saw the rollout abort); 2 usage errors and an unreachable server (the
-//! binary's own convention for errors).
+//! Exit codes: 0 done; 1 the server refused (unknown rollout, command not applicable or the
+//! rollout moved on, or `status --watch` saw the rollout abort); 2 usage errors and an
+//! unreachable server (the binary's own convention for errors); 3 a command was sent but no
+//! answer came: it may or may not have been applied.
+//!
+//! `promote` names the step it promotes from (`--from-step N`, else the step it reads just
+//! before), so running it again after an unknown outcome cannot skip a pause.
 //!
 //! With `--kubernetes [--namespace NS]` the commands act on Rollouts in the cluster instead
 //! ([`crate::kube::commands`]).
@@ -14,12 +18,14 @@ pub mod format;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use crate::serve::api::{RolloutList, RolloutView};
+use crate::serve::api::{CommandBody, RolloutList, RolloutView};
+use crate::serve::auth::Token;
+use crate::serve::registry::Expect;
 use crate::serve::{self, client, Config};
 
 /// The server when neither `--server` nor `$ROLLGATE_SERVER` says otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8181";
-/// How long a command waits for the server.
+/// How long a command waits for the server unless `--timeout` says otherwise.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a command could not be carried out.
@@ -38,6 +44,21 @@ pub enum CliError {
         /// Why.
         source: client::ClientError,
     },
+    /// The command was sent and no answer came: applied or not, nobody knows.
+    #[error(
+        "sent to rollgate at {server}, but no answer came ({source}): unknown whether it was \
+         applied; `rollgate status {name}` shows where it stands{retry}"
+    )]
+    NoAnswer {
+        /// The server URL.
+        server: String,
+        /// The rollout.
+        name: String,
+        /// How to retry safely, if there is a way.
+        retry: String,
+        /// Why.
+        source: client::ClientError,
+    },
     /// The server answered something unexpected.
     #[error("unexpected answer from {0}")]
     Protocol(String),
@@ -53,6 +74,10 @@ struct Args {
     positional: Vec<String>,
     server: String,
     watch: bool,
+    token_file: Option<String>,
+    from_step: Option<u32>,
+    timeout: Duration,
+    ca: Option<String>,
 }
 
 fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
@@ -60,6 +85,10 @@ fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
         positional: Vec::new(),
         server: std::env::var("ROLLGATE_SERVER").unwrap_or_else(|_| DEFAULT_SERVER.into()),
         watch: false,
+        token_file: None,
+        from_step: None,
+        timeout: TIMEOUT,
+        ca: std::env::var("ROLLGATE_CA").ok(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -71,7 +100,41 @@ fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
                     .clone();
             }
             s if s.starts_with("--server=") => out.server = s["--server=".len()..].into(),
+            "--token-file" => {
+                out.token_file = Some(
+                    it.next()
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("{cmd}: --token-file needs a PATH"))
+                        })?
+                        .clone(),
+                );
+            }
             "--watch" | "-w" if watch_ok => out.watch = true,
+            "--from-step" if cmd == "promote" => {
+                let v = it.next().ok_or_else(|| {
+                    CliError::Usage(format!("{cmd}: --from-step needs a step number"))
+                })?;
+                out.from_step = Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "{cmd}: --from-step {v}: expected a step number (1, 2, …)"
+                    ))
+                })?);
+            }
+            "--ca" => {
+                out.ca = Some(
+                    it.next()
+                        .ok_or_else(|| CliError::Usage(format!("{cmd}: --ca needs a PATH")))?
+                        .clone(),
+                );
+            }
+            "--timeout" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| CliError::Usage(format!("{cmd}: --timeout needs a duration")))?;
+                let ms = crate::rollout::time::parse_ms(v)
+                    .map_err(|e| CliError::Usage(format!("{cmd}: --timeout {v}: {e}")))?;
+                out.timeout = Duration::from_millis(ms.max(1));
+            }
             s if s.starts_with('-') => {
                 return Err(CliError::Usage(format!("{cmd}: unknown option '{s}'")))
             }
@@ -81,14 +144,36 @@ fn parse(cmd: &str, args: &[String], watch_ok: bool) -> Result<Args, CliError> {
     Ok(out)
 }
 
-fn call(server: &str, method: &str, path: &str) -> Result<client::HttpResponse, CliError> {
+fn call(a: &Args, method: &str, path: &str) -> Result<client::HttpResponse, CliError> {
+    send(a, method, path, None)
+}
+
+fn send(
+    a: &Args,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<client::HttpResponse, CliError> {
+    let server = &a.server;
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    client::request(method, &url, None, TIMEOUT).map_err(|source| match source {
-        client::ClientError::Url(u) => CliError::Usage(format!("--server {u}")),
-        source => CliError::Unreachable {
-            server: server.to_string(),
-            source,
-        },
+    let token = Token::from_flag_or_env(a.token_file.as_deref(), |k| std::env::var(k).ok())
+        .map_err(CliError::Usage)?;
+    let auth = token.map(|t| format!("Bearer {}", t.secret()));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|v| ("authorization", v.as_str())).collect();
+    let tls = match &a.ca {
+        Some(ca) if server.starts_with("https://") => Some(
+            crate::serve::tls::client_config(std::path::Path::new(ca)).map_err(CliError::Usage)?,
+        ),
+        _ => None,
+    };
+    client::request_with(method, &url, &headers, body, a.timeout, tls.as_ref()).map_err(|source| {
+        match source {
+            client::ClientError::Url(u) => CliError::Usage(format!("--server {u}")),
+            source => CliError::Unreachable {
+                server: server.to_string(),
+                source,
+            },
+        }
     })
 }
 
@@ -120,7 +205,55 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<
             let [name] = a.positional.as_slice() else {
                 return Err(CliError::Usage(format!("{cmd} takes one rollout NAME")));
             };
-            let resp = call(&a.server, "POST", &format!("/v1/rollouts/{name}/{cmd}"))?;
+            let expect = match (cmd.as_str(), a.from_step) {
+                (_, Some(step)) => Expect {
+                    step: Some(step),
+                    attempt: None,
+                },
+                // Where it stands now, so this promote acts at most once on it.
+                ("promote", None) => {
+                    let resp = call(&a, "GET", &format!("/v1/rollouts/{name}"))?;
+                    if resp.status != 200 {
+                        let _ = writeln!(err, "rollgate {cmd}: {}", error_text(&resp));
+                        return Ok(1);
+                    }
+                    let v: RolloutView = decode(&a.server, &resp)?;
+                    Expect {
+                        step: Some(v.status.current_step.saturating_add(1)),
+                        attempt: Some(v.status.attempt),
+                    }
+                }
+                _ => Expect::default(),
+            };
+            let body = (expect != Expect::default())
+                .then(|| {
+                    serde_json::to_vec(&CommandBody {
+                        expect: expect.clone(),
+                    })
+                })
+                .transpose()
+                .map_err(|e| CliError::Protocol(e.to_string()))?;
+            let path = format!("/v1/rollouts/{name}/{cmd}");
+            let resp = send(&a, "POST", &path, body.as_deref()).map_err(|e| match e {
+                CliError::Unreachable {
+                    server,
+                    source: source @ client::ClientError::NoAnswer { .. },
+                } => CliError::NoAnswer {
+                    server,
+                    name: name.clone(),
+                    retry: expect
+                        .step
+                        .map(|s| {
+                            format!(
+                                "; `rollgate {cmd} {name} --from-step {s}` retries without \
+                                 acting twice"
+                            )
+                        })
+                        .unwrap_or_default(),
+                    source,
+                },
+                e => e,
+            })?;
             if resp.status != 200 {
                 let _ = writeln!(err, "rollgate {cmd}: {}", error_text(&resp));
                 return Ok(1);
@@ -156,7 +289,7 @@ fn status(
     loop {
         let (text, phase) = match name {
             Some(n) => {
-                let resp = call(&a.server, "GET", &format!("/v1/rollouts/{n}"))?;
+                let resp = call(a, "GET", &format!("/v1/rollouts/{n}"))?;
                 if resp.status != 200 {
                     let _ = writeln!(err, "rollgate status: {}", error_text(&resp));
                     return Ok(1);
@@ -165,7 +298,7 @@ fn status(
                 (format::block(&v, tty), Some(v.status.phase))
             }
             None => {
-                let resp = call(&a.server, "GET", "/v1/rollouts")?;
+                let resp = call(a, "GET", "/v1/rollouts")?;
                 if resp.status != 200 {
                     let _ = writeln!(err, "rollgate status: {}", error_text(&resp));
                     return Ok(1);
@@ -189,6 +322,8 @@ fn status(
 /// Parses `serve`'s arguments.
 pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
     let mut dir = None;
+    let mut token_file = None;
+    let (mut cert, mut key) = (None, None);
     let mut config = Config::new("");
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -200,7 +335,25 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
         match a.as_str() {
             "--dir" => dir = Some(value("--dir")?),
             "--listen" => config.listen = value("--listen")?,
+            "--token-file" => token_file = Some(value("--token-file")?),
+            "--max-connections" => {
+                let v = value("--max-connections")?;
+                config.limits.max_connections =
+                    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "serve: --max-connections {v}: expected a whole number above 0"
+                        ))
+                    })?;
+            }
+            "--tls-cert" => cert = Some(value("--tls-cert")?),
+            "--tls-key" => key = Some(value("--tls-key")?),
             "--envoy-admin" => config.envoy_admin.push(value("--envoy-admin")?),
+            "--vanished-grace" => {
+                let v = value("--vanished-grace")?;
+                let ms = crate::rollout::time::parse_ms(&v)
+                    .map_err(|e| CliError::Usage(format!("serve: --vanished-grace: {e}")))?;
+                config.vanished_grace = std::time::Duration::from_millis(ms);
+            }
             other => {
                 return Err(CliError::Usage(format!(
                     "serve: unknown argument '{other}'"
@@ -211,6 +364,17 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
     config.dir = dir
         .ok_or_else(|| CliError::Usage("serve needs --dir DIR".into()))?
         .into();
+    config.tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.into(), k.into())),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::Usage(
+                "serve: --tls-cert and --tls-key go together".into(),
+            ))
+        }
+    };
+    config.token = Token::from_flag_or_env(token_file.as_deref(), |k| std::env::var(k).ok())
+        .map_err(CliError::Usage)?;
     Ok(config)
 }
 
@@ -244,6 +408,14 @@ mod tests {
         assert_eq!(c.dir, std::path::PathBuf::from("/r"));
         assert_eq!(c.listen, "0.0.0.0:9");
         assert_eq!(c.envoy_admin, ["http://a:1", "http://b:2"]);
+        assert_eq!(c.limits.max_connections, 256);
+        let c = serve_config(&strings(&["--dir", "d", "--max-connections", "1000"])).unwrap();
+        assert_eq!(c.limits.max_connections, 1000);
+        assert!(serve_config(&strings(&["--dir", "d", "--max-connections", "0"])).is_err());
+        assert_eq!(c.vanished_grace, crate::serve::DEFAULT_VANISHED_GRACE);
+        let c = serve_config(&strings(&["--dir", "d", "--vanished-grace", "90s"])).unwrap();
+        assert_eq!(c.vanished_grace, std::time::Duration::from_secs(90));
+        assert!(serve_config(&strings(&["--dir", "d", "--vanished-grace", "soon"])).is_err());
         assert!(serve_config(&strings(&["--listen", "x"])).is_err());
         assert!(serve_config(&strings(&["--dir"])).is_err());
         assert!(serve_config(&strings(&["--dir", "d", "--bogus"])).is_err());

@@ -15,6 +15,7 @@ use super::controller::{apply_status, Error};
 use crate::cli::{format, CliError};
 use crate::rollout::{step, validate, Event, Refused, Rollout, Timestamp};
 use crate::serve::api::RolloutView;
+use crate::serve::registry::Expect;
 
 /// How often a command retries after a conflict with the controller.
 const CONFLICT_RETRIES: usize = 3;
@@ -73,12 +74,27 @@ pub async fn command(
     name: &str,
     event: Event,
 ) -> Result<RolloutView, CommandError> {
+    command_expecting(client, ns, name, event, &Expect::default()).await
+}
+
+/// [`command`], only if the Rollout stands where `expect` says (`promote --from-step N`):
+/// a command repeated after an unknown outcome then cannot skip a pause, as on the sidecar.
+pub async fn command_expecting(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    event: Event,
+    expect: &Expect,
+) -> Result<RolloutView, CommandError> {
     let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
     let mut tries = 0;
     loop {
         let mut ro = api.get(name).await?;
         let plan = validate::plan(&ro).map_err(|e| CommandError::Refused(e.to_string()))?;
         let old = ro.status.clone().unwrap_or_default();
+        if let Some(why) = expect.mismatch(name, plan.steps.len(), &old) {
+            return Err(CommandError::Refused(why));
+        }
         let t = step(&plan, &old, event.clone(), Timestamp::now())
             .map_err(|Refused(why)| CommandError::Refused(why))?;
         let rv = ro.resource_version();
@@ -104,6 +120,8 @@ pub struct Invocation {
     pub event: Option<Event>,
     /// `status --watch` / `-w`.
     pub watch: bool,
+    /// `promote --from-step N`: act only at step N (1-based).
+    pub from_step: Option<u32>,
 }
 
 /// Parses the arguments of `cmd` (`promote`, `abort`, `retry`, `status`): `--kubernetes`,
@@ -116,7 +134,7 @@ pub fn parse_args(cmd: &str, args: &[String]) -> Result<Invocation, CliError> {
         "status" => None,
         other => return Err(usage(other, "unknown command")),
     };
-    let (mut namespace, mut names, mut watch) = (None, Vec::new(), false);
+    let (mut namespace, mut names, mut watch, mut from_step) = (None, Vec::new(), false, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -128,6 +146,17 @@ pub fn parse_args(cmd: &str, args: &[String]) -> Result<Invocation, CliError> {
                 namespace = Some(v.clone());
             }
             "--watch" | "-w" if event.is_none() => watch = true,
+            "--from-step" if cmd == "promote" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| usage(cmd, "--from-step needs a step number"))?;
+                from_step = Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    usage(
+                        cmd,
+                        &format!("--from-step {v}: expected a step number (1, 2, …)"),
+                    )
+                })?);
+            }
             s if s.starts_with('-') => return Err(usage(cmd, &format!("unknown option '{s}'"))),
             s => names.push(s.to_string()),
         }
@@ -140,6 +169,7 @@ pub fn parse_args(cmd: &str, args: &[String]) -> Result<Invocation, CliError> {
         name: names.pop(),
         event,
         watch,
+        from_step,
     })
 }
 
@@ -167,7 +197,21 @@ pub fn run_cli(
             let tty = std::io::stdout().is_terminal();
             return super::watch::follow(&client, &ns, inv.name.as_deref(), tty, out, err).await;
         }
-        cli_with(&client, &ns, cmd, inv.event, inv.name.as_ref(), out, err).await
+        let expect = Expect {
+            step: inv.from_step,
+            attempt: None,
+        };
+        cli_with_expect(
+            &client,
+            &ns,
+            cmd,
+            inv.event,
+            inv.name.as_ref(),
+            &expect,
+            out,
+            err,
+        )
+        .await
     })
 }
 
@@ -185,8 +229,24 @@ pub async fn cli_with(
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
 ) -> Result<u8, CliError> {
+    let expect = Expect::default();
+    cli_with_expect(client, ns, cmd, event, name, &expect, out, err).await
+}
+
+/// [`cli_with`] for a command that acts only where `expect` says.
+#[allow(clippy::too_many_arguments)]
+pub async fn cli_with_expect(
+    client: &Client,
+    ns: &str,
+    cmd: &str,
+    event: Option<Event>,
+    name: Option<&String>,
+    expect: &Expect,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Result<u8, CliError> {
     let outcome = match (event, name) {
-        (Some(ev), Some(n)) => command(client, ns, n, ev).await.map(|v| {
+        (Some(ev), Some(n)) => command_expecting(client, ns, n, ev, expect).await.map(|v| {
             let mut text = format!("{n}: {cmd}: {}\n", format::summary(&v));
             if !v.status.message.is_empty() {
                 text.push_str(&format!("  {}\n", v.status.message));
@@ -236,6 +296,7 @@ mod tests {
                 name: Some("flask".into()),
                 event: None,
                 watch: true,
+                from_step: None,
             }
         );
         let inv = parse("status", &["--kubernetes", "-w"]).unwrap();
@@ -258,5 +319,17 @@ mod tests {
         ));
         let inv = parse("retry", &["--kubernetes", "flask"]).unwrap();
         assert_eq!(inv.event, Some(Event::Retry));
+        let inv = parse("promote", &["--kubernetes", "flask", "--from-step", "4"]).unwrap();
+        assert_eq!(inv.from_step, Some(4));
+        for bad in [
+            &["--kubernetes", "flask", "--from-step", "0"][..],
+            &["--kubernetes", "flask", "--from-step"],
+        ] {
+            assert!(matches!(parse("promote", bad), Err(CliError::Usage(_))));
+        }
+        assert!(matches!(
+            parse("abort", &["--kubernetes", "flask", "--from-step", "2"]),
+            Err(CliError::Usage(_))
+        ));
     }
 }

@@ -9,6 +9,7 @@
 //! here does I/O or reads the clock; the sidecar ([`crate::serve`]) does both.
 
 pub mod analysis;
+pub mod excerpt;
 pub mod parts;
 pub mod plan;
 pub mod render;

@@ -16,6 +16,27 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Traefik's `ruleSyntax`: which matchers a `match` is read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RuleSyntax {
+    /// Traefik v3's matchers.
+    #[serde(rename = "v3")]
+    V3,
+    /// Traefik v2's matchers.
+    #[serde(rename = "v2")]
+    V2,
+}
+
+impl RuleSyntax {
+    /// As the policy spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleSyntax::V3 => "v3",
+            RuleSyntax::V2 => "v2",
+        }
+    }
+}
+
 /// A fixed route: tried before the rollout's routes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -23,6 +44,9 @@ pub struct Route {
     /// Traefik rule; absent: every request.
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `v3` or `v2` for this `match` (default: the rollout's `ruleSyntax`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<RuleSyntax>,
     /// Send matching requests to this variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -90,6 +114,9 @@ pub struct RateLimit {
     /// Rule selecting the requests it applies to; absent: all.
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `v3` or `v2` for this `match` (default: the rollout's `ruleSyntax`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<RuleSyntax>,
     /// Tokens per `period`.
     pub average: f64,
     /// Refill period (default `1s`).
@@ -198,6 +225,7 @@ impl Route {
     pub fn to_policy(&self) -> p::RouteSpec {
         let mut r: p::RouteSpec = defaults("{}");
         r.rule = self.rule.clone();
+        r.rule_syntax = self.rule_syntax.map(|s| s.name().to_string());
         r.variant = self.variant.clone();
         r.split = self.split.as_ref().map(|s| {
             s.iter()
@@ -237,6 +265,7 @@ impl RateLimit {
         let mut l: p::RateLimitSpec = defaults(r#"{"name":"","average":0}"#);
         l.name = self.name.clone();
         l.rule = self.rule.clone();
+        l.rule_syntax = self.rule_syntax.map(|s| s.name().to_string());
         l.average = self.average;
         set(&mut l.period, &self.period);
         l.burst = self.burst;
@@ -305,6 +334,7 @@ mod tests {
         let yaml = r#"
 name: api
 match: "PathPrefix(`/api`)"
+ruleSyntax: v3
 average: 500
 period: 2s
 burst: 1000
@@ -316,7 +346,8 @@ slots: 1024
         let json = serde_json::to_value(l.to_policy()).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"name":"api","match":"PathPrefix(`/api`)","average":500.0,
+            serde_json::json!({"name":"api","match":"PathPrefix(`/api`)","rule_syntax":"v3",
+                "average":500.0,
                 "period":"2s","burst":1000,"source":{"client_ip":{"xff_depth":1,"ipv6_prefix":64}},
                 "headers":true,"slots":1024})
         );
@@ -342,6 +373,7 @@ fallbackVariant: stable
         );
         let yaml = r#"
 match: "Host(`a`)"
+ruleSyntax: v2
 split: [{ variant: canary, weight: 10 }]
 sticky: { sourceIp: { xffDepth: 2 }, salt: s, assignCookie: uid }
 default: stable
@@ -349,7 +381,8 @@ default: stable
         let r: Route = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(
             serde_json::to_value(r.to_policy()).unwrap(),
-            serde_json::json!({"match":"Host(`a`)","split":[{"variant":"canary","weight":10.0}],
+            serde_json::json!({"match":"Host(`a`)","rule_syntax":"v2",
+                "split":[{"variant":"canary","weight":10.0}],
                 "sticky":{"source_ip":{"xff_depth":2},"salt":"s","assign_cookie":"uid"},
                 "default":"stable"})
         );

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::excerpt::excerpt;
 use super::time::human_ms;
 use super::types::RolloutSpec;
 
@@ -103,8 +104,9 @@ impl MetricKind {
             _ => {
                 let pct = name.strip_prefix("latency-p").ok_or_else(|| {
                     format!(
-                        "unknown metric '{name}' (known: success-rate, error-rate, \
-                         network-error-rate, latency-pNN such as latency-p99)"
+                        "unknown metric '{}' (known: success-rate, error-rate, \
+                         network-error-rate, latency-pNN such as latency-p99)",
+                        excerpt(name)
                     )
                 })?;
                 match pct.parse::<f64>() {
@@ -112,8 +114,9 @@ impl MetricKind {
                         Ok(MetricKind::Latency(p / 100.0))
                     }
                     _ => Err(format!(
-                        "'{name}': the percentile must be a number between 0 and 100 \
-                         (exclusive), as in latency-p99 or latency-p99.9"
+                        "'{}': the percentile must be a number between 0 and 100 \
+                         (exclusive), as in latency-p99 or latency-p99.9",
+                        excerpt(name)
                     )),
                 }
             }

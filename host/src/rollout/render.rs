@@ -75,6 +75,7 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
         .clone()
         .unwrap_or_else(|| DEFAULT_VARIANT_HEADER.to_string());
     p.expose_variant = spec.expose_variant;
+    p.rule_syntax = spec.rule_syntax.map(|s| s.name().to_string());
     p.rate_limits = spec.rate_limits.iter().map(|l| l.to_policy()).collect();
     p.circuit_breakers = spec
         .circuit_breakers

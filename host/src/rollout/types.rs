@@ -20,7 +20,7 @@ use kube::CustomResource;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-use super::parts::{CircuitBreaker, RateLimit, Route, Sticky};
+use super::parts::{CircuitBreaker, RateLimit, Route, RuleSyntax, Sticky};
 use super::status::RolloutStatus;
 
 /// `apiVersion` of a Rollout.
@@ -80,6 +80,10 @@ pub struct RolloutSpec {
     /// ``Host(`pro.coding`)``; absent: every request no fixed route took.
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Traefik's `ruleSyntax` for every `match` of the rollout (`v3` or `v2`); absent: each
+    /// rule is read as v3 when it is valid v3, else as v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<RuleSyntax>,
     /// The user key that keeps a user on one side of the split (default: client address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::excerpt::excerpt;
+
 /// A parsed `http://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
@@ -17,11 +19,27 @@ pub struct HttpUrl {
 impl HttpUrl {
     /// Parses `http://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let quoted = excerpt(url);
+        // The URL goes into a request line and a `Host` header as it is: CR/LF would inject
+        // headers, a space split the request line. Only visible ASCII (RFC 3986 needs no more;
+        // other characters are percent-encoded).
+        if let Some((i, c)) = url.chars().enumerate().find(|(_, c)| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "character {} of '{quoted}' is {}: a URL is visible ASCII only \
+                 (percent-encode the rest)",
+                i + 1,
+                match c {
+                    ' ' => "a space".to_string(),
+                    c if c.is_control() => format!("the control character {}", c.escape_debug()),
+                    c => format!("'{c}', not ASCII"),
+                }
+            ));
+        }
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             if url.starts_with("https://") {
-                format!("'{url}': only http:// is supported")
+                format!("'{quoted}': only http:// is supported")
             } else {
-                format!("'{url}': expected http://host[:port]/path")
+                format!("'{quoted}': expected http://host[:port]/path")
             }
         })?;
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -35,12 +53,12 @@ impl HttpUrl {
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            return Err(format!("'{url}': the path must not contain spaces"));
+            return Err(format!("'{quoted}': the path must not contain spaces"));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, tail) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("'{url}': unclosed '['"))?;
+                .ok_or_else(|| format!("'{quoted}': unclosed '['"))?;
             (h, tail.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -49,7 +67,7 @@ impl HttpUrl {
             }
         };
         if host.is_empty() || host.contains('@') {
-            return Err(format!("'{url}': missing host"));
+            return Err(format!("'{quoted}': missing host"));
         }
         let port = match port {
             None => 80,
@@ -57,7 +75,7 @@ impl HttpUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("'{url}': invalid port '{p}'"))?,
+                .ok_or_else(|| format!("'{quoted}': invalid port '{}'", excerpt(p)))?,
         };
         Ok(HttpUrl {
             host: host.to_string(),

@@ -10,11 +10,13 @@ use std::fmt;
 
 use rollgate_plugin::policy::Policy;
 
+use super::excerpt::{bounded, excerpt, MAX_MESSAGE, MAX_PROBLEMS};
+use super::parts::RuleSyntax;
 use super::plan::{fingerprint, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanStep};
 use super::render::render;
 use super::status::RolloutStatus;
 use super::time::parse_ms;
-use super::types::{Analysis, Rollout, RolloutSpec, Step, Threshold, API_VERSION, KIND};
+use super::types::{Analysis, Rollout, RolloutSpec, Threshold, API_VERSION, KIND};
 use super::url::HttpUrl;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -46,13 +48,19 @@ impl fmt::Display for FieldError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct RolloutErrors(pub Vec<FieldError>);
 
+/// At most [`MAX_PROBLEMS`] problems of at most [`MAX_MESSAGE`] characters each (escaped,
+/// cut with `…`), then how many more there are: the report goes to the log, the status file
+/// and the API.
 impl fmt::Display for RolloutErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(MAX_PROBLEMS).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "{e}")?;
+            f.write_str(&bounded(&e.to_string(), MAX_MESSAGE))?;
+        }
+        if self.0.len() > MAX_PROBLEMS {
+            write!(f, "; and {} more problems", self.0.len() - MAX_PROBLEMS)?;
         }
         Ok(())
     }
@@ -82,23 +90,103 @@ struct Document {
     status: Option<RolloutStatus>,
 }
 
-/// Parses Rollout YAML (serde_yaml's message names the field and the line).
+/// The YAML budget of a Rollout file: far above what a Rollout needs (the seed nests 6 deep
+/// in about 120 nodes, with no alias) and far below what costs (serde_yaml took 35 s on
+/// 100,000 nested levels; nothing here recurses deeper than `max_depth`). The file itself is
+/// at most [`MAX_POLICY_BYTES`](rollgate_plugin::limits::MAX_POLICY_BYTES).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: 64,
+            flow_nesting_limit: 64,
+            max_nodes: 100_000,
+            max_events: 300_000,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_documents: 1,
+            max_total_scalar_bytes: rollgate_plugin::limits::MAX_POLICY_BYTES,
+        },
+        // A snippet would quote the file's lines into the error.
+        with_snippet: false,
+    }
+}
+
+/// What went wrong at the YAML level, with its line and column, quoting no value: a type
+/// error says which type it met, not the text (the file may hold anything).
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::Error as E;
+    let e = e.without_snippet();
+    let kind = |unexpected: &str| {
+        // serde's `string "…"`, `integer `5``: the words before the value.
+        let end = unexpected
+            .find(['"', '`', '\''])
+            .unwrap_or(unexpected.len());
+        unexpected[..end].trim().to_string()
+    };
+    let message = match e {
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => format!("invalid type: {}, expected {expected}", kind(unexpected)),
+        E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("invalid value: {}, expected {expected}", kind(unexpected)),
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => format!(
+            "unknown field `{}`, expected one of {}",
+            excerpt(field),
+            expected.join(", ")
+        ),
+        // The rest describe structure, not values; most place themselves.
+        other => other.to_string(),
+    };
+    match e.location() {
+        Some(l) if l.line() > 0 && !message.contains(" at line ") => {
+            format!("{message} at line {}, column {}", l.line(), l.column())
+        }
+        _ => message,
+    }
+}
+
+/// Parses Rollout YAML within [`yaml_options`]' budget; an error names the field path, the
+/// line and the column.
 pub fn parse(yaml: &str) -> Result<Rollout, RolloutErrors> {
-    let doc: Document = serde_yaml::from_str(yaml).map_err(|e| {
+    let mut path = String::new();
+    let parsed =
+        serde_saphyr::with_deserializer_from_str_with_options(yaml, yaml_options(), |de| {
+            serde_path_to_error::deserialize::<_, Document>(de).map_err(|e| {
+                path = e.path().to_string();
+                e.into_inner()
+            })
+        });
+    let doc = parsed.map_err(|e| {
+        // serde_path_to_error's root is `.`, an unknown place `?`.
+        let path = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        };
         RolloutErrors(vec![FieldError {
-            path: String::new(),
-            message: e.to_string(),
+            path: excerpt(&path),
+            message: yaml_message(&e),
         }])
     })?;
     let mut errs = Errors(Vec::new());
     if doc.api_version != API_VERSION {
         errs.push(
             "apiVersion",
-            format!("must be {API_VERSION}, got '{}'", doc.api_version),
+            format!("must be {API_VERSION}, got '{}'", excerpt(&doc.api_version)),
         );
     }
     if doc.kind != KIND {
-        errs.push("kind", format!("must be {KIND}, got '{}'", doc.kind));
+        errs.push(
+            "kind",
+            format!("must be {KIND}, got '{}'", excerpt(&doc.kind)),
+        );
     }
     if !errs.0.is_empty() {
         return Err(RolloutErrors(errs.0));
@@ -135,7 +223,8 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
             "metadata.name",
             format!(
                 "must be 1-63 lower-case letters, digits or '-', not starting or ending \
-                 with '-' (got '{name}')"
+                 with '-' (got '{}')",
+                excerpt(name)
             ),
         );
     }
@@ -148,7 +237,11 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
         if !spec.variants.contains_key(v) {
             errs.push(
                 format!("spec.{field}"),
-                format!("unknown variant '{v}' (known: {})", known()),
+                format!(
+                    "unknown variant '{}' (known: {})",
+                    excerpt(v),
+                    excerpt(&known())
+                ),
             );
         }
     }
@@ -156,11 +249,11 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
         errs.push("spec.canaryVariant", "must differ from stableVariant");
     }
     if let Some(rule) = &spec.rule {
-        if let Err(e) = rollgate_plugin::rule::compile(rule) {
+        if let Err(e) = compile_rule(rule, spec.rule_syntax) {
             errs.push("spec.match", e.to_string());
         }
     }
-    let steps = plan_steps(&spec.strategy.steps, &mut errs);
+    let steps = plan_steps(spec, &mut errs);
     let analysis = spec
         .strategy
         .analysis
@@ -229,7 +322,21 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
     })
 }
 
-fn plan_steps(steps: &[Step], errs: &mut Errors) -> Vec<PlanStep> {
+/// A rule in the rollout's `ruleSyntax` (guessed when it has none), as the filter reads it.
+fn compile_rule(
+    rule: &str,
+    syntax: Option<RuleSyntax>,
+) -> Result<rollgate_plugin::rule::Matcher, rollgate_plugin::rule::ParseError> {
+    let syntax = syntax.map(|s| match s {
+        RuleSyntax::V3 => rollgate_plugin::rule::Syntax::V3,
+        RuleSyntax::V2 => rollgate_plugin::rule::Syntax::V2,
+    });
+    let mut regexes = rollgate_plugin::limits::MAX_REGEXES;
+    rollgate_plugin::rule::compile_with(rule, syntax, &mut regexes)
+}
+
+fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
+    let (steps, syntax) = (&spec.strategy.steps, spec.rule_syntax);
     let mut out = Vec::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
         let at = format!("spec.strategy.steps[{i}]");
@@ -275,8 +382,25 @@ fn plan_steps(steps: &[Step], errs: &mut Errors) -> Vec<PlanStep> {
             }
         } else if let Some(h) = &s.set_header_route {
             if let Some(rule) = &h.rule {
-                if let Err(e) = rollgate_plugin::rule::compile(rule) {
+                let alone = compile_rule(rule, syntax);
+                // The filter gets `match && rule` as one rule (render::and_rules): a pair that
+                // is valid only in different syntaxes would be refused when the step runs.
+                let joined = match (&alone, &spec.rule) {
+                    (Ok(_), Some(r)) if compile_rule(r, syntax).is_ok() => {
+                        compile_rule(&super::render::and_rules(Some(r), rule), syntax).err()
+                    }
+                    _ => None,
+                };
+                if let Err(e) = alone {
                     errs.push(format!("{at}.setHeaderRoute.match"), e.to_string());
+                } else if let Some(e) = joined {
+                    errs.push(
+                        format!("{at}.setHeaderRoute.match"),
+                        format!(
+                            "with spec.match, no rule syntax reads both (set spec.ruleSyntax \
+                             and write both in it): {e}"
+                        ),
+                    );
                 }
             }
             out.push(PlanStep::SetHeaderRoute(h.rule.clone()));

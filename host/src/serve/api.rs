@@ -5,7 +5,11 @@
 //! | `GET /v1/policies/NAME?version=N&wait=20s` | the policy when its version is newer than N (at once, or as soon as one appears within `wait`); else 304 after `wait`, or 404 after `wait` if no rollout has that name; an N the sidecar never reached gets the current policy at once, renumbered N+1 |
 //! | `GET /v1/rollouts` | every rollout ([`RolloutList`]) |
 //! | `GET /v1/rollouts/NAME` | one rollout ([`RolloutView`]) |
-//! | `POST /v1/rollouts/NAME/promote`, `/abort`, `/retry` | the rollout after the command; 409 when it does not apply |
+//! | `POST /v1/rollouts/NAME/promote`, `/abort`, `/retry` | the rollout after the command; 409 when it does not apply, or when the rollout is not where the optional body `{"expect": {"step": N, "attempt": A}}` says (so a retried command acts once) |
+//!
+//! Commands carry `authorization: Bearer TOKEN` when the sidecar has a token (else 401);
+//! a request with `Origin`, a cross-site `Sec-Fetch-Site` (403) or a body other than JSON
+//! (415) is refused, token or not ([`super::auth`]).
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::http::{Request, Response};
-use super::registry::{CommandError, Entry, Shared};
+use super::registry::{CommandError, Entry, Expect, Shared};
 use crate::rollout::time::parse_ms;
 use crate::rollout::{Event, RolloutStatus};
 
@@ -68,6 +72,9 @@ fn view(e: &Entry) -> RolloutView {
 
 /// Answers one request.
 pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
+    if let Some(refusal) = super::auth::refuse(req, shared.config.token.as_ref()) {
+        return refusal;
+    }
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
@@ -101,7 +108,11 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
                 "retry" => Event::Retry,
                 _ => return Response::error(404, &format!("unknown command '{cmd}'")),
             };
-            match shared.command(name, event) {
+            let expect = match command_body(req) {
+                Ok(e) => e,
+                Err(why) => return Response::error(400, &why),
+            };
+            match shared.command(name, event, &expect) {
                 Ok(()) => {
                     let st = shared.lock();
                     match st.key_of(name).and_then(|k| st.entries.get(&k)) {
@@ -118,6 +129,24 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
         }
         _ => Response::error(404, &format!("no such endpoint: {}", req.path)),
     }
+}
+
+/// A command's body: none, or `{"expect": {"step": N, "attempt": A}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    /// Where the rollout must stand for the command to act (else 409).
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn command_body(req: &Request) -> Result<Expect, String> {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Expect::default());
+    }
+    serde_json::from_slice::<CommandBody>(&req.body)
+        .map(|b| b.expect)
+        .map_err(|e| format!("body: {e}"))
 }
 
 /// The long-poll.

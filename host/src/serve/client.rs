@@ -1,9 +1,11 @@
 //! A small blocking HTTP/1.1 client over std: one request per connection
-//! (`connection: close`), `content-length` or chunked responses. What the CLI, the analysis
+//! (`connection: close`), `content-length` or chunked responses, `https://` through rustls
+//! with a given CA. What the CLI, the analysis
 //! (Envoy admin) and webhook steps need, without an async runtime.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::rollout::url::HttpUrl;
@@ -20,6 +22,15 @@ pub enum ClientError {
     /// Connecting, sending or receiving failed.
     #[error("{url}: {source}")]
     Io {
+        /// The URL.
+        url: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The request was sent, then the answer did not come (timeout, reset, closed): the
+    /// server may or may not have acted on it.
+    #[error("{url}: request sent, no answer: {source}")]
+    NoAnswer {
         /// The URL.
         url: String,
         /// The I/O error.
@@ -68,7 +79,48 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<HttpResponse, ClientError> {
-    let parsed = HttpUrl::parse(url).map_err(ClientError::Url)?;
+    request_with(method, url, &[], body, timeout, None)
+}
+
+/// A duplex byte stream: a socket, or TLS over one.
+trait Duplex: Read + Write {}
+impl<T: Read + Write> Duplex for T {}
+
+/// Whether the authority of `http://AUTHORITY/...` names a port.
+fn has_port(plain_url: &str) -> bool {
+    let rest = plain_url.trim_start_matches("http://");
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let after_host = authority.rsplit_once(']').map_or(authority, |(_, t)| t);
+    after_host.contains(':')
+}
+
+/// [`request`] with extra `headers` (names and values without line breaks), and for an
+/// `https://` URL the TLS configuration to trust the server with.
+pub fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<HttpResponse, ClientError> {
+    let (plain_url, https) = match url.strip_prefix("https://") {
+        Some(rest) => (format!("http://{rest}"), true),
+        None => (url.to_string(), false),
+    };
+    let mut parsed = HttpUrl::parse(&plain_url).map_err(ClientError::Url)?;
+    if https && !has_port(&plain_url) {
+        parsed.port = 443;
+    }
+    let tls = match (https, tls) {
+        (false, _) => None,
+        (true, Some(config)) => Some(config),
+        (true, None) => {
+            return Err(ClientError::Url(format!(
+                "'{url}': https needs the CA to trust (--ca PATH or $ROLLGATE_CA)"
+            )))
+        }
+    };
     let io = |source| ClientError::Io {
         url: url.to_string(),
         source,
@@ -92,6 +144,9 @@ pub fn request(
         parsed.path,
         parsed.authority()
     );
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
     if let Some(b) = body {
         head.push_str(&format!(
             "content-type: application/json\r\ncontent-length: {}\r\n",
@@ -101,21 +156,38 @@ pub fn request(
         head.push_str("content-length: 0\r\n");
     }
     head.push_str("\r\n");
-    let mut w = &stream;
-    w.write_all(head.as_bytes()).map_err(io)?;
+    let mut conn: Box<dyn Duplex + '_> = match tls {
+        None => Box::new(&stream),
+        // The handshake (and the server's certificate check) runs inside the first write:
+        // a failure there means nothing was sent.
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(parsed.host.clone())
+                .map_err(|e| ClientError::Url(format!("'{url}': {e}")))?;
+            let c = rustls::ClientConnection::new(config.clone(), name)
+                .map_err(|e| io(std::io::Error::other(e)))?;
+            Box::new(rustls::StreamOwned::new(c, &stream))
+        }
+    };
+    conn.write_all(head.as_bytes()).map_err(io)?;
     if let Some(b) = body {
-        w.write_all(b).map_err(io)?;
+        conn.write_all(b).map_err(io)?;
     }
-    let mut reader = BufReader::new(&stream);
+    conn.flush().map_err(io)?;
+    // From here on the server may have acted: failures say so.
+    let io = |source| ClientError::NoAnswer {
+        url: url.to_string(),
+        source,
+    };
+    let mut reader = BufReader::new(conn);
     let mut read_line = |what: &str| -> Result<String, ClientError> {
         stream.set_read_timeout(Some(left())).map_err(io)?;
         let mut line = String::new();
         let n = reader.read_line(&mut line).map_err(io)?;
         if n == 0 {
-            return Err(ClientError::Protocol {
-                url: url.to_string(),
-                why: format!("connection closed before the {what}"),
-            });
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed before the {what}"),
+            )));
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     };
@@ -167,7 +239,7 @@ pub fn request(
         (false, Some(_)) => return Err(bad("invalid or huge content-length".into())),
         (false, None) => {
             let mut b = Vec::new();
-            reader
+            (&mut reader)
                 .take(MAX_BODY as u64)
                 .read_to_end(&mut b)
                 .map_err(io)?;
@@ -179,7 +251,7 @@ pub fn request(
 
 /// De-chunks a body. `Err(Ok(io))` for I/O errors, `Err(Err(why))` for framing errors.
 fn read_chunked(
-    reader: &mut BufReader<&TcpStream>,
+    reader: &mut impl BufRead,
     stream: &TcpStream,
     left: &dyn Fn() -> Duration,
 ) -> Result<Vec<u8>, Result<std::io::Error, String>> {

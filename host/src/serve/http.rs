@@ -4,15 +4,10 @@
 
 use std::io::{self, BufRead, Read, Write};
 
-// Errors are answered to the client and may be logged: they quote at most a short, escaped
-// excerpt of what was sent (fuzzing found a 400 answer echoing a 16 KB request line).
-use rollgate_plugin::excerpt::excerpt;
-
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 << 10;
-/// Largest request body accepted (the API takes none worth mentioning).
-const MAX_BODY: usize = 1 << 20;
-
+/// Largest request head accepted, counted as bytes arrive.
+pub const MAX_HEAD: usize = 16 << 10;
+/// Largest request body accepted: commands take a small JSON object at most.
+pub const MAX_BODY: usize = 64 << 10;
 /// A request.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -26,9 +21,19 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// Whether the connection closes after the answer.
     pub close: bool,
+    /// The body (at most [`MAX_BODY`] bytes).
+    pub body: Vec<u8>,
 }
 
 impl Request {
+    /// First value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// First value of query parameter `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query
@@ -78,8 +83,27 @@ impl Response {
     }
 }
 
-fn bad(why: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.into())
+/// Why a request could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Answer this status and message, then close the connection.
+    Refuse(u16, String),
+    /// The connection broke, or went quiet before a request began: close without an answer.
+    Io(io::Error),
+}
+
+fn bad(why: impl Into<String>) -> ReadError {
+    ReadError::Refuse(400, why.into())
+}
+
+/// At most 64 characters of client text, escaped, for an error message.
+pub fn excerpt(b: &[u8]) -> String {
+    let t = String::from_utf8_lossy(b);
+    let mut s: String = t.chars().take(64).flat_map(char::escape_default).collect();
+    if t.chars().count() > 64 {
+        s.push('…');
+    }
+    s
 }
 
 fn decode(s: &str) -> String {
@@ -104,32 +128,82 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads one line of the head into `buf`, taking at most `budget` bytes from the stream, so
+/// a line that never ends costs [`MAX_HEAD`] bytes, not what the client sends (before: the
+/// limit was checked once a line ended; a 300 MB line without a newline took 300 MB).
+/// Returns the bytes read, 0 at the end of the stream.
+fn head_line(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    budget: &mut usize,
+    started: bool,
+) -> Result<usize, ReadError> {
+    buf.clear();
+    let n = match (&mut *r).take(*budget as u64 + 1).read_until(b'\n', buf) {
+        Ok(n) => n,
+        Err(e) if timed_out(&e) && (started || !buf.is_empty()) => {
+            return Err(ReadError::Refuse(
+                408,
+                "the request head did not arrive in time".into(),
+            ))
+        }
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    if n > *budget {
+        return Err(ReadError::Refuse(
+            431,
+            format!("request head larger than {MAX_HEAD} bytes"),
+        ));
+    }
+    *budget -= n;
+    if n > 0 && buf.last() != Some(&b'\n') {
+        return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(n)
+}
+
 /// Reads one request; `Ok(None)` when the client closed the connection between requests.
-/// The body, if any, is read and dropped: no endpoint takes one.
-pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
-    let mut head_len = 0;
-    let mut line = String::new();
+/// The head is bounded by [`MAX_HEAD`] as it arrives, the body by [`MAX_BODY`]; a timeout
+/// of the underlying stream in the middle of a request is a 408.
+pub fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, ReadError> {
+    let mut budget = MAX_HEAD;
+    let mut buf = Vec::new();
+    let mut started = false;
     // Tolerate empty lines before a request (RFC 9112 §2.2).
     loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
+        if head_line(r, &mut buf, &mut budget, started)? == 0 {
+            if started {
+                return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
             return Ok(None);
         }
-        head_len += line.len();
-        if !line.trim().is_empty() {
+        started = true;
+        if !buf.trim_ascii().is_empty() {
             break;
         }
-        if head_len > MAX_HEAD {
-            return Err(bad("request head too large"));
-        }
     }
+    let line = std::str::from_utf8(&buf)
+        .map_err(|_| bad(format!("request line is not UTF-8: '{}'", excerpt(&buf))))?;
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(bad(format!("bad request line '{}'", excerpt(line.trim()))));
+        return Err(bad(format!(
+            "bad request line '{}'",
+            excerpt(line.trim().as_bytes())
+        )));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(bad(format!("unsupported version '{}'", excerpt(version))));
+        return Err(bad(format!(
+            "unsupported version '{}'",
+            excerpt(version.as_bytes())
+        )));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut req = Request {
@@ -145,33 +219,25 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
             .collect(),
         headers: Vec::new(),
         close: version == "HTTP/1.0",
+        body: Vec::new(),
     };
     loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed inside the request head"));
+        if head_line(r, &mut buf, &mut budget, true)? == 0 {
+            return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        head_len += line.len();
-        if head_len > MAX_HEAD {
-            return Err(bad("request head too large"));
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
+        let l = std::str::from_utf8(&buf)
+            .map_err(|_| bad(format!("header line is not UTF-8: '{}'", excerpt(&buf))))?
+            .trim_end_matches(['\r', '\n']);
         if l.is_empty() {
             break;
         }
         let (n, v) = l
             .split_once(':')
-            .ok_or_else(|| bad(format!("bad header line '{}'", excerpt(l))))?;
+            .ok_or_else(|| bad(format!("bad header line '{}'", excerpt(l.as_bytes()))))?;
         req.headers
             .push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    if let Some(c) = header("connection") {
+    if let Some(c) = req.header("connection") {
         let c = c.to_ascii_lowercase();
         if c.contains("close") {
             req.close = true;
@@ -179,17 +245,31 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
             req.close = false;
         }
     }
-    if header("transfer-encoding").is_some() {
+    if req.header("transfer-encoding").is_some() {
         return Err(bad("chunked request bodies are not supported"));
     }
-    if let Some(len) = header("content-length") {
+    if let Some(len) = req.header("content-length") {
         let n: usize = len
             .parse()
-            .map_err(|_| bad(format!("bad content-length '{}'", excerpt(&len))))?;
+            .map_err(|_| bad(format!("bad content-length '{}'", excerpt(len.as_bytes()))))?;
         if n > MAX_BODY {
-            return Err(bad("request body too large"));
+            return Err(ReadError::Refuse(
+                413,
+                format!("request body larger than {MAX_BODY} bytes"),
+            ));
         }
-        io::copy(&mut r.take(n as u64), &mut io::sink())?;
+        let mut body = Vec::with_capacity(n);
+        match (&mut *r).take(n as u64).read_to_end(&mut body) {
+            Ok(got) if got == n => req.body = body,
+            Ok(_) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Err(e) if timed_out(&e) => {
+                return Err(ReadError::Refuse(
+                    408,
+                    "the request body did not arrive in time".into(),
+                ))
+            }
+            Err(e) => return Err(ReadError::Io(e)),
+        }
     }
     Ok(Some(req))
 }
@@ -199,9 +279,15 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Status",
     }
@@ -244,6 +330,7 @@ POST /v1/rollouts/flask/promote HTTP/1.1\r\ncontent-length: 2\r\nConnection: clo
         assert!(!a.close);
         let b = read_request(&mut r).unwrap().unwrap();
         assert_eq!(b.path, "/v1/rollouts/flask/promote");
+        assert_eq!(b.body, b"{}");
         assert!(b.close);
         assert!(read_request(&mut r).unwrap().is_none());
     }
@@ -255,8 +342,34 @@ POST /v1/rollouts/flask/promote HTTP/1.1\r\ncontent-length: 2\r\nConnection: clo
             b"GET / SPDY/3\r\n\r\n",
             b"GET / HTTP/1.1\r\nno-colon\r\n\r\n",
         ] {
-            assert!(read_request(&mut BufReader::new(raw)).is_err());
+            assert!(matches!(
+                read_request(&mut BufReader::new(raw)),
+                Err(ReadError::Refuse(400, _))
+            ));
         }
+    }
+
+    #[test]
+    fn a_head_that_never_ends_is_cut_at_the_limit() {
+        // An endless request line: the reader stops after MAX_HEAD + 1 bytes.
+        let mut endless = BufReader::new(io::repeat(b'a'));
+        match read_request(&mut endless) {
+            Err(ReadError::Refuse(431, m)) => assert!(m.contains("16384"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let long_header = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "b".repeat(MAX_HEAD));
+        assert!(matches!(
+            read_request(&mut BufReader::new(long_header.as_bytes())),
+            Err(ReadError::Refuse(431, _))
+        ));
+        let big_body = format!(
+            "POST / HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert!(matches!(
+            read_request(&mut BufReader::new(big_body.as_bytes())),
+            Err(ReadError::Refuse(413, _))
+        ));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub transitions: Counter,
     /// Rollout files refused.
     pub invalid_files: Counter,
+    /// Connections answered 503 because the connection cap was reached.
+    pub refused_connections: Counter,
 }
 
 const POLICY_CODES: [u16; 4] = [200, 304, 404, 400];
@@ -150,6 +152,12 @@ impl Metrics {
             "counter",
             "Rollout files refused.",
             &one(&self.invalid_files),
+        );
+        metric(
+            "rollgate_http_refused_connections_total",
+            "counter",
+            "Connections answered 503 because the connection cap was reached.",
+            &one(&self.refused_connections),
         );
         let per = |f: &dyn Fn(&super::registry::Entry) -> Option<f64>| -> Vec<(String, f64)> {
             st.entries

@@ -11,10 +11,16 @@ use rollgate_plugin::policy::spec::PolicySpec;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
-use super::{webhook, Config};
+use super::{files, webhook, Config};
 use crate::rollout::{
-    accept_rendered, render, step, Effect, Event, Plan, Refused, RolloutStatus, Timestamp,
+    accept_rendered, render, step, Effect, Event, FieldError, Plan, Refused, RolloutErrors,
+    RolloutStatus, Timestamp, Transition,
 };
+use rollgate_plugin::policy::PolicyErrors;
+
+/// How far a gateway's claimed version may lead the served one and still renumber it
+/// ([`State::renumber_after`]): 65,536 lost versions, years of releases of one rollout.
+pub const RENUMBER_LEAD: u64 = 1 << 16;
 
 /// Writes one log line.
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
@@ -59,6 +65,8 @@ pub struct Entry {
     pub policy: Option<(PolicySpec, Arc<String>)>,
     /// Why the file is refused, if it is.
     pub error: Option<String>,
+    /// Since when the file is gone from the directory, if it is (kept for the grace).
+    pub gone_since: Option<std::time::Instant>,
 }
 
 impl Entry {
@@ -106,12 +114,19 @@ impl State {
     /// but this sidecar never served (it lost its status file, or is a fresh replica): its
     /// own policy is the current truth, and only a higher number makes the gateway take it.
     /// Returns the entry to persist; `None` when `name` has no policy or is not behind.
+    ///
+    /// Anyone may poll, so a claimed version only moves ours when it is at most
+    /// [`RENUMBER_LEAD`] ahead: a restarted sidecar is behind its gateways by the versions
+    /// it lost, never by billions, and a stranger's `version=18446744073709551614` would
+    /// otherwise push the counter to its end (before: the next promote wrapped it to v0, and
+    /// gateways got 304 forever). A claim beyond the lead is only compared.
     pub fn renumber_after(&mut self, name: &str, seen: u64) -> Option<&Entry> {
         let e = self
             .entries
             .values_mut()
             .find(|e| e.name.as_deref() == Some(name) && e.policy.is_some())?;
-        if e.status.policy_version >= seen {
+        let served = e.status.policy_version;
+        if served >= seen || seen - served > RENUMBER_LEAD {
             return None;
         }
         e.status.policy_version = seen.saturating_add(1);
@@ -138,9 +153,55 @@ pub enum CommandError {
     /// The rollout file never validated: there is nothing to drive.
     #[error("rollout '{0}' has no valid version: {1}")]
     Invalid(String, String),
+    /// The rollout is not where the command expected it: it moved on (an earlier try of
+    /// the same command was applied, or someone else acted), so acting again could skip a
+    /// pause.
+    #[error("{0}")]
+    Moved(String),
     /// Not applicable in the rollout's state.
     #[error(transparent)]
     Refused(#[from] Refused),
+}
+
+/// Where a command expects the rollout to stand (`{"expect": {"step": 4}}`); a command
+/// retried after a timeout then acts at most once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The step (1-based, as shown: "step 4/6") the rollout must be at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// The attempt (`status.attempt`) it must be in: a retry starts a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+impl Expect {
+    /// Why `status` is not where this expects it, if it is not.
+    pub fn mismatch(&self, name: &str, steps: usize, status: &RolloutStatus) -> Option<String> {
+        let at = status.current_step.saturating_add(1);
+        let step_moved = self.step.is_some_and(|s| s != at);
+        let attempt_moved = self.attempt.is_some_and(|a| a != status.attempt);
+        if !step_moved && !attempt_moved {
+            return None;
+        }
+        let now = if status.current_step as usize >= steps {
+            format!("{:?}, all {steps} steps done", status.phase)
+        } else {
+            format!("{:?} at step {at}/{steps}", status.phase)
+        };
+        let expected = match (self.step, self.attempt) {
+            (Some(s), Some(a)) => format!("step {s} of attempt {a}"),
+            (Some(s), None) => format!("step {s}"),
+            (None, Some(a)) => format!("attempt {a}"),
+            (None, None) => String::new(),
+        };
+        Some(format!(
+            "{name} is {now} (attempt {}), not at {expected}: not applied (an earlier try may \
+             have been)",
+            status.attempt
+        ))
+    }
 }
 
 /// State shared by the server's threads.
@@ -179,66 +240,142 @@ impl Shared {
         (self.log)(line);
     }
 
-    /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`.
-    pub fn command(self: &Arc<Self>, name: &str, event: Event) -> Result<(), CommandError> {
-        let mut st = self.lock();
-        let key = st
-            .key_of(name)
-            .ok_or_else(|| CommandError::NotFound(name.to_string()))?;
-        if st.entries[&key].plan.is_none() {
-            let why = st.entries[&key].error.clone().unwrap_or_default();
-            return Err(CommandError::Invalid(name.to_string(), why));
-        }
-        self.apply(&mut st, &key, event, Timestamp::now())?;
-        Ok(())
+    /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`, if it stands where
+    /// `expect` says (checked under the same lock as the step it guards).
+    pub fn command(
+        self: &Arc<Self>,
+        name: &str,
+        event: Event,
+        expect: &Expect,
+    ) -> Result<(), CommandError> {
+        let key = {
+            let st = self.lock();
+            let key = st
+                .key_of(name)
+                .ok_or_else(|| CommandError::NotFound(name.to_string()))?;
+            if st.entries[&key].plan.is_none() {
+                let why = st.entries[&key].error.clone().unwrap_or_default();
+                return Err(CommandError::Invalid(name.to_string(), why));
+            }
+            key
+        };
+        self.apply_expecting(&key, event, Timestamp::now(), Some((name, expect)))
     }
 
     /// Applies `event` to the entry at `key` (with a valid plan) and commits the outcome.
+    ///
+    /// Called without the lock: the filter's compiler, which accepts a new policy, runs
+    /// outside it (a policy whose rules hold 60,000 arguments took seconds, during which every
+    /// endpoint, `/healthz` included, waited). The step is computed under the lock from the
+    /// state of the moment; if a new policy is needed, the lock is released to compile it and
+    /// the step computed again once it is held anew: it commits only when it renders the very
+    /// policy that was accepted (else the new one is compiled in turn).
     pub fn apply(
         self: &Arc<Self>,
-        st: &mut State,
         key: &Path,
         event: Event,
         now: Timestamp,
     ) -> Result<(), Refused> {
-        let Some(entry) = st.entries.get_mut(key) else {
+        match self.apply_expecting(key, event, now, None) {
+            Err(CommandError::Refused(r)) => Err(r),
+            // Without an expectation nothing else is returned.
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Shared::apply`], only while rollout `name` stands where `expect` says: checked each
+    /// time the step is computed, under the lock it is committed under.
+    fn apply_expecting(
+        self: &Arc<Self>,
+        key: &Path,
+        event: Event,
+        now: Timestamp,
+        expect: Option<(&str, &Expect)>,
+    ) -> Result<(), CommandError> {
+        let mut accepted: Option<(PolicySpec, Result<String, PolicyErrors>)> = None;
+        loop {
+            let mut st = self.lock();
+            let Some(entry) = st.entries.get_mut(key) else {
+                return Ok(());
+            };
+            let Some(plan) = &entry.plan else {
+                return Ok(());
+            };
+            if let Some((name, expect)) = expect {
+                if let Some(why) = expect.mismatch(name, plan.steps.len(), &entry.status) {
+                    return Err(CommandError::Moved(why));
+                }
+            }
+            let t = step(plan, &entry.status, event.clone(), now)?;
+            let policy = render(&plan.name, &plan.spec, &t.status);
+            let changed = entry.policy.as_ref().map(|(p, _)| p) != Some(&policy);
+            if changed && accepted.as_ref().map(|(p, _)| p) != Some(&policy) {
+                drop(st);
+                let result = accept_rendered(&policy);
+                accepted = Some((policy, result));
+                continue;
+            }
+            let json = if changed {
+                accepted.take().map(|(_, r)| r)
+            } else {
+                None
+            };
+            self.commit(entry, key, t, policy, json);
             return Ok(());
-        };
-        let Some(plan) = &entry.plan else {
-            return Ok(());
-        };
-        let t = step(plan, &entry.status, event, now)?;
-        let name = plan.name.clone();
-        let policy = render(&plan.name, &plan.spec, &t.status);
+        }
+    }
+
+    /// Stores a transition computed under the same lock; `json` is the acceptance of
+    /// `policy` when it differs from the one served.
+    fn commit(
+        self: &Arc<Self>,
+        entry: &mut Entry,
+        key: &Path,
+        t: Transition,
+        policy: PolicySpec,
+        json: Option<Result<String, PolicyErrors>>,
+    ) {
+        let name = entry
+            .plan
+            .as_ref()
+            .map_or_else(|| entry.display_name(), |p| p.name.clone());
         let mut status = t.status;
         status.policy_version = entry.status.policy_version;
-        if entry.policy.as_ref().map(|(p, _)| p) != Some(&policy) {
-            // Served only once the filter's own acceptance function accepts the very text.
-            let json = match accept_rendered(&policy) {
-                Ok(json) => json,
-                Err(e) => {
-                    let why = format!("rendered policy refused by the filter: {e}");
-                    self.log(&format!(
-                        "{name}: {why}; the last good policy keeps serving"
-                    ));
-                    entry.error = Some(why);
-                    self.persist(entry);
-                    return Ok(());
-                }
-            };
-            status.policy_version += 1;
-            entry.policy = Some((policy, Arc::new(json)));
-            self.log(&format!(
-                "{name}: policy v{} (canary weight {}%, header route {})",
-                status.policy_version,
-                status.canary_weight,
-                if status.header_route.is_some() {
-                    "on"
-                } else {
-                    "off"
-                }
-            ));
-            self.changed.notify_all();
+        match json {
+            None => {}
+            Some(Err(e)) => {
+                // Bounded as a Rollout's own errors are.
+                let problems = e.0.into_iter().map(|p| FieldError {
+                    path: p.path,
+                    message: p.message,
+                });
+                let why = format!(
+                    "rendered policy refused by the filter: {}",
+                    RolloutErrors(problems.collect())
+                );
+                self.log(&format!(
+                    "{name}: {why}; the last good policy keeps serving"
+                ));
+                entry.error = Some(why);
+                self.persist(entry);
+                return;
+            }
+            Some(Ok(json)) => {
+                // Saturating: a version never wraps back below what gateways run.
+                status.policy_version = status.policy_version.saturating_add(1);
+                entry.policy = Some((policy, Arc::new(json)));
+                self.log(&format!(
+                    "{name}: policy v{} (canary weight {}%, header route {})",
+                    status.policy_version,
+                    status.canary_weight,
+                    if status.header_route.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                ));
+                self.changed.notify_all();
+            }
         }
         let dirty = status != entry.status;
         entry.status = status;
@@ -253,19 +390,14 @@ impl Shared {
         if dirty {
             self.persist(entry);
         }
-        Ok(())
     }
 
-    /// Writes the entry's status file (atomically: a temp file renamed over it).
+    /// Writes the entry's status file (atomically, never through a link:
+    /// [`files::replace`]).
     pub fn persist(&self, entry: &Entry) {
         let path = status_path(&entry.file);
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
         let json = serde_json::to_vec_pretty(&entry.to_file()).unwrap_or_default();
-        let result = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
+        if let Err(e) = files::replace(&path, &json) {
             self.log(&format!("cannot write {}: {e}", path.display()));
         }
     }

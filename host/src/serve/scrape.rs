@@ -342,10 +342,9 @@ fn tick(
     if events.is_empty() {
         return;
     }
-    let mut st = shared.lock();
     for (key, event) in events {
         // Not a command: measurements and trips are never refused.
-        let _ = shared.apply(&mut st, &key, event, Timestamp::now());
+        let _ = shared.apply(&key, event, Timestamp::now());
     }
 }
 

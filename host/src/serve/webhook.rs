@@ -121,7 +121,6 @@ pub fn spawn(shared: Arc<Shared>, key: PathBuf, call: Call) {
 
 fn finish(shared: &Arc<Shared>, key: &std::path::Path, call: &Call, outcome: Result<u16, String>) {
     shared.metrics.webhooks(succeeded(&outcome)).inc();
-    let mut st = shared.lock();
     // Not a command: a stale answer is dropped by the engine, never refused.
-    let _ = shared.apply(&mut st, key, call.answer(outcome), Timestamp::now());
+    let _ = shared.apply(key, call.answer(outcome), Timestamp::now());
 }

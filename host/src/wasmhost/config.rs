@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::maps::Headers;
 use super::{CalloutReply, HttpCall, LogLevel, Response, Status};
@@ -48,6 +49,8 @@ pub struct PluginConfig {
     pub(crate) foreign_functions: BTreeMap<String, ForeignFunction>,
     pub(crate) upstream: Option<UpstreamHandler>,
     pub(crate) seed: u64,
+    pub(crate) call_timeout: Option<Duration>,
+    pub(crate) max_memory: Option<usize>,
 }
 
 impl fmt::Debug for PluginConfig {
@@ -83,7 +86,24 @@ impl PluginConfig {
             foreign_functions: BTreeMap::new(),
             upstream: None,
             seed: 0x5eed,
+            call_timeout: None,
+            max_memory: None,
         }
+    }
+
+    /// Bounds each call into the guest to about `timeout` (rounded up to [`super::EPOCH_TICK`]):
+    /// a call running longer traps (`wasm trap: interrupt`) and fails its VM. Needs a module
+    /// from [`super::Wasm::interruptible_from_bytes`]; others ignore it.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds each VM's linear memory to `bytes`: growing past it traps and fails the VM
+    /// (wasmtime's `StoreLimits`, trapping on a failed grow so the cause is named).
+    pub fn max_memory(mut self, bytes: usize) -> Self {
+        self.max_memory = Some(bytes);
+        self
     }
 
     /// The plugin name (`plugin_name` property).

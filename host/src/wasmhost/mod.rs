@@ -73,7 +73,13 @@ use shared::{lock, Process};
 #[derive(Clone)]
 pub struct Wasm {
     module: wasmtime::Module,
+    /// Compiled with epoch interruption: calls can be given a time limit.
+    interruptible: bool,
 }
+
+/// How often the engine of an [interruptible](Wasm::interruptible_from_bytes) module advances
+/// its epoch: the granularity of [`PluginConfig::call_timeout`].
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl fmt::Debug for Wasm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -84,22 +90,61 @@ impl fmt::Debug for Wasm {
 impl Wasm {
     /// Compiles a binary module (a `.wasm` file's bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Wasm, HostError> {
-        let engine = wasmtime::Engine::new(&wasmtime::Config::new())
-            .map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        Wasm::compile(bytes, false)
+    }
+
+    /// Compiles a module whose calls can be bounded in time ([`PluginConfig::call_timeout`]),
+    /// with wasmtime's epoch interruption: the generated code checks the engine's epoch at
+    /// function entries and loop back-edges, and a thread advances it every [`EPOCH_TICK`]
+    /// while the module lives. Without a timeout its calls run unbounded, as with
+    /// [`Wasm::from_bytes`].
+    pub fn interruptible_from_bytes(bytes: &[u8]) -> Result<Wasm, HostError> {
+        Wasm::compile(bytes, true)
+    }
+
+    fn compile(bytes: &[u8], interruptible: bool) -> Result<Wasm, HostError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(interruptible);
+        let engine =
+            wasmtime::Engine::new(&config).map_err(|e| HostError::Compile(format!("{e:#}")))?;
         let module = wasmtime::Module::new(&engine, bytes)
             .map_err(|e| HostError::Compile(format!("{e:#}")))?;
-        Ok(Wasm { module })
+        if interruptible {
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    // Ends once every handle on the engine (modules, stores) is gone.
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })
+                .map_err(|e| HostError::Compile(format!("starting the epoch thread: {e}")))?;
+        }
+        Ok(Wasm {
+            module,
+            interruptible,
+        })
     }
 
     /// Reads and compiles a `.wasm` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Wasm, HostError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|error| HostError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Wasm::from_bytes(&bytes)
+        Wasm::from_bytes(&read(path.as_ref())?)
     }
+
+    /// Reads and compiles a `.wasm` file as [`Wasm::interruptible_from_bytes`] does.
+    pub fn interruptible_from_file(path: impl AsRef<Path>) -> Result<Wasm, HostError> {
+        Wasm::interruptible_from_bytes(&read(path.as_ref())?)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, HostError> {
+    std::fs::read(path).map_err(|error| HostError::Io {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// The plugins a host started, by id; weak, so dropping a [`Plugin`] ends it.

@@ -18,6 +18,8 @@ pub(crate) struct PluginInner {
     pub shared: Arc<PluginShared>,
     pub process: Arc<Process>,
     module: wasmtime::Module,
+    /// Epoch ticks each call may run (interruptible modules only).
+    deadline: Option<u64>,
     linker: Linker<VmState>,
     pub vms: Vec<Vm>,
     /// Bumped for every VM (re)started, so events for a replaced VM are not delivered to its
@@ -37,7 +39,18 @@ impl PluginInner {
         linker::add_to_linker(&mut linker).map_err(|e| HostError::Linker(format!("{e:#}")))?;
         wasi::add_to_linker(&mut linker).map_err(|e| HostError::Linker(format!("{e:#}")))?;
         let workers = config.workers;
+        let deadline = wasm.interruptible.then(|| match config.call_timeout {
+            Some(t) => {
+                let tick = super::EPOCH_TICK.as_nanos();
+                u64::try_from(t.as_nanos().div_ceil(tick))
+                    .unwrap_or(u64::MAX / 2)
+                    .max(1)
+            }
+            // Unbounded, in effect: ~89,000 years of 10 ms ticks, far from overflowing.
+            None => 1 << 48,
+        });
         let mut plugin = PluginInner {
+            deadline,
             shared: Arc::new(PluginShared {
                 id,
                 config,
@@ -68,7 +81,7 @@ impl PluginInner {
             worker,
             self.generation,
         );
-        let mut vm = Vm::instantiate(&self.module, &self.linker, state)?;
+        let mut vm = Vm::instantiate(&self.module, &self.linker, state, self.deadline)?;
         let vm_id = self.shared.config.vm_id.clone();
         // From here the VM holds its vm_id's shared data alive (Envoy's VmIdHandle).
         lock(&self.process.shared).vm_started(&vm_id);

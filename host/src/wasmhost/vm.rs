@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use wasmtime::{Instance, Linker, Memory, Store, TypedFunc};
+use wasmtime::{Instance, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 
 use super::maps::Headers;
 use super::metrics::MetricKind;
@@ -112,6 +112,8 @@ pub(crate) struct VmState {
     pub rng: u64,
     /// Critical logs and standard-error output of the current callback: a Rust panic's message.
     pub panic_text: Vec<String>,
+    /// The plugin's memory bound ([`PluginConfig::max_memory`]), if any.
+    pub limits: StoreLimits,
 }
 
 impl VmState {
@@ -126,7 +128,6 @@ impl VmState {
             ^ generation.rotate_left(32);
         VmState {
             process,
-            plugin,
             worker,
             generation,
             memory: None,
@@ -147,6 +148,14 @@ impl VmState {
             next_metric_id: [0, 1, 2],
             rng: seed | 1,
             panic_text: Vec::new(),
+            limits: match plugin.config.max_memory {
+                Some(bytes) => StoreLimitsBuilder::new()
+                    .memory_size(bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                None => StoreLimits::default(),
+            },
+            plugin,
         }
     }
 
@@ -228,6 +237,8 @@ pub(crate) struct Vm {
     pub exports: Exports,
     /// Why the VM failed (a trap), if it did: Envoy stops calling it.
     pub failed: Option<String>,
+    /// Epoch ticks each call may run, for an interruptible module.
+    deadline: Option<u64>,
 }
 
 fn typed<P, R>(
@@ -255,9 +266,16 @@ impl Vm {
         module: &wasmtime::Module,
         linker: &Linker<VmState>,
         state: VmState,
+        deadline: Option<u64>,
     ) -> Result<Vm, HostError> {
         let worker = state.worker;
         let mut store = Store::new(module.engine(), state);
+        store.limiter(|st| &mut st.limits);
+        if let Some(ticks) = deadline {
+            // Every entry into the guest, host-initiated allocations included, has a deadline
+            // (an interruptible module's default of 0 would trap at once).
+            store.set_epoch_deadline(ticks);
+        }
         let inst_err = |message: String| HostError::Instantiate { worker, message };
         let instance = linker
             .instantiate(&mut store, module)
@@ -324,6 +342,7 @@ impl Vm {
             store,
             exports,
             failed: None,
+            deadline,
         };
         if let Some((name, f)) = init {
             vm.invoke(&f, 0, Callback::Start, name, ())
@@ -352,6 +371,9 @@ impl Vm {
             st.effective = None;
             st.callback = callback;
             st.panic_text.clear();
+        }
+        if let Some(ticks) = self.deadline {
+            self.store.set_epoch_deadline(ticks);
         }
         let result = f.call(&mut self.store, params);
         let st = self.store.data_mut();

@@ -85,16 +85,26 @@ impl Sidecar {
 
     /// Same, on `listen`.
     pub fn start_on(dir: &Path, admins: &[String], listen: &str) -> Sidecar {
+        Sidecar::start_with(dir, admins, |c| c.listen = listen.to_string())
+    }
+
+    /// Same, with `configure` changing the configuration last.
+    pub fn start_with(
+        dir: &Path,
+        admins: &[String],
+        configure: impl FnOnce(&mut Config),
+    ) -> Sidecar {
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let mut config = Config::new(dir);
-        config.listen = listen.to_string();
+        config.listen = "127.0.0.1:0".to_string();
         config.envoy_admin = admins.to_vec();
         config.scan_interval = Duration::from_millis(100);
         config.scrape_interval = Duration::from_millis(200);
         config.log = Some(Arc::new(move |line: &str| {
             sink.lock().unwrap().push(line.to_string());
         }));
+        configure(&mut config);
         let server = serve::start(config).unwrap();
         Sidecar { server, log }
     }

@@ -83,6 +83,13 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        // Test builds only (`make wasm-test-trap`): a request that kills the VM serving it.
+        #[cfg(feature = "test-trap")]
+        if let Ok(Some(_)) =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-rollgate-test-trap")
+        {
+            core::arch::wasm32::unreachable();
+        }
         let Some(rt) = self.rt.clone() else {
             return Action::Continue;
         };

@@ -208,6 +208,11 @@ const ADOPT_PERIOD: Duration = Duration::from_millis(100);
 impl Root {
     /// Runs `policy` from now on (new requests); in-flight ones finish on the old one.
     fn switch(&mut self, policy: Policy) {
+        // Test builds only (`make wasm-test-trap`): a policy that kills the VM applying it.
+        #[cfg(feature = "test-trap")]
+        if policy.spec.name == "test-trap-on-apply" {
+            core::arch::wasm32::unreachable();
+        }
         let mut period = policy
             .breakers
             .iter()
@@ -229,12 +234,17 @@ impl Root {
         let Some(f) = self.fetcher.as_mut() else {
             return;
         };
+        f.renew(&EnvoyStore, now);
         if let Some((version, body)) = f.published(&EnvoyStore) {
             f.adopted(version);
+            f.applying(&EnvoyStore, version);
             match crate::policy::accept_policy(&body) {
                 Ok(p) => {
                     self.switch(p);
                     record(self.fetch_stat(|i| i.version), version);
+                    if let Some(f) = &self.fetcher {
+                        f.applied(&EnvoyStore, version);
+                    }
                 }
                 Err(e) => log(
                     LogLevel::Error,
@@ -283,6 +293,9 @@ impl Root {
                     ),
                 );
                 self.switch(*p);
+                if let Some(f) = &self.fetcher {
+                    f.applied(&EnvoyStore, version);
+                }
                 increment(self.fetch_stat(|i| i.updates), 1);
                 record(self.fetch_stat(|i| i.version), version);
                 // Long-poll again at once: the sidecar holds the request until the next change.
@@ -385,6 +398,16 @@ impl RootContext for Root {
                     ),
             )
         });
+        // A fresh VM may replace one that died applying a fetched policy (FAIL_RELOAD).
+        if let Some((version, deaths)) = self.fetcher.as_mut().and_then(|f| f.recover(&EnvoyStore))
+        {
+            if deaths >= crate::fetch::MAX_DEATHS {
+                log(LogLevel::Critical, &format!("policy version {version} killed {deaths} VMs applying it: refused, it is never applied again"));
+                increment(self.fetch_stat(|i| i.refused), 1);
+            } else {
+                log(LogLevel::Error, &format!("policy version {version} killed a VM applying it ({deaths} of {} before it is refused)", crate::fetch::MAX_DEATHS));
+            }
+        }
         match config.policy {
             Some(p) => {
                 log(

@@ -146,6 +146,48 @@ impl Errors {
         }
     }
 
+    /// Compiles the `match` rule at `path` (`…match`) in the syntax its `rule_syntax` names,
+    /// else the policy's, else guessed; problems are reported at `match` or `rule_syntax`.
+    pub(super) fn rule(
+        &mut self,
+        spec: &PolicySpec,
+        path: &str,
+        rule: Option<&str>,
+        syntax: Option<&str>,
+        regexes_left: &mut usize,
+    ) -> Option<rule::Matcher> {
+        let at = |field: &str| {
+            if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            }
+        };
+        let (named, where_) = match (syntax, spec.rule_syntax.as_deref()) {
+            (Some(s), _) => (Some(s), at("rule_syntax")),
+            (None, Some(s)) => (Some(s), "rule_syntax".to_string()),
+            (None, None) => (None, String::new()),
+        };
+        let sx = match named.map(|n| (n, rule::Syntax::from_name(n))) {
+            None => None,
+            Some((_, Some(sx))) => Some(sx),
+            Some((n, None)) => {
+                // The policy-wide one is reported once, by the policy itself.
+                if syntax.is_some() {
+                    self.push(where_, format!("expected `v3` or `v2`, got `{n}`"));
+                }
+                return None;
+            }
+        };
+        match rule::compile_with(rule?, sx, regexes_left) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.push(at("match"), e.to_string());
+                None
+            }
+        }
+    }
+
     /// `Ok(t)` if nothing was found, else every problem kept and a count of the others.
     pub(super) fn finish<T>(self, t: T) -> Result<T, PolicyErrors> {
         if self.total == 0 {
@@ -276,6 +318,11 @@ impl Policy {
             MAX_BREAKERS,
             "circuit breakers",
         );
+        if let Some(n) = spec.rule_syntax.as_deref() {
+            if rule::Syntax::from_name(n).is_none() {
+                errs.push("rule_syntax", format!("expected `v3` or `v2`, got `{n}`"));
+            }
+        }
         if errs.count() > before_counts {
             // Compiling thousands of entries only to refuse them would cost time for nothing.
             return Err(errs.into_errors());
@@ -393,15 +440,13 @@ fn compile_route(
     regexes_left: &mut usize,
 ) -> Option<Route> {
     let at = |field: &str| format!("routes[{i}].{field}");
-    let compile = |rule: &str| rule::compile_counting(rule, regexes_left);
-    let matcher = match r.rule.as_deref().map(compile) {
-        None => None,
-        Some(Ok(m)) => Some(m),
-        Some(Err(e)) => {
-            errs.push(at("match"), e.to_string());
-            None
-        }
-    };
+    let matcher = errs.rule(
+        spec,
+        &format!("routes[{i}]"),
+        r.rule.as_deref(),
+        r.rule_syntax.as_deref(),
+        regexes_left,
+    );
     let action = match (&r.variant, &r.split) {
         (Some(v), None) => {
             if r.sticky.is_some() {

@@ -228,6 +228,7 @@ pub(super) fn policy(v: &Json, path: &str, errs: &mut Errors) -> PolicySpec {
         rate_limits: Vec::new(),
         circuit_breakers: Vec::new(),
         source: None,
+        rule_syntax: None,
     };
     let fields = [
         "name",
@@ -240,6 +241,7 @@ pub(super) fn policy(v: &Json, path: &str, errs: &mut Errors) -> PolicySpec {
         "rate_limits",
         "circuit_breakers",
         "source",
+        "rule_syntax",
     ];
     object(
         v,
@@ -258,6 +260,7 @@ pub(super) fn policy(v: &Json, path: &str, errs: &mut Errors) -> PolicySpec {
             "rate_limits" => p.rate_limits = list(v, at, errs, rate_limit),
             "circuit_breakers" => p.circuit_breakers = list(v, at, errs, breaker),
             "source" => p.source = opt(v, at, errs, source),
+            "rule_syntax" => p.rule_syntax = opt(v, at, errs, string),
             _ => {}
         },
     );
@@ -294,12 +297,20 @@ pub(super) fn source(v: &Json, path: &str, errs: &mut Errors) -> SourceSpec {
 pub(super) fn route(v: &Json, path: &str, errs: &mut Errors) -> RouteSpec {
     let mut r = RouteSpec {
         rule: None,
+        rule_syntax: None,
         variant: None,
         split: None,
         sticky: None,
         default: None,
     };
-    let fields = ["match", "variant", "split", "sticky", "default"];
+    let fields = [
+        "match",
+        "variant",
+        "split",
+        "sticky",
+        "default",
+        "rule_syntax",
+    ];
     object(
         v,
         path,
@@ -312,6 +323,7 @@ pub(super) fn route(v: &Json, path: &str, errs: &mut Errors) -> RouteSpec {
             "split" => r.split = opt(v, at, errs, |v, at, errs| list(v, at, errs, split)),
             "sticky" => r.sticky = opt(v, at, errs, sticky),
             "default" => r.default = opt(v, at, errs, string),
+            "rule_syntax" => r.rule_syntax = opt(v, at, errs, string),
             _ => {}
         },
     );
@@ -380,6 +392,7 @@ pub(super) fn rate_limit(v: &Json, path: &str, errs: &mut Errors) -> RateLimitSp
     let mut l = RateLimitSpec {
         name: String::new(),
         rule: None,
+        rule_syntax: None,
         average: 0.0,
         period: super::spec::default_period(),
         burst: None,
@@ -388,7 +401,15 @@ pub(super) fn rate_limit(v: &Json, path: &str, errs: &mut Errors) -> RateLimitSp
         slots: super::spec::default_slots(),
     };
     let fields = [
-        "name", "average", "match", "period", "burst", "source", "headers", "slots",
+        "name",
+        "average",
+        "match",
+        "period",
+        "burst",
+        "source",
+        "headers",
+        "slots",
+        "rule_syntax",
     ];
     object(
         v,
@@ -405,6 +426,7 @@ pub(super) fn rate_limit(v: &Json, path: &str, errs: &mut Errors) -> RateLimitSp
             "source" => l.source = opt(v, at, errs, limit_source),
             "headers" => l.headers = boolean(v, at, errs),
             "slots" => l.slots = u32_(v, at, errs),
+            "rule_syntax" => l.rule_syntax = opt(v, at, errs, string),
             _ => {}
         },
     );

@@ -6,7 +6,6 @@ use crate::duration::parse_duration;
 use crate::limits::MAX_NAME_BYTES;
 use crate::murmur3::murmur3_x86_32;
 use crate::ratelimit::{Rate, RateLimit};
-use crate::rule;
 use crate::sticky::KeySource;
 
 /// Names end up in stat names and shared-data keys: keep them to a safe alphabet. `seen` is
@@ -63,15 +62,13 @@ fn compile_one(
     regexes_left: &mut usize,
 ) -> Option<RateLimit> {
     let n = errs.count();
-    let compile = |rule: &str| rule::compile_counting(rule, regexes_left);
-    let matcher = match l.rule.as_deref().map(compile) {
-        Some(Err(e)) => {
-            errs.push(format!("{path}.match"), e.to_string());
-            None
-        }
-        Some(Ok(m)) => Some(m),
-        None => None,
-    };
+    let matcher = errs.rule(
+        spec,
+        path,
+        l.rule.as_deref(),
+        l.rule_syntax.as_deref(),
+        regexes_left,
+    );
     if !(l.average.is_finite() && l.average > 0.0) {
         errs.push(
             format!("{path}.average"),

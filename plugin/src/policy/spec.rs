@@ -51,6 +51,10 @@ pub struct PolicySpec {
     /// Where the filter fetches newer policies (only in the filter's own configuration).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceSpec>,
+    /// Traefik's `ruleSyntax` for every `match` of the policy: `v3` or `v2`. Absent: each
+    /// rule is read as v3 when it is valid v3, else as v2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<String>,
 }
 
 /// Where the filter long-polls for its policy.
@@ -97,6 +101,9 @@ pub struct RateLimitSpec {
     /// Traefik rule selecting the requests it applies to; absent means all.
     #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `v3` or `v2` for this `match`; absent: the policy's `rule_syntax`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<String>,
     /// Tokens added per `period`.
     pub average: f64,
     /// Refill period, e.g. `1s`, `1m`. Default `1s`.
@@ -195,6 +202,9 @@ pub struct RouteSpec {
     /// Traefik rule; absent means every request.
     #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `v3` or `v2` for this `match`; absent: the policy's `rule_syntax`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<String>,
     /// Send every matching request to this variant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,

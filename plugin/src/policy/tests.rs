@@ -429,7 +429,7 @@ fn decoding_errors_name_the_path_and_all_are_reported() {
         unknown,
         [
             "routes[0].wieght: unknown field `wieght`, expected one of `match`, `variant`, \
-          `split`, `sticky`, `default`"
+          `split`, `sticky`, `default`, `rule_syntax`"
         ]
     );
     // A syntax error names where, in the document and in the text.
@@ -444,15 +444,16 @@ fn decoding_errors_name_the_path_and_all_are_reported() {
 const EVERY_FIELD: &str = r#"{
   "name": "all", "variants": {"a": "ca", "b": "cb"}, "default": "a",
   "routes": [
-    {"match": "Host(`x`)", "variant": "b"},
+    {"match": "Host(`x`)", "variant": "b", "rule_syntax": "v3"},
     {"split": [{"variant": "b", "weight": 12.5}], "default": "a",
      "sticky": {"header": "x-u", "salt": "s2", "assign_cookie": "rg"}},
     {"split": [], "sticky": {"cookie": "c"}}, {"split": [], "sticky": {"query": "q"}},
     {"split": [], "sticky": {"source_ip": {"xff_depth": 2}}}
   ],
   "cluster_header": "x-c", "variant_header": "x-v", "expose_variant": true,
+  "rule_syntax": "v2",
   "rate_limits": [
-    {"name": "r1", "match": "PathPrefix(`/api`)", "average": 0.5, "period": "1m", "burst": 7,
+    {"name": "r1", "match": "PathPrefix(`/api`)", "rule_syntax": "v3", "average": 0.5, "period": "1m", "burst": 7,
      "source": {"client_ip": {"xff_depth": 1, "ipv6_prefix": 64}}, "headers": true, "slots": 8},
     {"name": "r2", "average": 1.5, "period": "2s", "source": {"host": {}}},
     {"name": "r3", "average": 1.5, "period": "2s", "source": {"header": "h"}},
@@ -500,5 +501,92 @@ fn deserialize_runs_the_same_decoder() {
     assert!(
         err.to_string().starts_with("missing field `expression`"),
         "{err}"
+    );
+}
+
+/// `rule_syntax` (Traefik's `ruleSyntax`) per policy, route and rate limit; issue 13.
+const SYNTAX: &str = r#"{
+  "name": "s", "variants": {"a": "ca", "b": "cb"},
+  "rule_syntax": "v2",
+  "routes": [
+    {"match": "Path(`/api/{version}/users`)", "variant": "b"},
+    {"match": "Path(`/v3/{version}/users`)", "variant": "a", "rule_syntax": "v3"}
+  ],
+  "rate_limits": [
+    {"name": "q", "match": "Query(`mobile`)", "rule_syntax": "v3", "average": 1}
+  ]
+}"#;
+
+#[test]
+fn rule_syntax_per_policy_route_and_rate_limit() {
+    let p = policy(SYNTAX);
+    let path = |path: &str| decide(&p, &[(":authority", "x"), (":path", path)], None);
+    // v2 (the policy's): a gorilla/mux template (traefik pkg/muxer/http/matcher_v2.go:28-52).
+    assert_eq!(path("/api/v1/users").as_deref(), Some("b"));
+    assert_eq!(path("/api/v1/x/users"), None);
+    // v3 (the route's own): braces are literal (traefik pkg/muxer/http/matcher.go:144-157).
+    assert_eq!(path("/v3/{version}/users").as_deref(), Some("a"));
+    assert_eq!(path("/v3/v1/users"), None);
+    // The rate limit's v3 Query(`k`) wants an empty value (matcher.go:215-233).
+    let limit = &p.rate_limits[0];
+    let applies = |path: &str| {
+        let pairs = vec![(&b":path"[..], path.as_bytes())];
+        limit.applies(&Request::new(pairs, None))
+    };
+    assert!(applies("/?mobile"));
+    assert!(!applies("/?mobile=true"));
+    // The same rule without a syntax is guessed: valid v3, so v3 (literal braces).
+    let guessed = policy(&SYNTAX.replace(r#""rule_syntax": "v2","#, ""));
+    assert_eq!(
+        decide(
+            &guessed,
+            &[(":authority", "x"), (":path", "/api/v1/users")],
+            None
+        ),
+        None
+    );
+}
+
+#[test]
+fn rule_syntax_errors_name_the_field_and_what_each_syntax_expected() {
+    assert_eq!(
+        errors(&SYNTAX.replace(r#""rule_syntax": "v2","#, r#""rule_syntax": "V2","#)),
+        ["rule_syntax: expected `v3` or `v2`, got `V2`"]
+    );
+    assert_eq!(
+        errors(&SYNTAX.replace(
+            r#""variant": "a", "rule_syntax": "v3""#,
+            r#""variant": "a", "rule_syntax": "v4""#
+        )),
+        ["routes[1].rule_syntax: expected `v3` or `v2`, got `v4`"]
+    );
+    // Stated v2, v3's Query(`k`) is refused as v2 refuses it (matcher_v2_test.go:1313).
+    assert_eq!(
+        errors(&SYNTAX.replace(
+            r#""match": "Query(`mobile`)", "rule_syntax": "v3""#,
+            r#""match": "Query(`mobile`)""#
+        )),
+        ["rate_limits[0].match: column 1: Query takes key=value pairs, got 1 parts: 'mobile'"]
+    );
+    // Stated v3, the seed's v2 Headers is an unknown matcher.
+    let v3_seed = SEED.replace(
+        r#""default": "stable","#,
+        r#""default": "stable", "rule_syntax": "v3","#,
+    );
+    assert_eq!(
+        errors(&v3_seed),
+        ["routes[1].match: column 23: unknown matcher 'Headers' in rule syntax v3 (a v2 matcher)"]
+    );
+    // Without one, a rule valid in neither syntax says what each expected.
+    let neither = SEED.replace(
+        "Headers(`location`, `shenzhen`)",
+        "Header(`a`, `b`) && HostHeader(`x`)",
+    );
+    assert_eq!(
+        errors(&neither),
+        [
+            "routes[1].match: column 43: as v3: unknown matcher 'HostHeader' in rule syntax v3 (a \
+          v2 matcher); as v2, column 23: unknown matcher 'Header' in rule syntax v2 (a v3 matcher)"
+        ]
     );
 }

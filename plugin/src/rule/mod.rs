@@ -3,10 +3,12 @@
 //! [`parse`] turns text into a tree with column positions; [`compile`] checks names, arities,
 //! regexes and addresses and yields a [`Matcher`] that requests only read.
 
+mod goregex;
 mod matcher;
 mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use matcher::{compile, compile_counting, IpNet, Matcher};
+pub use goregex::escape_literal_braces;
+pub use matcher::{compile, compile_counting, compile_with, IpNet, Matcher, Syntax};
 pub use parse::{parse, Arg, Expr, ParseError};

@@ -43,9 +43,24 @@ fn rollgate_bin() -> PathBuf {
     bin
 }
 
+/// The sidecar's bearer token for this run: 16 random bytes in hex, handed to `serve` and
+/// to every command through `ROLLGATE_TOKEN` (never printed).
+fn demo_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::io::Read;
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("random bytes from /dev/urandom for the demo's token");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 /// Runs `rollgate ARGS --server URL`, returning its standard output.
 fn rollgate(server: &str, args: &[&str]) -> String {
     let out = Command::new(rollgate_bin())
+        .env("ROLLGATE_TOKEN", demo_token())
         .args(args)
         .args(["--server", server])
         .output()
@@ -171,6 +186,7 @@ fn main() {
     let server = format!("http://127.0.0.1:{sidecar_port}");
     let sidecar = Sidecar(
         Command::new(rollgate_bin())
+            .env("ROLLGATE_TOKEN", demo_token())
             .args([
                 "serve",
                 "--dir",
@@ -191,6 +207,10 @@ fn main() {
         "Envoy on 127.0.0.1:{}, `rollgate serve --dir {}` on {server}",
         envoy.port(),
         dir.display()
+    );
+    println!(
+        "the sidecar takes commands only with the token this run generated (the CLI gets it \
+         in $ROLLGATE_TOKEN; see README \"Security\")"
     );
     std::fs::write(dir.join("flask.yaml"), demo_rollout()).expect("write the Rollout");
     println!(

@@ -275,3 +275,222 @@ fn revision_tracks_the_release_not_the_edits() {
     let steps = load(&edit("- setWeight: 50", "- setWeight: 25")).unwrap();
     assert_ne!(steps.revision, base, "new steps start over");
 }
+
+/// serde_yaml read Rollout files until issue 11; serde-saphyr reads them now. Every Rollout
+/// the repository has (the seed, the step kinds the tests use) and the YAML forms a user may
+/// write (quoted and bare numbers, flow and block style, anchors, comments, `yes`) mean the
+/// same under both.
+#[test]
+fn every_rollout_parses_as_serde_yaml_read_it() {
+    let strategies = [
+        "    steps:
+      - setWeight: 12.5
+      - pause: { duration: 90s }
+      - setHeaderRoute: {}
+      - setHeaderRoute: { match: \"Headers(`a`, `b`)\" }
+      - webhook: { url: \"http://127.0.0.1:9/migrate\", timeout: 5s }
+      - webhook: { url: \"http://jobs/x\" }
+",
+        "    steps: [ { setWeight: 20 }, { pause: {} } ]\n",
+        "    steps:
+      - &w { setWeight: 10 }
+      - *w
+      - pause: { duration: '1s' }
+    analysis:
+      interval: \"1s\"
+      failureLimit: 1
+      minRequests: 5
+      metrics:
+        - { name: error-rate, max: 0.01 }
+        - { name: latency-p99.9, min: 1, max: \"2s\" }
+        - { name: success-rate, min: 1 }
+",
+    ];
+    let head = SEED_YAML.split("  strategy:\n").next().unwrap();
+    let mut docs = vec![
+        SEED_YAML.to_string(),
+        SEED_YAML.replace("average: 500", "average: 500.0"),
+        SEED_YAML.replace("name: flask", "name: flask\n  labels: { a: \"yes\", b: x }"),
+    ];
+    docs.extend(strategies.iter().map(|s| format!("{head}  strategy:\n{s}")));
+    for doc in &docs {
+        let ours = parse(doc).unwrap_or_else(|e| panic!("{e}\n{doc}"));
+        let theirs: Document = serde_yaml::from_str(doc).unwrap();
+        assert_eq!(ours.metadata, theirs.metadata, "{doc}");
+        assert_eq!(ours.spec, theirs.spec, "{doc}");
+        assert_eq!(ours.status, theirs.status, "{doc}");
+    }
+}
+
+/// 100,000 nested flow sequences (200 KB) took serde_yaml 35 s, with the sidecar's lock held.
+/// Under a field whose content is skipped (`metadata` ignores fields it does not know, as
+/// Kubernetes does) nothing stops early: the budget refuses them at depth 64, with the field,
+/// the line and the column, at once. Block nesting and alias bombs are bounded the same way.
+#[test]
+fn deep_yaml_is_refused_quickly_with_its_place() {
+    let head = "apiVersion: rollgate.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: deep\n";
+    let flow = format!(
+        "{head}  x: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let maps = format!(
+        "{head}  x: {}{}\n",
+        "{a: ".repeat(100_000),
+        "}".repeat(100_000)
+    );
+    let block: String = (0..200)
+        .map(|i| format!("{}- \n", "  ".repeat(i + 2)))
+        .collect();
+    let block = format!("{head}  x:\n{block}");
+    let mut bomb = String::from(head);
+    bomb.push_str("  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("  a{i}: &a{i} [{refs}]\n"));
+    }
+    for (doc, expected) in [
+        (
+            &flow,
+            "metadata.x: recursion limit exceeded at line 5, column 70",
+        ),
+        (&maps, "Depth"),
+        (&block, "Depth"),
+        (&bomb, "budget breached"),
+    ] {
+        let start = std::time::Instant::now();
+        let errs = errors(doc);
+        let took = start.elapsed();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains(expected), "{errs:?}");
+        assert!(errs[0].starts_with("metadata"), "{errs:?}");
+        assert!(errs[0].contains("line "), "{errs:?}");
+        // Coarse: the machine is shared; these take milliseconds.
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+}
+
+/// Errors quote no value beyond a short escaped excerpt, and a report is bounded: a file
+/// holding a secret (a token pasted by mistake) does not reappear in the error.
+#[test]
+fn errors_never_echo_the_file() {
+    let secret = "AKIAZ7Q3X9K2M4N8P0RT:wJalrXUtnFEMI/K7MDENG/bPxRfiCYz9Q8w7e6r5t";
+    for doc in [
+        secret.to_string(),
+        format!("{secret}\n"),
+        format!("- {secret}\n"),
+        edit("average: 500", &format!("average: \"{secret}\"")),
+        edit("minRequests: 20", &format!("minRequests: {secret}")),
+        edit("failureLimit: 2", &format!("failureLimit: [{secret}]")),
+    ] {
+        let report = load(&doc).unwrap_err().to_string();
+        assert!(!report.contains("wJalrXUtnFEMI"), "{report}");
+    }
+    // A long value is quoted in part, escaped.
+    let long = format!("Deploy\\nment{}", "x".repeat(10_000));
+    let report = load(&edit("kind: Rollout", &format!("kind: \"{long}\""))).unwrap_err();
+    let report = report.to_string();
+    assert!(
+        report.starts_with("kind: must be Rollout, got 'Deploy\\nment"),
+        "{report}"
+    );
+    assert!(report.chars().count() <= MAX_MESSAGE, "{report}");
+    // Many problems: 20 listed, the rest counted.
+    let steps: String = (0..30).map(|_| "      - setWeight: 150\n").collect();
+    let head = SEED_YAML.split("  strategy:\n").next().unwrap();
+    let report = load(&format!("{head}  strategy:\n    steps:\n{steps}"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        report.matches("must be between 0 and 100").count(),
+        20,
+        "{report}"
+    );
+    assert!(report.ends_with("; and 10 more problems"), "{report}");
+}
+
+/// A webhook URL is sent as the request line and the `Host` header: CR, LF, spaces, other
+/// control characters or non-ASCII in it (`http://evil\r\nX-Injected:80/x` was accepted, its
+/// host written into the `Host` header) are refused with the field path and the position.
+#[test]
+fn webhook_urls_are_visible_ascii() {
+    for (url, position) in [
+        ("http://evil\\r\\nX-Injected:80/x", 12),
+        ("http://a b/x", 9),
+        ("http://jobs/x\\ty", 14),
+        ("http://jöbs/x", 9),
+        ("http://jobs/x\\u007f", 14),
+    ] {
+        let doc = edit(
+            "- setWeight: 50",
+            &format!("- webhook: {{ url: \"{url}\" }}\n      - setWeight: 50"),
+        );
+        assert_error(
+            &doc,
+            &format!("spec.strategy.steps[2].webhook.url: character {position}"),
+        );
+        let report = load(&doc).unwrap_err().to_string();
+        assert!(!report.contains('\r') && !report.contains('\n'), "{report}");
+    }
+}
+
+#[test]
+fn rule_syntax_is_carried_and_checked() {
+    // Issue 13: `ruleSyntax` (Traefik's router option) on the Rollout, its routes and limits.
+    let v2 = load(&edit(
+        "  match: \"Host(`pro.coding`)\"",
+        "  match: \"Host(`pro.coding`)\"\n  ruleSyntax: v2",
+    ))
+    .unwrap();
+    let policy = render("flask", &v2.spec, &RolloutStatus::default());
+    assert_eq!(policy.rule_syntax.as_deref(), Some("v2"));
+    // Stated v3, the seed's header route (v2 `Headers`) is refused where it is written.
+    assert_error(
+        &edit(
+            "  match: \"Host(`pro.coding`)\"",
+            "  match: \"Host(`pro.coding`)\"\n  ruleSyntax: v3",
+        ),
+        "spec.strategy.steps[0].setHeaderRoute.match: column 1: unknown matcher 'Headers' in \
+         rule syntax v3 (a v2 matcher)",
+    );
+    assert_error(
+        &edit(
+            "    - match: \"Host(`dev.coding`)\"",
+            "    - match: \"Host(`dev.coding`)\"\n      ruleSyntax: v4",
+        ),
+        "spec.routes[0].ruleSyntax",
+    );
+}
+
+#[test]
+fn header_route_and_match_must_share_a_syntax() {
+    // The seed's v2 header route beside a v3-only match: a one-pair Headers reads as v3's
+    // Header, so the joined rule loads (it did before issue 13 too).
+    let ok = edit(
+        "  match: \"Host(`pro.coding`)\"",
+        "  match: \"PathRegexp(`^/`)\"",
+    );
+    let plan = load(&ok).unwrap();
+    let header = plan.steps.iter().find_map(|s| match s {
+        PlanStep::SetHeaderRoute(r) => r.clone(),
+        _ => None,
+    });
+    let status = RolloutStatus {
+        header_route: header,
+        ..RolloutStatus::default()
+    };
+    assert!(super::super::render::accept_rendered(&render("flask", &plan.spec, &status)).is_ok());
+    // A pair no syntax reads together is refused when validated, not when the step runs.
+    assert_error(
+        &edit(
+            "match: \"Headers(`location`, `shenzhen`)\"",
+            "match: \"HostHeader(`pro.coding`)\"",
+        )
+        .replacen(
+            "  match: \"Host(`pro.coding`)\"",
+            "  match: \"PathRegexp(`^/`)\"",
+            1,
+        ),
+        "spec.strategy.steps[0].setHeaderRoute.match: with spec.match, no rule syntax reads both",
+    );
+}

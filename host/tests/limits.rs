@@ -1,0 +1,287 @@
+//! `rollgate try` is bounded: a filter call that never returns is stopped after `--timeout`,
+//! a VM growing its memory past `--max-memory` fails, and the policy file is read up to the
+//! filter's 1 MiB limit only. Each ends with exit 1 and a clear message, never a hang.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use wasm_encoder::{
+    CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, MemorySection,
+    MemoryType, Module, TypeSection, ValType,
+};
+
+use rollgate::wasmhost::{Host, HttpRequest, PluginConfig, Wasm};
+
+/// A minimal proxy-wasm module (ABI marker, memory, allocator, `on_vm_start` and
+/// `on_configure` answering true) whose `proxy_on_request_headers` runs `body`.
+fn module(body: &[Instruction<'_>]) -> Vec<u8> {
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I32], [ValType::I32]); // 0: malloc
+    types.ty().function([], []); // 1: ABI marker
+    types
+        .ty()
+        .function([ValType::I32, ValType::I32, ValType::I32], [ValType::I32]); // 2: on_request_headers
+    types
+        .ty()
+        .function([ValType::I32, ValType::I32], [ValType::I32]); // 3: on_vm_start, on_configure
+    let mut funcs = FunctionSection::new();
+    for ty in [0, 1, 2, 3, 3] {
+        funcs.function(ty);
+    }
+    let mut memory = MemorySection::new();
+    memory.memory(MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut exports = ExportSection::new();
+    exports.export("memory", ExportKind::Memory, 0);
+    for (i, name) in [
+        "malloc",
+        "proxy_abi_version_0_2_1",
+        "proxy_on_request_headers",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+    ]
+    .iter()
+    .enumerate()
+    {
+        exports.export(name, ExportKind::Func, i as u32);
+    }
+    let mut code = CodeSection::new();
+    let bodies: [&[Instruction<'_>]; 5] = [
+        &[Instruction::I32Const(1024), Instruction::End],
+        &[Instruction::End],
+        body,
+        &[Instruction::I32Const(1), Instruction::End],
+        &[Instruction::I32Const(1), Instruction::End],
+    ];
+    for b in bodies {
+        let mut f = Function::new([]);
+        for i in b {
+            f.instruction(i);
+        }
+        code.function(&f);
+    }
+    let mut m = Module::new();
+    m.section(&types)
+        .section(&funcs)
+        .section(&memory)
+        .section(&exports)
+        .section(&code);
+    m.finish()
+}
+
+/// `loop { br 0 }`: never returns.
+fn spin() -> Vec<u8> {
+    use wasm_encoder::BlockType;
+    module(&[
+        Instruction::Loop(BlockType::Empty),
+        Instruction::Br(0),
+        Instruction::End,
+        Instruction::I32Const(0),
+        Instruction::End,
+    ])
+}
+
+/// Grows memory by 16 MiB at a time, forever (each grow fails once at 4 GiB).
+fn hog() -> Vec<u8> {
+    use wasm_encoder::BlockType;
+    module(&[
+        Instruction::Loop(BlockType::Empty),
+        Instruction::I32Const(256),
+        Instruction::MemoryGrow(0),
+        Instruction::Drop,
+        Instruction::Br(0),
+        Instruction::End,
+        Instruction::I32Const(0),
+        Instruction::End,
+    ])
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rollgate-limits-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `rollgate try` and kills it if it is still running after `limit`: returns its output
+/// (None: it hung) and how long it ran.
+fn try_cmd(args: &[&str], limit: Duration) -> (Option<Output>, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .arg("try")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            return (Some(out), start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, start.elapsed())
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_filter_call_that_never_returns_is_stopped_after_the_timeout() {
+    let dir = scratch("spin");
+    let wasm = write(&dir, "spin.wasm", &spin());
+    let policy = write(&dir, "policy.json", b"{}");
+    // It used to hang forever.
+    let (out, took) = try_cmd(
+        &["--policy", &policy, "--wasm", &wasm],
+        Duration::from_secs(30),
+    );
+    let out = out.unwrap_or_else(|| panic!("rollgate try still running after {took:?}"));
+    println!("stopped after {took:?}: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "the filter ran longer than --timeout 1s in proxy_on_request_headers and was stopped; \
+             Envoy would answer 503 (wasm_fail_stream) on that worker"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "default timeout 1 s: {took:?}"
+    );
+    let (out, _) = try_cmd(
+        &["--policy", &policy, "--wasm", &wasm, "--timeout", "200ms"],
+        Duration::from_secs(30),
+    );
+    assert!(stderr(&out.unwrap()).contains("--timeout 200ms"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_vm_growing_memory_past_max_memory_fails() {
+    let dir = scratch("hog");
+    let wasm = write(&dir, "hog.wasm", &hog());
+    let policy = write(&dir, "policy.json", b"{}");
+    let (out, took) = try_cmd(
+        &[
+            "--policy",
+            &policy,
+            "--wasm",
+            &wasm,
+            "--max-memory",
+            "64",
+            "--timeout",
+            "20s",
+        ],
+        Duration::from_secs(30),
+    );
+    let out = out.unwrap_or_else(|| panic!("rollgate try still running after {took:?}"));
+    println!("stopped after {took:?}: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "the filter needed more than --max-memory 64 MiB in proxy_on_request_headers and \
+             was stopped; Envoy would answer 503 (wasm_fail_stream) on that worker"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_host_bounds_memory_and_time_per_call() {
+    // The same bounds through the library, with the figures asserted exactly.
+    let mb = 1 << 20;
+    let wasm = Wasm::interruptible_from_bytes(&hog()).unwrap();
+    let plugin = Host::new()
+        .start(&wasm, PluginConfig::new("{}").max_memory(32 * mb))
+        .unwrap();
+    let err = plugin.run(HttpRequest::get("a", "/")).unwrap_err();
+    assert!(
+        format!("{err}").contains("forcing trap when growing memory"),
+        "{err}"
+    );
+    // The VM failed; the next request gets Envoy's FAIL_CLOSED answer.
+    let ex = plugin.run(HttpRequest::get("a", "/")).unwrap();
+    let local = ex.local_response.unwrap();
+    assert_eq!(
+        (local.status, local.details.as_str()),
+        (503, "wasm_fail_stream")
+    );
+
+    let wasm = Wasm::interruptible_from_bytes(&spin()).unwrap();
+    let plugin = Host::new()
+        .start(
+            &wasm,
+            PluginConfig::new("{}").call_timeout(Duration::from_millis(100)),
+        )
+        .unwrap();
+    let start = Instant::now();
+    let err = plugin.run(HttpRequest::get("a", "/")).unwrap_err();
+    assert!(format!("{err}").contains("interrupt"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_policy_file_over_1_mib_is_refused_unread() {
+    let dir = scratch("big");
+    // A 50 MB policy `name` used to take 4.8 GB of memory.
+    let big = format!(r#"{{"name":"{}"}}"#, "a".repeat(50 << 20));
+    let policy = write(&dir, "policy.json", big.as_bytes());
+    let wasm = common::filter_path().display().to_string();
+    let (out, took) = try_cmd(
+        &["--policy", &policy, "--wasm", &wasm],
+        Duration::from_secs(60),
+    );
+    let out = out.unwrap_or_else(|| panic!("rollgate try still running after {took:?}"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "reading {policy}: more than the limit of 1048576 bytes"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // Exactly the limit is read and accepted as far as size goes (the filter then judges it).
+    let mut at_limit = br#"{"name":"flask","variants":{"s":"s"},"default":"s"}"#.to_vec();
+    at_limit.resize(1 << 20, b' ');
+    let policy = write(&dir, "limit.json", &at_limit);
+    let (out, _) = try_cmd(
+        &["--policy", &policy, "--wasm", &wasm],
+        Duration::from_secs(60),
+    );
+    let out = out.unwrap();
+    let mut s = String::new();
+    out.stdout.as_slice().read_to_string(&mut s).unwrap();
+    assert!(out.status.success(), "{}{s}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
