@@ -162,3 +162,16 @@ fn an_invalid_prefix_length_is_quoted_as_an_excerpt() {
         .unwrap_err();
     assert!(e.message.len() < 150, "{}", e.message);
 }
+
+/// Rule and breaker targets, after the v2/v3 rule syntaxes landed: v2 `Query` quoted every
+/// argument whole ("takes key=value pairs, got 1 parts: '…'", 21,446 characters) and a
+/// breaker quoted a whole out-of-range number ("quantile must be above 0 and at most 100,
+/// got 816.6579254254…", 1,899).
+#[test]
+fn query_pairs_and_numbers_are_quoted_as_excerpts() {
+    passes("rule", include_bytes!("regressions/rule-long-query-pairs"));
+    passes(
+        "breaker",
+        include_bytes!("regressions/breaker-long-quantile"),
+    );
+}

@@ -348,7 +348,7 @@ impl P<'_> {
             if v.fract() == 0.0 && (0.0..=999.0).contains(&v) {
                 Ok(v as u16)
             } else {
-                let v = self.number_text(at);
+                let v = crate::excerpt::excerpt(self.number_text(at));
                 Err(self.err(at, format!("expected a status code (0 to 999), got {v}")))
             }
         };
@@ -357,7 +357,7 @@ impl P<'_> {
                 arity(1)?;
                 let (at, q) = args[0];
                 if !(q > 0.0 && q <= 100.0) {
-                    let q = self.number_text(at);
+                    let q = crate::excerpt::excerpt(self.number_text(at));
                     return Err(self.err(at, format!("quantile must be above 0 and at most 100, got {q}")));
                 }
                 Metric::LatencyAtQuantileMs(q)

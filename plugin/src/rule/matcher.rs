@@ -6,9 +6,38 @@ use std::net::IpAddr;
 
 use regex_lite::{Regex, RegexBuilder};
 
+use super::goregex::escape_literal_braces;
 use super::parse::{parse, Arg, Expr, ParseError};
 use crate::limits::{MAX_REGEXES, MAX_REGEX_BYTES};
 use crate::request::Request;
+
+/// Which of Traefik's rule syntaxes a rule is read with (a router's `ruleSyntax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// Traefik v3's matchers (pkg/muxer/http/matcher.go).
+    V3,
+    /// Traefik v2's matchers as Traefik 3 still reads them (pkg/muxer/http/matcher_v2.go).
+    V2,
+}
+
+impl Syntax {
+    /// `v3` or `v2`, as Traefik spells `ruleSyntax`.
+    pub fn from_name(name: &str) -> Option<Syntax> {
+        match name {
+            "v3" => Some(Syntax::V3),
+            "v2" => Some(Syntax::V2),
+            _ => None,
+        }
+    }
+
+    /// `v3` or `v2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Syntax::V3 => "v3",
+            Syntax::V2 => "v2",
+        }
+    }
+}
 
 /// A rule ready to evaluate.
 #[derive(Debug, Clone)]
@@ -19,17 +48,26 @@ pub enum Matcher {
     Any(Vec<Matcher>),
     /// The inner one does not hold.
     Not(Box<Matcher>),
-    /// The host (port removed) equals one of these, ignoring ASCII case.
-    Host(Vec<Box<[u8]>>),
-    /// The host matches the regex.
+    /// The canonical host equals one of these (lower-case), a trailing dot ignored on either
+    /// side; with `wildcard`, a leading `*` stands for the host's first label (v3).
+    Host {
+        /// Lower-case host expressions.
+        hosts: Vec<Box<[u8]>>,
+        /// Whether `*.` expressions are wildcards (v3) or literals (v2).
+        wildcard: bool,
+    },
+    /// The canonical (lower-cased, port removed) host matches the regex (v3).
     HostRegexp(Regex),
-    /// The path equals one of these.
+    /// The authority, port removed but case kept, matches the (case-insensitive) template
+    /// regex (v2, gorilla/mux `Host`).
+    HostTemplate(Regex),
+    /// The routing path equals one of these.
     Path(Vec<Box<[u8]>>),
-    /// The path starts with one of these.
+    /// The routing path starts with one of these.
     PathPrefix(Vec<Box<[u8]>>),
-    /// The path matches the regex.
+    /// The routing path matches the regex.
     PathRegexp(Regex),
-    /// The method is one of these, ignoring ASCII case.
+    /// The method is one of these, exactly (the rule's were upper-cased).
     Method(Vec<Box<[u8]>>),
     /// Some value of the header equals `value`.
     Header {
@@ -45,12 +83,13 @@ pub enum Matcher {
         /// The pattern (unanchored, as in Traefik).
         re: Regex,
     },
-    /// The query has the key, with this value when one is given.
+    /// Some decoded value of the query key equals `value` (v3; `Query(k)` wants an empty
+    /// value).
     Query {
         /// Decoded key.
         key: String,
-        /// Decoded value; `None` means presence only.
-        value: Option<Box<[u8]>>,
+        /// Decoded value.
+        value: Box<[u8]>,
     },
     /// Some value of the query key matches the regex.
     QueryRegexp {
@@ -58,6 +97,16 @@ pub enum Matcher {
         key: String,
         /// The pattern.
         re: Regex,
+    },
+    /// v2 (gorilla/mux `Queries`): `key=<first value of key>` (empty text when the key is
+    /// absent) matches `^key=value$`, `value` a template; an empty value matches any.
+    QueryFirst {
+        /// Decoded key.
+        key: String,
+        /// The anchored template regex, or `None` for a plain value compared exactly.
+        re: Option<Regex>,
+        /// The plain value (empty: any value).
+        value: Box<[u8]>,
     },
     /// The client address lies in one of these networks.
     ClientIp(Vec<IpNet>),
@@ -134,7 +183,8 @@ impl IpNet {
     }
 }
 
-/// Parses and compiles a rule. Errors name the column.
+/// Parses and compiles a rule without a stated syntax (see [`compile_with`]). Errors name the
+/// column.
 pub fn compile(rule: &str) -> Result<Matcher, ParseError> {
     let mut regexes_left = MAX_REGEXES;
     compile_counting(rule, &mut regexes_left)
@@ -143,25 +193,93 @@ pub fn compile(rule: &str) -> Result<Matcher, ParseError> {
 /// [`compile`], taking the regular expressions it builds from `regexes_left`: a policy shares
 /// one budget of [`MAX_REGEXES`] among all its rules.
 pub fn compile_counting(rule: &str, regexes_left: &mut usize) -> Result<Matcher, ParseError> {
-    compile_expr(&parse(rule)?, regexes_left)
+    compile_with(rule, None, regexes_left)
+}
+
+/// Parses and compiles a rule in `syntax`; without one, as v3 if it is a valid v3 rule, else
+/// as v2, else an error saying what each syntax expected (the v3 error's column first).
+pub fn compile_with(
+    rule: &str,
+    syntax: Option<Syntax>,
+    regexes_left: &mut usize,
+) -> Result<Matcher, ParseError> {
+    let expr = parse(rule)?;
+    if let Some(sx) = syntax {
+        return compile_expr(&expr, Read { sx, auto: false }, regexes_left);
+    }
+    let mut left = *regexes_left;
+    let v3 = match compile_expr(
+        &expr,
+        Read {
+            sx: Syntax::V3,
+            auto: true,
+        },
+        &mut left,
+    ) {
+        Ok(m) => {
+            *regexes_left = left;
+            return Ok(m);
+        }
+        Err(e) => e,
+    };
+    let mut left = *regexes_left;
+    match compile_expr(
+        &expr,
+        Read {
+            sx: Syntax::V2,
+            auto: true,
+        },
+        &mut left,
+    ) {
+        Ok(m) => {
+            *regexes_left = left;
+            Ok(m)
+        }
+        // A rule that uses the other syntax's matchers is that syntax's: its error says more.
+        Err(v2) if v2 == v3 => Err(v3),
+        Err(v2) if v2.message.ends_with(OTHER_IS_V3) != v3.message.ends_with(OTHER_IS_V2) => {
+            Err(if v3.message.ends_with(OTHER_IS_V2) {
+                v2
+            } else {
+                v3
+            })
+        }
+        Err(v2) => Err(err(
+            v3.column,
+            format!(
+                "as v3: {}; as v2, column {}: {}",
+                v3.message, v2.column, v2.message
+            ),
+        )),
+    }
+}
+
+const OTHER_IS_V3: &str = "in rule syntax v2 (a v3 matcher)";
+const OTHER_IS_V2: &str = "in rule syntax v3 (a v2 matcher)";
+
+/// The syntax a rule is read in, and whether it was guessed (no `rule_syntax`).
+#[derive(Clone, Copy)]
+struct Read {
+    sx: Syntax,
+    auto: bool,
 }
 
 /// Recurses once per nesting level of the rule, which the parser bounds.
-fn compile_expr(e: &Expr, budget: &mut usize) -> Result<Matcher, ParseError> {
+fn compile_expr(e: &Expr, sx: Read, budget: &mut usize) -> Result<Matcher, ParseError> {
     Ok(match e {
-        Expr::And(items) => flatten(true, items, budget)?,
-        Expr::Or(items) => flatten(false, items, budget)?,
-        Expr::Not(a) => Matcher::Not(Box::new(compile_expr(a, budget)?)),
-        Expr::Call { name, column, args } => compile_call(name, *column, args, budget)?,
+        Expr::And(items) => flatten(true, items, sx, budget)?,
+        Expr::Or(items) => flatten(false, items, sx, budget)?,
+        Expr::Not(a) => Matcher::Not(Box::new(compile_expr(a, sx, budget)?)),
+        Expr::Call { name, column, args } => compile_call(name, *column, args, sx, budget)?,
     })
 }
 
 /// `All`/`Any` of `items`, splicing in the lists of inner ones of the same kind (`(a || b) ||
 /// c` evaluates as `a || b || c`).
-fn flatten(and: bool, items: &[Expr], budget: &mut usize) -> Result<Matcher, ParseError> {
+fn flatten(and: bool, items: &[Expr], sx: Read, budget: &mut usize) -> Result<Matcher, ParseError> {
     let mut out = Vec::with_capacity(items.len());
     for e in items {
-        match (and, compile_expr(e, budget)?) {
+        match (and, compile_expr(e, sx, budget)?) {
             (true, Matcher::All(inner)) | (false, Matcher::Any(inner)) => out.extend(inner),
             (_, m) => out.push(m),
         }
@@ -207,7 +325,8 @@ fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Regex, ParseErr
         ));
     }
     *budget -= 1;
-    let mut builder = RegexBuilder::new(pattern);
+    let pattern = escape_literal_braces(pattern);
+    let mut builder = RegexBuilder::new(&pattern);
     builder.size_limit(MAX_REGEX_BYTES);
     builder.build().map_err(|e| {
         let first = e
@@ -247,233 +366,488 @@ fn bytes(arg: &Arg) -> Box<[u8]> {
     arg.value.as_bytes().into()
 }
 
-/// Gorilla-mux templates of Traefik v2 (`{name}`, `{name:regex}`) as an anchored regex;
-/// `None` when the string holds no template.
-fn template_regex(tpl: &str, default: &str, prefix: bool, host: bool) -> Option<String> {
-    let mut out = String::from(if host { "(?i)^" } else { "^" });
-    let mut found = false;
-    let mut rest = tpl;
-    while let Some(open) = rest.find('{') {
-        let after = rest.get(open + 1..)?;
-        let ident_len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        let starts_ident = after
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        let next = after.get(ident_len..)?.chars().next();
-        if !starts_ident || !matches!(next, Some('}') | Some(':')) {
-            // A quantifier like `{3}` or a literal brace: not a template variable.
-            out.push_str(&regex_lite::escape(rest.get(..=open)?));
-            rest = after;
-            continue;
-        }
-        // Balance braces so patterns like `{id:[0-9]{3}}` work.
-        let mut depth = 1usize;
-        let mut end = None;
-        for (i, c) in after.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(i);
-                        break;
-                    }
+/// What a gorilla/mux template is matched against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tpl {
+    Host,
+    Path,
+    Prefix,
+    Query,
+}
+
+/// gorilla/mux's `newRouteRegexp` (the containous/mux fork Traefik uses, 41b6ec3,
+/// regexp.go:28-132): every top-level `{name}` or `{name:pattern}` is a variable (braces are
+/// balanced, so `{id:[0-9]{3}}` is one), the rest is literal; hosts are case-insensitive;
+/// everything but a prefix is anchored at both ends. `None` when there is no variable and the
+/// template is a plain string (hosts always get a regex, as gorilla's does).
+fn gorilla_template(tpl: &str, kind: Tpl) -> Result<Option<String>, String> {
+    let mut idxs = Vec::new();
+    let (mut level, mut open) = (0usize, 0usize);
+    for (i, b) in tpl.bytes().enumerate() {
+        match b {
+            b'{' => {
+                level += 1;
+                if level == 1 {
+                    open = i;
                 }
-                _ => {}
             }
+            b'}' => {
+                if level == 0 {
+                    return Err(format!("unbalanced braces in '{tpl}'"));
+                }
+                level -= 1;
+                if level == 0 {
+                    idxs.push((open, i + 1));
+                }
+            }
+            _ => {}
         }
-        let end = end?;
-        let var = after.get(..end)?;
-        let pattern = var.split_once(':').map_or(default, |(_, p)| p);
-        out.push_str(&regex_lite::escape(rest.get(..open)?));
+    }
+    if level != 0 {
+        return Err(format!("unbalanced braces in '{tpl}'"));
+    }
+    if idxs.is_empty() && kind != Tpl::Host {
+        return Ok(None);
+    }
+    let default = match kind {
+        Tpl::Query => ".*",
+        Tpl::Host => "[^.]+",
+        Tpl::Path | Tpl::Prefix => "[^/]+",
+    };
+    let mut out = String::from(if kind == Tpl::Host { "(?i)^" } else { "^" });
+    let mut end = 0;
+    for (from, to) in idxs {
+        out.push_str(&regex_lite::escape(tpl.get(end..from).unwrap_or("")));
+        let inner = tpl.get(from + 1..to - 1).unwrap_or("");
+        let (name, pattern) = inner.split_once(':').unwrap_or((inner, default));
+        if name.is_empty() || pattern.is_empty() {
+            return Err(format!(
+                "missing name or pattern in '{}'",
+                tpl.get(from..to).unwrap_or("")
+            ));
+        }
         out.push_str("(?:");
         out.push_str(pattern);
         out.push(')');
-        found = true;
-        rest = after.get(end + 1..)?;
+        end = to;
     }
-    out.push_str(&regex_lite::escape(rest));
-    if !prefix {
+    out.push_str(&regex_lite::escape(tpl.get(end..).unwrap_or("")));
+    if kind == Tpl::Query && tpl.split_once('=').is_some_and(|(_, v)| v.is_empty()) {
+        out.push_str(default);
+    }
+    if kind != Tpl::Prefix {
         out.push('$');
     }
-    found.then_some(out)
+    Ok(Some(out))
 }
 
-/// `Host`/`Path`/`PathPrefix` args: literal strings, or v2 templates compiled to regexes.
-fn literal_or_template(
-    args: &[Arg],
-    default: &str,
-    prefix: bool,
-    host: bool,
-    literal: fn(Vec<Box<[u8]>>) -> Matcher,
-    templated: fn(Regex) -> Matcher,
+fn template(
+    arg: &Arg,
+    tpl: &str,
+    kind: Tpl,
     budget: &mut usize,
-) -> Result<Matcher, ParseError> {
-    let mut plain = Vec::new();
-    let mut any = Vec::new();
-    for a in args {
-        match template_regex(&a.value, default, prefix, host) {
-            Some(re) => any.push(templated(regex(a, &re, budget)?)),
-            None if host => {
-                plain.push(a.value.to_ascii_lowercase().into_bytes().into_boxed_slice())
-            }
-            None => plain.push(bytes(a)),
-        }
+) -> Result<Option<Regex>, ParseError> {
+    match gorilla_template(tpl, kind) {
+        Ok(Some(pattern)) => Ok(Some(regex(arg, &pattern, budget)?)),
+        Ok(None) => Ok(None),
+        Err(m) => Err(err(arg.column, m)),
     }
-    if !plain.is_empty() {
-        any.insert(0, literal(plain));
+}
+
+/// Traefik's matcher names per syntax (pkg/muxer/http/matcher.go:16-28 and
+/// matcher_v2.go:15-26, v3.7, fd5a576df2) plus rollgate's `Cookie` and `CookieRegexp`.
+const V3_NAMES: &[&str] = &[
+    "ClientIP",
+    "Method",
+    "Host",
+    "HostRegexp",
+    "Path",
+    "PathRegexp",
+    "PathPrefix",
+    "Header",
+    "HeaderRegexp",
+    "Query",
+    "QueryRegexp",
+    "Cookie",
+    "CookieRegexp",
+];
+const V2_NAMES: &[&str] = &[
+    "Host",
+    "HostHeader",
+    "HostRegexp",
+    "ClientIP",
+    "Path",
+    "PathPrefix",
+    "Method",
+    "Headers",
+    "HeadersRegexp",
+    "Query",
+    "Cookie",
+    "CookieRegexp",
+];
+
+/// Whether `written` is one of the spellings Traefik registers for `name`: as is, lower-case,
+/// upper-case, and title case of the lower-case name (`Pathprefix`).
+// traefik pkg/rules/parser.go:43-46 (v3.7, fd5a576df2)
+fn spelled(name: &str, written: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let mut title = lower.clone();
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
     }
-    Ok(if any.len() == 1 {
-        any.remove(0)
+    written == name || written == lower || written == name.to_ascii_uppercase() || written == title
+}
+
+fn non_ascii(name: &str, arg: &Arg) -> Result<(), ParseError> {
+    if arg.value.is_ascii() {
+        return Ok(());
+    }
+    Err(err(
+        arg.column,
+        format!(
+            "invalid value '{}' for {name}: non-ASCII characters are not allowed",
+            arg.value
+        ),
+    ))
+}
+
+fn path_start(arg: &Arg) -> Result<(), ParseError> {
+    if arg.value.starts_with('/') {
+        return Ok(());
+    }
+    Err(err(
+        arg.column,
+        format!("path '{}' does not start with a '/'", arg.value),
+    ))
+}
+
+fn one_or_any(mut ms: Vec<Matcher>, and: bool) -> Matcher {
+    if ms.len() == 1 {
+        ms.remove(0)
+    } else if and {
+        Matcher::All(ms)
     } else {
-        Matcher::Any(any)
-    })
+        Matcher::Any(ms)
+    }
 }
 
 fn compile_call(
     name: &str,
     column: usize,
     args: &[Arg],
+    read: Read,
     budget: &mut usize,
 ) -> Result<Matcher, ParseError> {
-    // Traefik v2 accepted lower-case matcher names too.
-    const NAMES: &[&str] = &[
-        "Host",
-        "HostHeader",
-        "HostRegexp",
-        "Path",
-        "PathPrefix",
-        "PathRegexp",
-        "Method",
-        "Header",
-        "Headers",
-        "HeaderRegexp",
-        "HeadersRegexp",
-        "Query",
-        "QueryRegexp",
-        "ClientIP",
-        "Cookie",
-        "CookieRegexp",
-    ];
-    let canonical = NAMES
-        .iter()
-        .find(|n| **n == name || n.to_ascii_lowercase() == name);
-    let Some(&canonical) = canonical else {
-        let hint = if name.starts_with("HostSNI") || name == "ALPN" {
-            " (a TCP matcher; rollgate routes HTTP)"
+    let sx = read.sx;
+    let (names, others, other) = match sx {
+        Syntax::V3 => (V3_NAMES, V2_NAMES, Syntax::V2),
+        Syntax::V2 => (V2_NAMES, V3_NAMES, Syntax::V3),
+    };
+    // Guessing, v2's one-pair `Headers(k, v)` / `HeadersRegexp(k, re)` are read as v3's
+    // `Header` / `HeaderRegexp`, which mean the same (matcher_v2.go:173-185, 227-239 and
+    // matcher.go:190-213): a v2 header rule, like the seed's, can then stand beside v3-only
+    // matchers, as a Rollout's header route stands beside its `match`.
+    let alias = match (read.auto, sx, args.len()) {
+        (true, Syntax::V3, 2) if spelled("Headers", name) => Some("Header"),
+        (true, Syntax::V3, 2) if spelled("HeadersRegexp", name) => Some("HeaderRegexp"),
+        _ => None,
+    };
+    let Some(canonical) = alias.or_else(|| names.iter().find(|n| spelled(n, name)).copied()) else {
+        let hint = if others.iter().any(|n| spelled(n, name)) {
+            format!(" in rule syntax {} (a {} matcher)", sx.name(), other.name())
+        } else if name.starts_with("HostSNI") || name == "ALPN" {
+            " (a TCP matcher; rollgate routes HTTP)".to_string()
         } else {
-            ""
+            String::new()
         };
         return Err(err(
             column,
             format!("unknown matcher '{}'{hint}", crate::excerpt::excerpt(name)),
         ));
     };
-    let first = |i: usize| args.get(i).map(|a| a.value.as_str()).unwrap_or("");
+    // Traefik checks every matcher's arguments before building it: at least one, none empty.
+    // traefik pkg/rules/parser.go:117-129, pkg/muxer/http/mux.go:284 (v3.7, fd5a576df2)
+    arity(name, column, args, 1, usize::MAX)?;
+    if let Some(a) = args.iter().find(|a| a.value.is_empty()) {
+        return Err(err(a.column, format!("empty argument to {name}")));
+    }
+    match sx {
+        Syntax::V3 => {
+            // Guessing, `Query(`k=v`)` is the v2 pair: a v3 key with `=` matches only a key
+            // sent as `k%3Dv`, which no rule written for v3 means.
+            if read.auto && canonical.starts_with("Query") && args[0].value.contains('=') {
+                return Err(err(
+                    args[0].column,
+                    format!("a key=value pair in {name} is rule syntax v2"),
+                ));
+            }
+            compile_v3(canonical, name, column, args, budget)
+        }
+        Syntax::V2 => compile_v2(canonical, name, column, args, budget),
+    }
+}
+
+/// pkg/muxer/http/matcher.go (v3.7, fd5a576df2), one function per matcher.
+fn compile_v3(
+    canonical: &str,
+    name: &str,
+    column: usize,
+    args: &[Arg],
+    budget: &mut usize,
+) -> Result<Matcher, ParseError> {
+    let n = |min, max| arity(name, column, args, min, max);
+    let a0 = &args[0];
     Ok(match canonical {
-        "Host" | "HostHeader" => {
-            arity(name, column, args, 1, usize::MAX)?;
-            literal_or_template(
-                args,
-                "[^.]+",
-                false,
-                true,
-                Matcher::Host,
-                Matcher::HostRegexp,
-                budget,
-            )?
-        }
-        "HostRegexp" => {
-            arity(name, column, args, 1, usize::MAX)?;
-            let mut any = Vec::new();
-            for a in args {
-                let pattern = template_regex(&a.value, "[^.]+", false, true)
-                    .unwrap_or_else(|| a.value.clone());
-                any.push(Matcher::HostRegexp(regex(a, &pattern, budget)?));
-            }
-            if any.len() == 1 {
-                any.remove(0)
-            } else {
-                Matcher::Any(any)
-            }
-        }
-        "Path" => {
-            arity(name, column, args, 1, usize::MAX)?;
-            literal_or_template(
-                args,
-                "[^/]+",
-                false,
-                false,
-                Matcher::Path,
-                Matcher::PathRegexp,
-                budget,
-            )?
-        }
-        "PathPrefix" => {
-            arity(name, column, args, 1, usize::MAX)?;
-            literal_or_template(
-                args,
-                "[^/]+",
-                true,
-                false,
-                Matcher::PathPrefix,
-                Matcher::PathRegexp,
-                budget,
-            )?
-        }
-        "PathRegexp" => {
-            arity(name, column, args, 1, 1)?;
-            Matcher::PathRegexp(regex(&args[0], first(0), budget)?)
+        "ClientIP" => {
+            n(1, 1)?;
+            Matcher::ClientIp(vec![IpNet::parse(&a0.value).map_err(|m| err(a0.column, m))?])
         }
         "Method" => {
-            arity(name, column, args, 1, usize::MAX)?;
-            Matcher::Method(args.iter().map(bytes).collect())
+            n(1, 1)?;
+            Matcher::Method(vec![a0.value.to_ascii_uppercase().into_bytes().into()])
         }
-        "Header" | "Headers" => {
-            arity(name, column, args, 2, 2)?;
+        "Host" => {
+            n(1, 1)?;
+            if a0.value == "*" {
+                return Ok(Matcher::All(Vec::new()));
+            }
+            non_ascii(name, a0)?;
+            Matcher::Host {
+                hosts: vec![a0.value.to_ascii_lowercase().into_bytes().into()],
+                wildcard: true,
+            }
+        }
+        "HostRegexp" => {
+            n(1, 1)?;
+            non_ascii(name, a0)?;
+            Matcher::HostRegexp(regex(a0, &a0.value, budget)?)
+        }
+        "Path" => {
+            n(1, 1)?;
+            path_start(a0)?;
+            Matcher::Path(vec![bytes(a0)])
+        }
+        "PathPrefix" => {
+            n(1, 1)?;
+            path_start(a0)?;
+            Matcher::PathPrefix(vec![bytes(a0)])
+        }
+        "PathRegexp" => {
+            n(1, 1)?;
+            Matcher::PathRegexp(regex(a0, &a0.value, budget)?)
+        }
+        "Header" => {
+            n(2, 2)?;
             Matcher::Header {
-                name: header_name(&args[0])?,
+                name: header_name(a0)?,
                 value: bytes(&args[1]),
             }
         }
-        "HeaderRegexp" | "HeadersRegexp" => {
-            arity(name, column, args, 2, 2)?;
+        "HeaderRegexp" => {
+            n(2, 2)?;
             Matcher::HeaderRegexp {
-                name: header_name(&args[0])?,
-                re: regex(&args[1], first(1), budget)?,
+                name: header_name(a0)?,
+                re: regex(&args[1], &args[1].value, budget)?,
             }
         }
-        "Query" => compile_query(name, column, args)?,
-        "QueryRegexp" => {
-            arity(name, column, args, 2, 2)?;
-            Matcher::QueryRegexp {
-                key: first(0).to_string(),
-                re: regex(&args[1], first(1), budget)?,
+        "Query" | "QueryRegexp" => {
+            n(1, 2)?;
+            match args.get(1) {
+                Some(re) if canonical == "QueryRegexp" => Matcher::QueryRegexp {
+                    key: a0.value.clone(),
+                    re: regex(re, &re.value, budget)?,
+                },
+                value => Matcher::Query {
+                    key: a0.value.clone(),
+                    value: value.map(bytes).unwrap_or_default(),
+                },
             }
         }
-        "ClientIP" => {
-            arity(name, column, args, 1, usize::MAX)?;
-            let nets = args
-                .iter()
+        _ => cookie(canonical, name, column, args, budget)?,
+    })
+}
+
+/// pkg/muxer/http/matcher_v2.go (v3.7, fd5a576df2): gorilla/mux routes for paths, host
+/// regexps, methods, headers and queries.
+fn compile_v2(
+    canonical: &str,
+    name: &str,
+    column: usize,
+    args: &[Arg],
+    budget: &mut usize,
+) -> Result<Matcher, ParseError> {
+    Ok(match canonical {
+        "Host" | "HostHeader" => {
+            for a in args {
+                non_ascii(name, a)?;
+            }
+            Matcher::Host {
+                hosts: args
+                    .iter()
+                    .map(|a| a.value.to_ascii_lowercase().into_bytes().into())
+                    .collect(),
+                wildcard: false,
+            }
+        }
+        "HostRegexp" => {
+            let mut any = Vec::new();
+            for a in args {
+                non_ascii(name, a)?;
+                if let Some(re) = template(a, &a.value, Tpl::Host, budget)? {
+                    any.push(Matcher::HostTemplate(re));
+                }
+            }
+            one_or_any(any, false)
+        }
+        "ClientIP" => Matcher::ClientIp(
+            args.iter()
                 .map(|a| IpNet::parse(&a.value).map_err(|m| err(a.column, m)))
-                .collect::<Result<_, _>>()?;
-            Matcher::ClientIp(nets)
+                .collect::<Result<_, _>>()?,
+        ),
+        "Path" | "PathPrefix" => {
+            let kind = if canonical == "Path" {
+                Tpl::Path
+            } else {
+                Tpl::Prefix
+            };
+            let mut plain = Vec::new();
+            let mut any = Vec::new();
+            for a in args {
+                path_start(a)?;
+                match template(a, &a.value, kind, budget)? {
+                    Some(re) => any.push(Matcher::PathRegexp(re)),
+                    None => plain.push(bytes(a)),
+                }
+            }
+            if !plain.is_empty() {
+                any.insert(
+                    0,
+                    if kind == Tpl::Path {
+                        Matcher::Path(plain)
+                    } else {
+                        Matcher::PathPrefix(plain)
+                    },
+                );
+            }
+            one_or_any(any, false)
         }
+        "Method" => Matcher::Method(
+            args.iter()
+                .map(|a| a.value.to_ascii_uppercase().into_bytes().into())
+                .collect(),
+        ),
+        "Headers" | "HeadersRegexp" => {
+            if !args.len().is_multiple_of(2) {
+                return Err(err(
+                    column,
+                    format!(
+                        "{name} takes pairs of arguments (name, value), got {}",
+                        args.len()
+                    ),
+                ));
+            }
+            // gorilla/mux keeps the pairs in a map keyed by the name as written (route.go:248,
+            // mux.go:495-505): a name repeated in the same spelling keeps its last value.
+            let mut pairs: Vec<(&str, Box<[u8]>, &Arg)> = Vec::new();
+            for pair in args.chunks(2) {
+                let (k, v) = (&pair[0], &pair[1]);
+                let name = header_name(k)?;
+                pairs.retain(|(seen, _, _)| *seen != k.value);
+                pairs.push((&k.value, name, v));
+            }
+            let mut all = Vec::new();
+            for (_, k, v) in pairs {
+                all.push(if canonical == "Headers" {
+                    Matcher::Header {
+                        name: k,
+                        value: bytes(v),
+                    }
+                } else {
+                    Matcher::HeaderRegexp {
+                        name: k,
+                        re: regex(v, &v.value, budget)?,
+                    }
+                });
+            }
+            one_or_any(all, true)
+        }
+        "Query" => query_v2(name, column, args, budget)?,
+        _ => cookie(canonical, name, column, args, budget)?,
+    })
+}
+
+/// `Query("a=1", "b=2")`: the arguments split at their first `=` and taken as key, value
+/// pairs, every pair required (gorilla/mux `Queries`).
+// traefik pkg/muxer/http/matcher_v2.go:187-204 (v3.7, fd5a576df2)
+fn query_v2(
+    name: &str,
+    column: usize,
+    args: &[Arg],
+    budget: &mut usize,
+) -> Result<Matcher, ParseError> {
+    let mut parts: Vec<(&str, &Arg)> = Vec::new();
+    for a in args {
+        match a.value.split_once('=') {
+            Some((k, v)) => parts.extend([(k, a), (v, a)]),
+            None => parts.push((&a.value, a)),
+        }
+    }
+    if !parts.len().is_multiple_of(2) {
+        use crate::excerpt::{excerpt, MAX_LISTED};
+        let shown: Vec<String> = args
+            .iter()
+            .take(MAX_LISTED)
+            .map(|a| format!("'{}'", excerpt(&a.value)))
+            .collect();
+        let more = if args.len() > MAX_LISTED {
+            format!(", … ({} in all)", args.len())
+        } else {
+            String::new()
+        };
+        return Err(err(
+            column,
+            format!(
+                "{name} takes key=value pairs, got {} parts: {}{more}",
+                parts.len(),
+                shown.join(", ")
+            ),
+        ));
+    }
+    let mut all = Vec::new();
+    for pair in parts.chunks(2) {
+        let ((k, at), (v, _)) = (pair[0], pair[1]);
+        let tpl = format!("{k}={v}");
+        all.push(Matcher::QueryFirst {
+            key: k.to_string(),
+            re: template(at, &tpl, Tpl::Query, budget)?,
+            value: v.as_bytes().into(),
+        });
+    }
+    Ok(one_or_any(all, true))
+}
+
+/// rollgate's extensions, the same in both syntaxes.
+fn cookie(
+    canonical: &str,
+    name: &str,
+    column: usize,
+    args: &[Arg],
+    budget: &mut usize,
+) -> Result<Matcher, ParseError> {
+    let a0 = &args[0];
+    Ok(match canonical {
         "Cookie" => {
             arity(name, column, args, 1, 2)?;
             Matcher::Cookie {
-                name: bytes(&args[0]),
+                name: bytes(a0),
                 value: args.get(1).map(bytes),
             }
         }
         "CookieRegexp" => {
             arity(name, column, args, 2, 2)?;
             Matcher::CookieRegexp {
-                name: bytes(&args[0]),
-                re: regex(&args[1], first(1), budget)?,
+                name: bytes(a0),
+                re: regex(&args[1], &args[1].value, budget)?,
             }
         }
         _ => {
@@ -485,47 +859,36 @@ fn compile_call(
     })
 }
 
-/// `Query(key)`, `Query(key, value)` (v3) and `Query(k=v, …)` (v2) — any of the v2 pairs.
-fn compile_query(name: &str, column: usize, args: &[Arg]) -> Result<Matcher, ParseError> {
-    arity(name, column, args, 1, usize::MAX)?;
-    let has_eq = |a: &Arg| a.value.contains('=');
-    match args {
-        [key] if !has_eq(key) => Ok(Matcher::Query {
-            key: key.value.clone(),
-            value: None,
-        }),
-        [key, value] if !has_eq(key) => Ok(Matcher::Query {
-            key: key.value.clone(),
-            value: Some(bytes(value)),
-        }),
-        _ => {
-            let mut any = Vec::new();
-            for a in args {
-                let Some((k, v)) = a.value.split_once('=') else {
-                    return Err(err(
-                        a.column,
-                        format!(
-                            "expected 'key=value' in {name}, got '{}'",
-                            crate::excerpt::excerpt(&a.value)
-                        ),
-                    ));
-                };
-                any.push(Matcher::Query {
-                    key: k.to_string(),
-                    value: Some(v.as_bytes().into()),
-                });
-            }
-            Ok(if any.len() == 1 {
-                any.remove(0)
-            } else {
-                Matcher::Any(any)
-            })
-        }
-    }
-}
-
 fn text(b: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(b)
+}
+
+/// Traefik's host comparison: equal ignoring ASCII case, or, for a `*` expression, equal once
+/// the domain's first label is replaced by `*`.
+// traefik pkg/muxer/muxer.go:23-31 (v3.7, fd5a576df2)
+fn domain_match(domain: &[u8], expr: &[u8], wildcard: bool) -> bool {
+    if wildcard && expr.first() == Some(&b'*') {
+        let rest = domain
+            .iter()
+            .position(|&b| b == b'.')
+            .and_then(|dot| domain.get(dot..))
+            .unwrap_or(&[]);
+        return expr.len() == rest.len() + 1
+            && expr.get(1..).is_some_and(|e| e.eq_ignore_ascii_case(rest));
+    }
+    domain.eq_ignore_ascii_case(expr)
+}
+
+/// A trailing dot is ignored on the rule's side and on the request's.
+// traefik pkg/muxer/http/matcher.go:93-116, matcher_v2.go:111-130 (v3.7, fd5a576df2)
+fn host_matches(host: &[u8], expr: &[u8], wildcard: bool) -> bool {
+    domain_match(host, expr, wildcard)
+        || expr
+            .strip_suffix(b".")
+            .is_some_and(|e| domain_match(host, e, wildcard))
+        || host
+            .strip_suffix(b".")
+            .is_some_and(|h| domain_match(h, expr, wildcard))
 }
 
 impl Matcher {
@@ -535,27 +898,43 @@ impl Matcher {
             Matcher::All(ms) => ms.iter().all(|m| m.matches(req)),
             Matcher::Any(ms) => ms.iter().any(|m| m.matches(req)),
             Matcher::Not(m) => !m.matches(req),
-            Matcher::Host(hosts) => {
-                let h = req.host();
-                let h = h.strip_suffix(b".").unwrap_or(h);
-                hosts.iter().any(|x| x.eq_ignore_ascii_case(h))
+            Matcher::Host { hosts, wildcard } => {
+                let h = req.canonical_host();
+                !h.is_empty() && hosts.iter().any(|x| host_matches(&h, x, *wildcard))
             }
-            Matcher::HostRegexp(re) => re.is_match(&text(req.host())),
-            Matcher::Path(paths) => paths.iter().any(|p| **p == *req.path()),
-            Matcher::PathPrefix(ps) => ps.iter().any(|p| req.path().starts_with(p)),
-            Matcher::PathRegexp(re) => re.is_match(&text(req.path())),
-            Matcher::Method(ms) => ms.iter().any(|m| m.eq_ignore_ascii_case(req.method())),
+            Matcher::HostRegexp(re) => re.is_match(&text(&req.canonical_host())),
+            Matcher::HostTemplate(re) => re.is_match(&text(req.authority_host())),
+            Matcher::Path(paths) => req
+                .routing_path()
+                .is_some_and(|path| paths.iter().any(|p| **p == *path)),
+            Matcher::PathPrefix(ps) => req
+                .routing_path()
+                .is_some_and(|path| ps.iter().any(|p| path.starts_with(p))),
+            Matcher::PathRegexp(re) => req
+                .routing_path()
+                .is_some_and(|path| re.is_match(&text(path))),
+            Matcher::Method(ms) => ms.iter().any(|m| **m == *req.method()),
             Matcher::Header { name, value } => req.header_values(name).any(|v| v == &**value),
             Matcher::HeaderRegexp { name, re } => {
                 req.header_values(name).any(|v| re.is_match(&text(v)))
             }
-            Matcher::Query { key, value: None } => req.query_values(key).next().is_some(),
-            Matcher::Query {
-                key,
-                value: Some(want),
-            } => req.query_values(key).any(|v| *v == **want),
+            Matcher::Query { key, value } => req.query_values(key).any(|v| *v == **value),
             Matcher::QueryRegexp { key, re } => {
                 req.query_values(key).any(|v| re.is_match(&text(&v)))
+            }
+            Matcher::QueryFirst { key, re, value } => {
+                let first = req.query_values(key).next();
+                match (re, first) {
+                    (Some(re), Some(v)) => {
+                        let mut kv = key.as_bytes().to_vec();
+                        kv.push(b'=');
+                        kv.extend_from_slice(&v);
+                        re.is_match(&text(&kv))
+                    }
+                    (Some(re), None) => re.is_match(""),
+                    (None, Some(v)) => value.is_empty() || *v == **value,
+                    (None, None) => false,
+                }
             }
             Matcher::ClientIp(nets) => req
                 .client_addr()
