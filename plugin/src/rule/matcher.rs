@@ -393,7 +393,10 @@ fn gorilla_template(tpl: &str, kind: Tpl) -> Result<Option<String>, String> {
             }
             b'}' => {
                 if level == 0 {
-                    return Err(format!("unbalanced braces in '{tpl}'"));
+                    return Err(format!(
+                        "unbalanced braces in '{}'",
+                        crate::excerpt::excerpt(tpl)
+                    ));
                 }
                 level -= 1;
                 if level == 0 {
@@ -404,7 +407,10 @@ fn gorilla_template(tpl: &str, kind: Tpl) -> Result<Option<String>, String> {
         }
     }
     if level != 0 {
-        return Err(format!("unbalanced braces in '{tpl}'"));
+        return Err(format!(
+            "unbalanced braces in '{}'",
+            crate::excerpt::excerpt(tpl)
+        ));
     }
     if idxs.is_empty() && kind != Tpl::Host {
         return Ok(None);
@@ -517,7 +523,10 @@ fn path_start(arg: &Arg) -> Result<(), ParseError> {
     }
     Err(err(
         arg.column,
-        format!("path '{}' does not start with a '/'", arg.value),
+        format!(
+            "path '{}' does not start with a '/'",
+            crate::excerpt::excerpt(&arg.value)
+        ),
     ))
 }
 
