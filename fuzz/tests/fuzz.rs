@@ -1,6 +1,8 @@
 //! `make test` fuzzes every target for a short budget: `ROLLGATE_FUZZ_SECS` in all (default
 //! 35 s, about 5 s a target), each in its own process so a crash names its input. The corpus
-//! is replayed first, whatever the budget. `make fuzz` runs the same longer.
+//! is replayed first, whatever the budget. The seed is fixed (`ROLLGATE_FUZZ_SEED` overrides
+//! it) so that CI on an unchanged tree explores the same inputs and a red run is a change's,
+//! not the clock's; `make fuzz` runs longer from a new seed each time.
 
 use std::process::Command;
 
@@ -10,8 +12,9 @@ use rollgate_fuzz::targets::TARGETS;
 #[test]
 fn every_target_keeps_its_properties_for_the_test_budget() {
     let secs = std::env::var("ROLLGATE_FUZZ_SECS").unwrap_or_else(|_| "35".into());
+    let seed = std::env::var("ROLLGATE_FUZZ_SEED").unwrap_or_else(|_| "20261203".into());
     let out = Command::new(env!("CARGO_BIN_EXE_rollgate-fuzz"))
-        .args(["--secs", &secs])
+        .args(["--secs", &secs, "--seed", &seed])
         .output()
         .expect("run rollgate-fuzz");
     let stdout = String::from_utf8_lossy(&out.stdout);

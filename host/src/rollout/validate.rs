@@ -397,8 +397,9 @@ fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
                     errs.push(
                         format!("{at}.setHeaderRoute.match"),
                         format!(
-                            "with spec.match, no rule syntax reads both (set spec.ruleSyntax \
-                             and write both in it): {e}"
+                            "joined with spec.match, as the filter gets it: {e} (where the two \
+                             are in different rule syntaxes, set spec.ruleSyntax and write both \
+                             in it)"
                         ),
                     );
                 }

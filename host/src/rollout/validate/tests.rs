@@ -491,6 +491,6 @@ fn header_route_and_match_must_share_a_syntax() {
             "  match: \"PathRegexp(`^/`)\"",
             1,
         ),
-        "spec.strategy.steps[0].setHeaderRoute.match: with spec.match, no rule syntax reads both",
+        "spec.strategy.steps[0].setHeaderRoute.match: joined with spec.match, as the filter gets it",
     );
 }
