@@ -257,4 +257,18 @@ mod tests {
         let back: RolloutStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
     }
+
+    #[test]
+    fn status_written_before_loads_and_writes_back_identically() {
+        // Written by the hand-written formatter before jiff: the status a sidecar or the
+        // cluster holds today must load with the same instants and write back byte for byte.
+        let text = r#"{"phase":"Paused","currentStep":1,"canaryWeight":0.0,"policyVersion":3,"revision":"r","attempt":1,"stepStartedAt":"2026-11-30T18:23:42.123Z","analysis":{"at":"1970-01-01T00:00:00.000Z","verdict":"Passed","requests":40,"figures":[]}}"#;
+        let s: RolloutStatus = serde_json::from_str(text).unwrap();
+        assert_eq!(s.step_started_at, Some(Timestamp(1_796_063_022_123)));
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["stepStartedAt"], "2026-11-30T18:23:42.123Z");
+        assert_eq!(back["analysis"]["at"], "1970-01-01T00:00:00.000Z");
+        let again: RolloutStatus = serde_json::from_value(back).unwrap();
+        assert_eq!(again, s);
+    }
 }

@@ -1,10 +1,13 @@
 //! Instants as the status stores them: Unix milliseconds in memory, RFC 3339 UTC text in
-//! JSON and YAML (`2026-11-30T18:23:42.123Z`), as Kubernetes writes timestamps.
+//! JSON and YAML (`2026-11-30T18:23:42.123Z`), as Kubernetes writes timestamps. The calendar
+//! is jiff's.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::borrow::Cow;
+
+use super::excerpt::excerpt;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -33,45 +36,30 @@ impl Timestamp {
         self.0.saturating_sub(earlier.0)
     }
 
-    /// Parses RFC 3339 in UTC (`Z`), with or without fractional seconds.
+    /// Parses RFC 3339 in UTC (`Z`), with or without fractional seconds (milliseconds kept).
     pub fn parse(s: &str) -> Result<Timestamp, String> {
-        let bad = || format!("invalid timestamp '{s}': expected e.g. 2026-01-31T12:00:00Z");
+        let bad = || {
+            format!(
+                "invalid timestamp '{}': expected e.g. 2026-01-31T12:00:00Z",
+                excerpt(s)
+            )
+        };
+        // jiff also takes offsets, `t`/space separators, basic format and bracketed time zone
+        // annotations; the status has always been the UTC extended form Kubernetes writes, so
+        // that form is what is accepted, as before.
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        if b.len() < 20 || b.get(10) != Some(&b'T') || !s.ends_with('Z') || s.contains([',', '[']) {
             return Err(bad());
         }
-        if b[16] != b':' || !s.ends_with('Z') {
-            return Err(bad());
-        }
-        let num = |r: std::ops::Range<usize>| -> Result<u64, String> {
-            let t = s.get(r).ok_or_else(bad)?;
-            if !t.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(bad());
-            }
-            t.parse().map_err(|_| bad())
+        // jiff stops at nanoseconds; the old parser cut any longer fraction, so this does too.
+        let cut = match s.find('.') {
+            Some(dot) if s.len() - dot > 11 => Cow::Owned(format!("{}Z", &s[..dot + 10])),
+            _ => Cow::Borrowed(s),
         };
-        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-            return Err(bad());
-        }
-        let frac = &s[19..s.len() - 1];
-        let ms = match frac.strip_prefix('.') {
-            None if frac.is_empty() => 0,
-            Some(f) if !f.is_empty() && f.bytes().all(|c| c.is_ascii_digit()) => {
-                // Milliseconds: the first three digits, right-padded.
-                let mut digits: String = f.chars().take(3).collect();
-                while digits.len() < 3 {
-                    digits.push('0');
-                }
-                digits.parse().map_err(|_| bad())?
-            }
-            _ => return Err(bad()),
-        };
-        let days = days_from_civil(y as i64, mo as i64, d as i64);
-        let secs = days * 86_400 + (h * 3600 + mi * 60 + sec) as i64;
-        let secs = u64::try_from(secs).map_err(|_| bad())?;
-        Ok(Timestamp(secs * 1000 + ms))
+        let t: jiff::Timestamp = cut.parse().map_err(|_| bad())?;
+        u64::try_from(t.as_millisecond())
+            .map(Timestamp)
+            .map_err(|_| bad())
     }
 }
 
@@ -92,17 +80,12 @@ impl JsonSchema for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0 / 1000;
-        let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-        let rem = secs % 86_400;
-        write!(
-            f,
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60,
-            self.0 % 1000
-        )
+        // Past jiff's range (year 9999) the instant is clamped: no real clock gets there.
+        let t = i64::try_from(self.0)
+            .ok()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .unwrap_or(jiff::Timestamp::MAX);
+        write!(f, "{}", t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
     }
 }
 
@@ -119,38 +102,13 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-// Howard Hinnant's algorithms (proleptic Gregorian calendar), so no date crate is needed.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
 /// Parses a Go-style duration (`500ms`, `2m`, `1h30m`) into milliseconds, rounding up so a
 /// non-zero duration never becomes 0.
+///
+/// Not jiff's `SignedDuration` parser: Rollout durations are spelled as the filter's policy
+/// durations are (one parser, in the plugin), and jiff's "friendly" format differs from it:
+/// it refuses a bare `0` and units out of order (`30s1m`), and takes `1 hour` and `PT1S`,
+/// which the filter refuses (checked with jiff 0.2.46).
 pub fn parse_ms(s: &str) -> Result<u64, String> {
     let ns = rollgate_plugin::duration::parse_duration(s)?;
     Ok(ns.div_ceil(1_000_000))
@@ -201,6 +159,35 @@ mod tests {
         ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn status_forms_load_and_impossible_dates_do_not() {
+        // Every form the status has held loads with its meaning: fractions of any length are
+        // cut to milliseconds, as before.
+        for (text, ms) in [
+            ("2026-11-30T18:23:42.123456789Z", 1_796_063_022_123),
+            ("2026-11-30T18:23:42.1234567891234Z", 1_796_063_022_123),
+            ("2026-11-30T18:23:42.1Z", 1_796_063_022_100),
+        ] {
+            assert_eq!(Timestamp::parse(text), Ok(Timestamp(ms)), "{text}");
+        }
+        // The hand-written parser took any day up to 31 in any month (2026-02-31 loaded as
+        // March 3rd); jiff knows the calendar. Forms jiff takes that the status never held
+        // stay refused.
+        for bad in [
+            "2026-02-31T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-11-30t18:23:42Z",
+            "2026-11-30 18:23:42Z",
+            "2026-11-30T18:23:42,5Z",
+            "2026-11-30T18:23:42Z[UTC]",
+            "20261130T182342Z",
+        ] {
+            assert!(Timestamp::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Timestamp(u64::MAX).to_string(), "9999-12-30T22:00:00.999Z");
     }
 
     #[test]
