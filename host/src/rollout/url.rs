@@ -1,28 +1,43 @@
 //! `http://host[:port]/path?query` URLs: what webhooks, `--server` and `--envoy-admin` take.
-//! Plain HTTP only: the sidecar talks to its gateways' admin ports and jobs beside it.
+//! The `url` crate parses; this module keeps rollgate's rules on top of it: visible ASCII only
+//! (with the position of the first other character), the scheme written out as `http://`
+//! (or `https://` where TLS is available: only the CLI's client has it, so webhooks and
+//! Envoy admin URLs stay `http://`), a host, no user information, a port above 0.
 
 use std::fmt;
 
 use super::excerpt::excerpt;
 
-/// A parsed `http://` URL.
+/// A parsed `http://` (or, through [`HttpUrl::parse_with_tls`], `https://`) URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// Whether the scheme is `https`.
+    pub https: bool,
     /// Host name or address (IPv6 without brackets).
     pub host: String,
-    /// Port (80 if not given).
+    /// Port (80, or 443 for `https`, if not given).
     pub port: u16,
-    /// Path and query, starting with `/`.
+    /// Path and query, starting with `/` (a fragment is never sent, so it is dropped).
     pub path: String,
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path][?query]`.
+    /// Parses `http://host[:port][/path][?query]`: what a webhook step and `--envoy-admin`
+    /// take (their client has no TLS).
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let u = Self::parse_with_tls(url)?;
+        if u.https {
+            return Err(format!("'{}': only http:// is supported", excerpt(url)));
+        }
+        Ok(u)
+    }
+
+    /// [`HttpUrl::parse`], also taking `https://` (for a client that has a TLS configuration).
+    pub fn parse_with_tls(url: &str) -> Result<HttpUrl, String> {
         let quoted = excerpt(url);
-        // The URL goes into a request line and a `Host` header as it is: CR/LF would inject
-        // headers, a space split the request line. Only visible ASCII (RFC 3986 needs no more;
-        // other characters are percent-encoded).
+        // The URL goes into a request line and a `Host` header: CR/LF would inject headers, a
+        // space split the request line. The `url` crate would drop tabs and newlines and
+        // encode the rest silently; a URL that needs that is refused, saying where.
         if let Some((i, c)) = url.chars().enumerate().find(|(_, c)| !c.is_ascii_graphic()) {
             return Err(format!(
                 "character {} of '{quoted}' is {}: a URL is visible ASCII only \
@@ -35,50 +50,30 @@ impl HttpUrl {
                 }
             ));
         }
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                format!("'{quoted}': only http:// is supported")
-            } else {
-                format!("'{quoted}': expected http://host[:port]/path")
-            }
-        })?;
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        let path = match path {
-            "" => "/".to_string(),
-            p if p.starts_with('?') => format!("/{p}"),
-            p => p.to_string(),
-        };
-        if path
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(format!("'{quoted}': the path must not contain spaces"));
+        // Written out: `url` also reads `http:host` and `http:\\host` as `http://host/`.
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("'{quoted}': expected http://host[:port]/path"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, tail) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("'{quoted}': unclosed '['"))?;
-            (h, tail.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() || host.contains('@') {
-            return Err(format!("'{quoted}': missing host"));
+        let u = url::Url::parse(url).map_err(|e| format!("'{quoted}': {e}"))?;
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(format!("'{quoted}': user information is not supported"));
         }
-        let port = match port {
-            None => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("'{quoted}': invalid port '{}'", excerpt(p)))?,
+        let host = match u.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(format!("'{quoted}': missing host")),
+        };
+        let port = u
+            .port_or_known_default()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("'{quoted}': invalid port 0"))?;
+        let path = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_string(),
         };
         Ok(HttpUrl {
-            host: host.to_string(),
+            https: u.scheme() == "https",
+            host,
             port,
             path,
         })
@@ -92,19 +87,12 @@ impl HttpUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
-
-    /// The same server with another path.
-    pub fn with_path(&self, path: &str) -> HttpUrl {
-        HttpUrl {
-            path: path.to_string(),
-            ..self.clone()
-        }
-    }
 }
 
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.path)
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.path)
     }
 }
 
@@ -131,6 +119,12 @@ mod tests {
             HttpUrl::parse("http://h?x=1").unwrap().path,
             "/?x=1".to_string()
         );
+        let u = HttpUrl::parse_with_tls("https://[::1]/x").unwrap();
+        assert_eq!((u.https, u.authority()), (true, "[::1]:443".to_string()));
+        assert_eq!(
+            HttpUrl::parse_with_tls("https://h:8443/").unwrap().port,
+            8443
+        );
     }
 
     #[test]
@@ -143,5 +137,16 @@ mod tests {
         assert!(HttpUrl::parse("http://h:0/").is_err());
         assert!(HttpUrl::parse("http://h:99999/").is_err());
         assert!(HttpUrl::parse("http://h/a b").is_err());
+        assert!(HttpUrl::parse("http:h/x").is_err());
+        assert!(HttpUrl::parse("http://user@h/x").is_err());
+    }
+
+    #[test]
+    fn refuses_authorities_the_hand_written_parser_misread() {
+        // Before the `url` crate: `h:80:90` became host `h:80` (sent as `[h:80]:90`), the
+        // text after `[::1]` was dropped, and a percent-encoded space stayed in the host.
+        for bad in ["http://h:80:90/x", "http://[::1]x:80/", "http://h%20x/"] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 }

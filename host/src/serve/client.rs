@@ -86,14 +86,6 @@ pub fn request(
 trait Duplex: Read + Write {}
 impl<T: Read + Write> Duplex for T {}
 
-/// Whether the authority of `http://AUTHORITY/...` names a port.
-fn has_port(plain_url: &str) -> bool {
-    let rest = plain_url.trim_start_matches("http://");
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let after_host = authority.rsplit_once(']').map_or(authority, |(_, t)| t);
-    after_host.contains(':')
-}
-
 /// [`request`] with extra `headers` (names and values without line breaks), and for an
 /// `https://` URL the TLS configuration to trust the server with.
 pub fn request_with(
@@ -104,15 +96,8 @@ pub fn request_with(
     timeout: Duration,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<HttpResponse, ClientError> {
-    let (plain_url, https) = match url.strip_prefix("https://") {
-        Some(rest) => (format!("http://{rest}"), true),
-        None => (url.to_string(), false),
-    };
-    let mut parsed = HttpUrl::parse(&plain_url).map_err(ClientError::Url)?;
-    if https && !has_port(&plain_url) {
-        parsed.port = 443;
-    }
-    let tls = match (https, tls) {
+    let parsed = HttpUrl::parse_with_tls(url).map_err(ClientError::Url)?;
+    let tls = match (parsed.https, tls) {
         (false, _) => None,
         (true, Some(config)) => Some(config),
         (true, None) => {
