@@ -99,6 +99,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some("serve") if args.iter().any(|a| a == "--kubernetes") => {
+            init_logs();
             let opts = rollgate::kube::run::parse_options(&args[1..], |k| std::env::var(k).ok())
                 .map_err(|e| anyhow::anyhow!("{e}\n\n{USAGE}"))?;
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -116,6 +117,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some("serve") => {
+            init_logs();
             rollgate::cli::serve(&args[1..])?;
             Ok(ExitCode::SUCCESS)
         }
@@ -149,4 +151,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The sidecar's and controller's log lines: `RUST_LOG` filters (default `info`), stderr.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails only if a subscriber is already set, which then keeps writing.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -163,7 +163,46 @@ fn usage_and_unreachable_server_exit_2() {
 
 #[test]
 fn serve_runs_as_a_process() {
-    let dir = TempDir::new("process");
+    let (dir, listen, mut child) = spawn_serve("process", None);
+    let url = format!("http://{listen}");
+    let o = rollgate(&["promote", "flask", "--server", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(
+        log.contains("INFO rollgate::serve: flask.yaml: loaded rollout flask (6 steps)"),
+        "{log}"
+    );
+    // Lines about a rollout carry it, its step and its policy version as fields.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("promoted past Paused, step 2/6")
+                && l.ends_with(" rollout=\"flask\" step=3 version=2")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("serving {} on http://{listen}", dir.0.display())),
+        "{log}"
+    );
+}
+
+#[test]
+fn serve_logs_follow_rust_log() {
+    let (_dir, listen, mut child) = spawn_serve("rustlog", Some("warn"));
+    let o = rollgate(&["promote", "flask", "--server", &format!("http://{listen}")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    child.kill().unwrap();
+    let log = text(&child.wait_with_output().unwrap().stderr);
+    assert!(
+        !log.contains("loaded rollout") && !log.contains("promoted"),
+        "{log}"
+    );
+}
+
+/// `rollgate serve --dir` on the seed, as a process, answering on its API.
+fn spawn_serve(name: &str, rust_log: Option<&str>) -> (TempDir, String, std::process::Child) {
+    let dir = TempDir::new(name);
     dir.write("flask.yaml", SEED);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -171,17 +210,20 @@ fn serve_runs_as_a_process() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
-        .args([
-            "serve",
-            "--dir",
-            dir.0.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollgate"));
+    cmd.args([
+        "serve",
+        "--dir",
+        dir.0.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ])
+    .env_remove("RUST_LOG")
+    .stderr(Stdio::piped());
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let child = cmd.spawn().unwrap();
     let url = format!("http://{listen}");
     wait_until("the sidecar to listen", Duration::from_secs(10), || {
         rollgate::serve::client::request(
@@ -192,21 +234,5 @@ fn serve_runs_as_a_process() {
         )
         .is_ok_and(|r| r.status == 200)
     });
-    let o = rollgate(&["promote", "flask", "--server", &url]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = text(&out.stderr);
-    assert!(
-        log.contains("rollgate: flask.yaml: loaded rollout flask (6 steps)"),
-        "{log}"
-    );
-    assert!(
-        log.contains("rollgate: flask: promoted past Paused, step 2/6"),
-        "{log}"
-    );
-    assert!(
-        log.contains(&format!("serving {} on http://{listen}", dir.0.display())),
-        "{log}"
-    );
+    (dir, listen, child)
 }

@@ -44,7 +44,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
     while !lock.try_acquire_or_renew().await.unwrap_or(false) {
         tokio::time::sleep(lock.renew_every()).await;
     }
-    eprintln!("rollgate: {} leads; driving rollouts", opts.identity);
+    tracing::info!(identity = %opts.identity, "leads; driving rollouts");
     let ctx = Context::with_analysis(client.clone(), Some(opts.identity.clone()), opts.source());
     let rollouts: Api<Rollout> = Api::all(client);
     let controller = Controller::new(rollouts, watcher::Config::default());
@@ -54,7 +54,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), Error> {
         .run(reconcile, error_policy, ctx)
         .for_each(|outcome| async move {
             if let Err(e) = outcome {
-                eprintln!("rollgate: reconcile: {e}");
+                tracing::warn!("reconcile: {e}");
             }
         });
     // Deleted Rollouts are never reconciled again: forget them now and then. Only once the
@@ -106,15 +106,15 @@ pub async fn lead(lock: &LeaseLock, work: impl Future<Output = ()>) -> Result<()
                 }
                 Ok(Ok(false)) => return Error::LostLease,
                 Ok(Err(e)) => {
-                    eprintln!("rollgate: renewing the lease: {e}");
+                    tracing::warn!("renewing the lease: {e}");
                     wait = lock.retry_every();
                     if Instant::now() + wait >= renewed + lock.renew_deadline() {
-                        eprintln!("rollgate: lease not renewed within its deadline; stepping down");
+                        tracing::error!("lease not renewed within its deadline; stepping down");
                         return Error::LostLease;
                     }
                 }
                 Err(_) => {
-                    eprintln!("rollgate: lease not renewed within its deadline; stepping down");
+                    tracing::error!("lease not renewed within its deadline; stepping down");
                     return Error::LostLease;
                 }
             }

@@ -68,16 +68,19 @@ impl Webhooks {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Reconciles call this inside the runtime; were it not, the next one retries.
-            eprintln!(
-                "rollgate: {name}: no async runtime to call webhook {}",
+            tracing::warn!(
+                rollout = name,
+                step = call.step + 1,
+                "no async runtime to call webhook {}",
                 call.url
             );
             return;
         };
-        eprintln!(
-            "rollgate: {name}: calling webhook {} (step {})",
-            call.url,
-            call.step + 1
+        tracing::info!(
+            rollout = name,
+            step = call.step + 1,
+            "calling webhook {}",
+            call.url
         );
         slots.insert(
             key.to_string(),

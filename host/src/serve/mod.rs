@@ -189,9 +189,7 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
     if !addr.ip().is_loopback() && config.token.is_none() {
         return Err(ServeError::NoToken(config.listen.clone()));
     }
-    let log = config.log.clone().unwrap_or_else(|| {
-        Arc::new(|line: &str| eprintln!("{} rollgate: {line}", Timestamp::now()))
-    });
+    let log = config.log.clone();
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),

@@ -22,7 +22,8 @@ use rollgate_plugin::policy::PolicyErrors;
 /// ([`State::renumber_after`]): 65,536 lost versions, years of releases of one rollout.
 pub const RENUMBER_LEAD: u64 = 1 << 16;
 
-/// Writes one log line.
+/// Writes one log line: a test's capture (`serve::Config.log`). Without one, lines go to
+/// `tracing` with their fields, and the binary's subscriber writes them.
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What the sidecar keeps beside `flask.yaml` in `flask.status.json`.
@@ -216,8 +217,8 @@ pub struct Shared {
     pub admins: Mutex<Vec<String>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
-    /// Log sink.
-    pub log: Logger,
+    /// The test's log capture, if any (else `tracing`).
+    pub log: Option<Logger>,
 }
 
 impl Shared {
@@ -237,7 +238,25 @@ impl Shared {
 
     /// Writes a log line.
     pub fn log(&self, line: &str) {
-        (self.log)(line);
+        match &self.log {
+            Some(capture) => capture(line),
+            None => tracing::info!(target: "rollgate::serve", "{line}"),
+        }
+    }
+
+    /// Writes a log line about rollout `name` standing at `status`, with the rollout, step
+    /// (`status.currentStep`) and policy version as fields (the capture gets `name: line`, as before).
+    pub fn log_rollout(&self, name: &str, status: &RolloutStatus, line: &str) {
+        match &self.log {
+            Some(capture) => capture(&format!("{name}: {line}")),
+            None => tracing::info!(
+                target: "rollgate::serve",
+                rollout = name,
+                step = status.current_step,
+                version = status.policy_version,
+                "{line}"
+            ),
+        }
     }
 
     /// Runs a command (`promote`, `abort`, `retry`) on rollout `name`, if it stands where
@@ -353,9 +372,11 @@ impl Shared {
                     "rendered policy refused by the filter: {}",
                     RolloutErrors(problems.collect())
                 );
-                self.log(&format!(
-                    "{name}: {why}; the last good policy keeps serving"
-                ));
+                self.log_rollout(
+                    &name,
+                    &status,
+                    &format!("{why}; the last good policy keeps serving"),
+                );
                 entry.error = Some(why);
                 self.persist(entry);
                 return;
@@ -364,16 +385,20 @@ impl Shared {
                 // Saturating: a version never wraps back below what gateways run.
                 status.policy_version = status.policy_version.saturating_add(1);
                 entry.policy = Some((policy, Arc::new(json)));
-                self.log(&format!(
-                    "{name}: policy v{} (canary weight {}%, header route {})",
-                    status.policy_version,
-                    status.canary_weight,
-                    if status.header_route.is_some() {
-                        "on"
-                    } else {
-                        "off"
-                    }
-                ));
+                self.log_rollout(
+                    &name,
+                    &status,
+                    &format!(
+                        "policy v{} (canary weight {}%, header route {})",
+                        status.policy_version,
+                        status.canary_weight,
+                        if status.header_route.is_some() {
+                            "on"
+                        } else {
+                            "off"
+                        }
+                    ),
+                );
                 self.changed.notify_all();
             }
         }
@@ -384,7 +409,7 @@ impl Shared {
                 webhook::spawn(self.clone(), key.to_path_buf(), call);
             } else if let Effect::Note(n) = fx {
                 self.metrics.transitions.inc();
-                self.log(&format!("{name}: {n}"));
+                self.log_rollout(&name, &entry.status, &n.to_string());
             }
         }
         if dirty {
