@@ -2,8 +2,10 @@
 //! and the per-request decision ([`Policy::decide`]).
 
 mod breakers;
+mod check;
 mod compile;
 mod decode;
+mod errors;
 mod json;
 mod limits;
 pub(crate) mod number;
@@ -11,7 +13,8 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{parse_spec, PolicyError, PolicyErrors};
+pub use compile::parse_spec;
+pub use errors::{PolicyError, PolicyErrors};
 pub use spec::PolicySpec;
 
 /// The one acceptance function for a policy (no `source`): the policies the filter fetches,
