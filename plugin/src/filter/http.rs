@@ -128,9 +128,7 @@ impl HttpContext for Filter {
         }
 
         let decision = policy.decide(&req, &mut || self.new_id());
-        let mut variant = decision
-            .variant
-            .and_then(|v| policy.variants.iter().position(|x| std::ptr::eq(x, v)));
+        let mut variant = decision.index;
         if let Some((name, id)) = decision.set_cookie {
             self.set_cookie = Some(format!(
                 "{name}={id}; Path=/; Max-Age=31536000; SameSite=Lax"

@@ -387,7 +387,9 @@ impl RootContext for Root {
                     source.cluster, source.path
                 ),
             );
-            // Any id distinct among this proxy's workers: they configure at different instants.
+            // Not guaranteed distinct: two clock reads (the host's and WASI's) mixed, so
+            // workers that configure at different nanoseconds get different ids. Two workers
+            // with one id would both take the poll lease as theirs and poll at once.
             Fetcher::new(
                 source,
                 now_ns()

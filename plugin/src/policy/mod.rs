@@ -90,6 +90,8 @@ struct Sticky {
 pub struct Decision<'p> {
     /// The chosen variant; `None` lets the request pass untouched.
     pub variant: Option<&'p Variant>,
+    /// Index of `variant` in the policy's variants, so the glue needs no search.
+    pub index: Option<usize>,
     /// Index of the route that decided, if any.
     pub route: Option<usize>,
     /// The sticky bucket, for split routes.
@@ -106,7 +108,11 @@ impl Policy {
         req: &Request<'_>,
         new_id: &mut dyn FnMut() -> String,
     ) -> Decision<'p> {
-        let variant = |i: Option<usize>| i.and_then(|i| self.variants.get(i));
+        // Only indices that name a variant are kept, so `index` and `variant` always agree.
+        let pick = |i: Option<usize>| {
+            i.and_then(|i| self.variants.get(i).map(|v| (Some(i), Some(v))))
+                .unwrap_or((None, None))
+        };
         for (i, route) in self.routes.iter().enumerate() {
             if !route.matcher.as_ref().is_none_or(|m| m.matches(req)) {
                 continue;
@@ -116,19 +122,21 @@ impl Policy {
                 ..Decision::default()
             };
             match &route.action {
-                Action::Variant(v) => d.variant = variant(Some(*v)),
+                Action::Variant(v) => (d.index, d.variant) = pick(Some(*v)),
                 Action::Split(split) => {
                     let fallback = split.default.or(self.default);
                     let b = split.bucket(req, new_id, &mut d.set_cookie);
                     d.bucket = b;
                     let chosen = b.and_then(|b| split.ranges.iter().find(|(end, _)| b < *end));
-                    d.variant = variant(chosen.map(|(_, v)| *v).or(fallback));
+                    (d.index, d.variant) = pick(chosen.map(|(_, v)| *v).or(fallback));
                 }
             }
             return d;
         }
+        let (index, variant) = pick(self.default);
         Decision {
-            variant: variant(self.default),
+            index,
+            variant,
             ..Decision::default()
         }
     }
