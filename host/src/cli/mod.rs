@@ -375,6 +375,12 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
     };
     config.token = Token::from_flag_or_env(token_file.as_deref(), |k| std::env::var(k).ok())
         .map_err(CliError::Usage)?;
+    if let Some(why) = token_file
+        .as_deref()
+        .and_then(|f| Token::loose_permissions(f.as_ref()))
+    {
+        eprintln!("rollgate: warning: {why}");
+    }
     Ok(config)
 }
 

@@ -387,18 +387,8 @@ impl RootContext for Root {
                     source.cluster, source.path
                 ),
             );
-            // Not guaranteed distinct: two clock reads (the host's and WASI's) mixed, so
-            // workers that configure at different nanoseconds get different ids. Two workers
-            // with one id would both take the poll lease as theirs and poll at once.
-            Fetcher::new(
-                source,
-                now_ns()
-                    ^ u64::from(
-                        self.get_current_time()
-                            .elapsed()
-                            .map_or(0, |d| d.subsec_nanos()),
-                    ),
-            )
+            let worker = crate::fetch::worker_id(&EnvoyStore, "rollgate.vm_seq", now_ns());
+            Fetcher::new(source, worker)
         });
         // A fresh VM may replace one that died applying a fetched policy (FAIL_RELOAD).
         if let Some((version, deaths)) = self.fetcher.as_mut().and_then(|f| f.recover(&EnvoyStore))

@@ -43,7 +43,13 @@ fn decide(p: &Policy, headers: &[(&str, &str)], ip: Option<&str>) -> Option<Stri
         .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
         .collect();
     let req = Request::new(pairs, ip.map(|i| i.parse().unwrap()));
-    p.decide(&req, &mut no_id).variant.map(|v| v.name.clone())
+    let d = p.decide(&req, &mut no_id);
+    // The index names the same variant as the reference.
+    assert_eq!(
+        d.index.and_then(|i| p.variants.get(i)).map(|v| &v.name),
+        d.variant.map(|v| &v.name)
+    );
+    d.variant.map(|v| v.name.clone())
 }
 
 fn user(p: &Policy, n: u32) -> String {
