@@ -17,6 +17,7 @@ pub mod excerpt;
 pub mod fetch;
 pub mod limits;
 pub mod murmur3;
+pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
 pub mod request;
