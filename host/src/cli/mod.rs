@@ -11,9 +11,11 @@
 //! before), so running it again after an unknown outcome cannot skip a pause.
 //!
 //! With `--kubernetes [--namespace NS]` the commands act on Rollouts in the cluster instead
-//! ([`crate::kube::commands`]).
+//! ([`cluster`]).
 
+pub mod cluster;
 pub mod format;
+pub mod watch;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -197,7 +199,7 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<
         .split_first()
         .ok_or_else(|| CliError::Usage("no command".into()))?;
     if rest.iter().any(|a| a == "--kubernetes") {
-        return crate::kube::commands::run_cli(cmd, rest, out, err);
+        return cluster::run_cli(cmd, rest, out, err);
     }
     match cmd.as_str() {
         "promote" | "abort" | "retry" => {
