@@ -596,3 +596,21 @@ fn rule_syntax_errors_name_the_field_and_what_each_syntax_expected() {
         ]
     );
 }
+
+#[test]
+fn decision_carries_the_variant_index() {
+    let p = policy(SEED);
+    for (authority, user) in [("dev.coding", "u1"), ("pro.coding", "u2"), ("other", "u3")] {
+        let pairs = vec![
+            (&b":authority"[..], authority.as_bytes()),
+            (&b"x-user-id"[..], user.as_bytes()),
+        ];
+        let req = Request::new(pairs, None);
+        let d = p.decide(&req, &mut no_id);
+        let i = d.index.unwrap();
+        assert!(
+            std::ptr::eq(&p.variants[i], d.variant.unwrap()),
+            "{authority}"
+        );
+    }
+}
