@@ -16,24 +16,31 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::wasmhost::{
-    Exchange, Headers, Host, HostError, HttpRequest, Plugin, PluginConfig, Wasm,
+    Exchange, FailurePolicy, Headers, Host, HostError, HttpRequest, Plugin, PluginConfig, Wasm,
 };
 
 /// Usage of `rollgate try`.
 pub const USAGE: &str = "\
 usage: rollgate try --policy POLICY.json [--wasm FILE] [--workers N]
                     [--timeout DURATION] [--max-memory MIB]
+                    [--failure-policy fail_closed|fail_open|fail_reload]
                     [--authority HOST] [--path PATH] [--method METHOD]
                     [-H 'name: value']... [--source IP:PORT]
        rollgate try --policy POLICY.json [--wasm FILE] [--workers N]
-                    [--timeout DURATION] [--max-memory MIB] --requests FILE|-
+                    [--timeout DURATION] [--max-memory MIB]
+                    [--failure-policy fail_closed|fail_open|fail_reload] --requests FILE|-
 
 Runs requests through the compiled filter (default: the workspace's `make wasm` build) in
 rollgate's in-process proxy-wasm host and prints one JSON line per request. Each call into
 the filter may run --timeout (default 1s) and each VM may use --max-memory MiB of memory
-(default 256); past either the VM fails, as a trap fails it in Envoy. The policy file may
-be at most 1 MiB, as in the filter. Output:
-{\"variant\", \"cluster\", \"request_headers\", \"local_response\", \"response\", \"worker\"}.
+(default 256); past either the VM fails, as a trap fails it in Envoy. A request whose VM
+fails gets Envoy's answer, 503 wasm_fail_stream, its line says why in \"trap\", and the next
+requests get what Envoy's --failure-policy gives them (default fail_closed: 503
+wasm_fail_stream; fail_open: they pass the filter; fail_reload: a fresh VM serves them); the
+exit status is then 1. The policy
+file may be at most 1 MiB, as in the filter. Output:
+{\"variant\", \"cluster\", \"request_headers\", \"local_response\", \"response\", \"worker\"}
+and \"trap\" when the VM failed on that request.
 --requests reads one JSON request per line:
 {\"authority\":…,\"path\":…,\"method\":…,\"headers\":{…},\"source\":\"ip:port\"}";
 
@@ -59,6 +66,8 @@ pub struct TryOptions {
     pub timeout: Duration,
     /// Linear memory one VM may use, in bytes.
     pub max_memory: usize,
+    /// What Envoy does with a request whose VM trapped, and with the next ones.
+    pub failure_policy: FailurePolicy,
     /// The requests.
     pub requests: Requests,
 }
@@ -181,6 +190,8 @@ pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
     let mut workers = 1;
     let mut timeout = DEFAULT_TIMEOUT;
     let mut max_memory = DEFAULT_MAX_MEMORY;
+    // Envoy's default when the filter config names none (`VmConfig.failure_policy`, 1.40).
+    let mut failure_policy = FailurePolicy::FailClosed;
     let mut requests_file = None;
     let mut single = RequestSpec::default();
     let mut single_given = false;
@@ -217,6 +228,20 @@ pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
                             "--max-memory takes MiB from 1 to 4096 (a wasm32 memory's most), not '{v}'"
                         ))
                     })?;
+            }
+            "--failure-policy" => {
+                let v = take_value(&mut it, arg)?;
+                // Envoy's enum names (FAIL_CLOSED…) are accepted as well.
+                failure_policy = match v.to_ascii_lowercase().as_str() {
+                    "fail_closed" => FailurePolicy::FailClosed,
+                    "fail_open" => FailurePolicy::FailOpen,
+                    "fail_reload" => FailurePolicy::FailReload,
+                    _ => {
+                        return Err(TryError::Usage(format!(
+                        "--failure-policy takes fail_closed, fail_open or fail_reload, not '{v}'"
+                    )))
+                    }
+                };
             }
             "--requests" => requests_file = Some(take_value(&mut it, arg)?.clone()),
             "--authority" => {
@@ -284,6 +309,7 @@ pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
         workers,
         timeout,
         max_memory,
+        failure_policy,
         requests,
     })
 }
@@ -446,25 +472,41 @@ struct Runner {
     variant_header: String,
 }
 
+/// One request's answer: its JSON fields, and why the VM failed on it, if it did.
+type Answer = (Vec<(&'static str, String)>, Option<String>);
+
 impl Runner {
-    fn answer(&self, spec: &RequestSpec) -> Result<Vec<(&'static str, String)>, TryError> {
-        let ex = self.plugin.run(spec.to_request()).map_err(|e| match e {
-            HostError::Trap(t) if t.trap.contains("interrupt") => TryError::Timeout {
-                timeout: self.timeout,
-                callback: t.callback,
-            },
-            HostError::Trap(t) if t.trap.contains("forcing trap when growing memory") => {
-                TryError::Memory {
-                    max_memory: self.max_memory,
-                    callback: t.callback,
-                }
+    /// Runs `spec`. A trap is not an error of `try`: the line gets what Envoy answers on that
+    /// stream, and a `trap` field saying why.
+    fn answer(&self, spec: &RequestSpec) -> Result<Answer, TryError> {
+        let ex = match self.plugin.run(spec.to_request()) {
+            Ok(ex) => ex,
+            Err(HostError::Trap(t)) => {
+                let why = if t.trap.contains("interrupt") {
+                    TryError::Timeout {
+                        timeout: self.timeout,
+                        callback: t.callback,
+                    }
+                    .to_string()
+                } else if t.trap.contains("forcing trap when growing memory") {
+                    TryError::Memory {
+                        max_memory: self.max_memory,
+                        callback: t.callback,
+                    }
+                    .to_string()
+                } else {
+                    t.to_string()
+                };
+                let ex = self.plugin.trapped_answer(t.worker, &spec.to_request());
+                let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
+                fields.push(("trap", jstr(&why)));
+                return Ok((fields, Some(why)));
             }
-            e => e.into(),
-        })?;
-        Ok(exchange_fields(
-            &ex,
-            &self.cluster_header,
-            &self.variant_header,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((
+            exchange_fields(&ex, &self.cluster_header, &self.variant_header),
+            None,
         ))
     }
 }
@@ -496,7 +538,8 @@ pub fn run(
     let config = PluginConfig::new(policy)
         .workers(opts.workers)
         .call_timeout(opts.timeout)
-        .max_memory(opts.max_memory);
+        .max_memory(opts.max_memory)
+        .failure_policy(opts.failure_policy);
     let plugin = match Host::new().start(&wasm, config) {
         Ok(p) => p,
         Err(HostError::ConfigureFailed { logs, .. }) => {
@@ -518,9 +561,12 @@ pub fn run(
     };
     match &opts.requests {
         Requests::Single(spec) => {
-            let answer = runner.answer(spec)?;
+            let (answer, trap) = runner.answer(spec)?;
             writeln!(out, "{}", object(&answer))?;
-            Ok(true)
+            if let Some(why) = &trap {
+                eprintln!("{why}");
+            }
+            Ok(trap.is_none())
         }
         Requests::Lines(file) => {
             // Requests are read whole; bounded only by what the machine allows.
@@ -535,9 +581,15 @@ pub fn run(
                     .map_err(|e| e.to_string())
                     .and_then(|spec| runner.answer(&spec).map_err(|e| e.to_string()));
                 let fields = match answer {
-                    Ok(fields) => std::iter::once(("line", n.to_string()))
-                        .chain(fields)
-                        .collect(),
+                    Ok((fields, trap)) => {
+                        if let Some(why) = trap {
+                            all_ok = false;
+                            eprintln!("line {n}: {why}");
+                        }
+                        std::iter::once(("line", n.to_string()))
+                            .chain(fields)
+                            .collect()
+                    }
                     Err(e) => {
                         all_ok = false;
                         vec![
@@ -607,6 +659,7 @@ mod tests {
             &["--policy", "p", "-H", "novalue"],
             &["--policy", "p", "--requests", "-", "--path", "/"],
             &["--policy", "p", "--frob"],
+            &["--policy", "p", "--failure-policy", "fail_sometimes"],
         ] {
             assert!(
                 matches!(parse_args(&args(bad)), Err(TryError::Usage(_))),

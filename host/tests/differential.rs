@@ -301,3 +301,237 @@ fn host_and_envoy_decide_alike() {
         );
     }
 }
+
+/// What a client sees of one request around a trap: the cluster that served it, no route,
+/// or a local answer's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Served(String),
+    Unrouted,
+    /// Status and `grpc-status`.
+    Local(u16, Option<String>),
+}
+
+/// A trap on a request, then more requests, under each failure policy: `rollgate try`
+/// (the CLI, one worker) answers each as a real Envoy 1.40 (the test-trap build of the filter,
+/// `--concurrency 1`) does. Measured on Envoy 1.40: the trapping request gets 503 under every
+/// policy (`Context::failStream`, details `wasm_fail_stream`; FAIL_OPEN too), then FAIL_CLOSED
+/// keeps answering 503, FAIL_OPEN lets requests past the filter (unrouted here), and
+/// FAIL_RELOAD serves them from a fresh VM after its 1 s reload backoff
+/// (the Envoy run waits 1.5 s after the trap; `try` has no clock between requests and
+/// reloads at once, the answer Envoy gives once the backoff passed).
+/// Before `--failure-policy`, `try` printed the trap and exited 1 after the trapping request.
+#[test]
+fn a_trap_then_the_next_requests_like_envoy() {
+    const TRAP_POLICY: &str = r#"{"name":"trap","variants":{"stable":"k8s-flask","canary":"k8s-flask-canary"},"default":"canary"}"#;
+    // The last request is gRPC: a fail-closed answer to it is a trailers-only 200 with
+    // grpc-status 14 (UNAVAILABLE, `Context::failStream`).
+    let trap = [false, true, false, false, false];
+    let grpc = [false, false, false, false, true];
+    let lines: Vec<String> = trap
+        .iter()
+        .zip(grpc)
+        .map(|(t, g)| {
+            if *t {
+                r#"{"authority":"pro.coding","headers":{"x-rollgate-test-trap":"1"}}"#.into()
+            } else if g {
+                r#"{"authority":"pro.coding","method":"POST","headers":{"content-type":"application/grpc"}}"#.into()
+            } else {
+                r#"{"authority":"pro.coding"}"#.to_string()
+            }
+        })
+        .collect();
+    let wasm = rollgate_e2e::test_trap_wasm_path();
+    for policy in ["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"] {
+        // In `rollgate try`.
+        let dir = std::env::temp_dir().join(format!(
+            "rollgate-diff-trap-{}-{policy}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let policy_file = dir.join("policy.json");
+        let requests_file = dir.join("requests.jsonl");
+        std::fs::write(&policy_file, TRAP_POLICY).expect("write policy");
+        std::fs::write(&requests_file, lines.join("\n")).expect("write requests");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["try", "--policy", &policy_file.to_string_lossy()])
+            .args(["--requests", &requests_file.to_string_lossy()])
+            .args(["--wasm", &wasm.to_string_lossy()])
+            .args(["--failure-policy", &policy.to_ascii_lowercase()])
+            .output()
+            .expect("run rollgate try");
+        let _ = std::fs::remove_dir_all(&dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a trap exits 1 at the end: {stderr}"
+        );
+        assert!(
+            stderr.contains("line 2: "),
+            "the trap is named on stderr: {stderr}"
+        );
+        let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(
+            answers.len(),
+            trap.len(),
+            "every request answered: {answers:?}"
+        );
+        let in_try: Vec<Seen> = answers
+            .iter()
+            .map(|a| {
+                if !a["local_response"].is_null() {
+                    let status = a["response"]["status"].as_u64().unwrap_or_default();
+                    let grpc = a["response"]["headers"]["grpc-status"]
+                        .as_str()
+                        .map(str::to_string);
+                    return Seen::Local(status as u16, grpc);
+                }
+                match a["cluster"].as_str() {
+                    Some(c) => Seen::Served(c.to_string()),
+                    None => Seen::Unrouted,
+                }
+            })
+            .collect();
+        assert!(answers[1]["trap"].is_string(), "{:?}", answers[1]);
+        assert!(answers[0]["trap"].is_null(), "{:?}", answers[0]);
+        assert_eq!(
+            answers[1]["local_response"]["details"], "wasm_fail_stream",
+            "{policy}"
+        );
+
+        // In Envoy.
+        let upstreams: Vec<rollgate_e2e::Upstream> = SEED_CLUSTERS
+            .iter()
+            .map(|n| rollgate_e2e::Upstream::start(n))
+            .collect();
+        let mut opts = rollgate_e2e::EnvoyOptions::new(TRAP_POLICY).concurrency(1);
+        for u in &upstreams {
+            opts = opts.cluster(u.name(), u.port());
+        }
+        let yaml = rollgate_e2e::render_config(&opts, &wasm);
+        assert_eq!(yaml.matches("failure_policy: FAIL_CLOSED").count(), 1);
+        let yaml = yaml.replace(
+            "failure_policy: FAIL_CLOSED",
+            &format!("failure_policy: {policy}"),
+        );
+        let envoy = rollgate_e2e::Envoy::start_yaml(&yaml, 1).expect("Envoy starts");
+        let mut in_envoy = Vec::new();
+        for (i, t) in trap.iter().enumerate() {
+            if i > 0 && trap[i - 1] {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+            }
+            let headers: &[(&str, &[u8])] = if *t {
+                &[("x-rollgate-test-trap", b"1")]
+            } else if grpc[i] {
+                &[("content-type", b"application/grpc")]
+            } else {
+                &[]
+            };
+            let method = if grpc[i] { "POST" } else { "GET" };
+            let r = rollgate_e2e::Client::new(envoy.port())
+                .request(method, "pro.coding", "/", headers, b"")
+                .expect("Envoy answers");
+            in_envoy.push(if r.status == 200 && r.header("x-upstream").is_some() {
+                Seen::Served(r.header_str("x-upstream").unwrap_or_default())
+            } else if (r.status == 404 && r.body_str() == "no variant")
+                || r.header_str("grpc-message").as_deref() == Some("no variant")
+            {
+                // The test config's catch-all direct response (as a gRPC answer for gRPC).
+                Seen::Unrouted
+            } else {
+                Seen::Local(r.status, r.header_str("grpc-status"))
+            });
+        }
+        assert_eq!(
+            in_try,
+            in_envoy,
+            "{policy}: try vs Envoy\n{answers:?}\n{}",
+            envoy.log()
+        );
+        println!("{policy}: {in_envoy:?}");
+    }
+}
+
+/// Response headers Envoy adds on its own, left out of the comparison: `date`, `server`,
+/// `x-request-id`, `x-envoy-*`, and the HTTP/1.1 codec's framing (`content-length`,
+/// `transfer-encoding`, `connection`).
+fn environmental(name: &str) -> bool {
+    matches!(
+        name,
+        "date" | "server" | "x-request-id" | "content-length" | "transfer-encoding" | "connection"
+    ) || name.starts_with("x-envoy-")
+}
+
+/// A local reply to a gRPC request (`content-type: application/grpc`): Envoy answers a
+/// trailers-only 200 with `content-type: application/grpc`, `grpc-status` (the plugin's, else
+/// mapped from the HTTP status: 429 → 14) and `grpc-message` (the percent-encoded body), no body
+/// (Envoy `Http::Utility::prepareLocalReply`, source/common/http/utility.cc). The filter's rate
+/// limit refusal (429 "Too Many Requests") is the local reply. Before, the host answered 429
+/// `text/plain` with the body.
+#[test]
+fn a_local_reply_to_a_grpc_request_like_envoy() {
+    const GRPC_POLICY: &str = r#"{"name":"grpc","variants":{"stable":"k8s-flask"},"default":"stable",
+      "rate_limits":[{"name":"t","average":1,"period":"1h","burst":1,"source":{"header":"x-tenant"}}]}"#;
+    let headers: &[(&str, &[u8])] = &[
+        ("content-type", b"application/grpc"),
+        ("te", b"trailers"),
+        ("x-tenant", b"t1"),
+    ];
+    let observe = |status: u16, hs: Vec<(String, Vec<u8>)>, body: Vec<u8>| {
+        let mut hs: Vec<(String, String)> = hs
+            .into_iter()
+            .filter(|(k, _)| !environmental(k))
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        hs.sort();
+        (status, hs, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    let plugin = Host::new()
+        .start(common::filter(), PluginConfig::new(GRPC_POLICY))
+        .expect("the filter accepts the policy");
+    let in_host: Vec<_> = (0..2)
+        .map(|_| {
+            let mut r = HttpRequest::new("POST", "grpc.test", "/pkg.Svc/Call");
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            let ex = plugin.run(r).expect("no trap");
+            let resp = ex.response.expect("answered");
+            let hs = resp
+                .headers
+                .pairs()
+                .iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                .collect();
+            observe(resp.status, hs, resp.body)
+        })
+        .collect();
+
+    let stack = Stack::try_start(GRPC_POLICY, &SEED_CLUSTERS, None).expect("Envoy starts");
+    let mut client = stack.client();
+    let in_envoy: Vec<_> = (0..2)
+        .map(|_| {
+            let r = client
+                .request("POST", "grpc.test", "/pkg.Svc/Call", headers, b"")
+                .expect("Envoy answers");
+            observe(r.status, r.headers, r.body)
+        })
+        .collect();
+    println!("host:  {in_host:?}\nenvoy: {in_envoy:?}");
+    // The first is the upstream's (an echo server: compared on status only); the second the
+    // filter's local reply, compared whole.
+    assert_eq!(in_host[0].0, 200);
+    assert_eq!(in_envoy[0].0, 200);
+    assert_eq!(in_host[1], in_envoy[1], "{}", stack.envoy.log());
+    assert!(
+        in_envoy[1]
+            .1
+            .contains(&("content-type".into(), "application/grpc".into())),
+        "{in_envoy:?}"
+    );
+}

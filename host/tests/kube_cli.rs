@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use rollgate::kube::commands::{cli_with, cli_with_expect};
+use rollgate::cli::cluster::{cli_with, cli_with_expect};
 use rollgate::rollout::Event;
 use rollgate::serve::registry::Expect;
 use serde_json::Value;

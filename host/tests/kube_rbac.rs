@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube_support::{api_server, failure, paused_rollout, rollout, Reply, Seen};
-use rollgate::kube::commands::cli_with;
+use rollgate::cli::cluster::cli_with;
+use rollgate::cli::watch::follow;
 use rollgate::kube::controller::Error;
 use rollgate::kube::rbac::{triples, CLI, CONTROLLER, LEADER_ELECTION};
 use rollgate::kube::run::{run, Options};
-use rollgate::kube::watch::follow;
 use rollgate::rollout::Event;
 use serde_json::{json, Value};
 

@@ -7,9 +7,9 @@ mod kube_support;
 use std::time::Duration;
 
 use kube_support::{api_server, failure, rollout, Reply, Seen};
+use rollgate::cli::watch::follow;
 use rollgate::cli::{format, CliError};
 use rollgate::kube::commands::view;
-use rollgate::kube::watch::follow;
 use rollgate::rollout::{validate, Phase, Rollout, RolloutStatus};
 use serde_json::{json, Value};
 

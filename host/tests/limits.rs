@@ -177,6 +177,40 @@ fn a_filter_call_that_never_returns_is_stopped_after_the_timeout() {
         Duration::from_secs(30),
     );
     assert!(stderr(&out.unwrap()).contains("--timeout 200ms"));
+    // The timeout fails the VM as a trap does: the stopped request gets Envoy's 503 and
+    // the next one the failure policy's answer (it used to stop `try` at the first).
+    let requests = write(&dir, "requests.jsonl", b"{}\n{}\n");
+    let (out, _) = try_cmd(
+        &[
+            "--policy",
+            &policy,
+            "--wasm",
+            &wasm,
+            "--timeout",
+            "200ms",
+            "--requests",
+            &requests,
+        ],
+        Duration::from_secs(30),
+    );
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["local_response"]["status"], 503);
+    assert_eq!(lines[0]["local_response"]["details"], "wasm_fail_stream");
+    assert!(lines[0]["trap"]
+        .as_str()
+        .unwrap()
+        .contains("--timeout 200ms"));
+    assert_eq!(lines[1]["local_response"]["status"], 503, "fail_closed");
+    assert!(
+        lines[1]["trap"].is_null(),
+        "the failed VM is not called again"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -252,6 +252,29 @@ fn a_web_page_or_a_stranger_cannot_drive_a_release() {
 }
 
 #[test]
+fn a_token_file_other_users_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = seeded("sec-token-mode");
+    let file = dir.path("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let flag = ["--token-file", &file.to_string_lossy()].map(String::from);
+    let flag: Vec<&str> = flag.iter().map(String::as_str).collect();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = Serve::start(&dir, "", &[], &flag);
+    let err = s.stderr();
+    assert!(err.contains("readable by other users (mode 0644)"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    drop(s);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = Serve::start(&dir, "", &[], &flag);
+    assert!(
+        !s.stderr().contains("readable by other users"),
+        "{}",
+        s.stderr()
+    );
+}
+
+#[test]
 fn without_a_token_browsers_are_still_refused_on_loopback() {
     let dir = seeded("sec-notoken");
     let s = Serve::start(&dir, "", &[], &[]);

@@ -81,8 +81,27 @@ fn u64_le(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
 }
 
+/// An id for this VM, distinct among the proxy's VMs (the fetch lease's holder): a sequence
+/// number shared by every VM, counted up by compare-and-swap, in the high bits. Two VMs can
+/// draw the same number only when both create the counter at once (a write to an absent key
+/// takes no CAS token), so the low 32 bits of `clock_ns` tell those apart.
+pub fn worker_id(store: &impl SharedStore, key: &str, clock_ns: u64) -> u64 {
+    let low = clock_ns & 0xffff_ffff;
+    // A few tries: each failure means another VM counted at that instant, not a fault.
+    for _ in 0..16 {
+        let (seq, cas) = match store.get(key) {
+            Some((v, cas)) => (u64_le(&v).unwrap_or(0).wrapping_add(1), cas),
+            None => (1, 0),
+        };
+        if store.set(key, &seq.to_le_bytes(), cas).is_ok() {
+            return (seq << 32) | low;
+        }
+    }
+    clock_ns
+}
+
 impl Fetcher {
-    /// A fetcher for worker `worker` (any id unique among the proxy's workers).
+    /// A fetcher for worker `worker` (any id unique among the proxy's workers: [`worker_id`]).
     pub fn new(source: Source, worker: u64) -> Fetcher {
         Fetcher {
             source,
@@ -349,6 +368,18 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_ids_are_distinct_even_at_the_same_instant() {
+        let store = crate::store::MemStore::default();
+        let ids: Vec<u64> = (0..100).map(|_| worker_id(&store, "w", 42)).collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        assert_eq!(ids[0] >> 32, 1);
+        assert_eq!(ids[99] >> 32, 100);
+    }
     use crate::config::accept_config;
     use crate::store::MemStore;
 

@@ -11,9 +11,11 @@
 //! before), so running it again after an unknown outcome cannot skip a pause.
 //!
 //! With `--kubernetes [--namespace NS]` the commands act on Rollouts in the cluster instead
-//! ([`crate::kube::commands`]).
+//! ([`cluster`]).
 
+pub mod cluster;
 pub mod format;
+pub mod watch;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -197,7 +199,7 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<
         .split_first()
         .ok_or_else(|| CliError::Usage("no command".into()))?;
     if rest.iter().any(|a| a == "--kubernetes") {
-        return crate::kube::commands::run_cli(cmd, rest, out, err);
+        return cluster::run_cli(cmd, rest, out, err);
     }
     match cmd.as_str() {
         "promote" | "abort" | "retry" => {
@@ -375,6 +377,12 @@ pub fn serve_config(args: &[String]) -> Result<Config, CliError> {
     };
     config.token = Token::from_flag_or_env(token_file.as_deref(), |k| std::env::var(k).ok())
         .map_err(CliError::Usage)?;
+    if let Some(why) = token_file
+        .as_deref()
+        .and_then(|f| Token::loose_permissions(f.as_ref()))
+    {
+        eprintln!("rollgate: warning: {why}");
+    }
     Ok(config)
 }
 

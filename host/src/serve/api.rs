@@ -79,7 +79,7 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
         ("GET", ["metrics"]) => {
-            let text = shared.metrics.render(&shared.lock());
+            let text = super::exposition::render(&shared.metrics, &shared.lock());
             Response::new(200, "text/plain; version=0.0.4", text)
         }
         ("GET", ["v1", "policies", name]) => {

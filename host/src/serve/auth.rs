@@ -53,6 +53,21 @@ impl Token {
         Token::new(&text, &what)
     }
 
+    /// Why the token file at `path` may be read by others (group or world permission bits),
+    /// if it may. Only a warning: a Kubernetes Secret volume is 0644 unless its `defaultMode`
+    /// says otherwise, and refusing would stop a sidecar deployed that way.
+    pub fn loose_permissions(path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "--token-file {}: readable by other users (mode {mode:04o}), who can then drive \
+                 releases; chmod 600 it (in Kubernetes: the Secret volume's defaultMode: 0400)",
+                path.display()
+            )
+        })
+    }
+
     /// `--token-file PATH` if given, else `$ROLLGATE_TOKEN` if set, else none.
     pub fn from_flag_or_env(
         file: Option<&str>,

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod exposition;
 pub mod files;
 pub mod http;
 pub mod metrics;

@@ -406,7 +406,7 @@ impl Shared {
         entry.status = status;
         for fx in t.effects {
             if let Some(call) = webhook::Call::from_effect(&name, &entry.status, &fx) {
-                webhook::spawn(self.clone(), key.to_path_buf(), call);
+                self.spawn_webhook(key.to_path_buf(), call);
             } else if let Effect::Note(n) = fx {
                 self.metrics.transitions.inc();
                 self.log_rollout(&name, &entry.status, &n.to_string());
@@ -425,5 +425,49 @@ impl Shared {
         if let Err(e) = files::replace(&path, &json) {
             self.log(&format!("cannot write {}: {e}", path.display()));
         }
+    }
+}
+
+/// Webhook steps ([`webhook::Call`]), each on a thread of its own.
+impl Shared {
+    /// Calls the webhook in the background; the answer goes to the rollout file `key`.
+    pub fn spawn_webhook(self: &Arc<Self>, key: PathBuf, call: webhook::Call) {
+        let shared = self;
+        shared.log(&format!(
+            "{}: calling webhook {} (step {})",
+            call.rollout,
+            call.url,
+            call.step + 1
+        ));
+        let spawned = std::thread::Builder::new()
+            .name(format!("webhook-{}", call.rollout))
+            .spawn({
+                let shared = shared.clone();
+                let call = call.clone();
+                move || {
+                    let outcome = call.send();
+                    shared.finish_webhook(&key, &call, outcome);
+                }
+            });
+        if let Err(e) = spawned {
+            // Called with the state locked, so the failure cannot be fed back here; the rollout
+            // waits at the step, and a restart of the sidecar calls again.
+            shared.log(&format!(
+                "{}: cannot start the webhook call: {e}",
+                call.rollout
+            ));
+        }
+    }
+
+    fn finish_webhook(
+        self: &Arc<Self>,
+        key: &Path,
+        call: &webhook::Call,
+        outcome: Result<u16, String>,
+    ) {
+        let shared = self;
+        shared.metrics.webhooks(webhook::succeeded(&outcome)).inc();
+        // Not a command: a stale answer is dropped by the engine, never refused.
+        let _ = shared.apply(key, call.answer(outcome), Timestamp::now());
     }
 }

@@ -2,16 +2,14 @@
 //! the engine as [`Event::Webhook`].
 //!
 //! [`Call::send`] and [`Call::answer`] are the one implementation of a call; the sidecar runs
-//! it on a thread of its own ([`spawn`]), the controller on tokio's blocking pool
+//! it on a thread of its own ([`super::registry::Shared::spawn_webhook`]), the controller on
+//! tokio's blocking pool
 //! ([`crate::kube::webhooks`]).
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::client;
-use super::registry::Shared;
-use crate::rollout::{Effect, Event, RolloutStatus, Timestamp};
+use crate::rollout::{Effect, Event, RolloutStatus};
 
 /// One call to make.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,38 +87,4 @@ impl Call {
 /// Whether `outcome` lets the rollout go on (a 2xx answer), as the engine decides it.
 pub fn succeeded(outcome: &Result<u16, String>) -> bool {
     matches!(outcome, Ok(c) if (200..300).contains(c))
-}
-
-/// Calls the webhook in the background; the answer goes to the rollout file `key`.
-pub fn spawn(shared: Arc<Shared>, key: PathBuf, call: Call) {
-    shared.log(&format!(
-        "{}: calling webhook {} (step {})",
-        call.rollout,
-        call.url,
-        call.step + 1
-    ));
-    let spawned = std::thread::Builder::new()
-        .name(format!("webhook-{}", call.rollout))
-        .spawn({
-            let shared = shared.clone();
-            let call = call.clone();
-            move || {
-                let outcome = call.send();
-                finish(&shared, &key, &call, outcome);
-            }
-        });
-    if let Err(e) = spawned {
-        // Called with the state locked, so the failure cannot be fed back here; the rollout
-        // waits at the step, and a restart of the sidecar calls again.
-        shared.log(&format!(
-            "{}: cannot start the webhook call: {e}",
-            call.rollout
-        ));
-    }
-}
-
-fn finish(shared: &Arc<Shared>, key: &std::path::Path, call: &Call, outcome: Result<u16, String>) {
-    shared.metrics.webhooks(succeeded(&outcome)).inc();
-    // Not a command: a stale answer is dropped by the engine, never refused.
-    let _ = shared.apply(key, call.answer(outcome), Timestamp::now());
 }

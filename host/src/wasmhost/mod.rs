@@ -311,6 +311,14 @@ impl Plugin {
         lock(&self.inner).run(request)
     }
 
+    /// What Envoy answers on the stream whose VM trapped (the `worker` of the [`TrapError`]
+    /// [`Plugin::run`] returned): 503 `wasm_fail_stream` under every [`FailurePolicy`], as
+    /// Envoy 1.40 answers it (the policy decides only the next requests). The plugin is not
+    /// called.
+    pub fn trapped_answer(&self, worker: usize, request: &HttpRequest) -> Exchange {
+        lock(&self.inner).trapped_answer(worker, request)
+    }
+
     /// Number of worker VMs.
     pub fn workers(&self) -> usize {
         lock(&self.inner).workers()

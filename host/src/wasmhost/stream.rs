@@ -418,29 +418,19 @@ impl PluginInner {
         s.open_request_body = false;
         s.open_request_trailers = false;
         s.code_details = Some(local.details.clone());
-        let mut headers = Headers::from_pairs([(":status", local.status.to_string())]);
-        for (k, v) in local.headers.pairs() {
-            headers.add(k, v);
-        }
-        if !local.body.is_empty() {
-            if !headers.contains("content-length") {
-                headers.add("content-length", local.body.len().to_string());
-            }
-            if !headers.contains("content-type") {
-                headers.add("content-type", "text/plain");
-            }
-        }
+        let grpc = is_grpc(&s.request_headers);
+        let (headers, body) = local_reply_message(&local, grpc);
         let n = headers.len() as i32;
         s.response_headers = Some(headers);
         s.response_trailers = None;
-        s.response_body_out = local.body.clone();
+        s.response_body_out = body;
         ex.local_response = Some(local.clone());
         if !decoding {
             return Ok(());
         }
         let c = ctx as i32;
         s.open_response_headers = true;
-        let eos = local.body.is_empty();
+        let eos = s.response_body_out.is_empty();
         self.phase(w, ctx, Phase::ResponseHeaders, |vm| {
             let f = vm.exports.on_response_headers.clone()?;
             Some(vm.invoke(
@@ -505,6 +495,17 @@ impl PluginInner {
         self.pump()
     }
 
+    /// What Envoy answers on the stream during which worker `w`'s VM trapped: the 503
+    /// `wasm_fail_stream` local reply of `Context::failStream` (Envoy
+    /// `source/extensions/common/wasm/context.cc`) under every failure policy. Measured on
+    /// Envoy 1.40 (host/tests/differential.rs `a_trap_then_the_next_requests_like_envoy`):
+    /// even FAIL_OPEN answers the trapping request 503 and only lets the next ones through.
+    pub(crate) fn trapped_answer(&mut self, w: usize, req: &HttpRequest) -> Exchange {
+        let w = w.min(self.vms.len().saturating_sub(1));
+        let log_start = lock(&self.shared.logs).len();
+        self.fail_closed(w, req, log_start)
+    }
+
     /// Envoy's FAIL_CLOSED answer on a failed VM: a 503 local reply, details
     /// `wasm_fail_stream`, gRPC UNAVAILABLE; the plugin is not called.
     fn fail_closed(&mut self, w: usize, req: &HttpRequest, log_start: usize) -> Exchange {
@@ -515,13 +516,15 @@ impl PluginInner {
             details: "wasm_fail_stream".into(),
             grpc_status: Some(14),
         };
+        let request_headers = self.envoy_request_headers(w, req);
+        let (headers, body) = local_reply_message(&local, is_grpc(&request_headers));
         Exchange {
             worker: w,
             context_id: 0,
-            request_headers: self.envoy_request_headers(w, req),
+            request_headers,
             request_body: Vec::new(),
             forwarded: false,
-            response: Some(Response::new(503).header("content-length", "0")),
+            response: Some(Response::from_map(&headers, body, Headers::new())),
             local_response: Some(local),
             route_cache_clears: 0,
             stalled: None,
@@ -552,5 +555,120 @@ impl PluginInner {
             reset: false,
             logs: lock(&self.shared.logs)[log_start..].to_vec(),
         }
+    }
+}
+
+/// Whether Envoy treats the request as gRPC (`Grpc::Common::isGrpcRequestHeaders`): its
+/// content-type is `application/grpc`, or that followed by `+` or `;`.
+pub(crate) fn is_grpc(request_headers: &Headers) -> bool {
+    request_headers.get("content-type").is_some_and(|v| {
+        v.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
+}
+
+/// gRPC's Percent-Byte-Unencoded is %x20-%x24 / %x26-%x7E (PROTOCOL-HTTP2.md, what Envoy's
+/// `PercentEncoding::encode` follows): controls, `%` and non-ASCII bytes are encoded.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(status: u32) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// The headers and body of a local reply as Envoy's `Http::Utility::prepareLocalReply`
+/// (source/common/http/utility.cc) builds them: `:status`, then the plugin's headers; for a
+/// gRPC request a trailers-only answer instead — `:status` 200, `content-type:
+/// application/grpc`, `grpc-status` (the plugin's, else mapped from the HTTP status, unless
+/// the plugin set one), `grpc-message` the percent-encoded body, no content-length, no body.
+pub(crate) fn local_reply_message(local: &LocalResponse, grpc: bool) -> (Headers, Vec<u8>) {
+    let mut headers = Headers::from_pairs([(":status", local.status.to_string())]);
+    for (k, v) in local.headers.pairs() {
+        headers.add(k, v);
+    }
+    if grpc {
+        headers.replace(":status", "200");
+        headers.replace("content-type", "application/grpc");
+        if headers.get("grpc-status").is_none_or(<[u8]>::is_empty) {
+            let status = local
+                .grpc_status
+                .unwrap_or_else(|| http_to_grpc_status(local.status));
+            headers.replace("grpc-status", status.to_string());
+        }
+        if !local.body.is_empty() {
+            let message = percent_encoding::percent_encode(&local.body, GRPC_MESSAGE).to_string();
+            headers.replace("grpc-message", message);
+        }
+        headers.remove("content-length");
+        return (headers, Vec::new());
+    }
+    if local.body.is_empty() {
+        headers.remove("content-length");
+        headers.remove("content-type");
+    } else {
+        if !headers.contains("content-length") {
+            headers.add("content-length", local.body.len().to_string());
+        }
+        if !headers.contains("content-type") {
+            headers.add("content-type", "text/plain");
+        }
+    }
+    (headers, local.body.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(status: u32, body: &[u8], grpc_status: Option<u32>) -> LocalResponse {
+        LocalResponse {
+            status,
+            body: body.to_vec(),
+            headers: Headers::from_pairs([("content-length", "9"), ("x-a", "1")]),
+            details: String::new(),
+            grpc_status,
+        }
+    }
+
+    #[test]
+    fn a_grpc_local_reply_is_trailers_only_with_the_message_percent_encoded() {
+        // PROTOCOL-HTTP2.md: %x20-%x24 and %x26-%x7E stay; '%', controls and UTF-8 bytes go.
+        let (h, body) = local_reply_message(&local(403, "né %~\n".as_bytes(), None), true);
+        assert!(body.is_empty());
+        let pairs: Vec<(String, String)> = h
+            .pairs()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            (":status", "200"),
+            ("x-a", "1"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "7"),
+            ("grpc-message", "n%C3%A9 %25~%0A"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(pairs, want);
+        // The plugin's gRPC status wins over the mapped one.
+        let (h, _) = local_reply_message(&local(403, b"", Some(3)), true);
+        assert_eq!(h.get_str("grpc-status").as_deref(), Some("3"));
+        assert!(!h.contains("grpc-message"));
+        let grpc = |ct: &str| is_grpc(&Headers::from_pairs([("content-type", ct)]));
+        assert!(grpc("application/grpc") && grpc("application/grpc+proto"));
+        assert!(grpc("application/grpc;x=1") && !grpc("application/grpc-web"));
     }
 }

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType, Status};
 
+use crate::pipeline::Host;
 use crate::store::{SharedStore, StoreError};
 
 /// Logs at `level`; logging never fails a request.
@@ -22,6 +23,29 @@ pub fn now_ns() -> u64 {
 
 /// Proxy-wasm shared data: one store for every worker VM of this plugin.
 pub struct EnvoyStore;
+
+/// The pipeline's host: each method is the one host call of the function it names.
+impl Host for EnvoyStore {
+    fn now_ns(&self) -> u64 {
+        now_ns()
+    }
+
+    fn client_addr(&self) -> Option<IpAddr> {
+        client_addr()
+    }
+
+    fn response_flags(&self) -> u64 {
+        response_flags()
+    }
+
+    fn increment(&self, id: u32, n: i64) {
+        increment(id, n)
+    }
+
+    fn record(&self, id: u32, value: u64) {
+        record(id, value)
+    }
+}
 
 impl SharedStore for EnvoyStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {

@@ -14,9 +14,10 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 
-use crate::breaker::{Local, Phase};
+use crate::breaker::Phase;
 use crate::config::accept_config;
 use crate::fetch::{Fetcher, Outcome, Reaction};
+use crate::pipeline::{BreakerIds, VariantIds, Worker};
 use crate::policy::Policy;
 use crate::ratelimit::Leases;
 use crate::stats::StatNames;
@@ -60,33 +61,12 @@ fn carry_over<T, S>(
         .collect()
 }
 
-/// Metric ids of one variant.
-struct VariantIds {
-    requests: u32,
-    classes: [u32; 5],
-    network_errors: u32,
-    latency_ms: u32,
-}
-
-/// Metric ids of one breaker.
-struct BreakerIds {
-    state: u32,
-    trips: u32,
-    fallback: u32,
-}
-
 /// Everything a configuration compiles to, for one worker.
 pub(crate) struct Runtime {
-    policy: Policy,
-    variants: Vec<VariantIds>,
-    rate_limited: Vec<u32>,
-    breaker_ids: Vec<BreakerIds>,
-    /// This worker's view of each breaker (state seen, counts not yet shared).
-    breakers: RefCell<Vec<Local>>,
+    /// What each request reads (and its breaker views and leases).
+    worker: Worker,
     /// When each breaker was last checked: the tick may be faster than its `check_period`.
     last_check: RefCell<Vec<u64>>,
-    /// This worker's token leases, per rate limit.
-    leases: RefCell<Vec<Leases>>,
 }
 
 impl Runtime {
@@ -122,24 +102,26 @@ impl Runtime {
         // tokens came out of the same bucket).
         let locals = carry_over(
             &policy.breakers,
-            previous.map(|p| (&p.policy.breakers[..], &p.breakers)),
+            previous.map(|p| (&p.worker.policy.breakers[..], &p.worker.breakers)),
             |o, n| o.name == n.name && o.config == n.config,
             |b| b.local(),
         );
         let leases = carry_over(
             &policy.rate_limits,
-            previous.map(|p| (&p.policy.rate_limits[..], &p.leases)),
+            previous.map(|p| (&p.worker.policy.rate_limits[..], &p.worker.leases)),
             |o, n| o.name == n.name && o.config == n.config,
             |_| Leases::default(),
         );
         let n = policy.breakers.len();
         Runtime {
-            leases: RefCell::new(leases),
-            policy,
-            variants,
-            rate_limited,
-            breaker_ids,
-            breakers: RefCell::new(locals),
+            worker: Worker {
+                leases: RefCell::new(leases),
+                policy,
+                variants,
+                rate_limited,
+                breaker_ids,
+                breakers: RefCell::new(locals),
+            },
             last_check: RefCell::new(vec![0; n]),
         }
     }
@@ -147,14 +129,15 @@ impl Runtime {
     /// The breakers' periodic work: share counts, follow the clock, evaluate, report.
     fn tick(&self) {
         let now = now_ns();
-        let mut locals = self.breakers.borrow_mut();
+        let w = &self.worker;
+        let mut locals = w.breakers.borrow_mut();
         let mut last = self.last_check.borrow_mut();
-        let breakers = self
+        let breakers = w
             .policy
             .breakers
             .iter()
             .zip(locals.iter_mut())
-            .zip(&self.breaker_ids);
+            .zip(&w.breaker_ids);
         for (((b, l), ids), last) in breakers.zip(last.iter_mut()) {
             // Ticks jitter: a check due within 10 ms counts as due.
             if now.saturating_add(10_000_000) < last.saturating_add(b.check_period_ns) {
@@ -164,7 +147,7 @@ impl Runtime {
             if let Some(t) = b.tick(l, &EnvoyStore, now) {
                 let scope = b
                     .variant
-                    .and_then(|i| self.policy.variants.get(i))
+                    .and_then(|i| w.policy.variants.get(i))
                     .map_or("all traffic", |v| v.name.as_str());
                 log(
                     LogLevel::Info,
@@ -387,16 +370,8 @@ impl RootContext for Root {
                     source.cluster, source.path
                 ),
             );
-            // Any id distinct among this proxy's workers: they configure at different instants.
-            Fetcher::new(
-                source,
-                now_ns()
-                    ^ u64::from(
-                        self.get_current_time()
-                            .elapsed()
-                            .map_or(0, |d| d.subsec_nanos()),
-                    ),
-            )
+            let worker = crate::fetch::worker_id(&EnvoyStore, "rollgate.vm_seq", now_ns());
+            Fetcher::new(source, worker)
         });
         // A fresh VM may replace one that died applying a fetched policy (FAIL_RELOAD).
         if let Some((version, deaths)) = self.fetcher.as_mut().and_then(|f| f.recover(&EnvoyStore))

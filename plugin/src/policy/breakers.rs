@@ -1,7 +1,7 @@
 //! Validation and compilation of `circuit_breakers`.
 
-use super::compile::Errors;
-use super::limits::check_name;
+use super::check::check_name;
+use super::errors::Errors;
 use super::spec::PolicySpec;
 use crate::breaker::{expr, window::BUCKETS_PER_WINDOW, Breaker};
 use crate::duration::parse_duration;

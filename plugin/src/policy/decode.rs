@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::excerpt::excerpt;
 
-use super::compile::{Errors, PolicyErrors};
+use super::errors::{Errors, PolicyErrors};
 use super::json::{Json, Num};
 use super::spec::{
     BreakerSpec, ClientIpSpec, Empty, LimitSourceSpec, PolicySpec, RateLimitSpec, RouteSpec,

@@ -1,41 +1,12 @@
 //! Validation and compilation of `rate_limits`.
 
-use super::compile::Errors;
+use super::check::{check_name, request_sources};
+use super::errors::Errors;
 use super::spec::{LimitSourceSpec, PolicySpec, RateLimitSpec};
 use crate::duration::parse_duration;
-use crate::limits::MAX_NAME_BYTES;
 use crate::murmur3::murmur3_x86_32;
 use crate::ratelimit::{Rate, RateLimit};
 use crate::sticky::KeySource;
-
-/// Names end up in stat names and shared-data keys: keep them to a safe alphabet. `seen` is
-/// scanned, not hashed: there are at most 64 of each kind (`crate::limits`), and a set would
-/// grow the filter.
-pub(super) fn check_name(name: &str, path: &str, seen: &mut Vec<String>, errs: &mut Errors) {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if name.len() > MAX_NAME_BYTES {
-        errs.check_len(format!("{path}.name"), name);
-    } else if !ok {
-        errs.push(
-            format!("{path}.name"),
-            format!(
-                "must be letters, digits, '-' or '_', got '{}'",
-                crate::excerpt::excerpt(name)
-            ),
-        );
-    } else if seen.iter().any(|s| s == name) {
-        errs.push(
-            format!("{path}.name"),
-            format!("'{}' is used twice", crate::excerpt::excerpt(name)),
-        );
-    } else {
-        seen.push(name.to_string());
-    }
-}
 
 pub(super) fn compile_rate_limits(
     spec: &PolicySpec,
@@ -146,7 +117,7 @@ fn compile_source(s: Option<&LimitSourceSpec>, path: &str, errs: &mut Errors) ->
         ipv6_prefix: None,
     };
     let Some(s) = s else { return client };
-    let mut found = super::compile::request_sources(&s.header, &s.cookie, &s.query, path, errs);
+    let mut found = request_sources(&s.header, &s.cookie, &s.query, path, errs);
     if s.host.is_some() {
         found.push(KeySource::Host);
     }

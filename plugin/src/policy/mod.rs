@@ -2,8 +2,10 @@
 //! and the per-request decision ([`Policy::decide`]).
 
 mod breakers;
+mod check;
 mod compile;
 mod decode;
+mod errors;
 mod json;
 mod limits;
 pub(crate) mod number;
@@ -11,7 +13,8 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{parse_spec, PolicyError, PolicyErrors};
+pub use compile::parse_spec;
+pub use errors::{PolicyError, PolicyErrors};
 pub use spec::PolicySpec;
 
 /// The one acceptance function for a policy (no `source`): the policies the filter fetches,
@@ -90,6 +93,8 @@ struct Sticky {
 pub struct Decision<'p> {
     /// The chosen variant; `None` lets the request pass untouched.
     pub variant: Option<&'p Variant>,
+    /// Its index in the policy's `variants` (per-variant stats and breakers are indexed).
+    pub index: Option<usize>,
     /// Index of the route that decided, if any.
     pub route: Option<usize>,
     /// The sticky bucket, for split routes.
@@ -106,7 +111,10 @@ impl Policy {
         req: &Request<'_>,
         new_id: &mut dyn FnMut() -> String,
     ) -> Decision<'p> {
-        let variant = |i: Option<usize>| i.and_then(|i| self.variants.get(i));
+        let variant = |i: Option<usize>| {
+            let i = i.filter(|&i| i < self.variants.len());
+            (i.and_then(|i| self.variants.get(i)), i)
+        };
         for (i, route) in self.routes.iter().enumerate() {
             if !route.matcher.as_ref().is_none_or(|m| m.matches(req)) {
                 continue;
@@ -116,19 +124,21 @@ impl Policy {
                 ..Decision::default()
             };
             match &route.action {
-                Action::Variant(v) => d.variant = variant(Some(*v)),
+                Action::Variant(v) => (d.variant, d.index) = variant(Some(*v)),
                 Action::Split(split) => {
                     let fallback = split.default.or(self.default);
                     let b = split.bucket(req, new_id, &mut d.set_cookie);
                     d.bucket = b;
                     let chosen = b.and_then(|b| split.ranges.iter().find(|(end, _)| b < *end));
-                    d.variant = variant(chosen.map(|(_, v)| *v).or(fallback));
+                    (d.variant, d.index) = variant(chosen.map(|(_, v)| *v).or(fallback));
                 }
             }
             return d;
         }
+        let (variant, index) = variant(self.default);
         Decision {
-            variant: variant(self.default),
+            variant,
+            index,
             ..Decision::default()
         }
     }

@@ -43,7 +43,13 @@ fn decide(p: &Policy, headers: &[(&str, &str)], ip: Option<&str>) -> Option<Stri
         .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
         .collect();
     let req = Request::new(pairs, ip.map(|i| i.parse().unwrap()));
-    p.decide(&req, &mut no_id).variant.map(|v| v.name.clone())
+    let d = p.decide(&req, &mut no_id);
+    // The index names the same variant as the reference.
+    assert_eq!(
+        d.index.and_then(|i| p.variants.get(i)).map(|v| &v.name),
+        d.variant.map(|v| &v.name)
+    );
+    d.variant.map(|v| v.name.clone())
 }
 
 fn user(p: &Policy, n: u32) -> String {
@@ -589,4 +595,22 @@ fn rule_syntax_errors_name_the_field_and_what_each_syntax_expected() {
           v2 matcher); as v2, column 23: unknown matcher 'Header' in rule syntax v2 (a v3 matcher)"
         ]
     );
+}
+
+#[test]
+fn decision_carries_the_variant_index() {
+    let p = policy(SEED);
+    for (authority, user) in [("dev.coding", "u1"), ("pro.coding", "u2"), ("other", "u3")] {
+        let pairs = vec![
+            (&b":authority"[..], authority.as_bytes()),
+            (&b"x-user-id"[..], user.as_bytes()),
+        ];
+        let req = Request::new(pairs, None);
+        let d = p.decide(&req, &mut no_id);
+        let i = d.index.unwrap();
+        assert!(
+            std::ptr::eq(&p.variants[i], d.variant.unwrap()),
+            "{authority}"
+        );
+    }
 }

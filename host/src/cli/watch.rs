@@ -12,8 +12,8 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 
-use super::commands::view;
-use crate::cli::{format, CliError};
+use super::{format, CliError};
+use crate::kube::commands::view;
 use crate::rollout::Rollout;
 
 /// Follows `name` (or every Rollout of `ns`), writing each change to `out`; `tty` redraws in

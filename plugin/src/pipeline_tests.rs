@@ -1,0 +1,450 @@
+//! The request pipeline against a fake host: a real [`MemStore`] (Envoy's CAS rules), a
+//! settable clock, and counted metrics and host calls.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::*;
+use crate::breaker::Phase;
+use crate::store::{MemStore, StoreError};
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000 * MS;
+
+#[derive(Default)]
+struct Fake {
+    store: MemStore,
+    now: Cell<u64>,
+    addr: Option<IpAddr>,
+    flags: Cell<u64>,
+    metrics: RefCell<HashMap<u32, i64>>,
+    records: RefCell<Vec<(u32, u64)>>,
+    /// Every host call the pipeline made.
+    calls: Cell<u32>,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let f = Fake {
+            addr: "10.0.0.7".parse().ok(),
+            ..Fake::default()
+        };
+        f.now.set(1_000 * S);
+        f
+    }
+    fn call(&self) {
+        self.calls.set(self.calls.get() + 1);
+    }
+    fn metric(&self, id: u32) -> i64 {
+        self.metrics.borrow().get(&id).copied().unwrap_or(0)
+    }
+    fn advance(&self, ns: u64) {
+        self.now.set(self.now.get() + ns);
+    }
+}
+
+impl SharedStore for Fake {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.call();
+        self.store.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.call();
+        self.store.set(key, value, cas)
+    }
+}
+
+impl Host for Fake {
+    fn now_ns(&self) -> u64 {
+        self.call();
+        self.now.get()
+    }
+    fn client_addr(&self) -> Option<IpAddr> {
+        self.call();
+        self.addr
+    }
+    fn response_flags(&self) -> u64 {
+        self.call();
+        self.flags.get()
+    }
+    fn increment(&self, id: u32, n: i64) {
+        self.call();
+        *self.metrics.borrow_mut().entry(id).or_default() += n;
+    }
+    fn record(&self, id: u32, value: u64) {
+        self.call();
+        self.records.borrow_mut().push((id, value));
+    }
+}
+
+/// A worker for `json` with distinct metric ids, as the glue's `Runtime::new` builds it.
+fn worker(json: &str) -> Worker {
+    let policy = Policy::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let next = Cell::new(0);
+    let id = || {
+        next.set(next.get() + 1);
+        next.get()
+    };
+    Worker {
+        variants: policy
+            .variants
+            .iter()
+            .map(|_| VariantIds {
+                requests: id(),
+                classes: [id(), id(), id(), id(), id()],
+                network_errors: id(),
+                latency_ms: id(),
+            })
+            .collect(),
+        rate_limited: policy.rate_limits.iter().map(|_| id()).collect(),
+        breaker_ids: policy
+            .breakers
+            .iter()
+            .map(|_| BreakerIds {
+                state: id(),
+                trips: id(),
+                fallback: id(),
+            })
+            .collect(),
+        breakers: RefCell::new(policy.breakers.iter().map(|b| b.local()).collect()),
+        leases: RefCell::new(
+            policy
+                .rate_limits
+                .iter()
+                .map(|_| Leases::default())
+                .collect(),
+        ),
+        policy,
+    }
+}
+
+fn pairs<'a>(h: &'a [(&str, &str)]) -> Vec<(&'a [u8], &'a [u8])> {
+    h.iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect()
+}
+
+fn index(w: &Worker, name: &str) -> usize {
+    w.policy
+        .variants
+        .iter()
+        .position(|v| v.name == name)
+        .unwrap()
+}
+
+const ROUTES: &str = r#"{
+  "name": "flask",
+  "variants": { "stable": "k8s-flask", "canary": "k8s-flask-canary", "dev": "k8s-flask-dev" },
+  "default": "stable",
+  "routes": [
+    { "match": "Host(`dev.coding`)", "variant": "dev" },
+    { "match": "Host(`pro.coding`) && Headers(`location`, `shenzhen`)", "variant": "canary" },
+    { "match": "Host(`pro.coding`)", "split": [ { "variant": "canary", "weight": 100 } ],
+      "sticky": { "header": "x-user-id" } },
+    { "match": "Host(`new.coding`)", "split": [ { "variant": "canary", "weight": 100 } ],
+      "sticky": { "header": "x-u", "assign_cookie": "rg" } }
+  ],
+  "cluster_header": "x-rollgate-cluster",
+  "variant_header": "x-rollgate-variant"
+}"#;
+
+fn forward(v: &[(&'static str, &'static str)]) -> Plan<'static> {
+    Plan::Forward(v.iter().map(|(k, v)| (*k, Some(*v))).collect())
+}
+
+#[test]
+fn a_decision_per_route_kind() {
+    let w = worker(ROUTES);
+    let host = Fake::new();
+    // (request headers, cluster, variant)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 4] = [
+        (&[(":authority", "dev.coding")], "k8s-flask-dev", "dev"),
+        (
+            &[(":authority", "pro.coding"), ("location", "shenzhen")],
+            "k8s-flask-canary",
+            "canary",
+        ),
+        (
+            &[(":authority", "pro.coding"), ("x-user-id", "u1")],
+            "k8s-flask-canary",
+            "canary",
+        ),
+        (&[(":authority", "other")], "k8s-flask", "stable"),
+    ];
+    for (headers, cluster, variant) in cases {
+        let mut ex = Exchange::new(1);
+        let plan = ex.on_request(&w, pairs(headers), &host);
+        assert_eq!(
+            plan,
+            forward(&[
+                ("x-rollgate-cluster", cluster),
+                ("x-rollgate-variant", variant)
+            ]),
+            "{headers:?}"
+        );
+        assert_eq!(ex.variant(), Some(index(&w, variant)));
+        // No cookie to assign, no limit headers, variant not exposed: nothing to write back.
+        assert_eq!(ex.on_response(&w, || 200, &host), vec![]);
+    }
+    for v in ["stable", "canary", "dev"] {
+        let ids = &w.variants[index(&w, v)];
+        let want = if v == "canary" { 2 } else { 1 };
+        assert_eq!(host.metric(ids.requests), want, "{v}");
+        assert_eq!(host.metric(ids.classes[1]), want, "{v}");
+    }
+    // A split route assigning a cookie: the id comes from the clock, the cookie goes back.
+    let mut ex = Exchange::new(9);
+    let plan = ex.on_request(&w, pairs(&[(":authority", "new.coding")]), &host);
+    assert_eq!(
+        plan,
+        forward(&[
+            ("x-rollgate-cluster", "k8s-flask-canary"),
+            ("x-rollgate-variant", "canary")
+        ])
+    );
+    let ops = ex.on_response(&w, || 200, &host);
+    assert!(
+        matches!(&ops[..], [HeaderOp::Add("set-cookie", c)]
+            if c.starts_with("rg=") && c.ends_with("; Path=/; Max-Age=31536000; SameSite=Lax")),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn forged_internal_headers_are_stripped_or_overwritten() {
+    let no_default = ROUTES.replace(r#""default": "stable","#, "");
+    let w = worker(&no_default);
+    let host = Fake::new();
+    let forged = [
+        (":authority", "other"),
+        ("x-rollgate-cluster", "k8s-flask-canary"),
+        ("x-rollgate-variant", "canary"),
+    ];
+    // Nothing chosen: the forged headers go.
+    let mut ex = Exchange::new(1);
+    assert_eq!(
+        ex.on_request(&w, pairs(&forged), &host),
+        Plan::Forward(vec![
+            ("x-rollgate-cluster", None),
+            ("x-rollgate-variant", None)
+        ])
+    );
+    assert_eq!(ex.variant(), None);
+    // Nothing chosen and nothing forged: the request passes untouched.
+    let mut ex = Exchange::new(2);
+    assert_eq!(
+        ex.on_request(&w, pairs(&forged[..1]), &host),
+        Plan::Forward(vec![])
+    );
+    // A variant chosen: the forged values are overwritten with the chosen ones.
+    let forged_dev = [
+        (":authority", "dev.coding"),
+        ("x-rollgate-cluster", "k8s-flask-canary"),
+    ];
+    let mut ex = Exchange::new(3);
+    assert_eq!(
+        ex.on_request(&w, pairs(&forged_dev), &host),
+        forward(&[
+            ("x-rollgate-cluster", "k8s-flask-dev"),
+            ("x-rollgate-variant", "dev")
+        ])
+    );
+}
+
+#[test]
+fn limits_refuse_with_429_and_their_headers() {
+    let w = worker(
+        r#"{"name":"flask","variants":{"a":"ca"},"default":"a","expose_variant":true,
+            "cluster_header":"x-c","variant_header":"x-v",
+            "rate_limits":[{"name":"api","average":1,"period":"1h","burst":2,"headers":true}]}"#,
+    );
+    let host = Fake::new();
+    let req = [(":authority", "x"), (":path", "/")];
+    let mut admitted = Vec::new();
+    for n in 0..2 {
+        let mut ex = Exchange::new(n);
+        assert_eq!(
+            ex.on_request(&w, pairs(&req), &host),
+            forward(&[("x-c", "ca"), ("x-v", "a")])
+        );
+        admitted.push(ex.on_response(&w, || 200, &host));
+    }
+    let set = |k: &'static str, v: &str| HeaderOp::Set(k, v.to_string());
+    assert_eq!(
+        admitted[1],
+        vec![
+            set("x-ratelimit-limit", "2"),
+            set("x-ratelimit-remaining", "0"),
+            // Until the bucket is full again: two tokens at one an hour.
+            set("x-ratelimit-reset", "7200"),
+            set("x-v", "a"),
+        ]
+    );
+    let mut ex = Exchange::new(3);
+    let Plan::Reply {
+        status,
+        headers,
+        body,
+    } = ex.on_request(&w, pairs(&req), &host)
+    else {
+        panic!("the third request in the hour passed");
+    };
+    assert_eq!((status, body), (429, "Too Many Requests"));
+    let names: Vec<_> = headers.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        names,
+        [
+            "retry-after",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset"
+        ]
+    );
+    assert_eq!(headers[1].1, "2");
+    assert_eq!(headers[2].1, "0");
+    assert!(headers[0].1.parse::<u64>().unwrap() > 0, "{headers:?}");
+    assert_eq!(host.metric(w.rate_limited[0]), 1);
+    // Our own answer is not the variant's: nothing counted, nothing written.
+    let requests = host.metric(w.variants[0].requests);
+    assert_eq!(ex.on_response(&w, || 200, &host), vec![]);
+    assert_eq!(host.metric(w.variants[0].requests), requests);
+    assert_eq!(requests, 2);
+}
+
+const BREAKER: &str = r#"{"name":"flask","variants":{"stable":"s","canary":"c"},"default":"canary",
+    "cluster_header":"x-c","variant_header":"x-v",
+    "circuit_breakers":[{"name":"net","variant":"canary","expression":"NetworkErrorRatio() > 0.5",
+      "check_period":"100ms","fallback_duration":"10s","recovery_duration":"10s",
+      "fallback_variant":"stable"}]}"#;
+
+/// One request and its response with `status`; returns the cluster it went to.
+fn exchange(w: &Worker, host: &Fake, status: u16) -> Option<&'static str> {
+    let mut ex = Exchange::new(1);
+    let cluster = match ex.on_request(w, pairs(&[(":authority", "x")]), host) {
+        Plan::Forward(h) => match h.first() {
+            Some(("x-c", Some("s"))) => Some("s"),
+            Some(("x-c", Some("c"))) => Some("c"),
+            other => panic!("{other:?}"),
+        },
+        Plan::Reply { .. } => None,
+    };
+    host.advance(MS);
+    ex.on_response(w, || status, host);
+    cluster
+}
+
+fn tick(w: &Worker, host: &Fake) -> Option<Phase> {
+    let b = &w.policy.breakers[0];
+    let mut locals = w.breakers.borrow_mut();
+    b.tick(&mut locals[0], host, host.now.get()).map(|t| t.to)
+}
+
+#[test]
+fn breaker_opens_on_counted_responses_falls_back_then_ramps() {
+    let w = worker(BREAKER);
+    let host = Fake::new();
+    let (stable, canary) = (index(&w, "stable"), index(&w, "canary"));
+    for _ in 0..50 {
+        assert_eq!(exchange(&w, &host, 502), Some("c"));
+    }
+    // The responses were counted for the variant and for its breaker, whose check opens it.
+    assert_eq!(host.metric(w.variants[canary].network_errors), 50);
+    assert_eq!(host.metric(w.variants[canary].classes[4]), 50);
+    host.advance(200 * MS);
+    assert_eq!(tick(&w, &host), Some(Phase::Open));
+    // Open: canary traffic falls back to stable, counted as stable's and as fallbacks.
+    for _ in 0..10 {
+        assert_eq!(exchange(&w, &host, 200), Some("s"));
+    }
+    assert_eq!(host.metric(w.breaker_ids[0].fallback), 10);
+    assert_eq!(host.metric(w.variants[stable].requests), 10);
+    assert_eq!(host.metric(w.variants[stable].classes[1]), 10);
+    // Recovering (half-open): a growing share goes back to canary, and its responses count.
+    host.advance(10 * S + 2 * S);
+    let to_canary = (0..100)
+        .filter(|_| exchange(&w, &host, 200) == Some("c"))
+        .count();
+    assert!((1..100).contains(&to_canary), "{to_canary} of 100");
+    assert_eq!(
+        host.metric(w.variants[canary].requests),
+        50 + to_canary as i64
+    );
+    // After the ramp, all of it.
+    host.advance(20 * S);
+    assert!((0..20).all(|_| exchange(&w, &host, 200) == Some("c")));
+}
+
+#[test]
+fn open_breaker_without_fallback_answers_itself() {
+    let w = worker(&BREAKER.replace(r#""fallback_variant":"stable""#, r#""response_code":503"#));
+    let host = Fake::new();
+    for _ in 0..50 {
+        exchange(&w, &host, 502);
+    }
+    host.advance(200 * MS);
+    assert_eq!(tick(&w, &host), Some(Phase::Open));
+    let mut ex = Exchange::new(1);
+    assert_eq!(
+        ex.on_request(&w, pairs(&[(":authority", "x")]), &host),
+        Plan::Reply {
+            status: 503,
+            headers: vec![],
+            body: "Service Unavailable"
+        }
+    );
+    assert_eq!(ex.on_response(&w, || 200, &host), vec![]);
+    assert_eq!(host.metric(w.breaker_ids[0].fallback), 1);
+}
+
+#[test]
+fn responses_are_counted_per_variant_and_class() {
+    let w = worker(ROUTES);
+    let host = Fake::new();
+    let dev = &w.variants[index(&w, "dev")];
+    for (status, flags) in [(200, 0), (404, 0), (503, 0), (503, 0x20), (502, 0), (0, 0)] {
+        host.flags.set(flags);
+        let mut ex = Exchange::new(1);
+        ex.on_request(&w, pairs(&[(":authority", "dev.coding")]), &host);
+        host.advance(7 * MS);
+        ex.on_response(&w, || status, &host);
+    }
+    let classes: Vec<_> = dev.classes.iter().map(|&c| host.metric(c)).collect();
+    assert_eq!(classes, [0, 1, 0, 1, 3]);
+    // 502 always, 503 only with an upstream-failure flag.
+    assert_eq!(host.metric(dev.network_errors), 2);
+    assert_eq!(host.metric(dev.requests), 6);
+    // No limits or breakers: no clock at the request, so latency reads as 0 then.
+    let latencies: Vec<_> = host.records.borrow().iter().map(|r| r.1).collect();
+    assert_eq!(latencies, [0; 6]);
+    let stable = &w.variants[index(&w, "stable")];
+    assert_eq!(host.metric(stable.requests), 0);
+}
+
+#[test]
+fn latency_is_measured_from_the_request_when_the_clock_was_read() {
+    let w = worker(BREAKER);
+    let host = Fake::new();
+    let mut ex = Exchange::new(1);
+    ex.on_request(&w, pairs(&[(":authority", "x")]), &host);
+    host.advance(7 * MS);
+    ex.on_response(&w, || 200, &host);
+    assert_eq!(
+        host.records.borrow()[..],
+        [(w.variants[index(&w, "canary")].latency_ms, 7)]
+    );
+}
+
+/// The host calls of one plain request (no limits, breakers or cookie), pipeline side: the
+/// glue adds one header-map read, one write per internal header and one `:status` read.
+#[test]
+fn host_calls_per_plain_request() {
+    let w = worker(ROUTES);
+    let host = Fake::new();
+    let mut ex = Exchange::new(1);
+    ex.on_request(&w, pairs(&[(":authority", "dev.coding")]), &host);
+    assert_eq!(host.calls.get(), 1, "the requests counter");
+    ex.on_response(&w, || 200, &host);
+    assert_eq!(host.calls.get(), 4, "+ clock, class counter, latency");
+}
