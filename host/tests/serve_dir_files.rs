@@ -168,6 +168,13 @@ fn heavy_rollout() -> String {
         .replacen("  routes:\n", &routes, 1)
 }
 
+/// Whether the API kept answering during work that took `took`: before, the slowest answer
+/// waited out nearly all of it (1.16 s of 1.19 s); after, 37–48 ms. Coarse, as the machine may
+/// be loaded by the other tests of this binary: under 300 ms, or under three quarters of it.
+fn kept_answering(took: Duration, worst: Duration) -> bool {
+    worst < Duration::from_millis(300) || worst < took * 3 / 4
+}
+
 /// Polls `GET /v1/rollouts/flask` until `done`; returns (how long it took, the slowest answer).
 fn poll_while(s: &Sidecar, mut done: impl FnMut() -> bool) -> (Duration, Duration) {
     let start = std::time::Instant::now();
@@ -199,8 +206,10 @@ fn a_heavy_rollout_does_not_stall_the_api() {
     dir.write("heavy.yaml", &text);
     let (took, worst) = poll_while(&s, || s.get("/v1/policies/heavy?wait=0s").status == 200);
     eprintln!("loading: {took:?}, slowest answer meanwhile: {worst:?}");
-    // Coarse: before, the slowest answer waited out nearly the whole load.
-    assert!(worst < took / 2, "load {took:?}, slowest answer {worst:?}");
+    assert!(
+        kept_answering(took, worst),
+        "load {took:?}, slowest answer {worst:?}"
+    );
 
     // A promote recompiles the heavy policy; the other rollout's API answers meanwhile.
     let promote = {
@@ -220,7 +229,7 @@ fn a_heavy_rollout_does_not_stall_the_api() {
     assert_eq!(promote.join().unwrap(), 200);
     eprintln!("promote: {took:?}, slowest answer meanwhile: {worst:?}");
     assert!(
-        worst < took / 2,
+        kept_answering(took, worst),
         "promote {took:?}, slowest answer {worst:?}"
     );
     assert_eq!(s.rollout("heavy")["status"]["currentStep"], 3);
