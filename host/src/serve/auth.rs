@@ -7,7 +7,7 @@ use std::path::Path;
 
 use subtle::ConstantTimeEq;
 
-use super::http::{Request, Response};
+use super::http::{excerpt, Request, Response};
 
 /// Shortest token accepted: 16 characters, 96 bits at least from a random generator.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -110,7 +110,7 @@ pub fn refuse(req: &Request, token: Option<&Token>) -> Option<Response> {
             403,
             &format!(
                 "requests from web pages are refused (Origin {}); use the rollgate CLI",
-                short(origin)
+                excerpt(origin.as_bytes())
             ),
         ));
     }
@@ -120,7 +120,7 @@ pub fn refuse(req: &Request, token: Option<&Token>) -> Option<Response> {
                 403,
                 &format!(
                     "requests from web pages are refused (Sec-Fetch-Site {})",
-                    short(site)
+                    excerpt(site.as_bytes())
                 ),
             ));
         }
@@ -138,7 +138,7 @@ pub fn refuse(req: &Request, token: Option<&Token>) -> Option<Response> {
                 415,
                 &format!(
                     "commands take no body or application/json, not {}",
-                    short(&essence)
+                    excerpt(essence.as_bytes())
                 ),
             ));
         }
@@ -158,15 +158,6 @@ pub fn refuse(req: &Request, token: Option<&Token>) -> Option<Response> {
         "commands need a bearer token (--token-file or $ROLLGATE_TOKEN)"
     };
     Some(Response::error(401, why).with_header("www-authenticate", "Bearer realm=\"rollgate\""))
-}
-
-/// A header value as it may appear in an answer: at most 64 characters, escaped.
-fn short(v: &str) -> String {
-    let mut s: String = v.chars().take(64).flat_map(char::escape_default).collect();
-    if v.chars().count() > 64 {
-        s.push('…');
-    }
-    s
 }
 
 #[cfg(test)]
