@@ -39,7 +39,7 @@ $(ENVOY_STAMP):
 	touch $@
 
 ## Prometheus from Debian, for the controller's analysis against a real Prometheus
-## (host/tests/prometheus_e2e.rs, which fails without it). policy-rc.d keeps the package
+## (crates/rollgate/tests/prometheus_e2e.rs, which fails without it). policy-rc.d keeps the package
 ## from starting its service; the test runs its own Prometheus.
 prometheus:
 	@command -v prometheus >/dev/null || { \
@@ -54,17 +54,17 @@ binaryen:
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binaryen; }
 
-## The filter, in the `wasm` profile (Cargo.toml): `cargo rustc --crate-type cdylib`, because
-## `cargo build` skips the profile's LTO for a crate that is also an rlib (the host links it),
-## then wasm-opt with the features rustc's wasm32-wasip1 target enables. The result goes where
-## every consumer (tests, bench, demo, `rollgate try`) reads it; `mv` replaces it rather than
-## writing through a hard link into cargo's own copy. `make wasm WASM_OPT_LEVEL=z` trades
-## request speed for size (see `[profile.wasm]` in Cargo.toml).
+## The filter, in the `wasm` profile (Cargo.toml): `rollgate-filter` is a cdylib only, so a
+## plain `cargo build` gets the profile's fat LTO; then wasm-opt with the features rustc's
+## wasm32-wasip1 target enables. The result goes where every consumer (tests, bench, demo,
+## `rollgate try`) reads it; `mv` replaces it rather than writing through a hard link into
+## cargo's own copy. `make wasm WASM_OPT_LEVEL=z` trades request speed for size (see
+## `[profile.wasm]` in Cargo.toml).
 WASM_BUILD := target/wasm32-wasip1/wasm/rollgate_plugin.wasm
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
   --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext
 wasm: toolchain binaryen
-	$(CARGO) rustc -p rollgate-plugin --lib --target wasm32-wasip1 --profile wasm --crate-type cdylib \
+	$(CARGO) build -p rollgate-filter --target wasm32-wasip1 --profile wasm \
 	  $(if $(WASM_OPT_LEVEL),--config 'profile.wasm.opt-level="$(WASM_OPT_LEVEL)"')
 	mkdir -p $(dir $(WASM))
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM_BUILD) -o $(WASM).tmp
@@ -75,8 +75,7 @@ wasm: toolchain binaryen
 ## gateway recovers from a dead VM. Never shipped: a test checks the shipped filter lacks them.
 ## Built after `wasm` (same cargo output path), then the shipped filter is left as it was.
 wasm-test-trap: wasm
-	$(CARGO) rustc -p rollgate-plugin --lib --target wasm32-wasip1 --profile wasm --crate-type cdylib \
-	  --features test-trap
+	$(CARGO) build -p rollgate-filter --target wasm32-wasip1 --profile wasm --features test-trap
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM_BUILD) -o $(WASM_TEST_TRAP).tmp
 	mv $(WASM_TEST_TRAP).tmp $(WASM_TEST_TRAP)
 
@@ -89,9 +88,9 @@ fmt:
 
 clippy: toolchain
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p rollgate-plugin -p rollgate-bench-passthrough -p rollgate-bench-probe \
-	  --target wasm32-wasip1 --all-targets -- -D warnings
-	$(CARGO) clippy -p rollgate-plugin --features test-trap --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p rollgate-policy -p rollgate-filter -p rollgate-bench-passthrough \
+	  -p rollgate-bench-probe --target wasm32-wasip1 --all-targets -- -D warnings
+	$(CARGO) clippy -p rollgate-filter --features test-trap --target wasm32-wasip1 -- -D warnings
 	$(CARGO) clippy -p rollgate-abi-probe --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 lint: clippy

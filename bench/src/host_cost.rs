@@ -1,5 +1,5 @@
 //! The host part: the filter's per-request cost under wasmtime, through rollgate's own
-//! proxy-wasm host (`rollgate::wasmhost::bench::routing_cost`), for rollgate and for the
+//! proxy-wasm host (`rollgate::bench::routing_cost`), for rollgate and for the
 //! pass-through filter on the same request mix. Wasmtime is not Envoy's engine (Envoy runs
 //! V8), so these are the host crate's figures, not Envoy's.
 
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rollgate::wasmhost::bench::routing_cost;
+use rollgate::bench::routing_cost;
 use rollgate::wasmhost::{HttpRequest, Wasm};
 
 use crate::mix;

@@ -340,7 +340,7 @@ fn run(args: Args) -> Result<Results> {
         };
         if matches!(case, Case::Rollgate | Case::RollgateVariant(_)) {
             let policy = envoy::policy(&seed_policy, *case)?;
-            let compiled = rollgate_plugin::policy::Policy::from_json(policy.as_bytes())
+            let compiled = rollgate_policy::policy::Policy::from_json(policy.as_bytes())
                 .map_err(|e| anyhow::anyhow!("bench policy of ({}): {e}", case.label()))?;
             if compiled.rate_limits.len() != usize::from(case.limits())
                 || compiled.breakers.len() != usize::from(case.breaks())

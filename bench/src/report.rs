@@ -370,7 +370,7 @@ pub fn markdown(r: &Results) -> String {
         Ok(h) => {
             let _ = writeln!(
                 o,
-                "\nHost part (wasmtime, `rollgate::wasmhost::bench::routing_cost`, the same mix, \
+                "\nHost part (wasmtime, `rollgate::bench::routing_cost`, the same mix, \
                  whole stream per request; rollgate's own host, not Envoy's V8): rollgate {} \
                  µs/request, pass-through {} µs/request, so rollgate adds ≈ {:.2} µs/request \
                  under wasmtime (its host calls and its Wasm code); the same routing decisions \

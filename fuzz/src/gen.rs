@@ -3,10 +3,10 @@
 //!
 //! Each draws mostly valid parts with a few wrong ones mixed in (a wrong type, an unknown
 //! field, a value just past a limit), and now and then a burst of depth or length around the
-//! bounds of [`rollgate_plugin::limits`].
+//! bounds of [`rollgate_policy::limits`].
 
 use fastrand::Rng;
-use rollgate_plugin::limits::{MAX_NAME_BYTES, MAX_RULE_ARGS, MAX_RULE_DEPTH, MAX_RULE_TERMS};
+use rollgate_policy::limits::{MAX_NAME_BYTES, MAX_RULE_ARGS, MAX_RULE_DEPTH, MAX_RULE_TERMS};
 use serde_json::{json, Map, Value};
 
 /// Picks one of `items`.

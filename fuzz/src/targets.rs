@@ -12,12 +12,12 @@ use std::net::IpAddr;
 
 use fastrand::Rng;
 use rollgate::rollout::{accept_rendered, render, PlanStep, RolloutStatus};
-use rollgate_plugin::breaker::expr::{self, Metric, Stats};
-use rollgate_plugin::config::accept_config;
-use rollgate_plugin::limits::MAX_ERRORS;
-use rollgate_plugin::policy::{accept_policy, parse_spec, PolicyErrors};
-use rollgate_plugin::request::Request;
-use rollgate_plugin::rule::{self, ParseError};
+use rollgate_policy::breaker::expr::{self, Metric, Stats};
+use rollgate_policy::config::accept_config;
+use rollgate_policy::limits::MAX_ERRORS;
+use rollgate_policy::policy::{accept_policy, parse_spec, PolicyErrors};
+use rollgate_policy::request::Request;
+use rollgate_policy::rule::{self, ParseError};
 
 use crate::{api, gen, pending};
 
@@ -637,8 +637,8 @@ pub fn check_header_map(input: &[u8]) -> Result<String, String> {
     ))
 }
 
-fn decide_policy() -> &'static rollgate_plugin::policy::Policy {
-    static POLICY: std::sync::OnceLock<rollgate_plugin::policy::Policy> =
+fn decide_policy() -> &'static rollgate_policy::policy::Policy {
+    static POLICY: std::sync::OnceLock<rollgate_policy::policy::Policy> =
         std::sync::OnceLock::new();
     POLICY.get_or_init(|| {
         let doc = br#"{"name":"f","variants":{"s":"cs","c":"cc","d":"cd"},"default":"s",

@@ -24,7 +24,7 @@ fn passes(target: &str, input: Vec<u8>) -> String {
 fn policy_json_nested_100000_deep_is_refused_with_its_position() {
     let d = 100_000;
     let doc = format!(r#"{{"name":{}1{}}}"#, "[".repeat(d), "]".repeat(d));
-    let e = rollgate_plugin::policy::accept_policy(doc.as_bytes()).unwrap_err();
+    let e = rollgate_policy::policy::accept_policy(doc.as_bytes()).unwrap_err();
     assert!(
         e.to_string()
             .contains("nesting deeper than 32 at line 1 column 40"),

@@ -15,8 +15,8 @@ use rollgate::wasmhost::{CalloutReply, Host, HostError, PluginConfig, Response, 
 use rollgate_fuzz::runner::{load_corpus, workspace};
 use rollgate_fuzz::targets::by_name;
 use rollgate_fuzz::{gen, mutate};
-use rollgate_plugin::config::accept_config;
-use rollgate_plugin::policy::accept_policy;
+use rollgate_policy::config::accept_config;
+use rollgate_policy::policy::accept_policy;
 
 fn filter() -> &'static Wasm {
     static WASM: OnceLock<Wasm> = OnceLock::new();
@@ -109,7 +109,7 @@ fn a_fetched_policy_is_applied_exactly_when_accept_policy_accepts_it() {
     let config = r#"{"source":{"cluster":"rollgate","path":"/v1/policies/f","poll":"1s"}}"#;
     let (mut applied, mut refused) = (0, 0);
     for input in inputs(150) {
-        if input.len() > rollgate_plugin::limits::MAX_POLICY_BYTES {
+        if input.len() > rollgate_policy::limits::MAX_POLICY_BYTES {
             continue;
         }
         let native = accept_policy(&input);

@@ -3,7 +3,7 @@
 
 use rollgate_fuzz::runner::run_on_stack;
 use rollgate_fuzz::targets::by_name;
-use rollgate_plugin::policy::accept_policy;
+use rollgate_policy::policy::accept_policy;
 
 fn passes(target: &str, input: &[u8]) -> String {
     let t = by_name(target).expect("target");
@@ -26,7 +26,7 @@ fn an_empty_json_key_is_named_in_the_error_path() {
 }
 
 /// Longest error line found for each regression input, path and message.
-fn longest_error(e: &rollgate_plugin::policy::PolicyErrors) -> usize {
+fn longest_error(e: &rollgate_policy::policy::PolicyErrors) -> usize {
     e.0.iter()
         .map(|e| e.to_string().chars().count())
         .max()
@@ -74,13 +74,13 @@ fn rule_and_expression_errors_quote_short_excerpts() {
     ] {
         passes(target, file);
     }
-    let e = rollgate_plugin::rule::parse(&"Cook".repeat(10_000)).unwrap_err();
+    let e = rollgate_policy::rule::parse(&"Cook".repeat(10_000)).unwrap_err();
     assert!(e.message.len() < 120, "{}", e.message);
-    let e = rollgate_plugin::breaker::expr::parse(&format!("{}() > 1", "X".repeat(10_000)))
+    let e = rollgate_policy::breaker::expr::parse(&format!("{}() > 1", "X".repeat(10_000)))
         .unwrap_err();
     assert!(e.message.len() < 200, "{}", e.message);
     // Control and bidirectional characters are escaped, not passed to a terminal.
-    let e = rollgate_plugin::rule::compile("Headers(`x\u{202e}y`, `v`)").unwrap_err();
+    let e = rollgate_policy::rule::compile("Headers(`x\u{202e}y`, `v`)").unwrap_err();
     assert!(e.message.contains("\\u{202e}"), "{}", e.message);
 }
 
@@ -102,8 +102,8 @@ fn the_sidecar_quotes_a_bad_request_line_as_a_short_excerpt() {
 fn a_bad_source_beside_many_problems_stays_within_the_error_bound() {
     let input = include_bytes!("regressions/policy-102-errors");
     passes("policy", input);
-    let e = rollgate_plugin::config::accept_config(input).unwrap_err();
-    assert_eq!(e.0.len(), rollgate_plugin::limits::MAX_ERRORS + 1);
+    let e = rollgate_policy::config::accept_config(input).unwrap_err();
+    assert_eq!(e.0.len(), rollgate_policy::limits::MAX_ERRORS + 1);
     assert!(e.0[0].path.starts_with("source."), "{}", e.0[0]);
     let last = &e.0[e.0.len() - 1].message;
     assert!(
@@ -158,7 +158,7 @@ fn an_invalid_prefix_length_is_quoted_as_an_excerpt() {
         "rule",
         include_bytes!("regressions/rule-long-prefix-length"),
     );
-    let e = rollgate_plugin::rule::compile(&format!("ClientIP(`10.0.0.0/{}`)", "1".repeat(5000)))
+    let e = rollgate_policy::rule::compile(&format!("ClientIP(`10.0.0.0/{}`)", "1".repeat(5000)))
         .unwrap_err();
     assert!(e.message.len() < 150, "{}", e.message);
 }

@@ -1,0 +1,80 @@
+//! Analysis for the controller: the gateways' `/stats/prometheus`
+//! ([`rollgate_rollout::judge::scrape`]) or a Prometheus query ([`super::prometheus`]), judged
+//! by the engine's [`Tracker`] (the sidecar's judge too), kept per rollout between reconciles. Each reconcile of an active rollout asks for the events due: a breaker trip
+//! whenever a canary breaker's counter went up, and a measurement once per interval.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::prometheus;
+use rollgate_rollout::judge::{scrape, Samples, Tracker, Watch};
+use rollgate_rollout::{Event, Plan, RolloutStatus, Timestamp};
+
+/// Where the figures come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// No analysis.
+    None,
+    /// The Envoy admin endpoints' `/stats/prometheus`, summed (`--envoy-admin`).
+    EnvoyAdmin(Vec<String>),
+    /// A Prometheus HTTP API (`--prometheus`).
+    Prometheus(String),
+}
+
+/// The figures' source and what was read of each rollout.
+pub struct Analyzer {
+    source: Source,
+    trackers: Mutex<HashMap<String, Tracker>>,
+}
+
+impl Analyzer {
+    /// Reads `source`.
+    pub fn new(source: Source) -> Analyzer {
+        Analyzer {
+            source,
+            trackers: Mutex::default(),
+        }
+    }
+
+    /// Drops what was read of rollouts (`ns/name`) that `live` says are gone; how many remain.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) -> usize {
+        self.trackers.lock().map_or(0, |mut t| {
+            t.retain(|key, _| live(key));
+            t.len()
+        })
+    }
+
+    /// The analysis events due for rollout `key` now.
+    pub async fn events(&self, key: &str, plan: &Plan, status: &RolloutStatus) -> Vec<Event> {
+        let Some(watch) = Watch::of(plan) else {
+            return Vec::new();
+        };
+        if self.source == Source::None || !status.phase.is_active() {
+            return Vec::new();
+        }
+        // The HTTP client blocks: off the async thread.
+        let (source, policy) = (self.source.clone(), plan.name.clone());
+        let samples = tokio::task::spawn_blocking(move || match source {
+            Source::EnvoyAdmin(admins) => scrape(&admins),
+            Source::Prometheus(url) => prometheus::query(&url, &policy),
+            Source::None => Ok(Samples::default()),
+        })
+        .await;
+        let Ok(mut trackers) = self.trackers.lock() else {
+            return Vec::new();
+        };
+        let tr = trackers
+            .entry(key.to_string())
+            .or_insert_with(|| Tracker::new(status.attempt));
+        tr.follow(status.attempt);
+        match samples {
+            Ok(Ok(s)) => tr.judge(&watch, &s, Instant::now(), Timestamp::now()),
+            _ => {
+                // The next interval starts from the next good reading.
+                tr.lost_reading();
+                Vec::new()
+            }
+        }
+    }
+}

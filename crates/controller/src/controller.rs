@@ -1,0 +1,338 @@
+//! `rollgate serve --kubernetes`: the same engine as `serve --dir` ([`step`], [`render`],
+//! [`validate::plan`]) driven by the API server instead of a directory.
+//!
+//! Per reconcile of a Rollout: validate the spec into a plan; step it (`SpecChanged` when its
+//! revision differs from the status's, else `Tick`); render the policy and server-side-apply
+//! it into the `pluginConfig` of the Rollout's WasmPlugin; server-side-apply the status
+//! (carrying the `resourceVersion` read, so a concurrent `rollgate promote` wins and this
+//! reconcile retries on the fresh object: 409); publish an Event per transition; then start
+//! the webhook call the stored status waits at ([`super::webhooks`]), whose answer a later
+//! reconcile feeds to the engine (`Event::Webhook`). Errors back off exponentially per
+//! Rollout. No finalizer: nothing outside the Rollout needs
+//! cleaning up (the WasmPlugin keeps its last policy, the safe state).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::analysis::{Analyzer, Source};
+use super::webhooks::Webhooks;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use rollgate_rollout::plan::fingerprint;
+use rollgate_rollout::webhook::Call;
+use rollgate_rollout::{
+    accept_rendered, render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus,
+    Timestamp,
+};
+use rollgate_rollout::{API_VERSION, KIND};
+
+/// The field manager of every server-side apply (what `kubectl get --show-managed-fields`
+/// shows as owning `status` and `spec.pluginConfig`).
+pub const FIELD_MANAGER: &str = "rollgate";
+
+/// What went wrong talking to the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Someone else changed the object since it was read (HTTP 409): retry at once on the
+    /// fresh object the watch delivers.
+    #[error("conflict writing {0}: changed since read")]
+    Conflict(String),
+    /// Any other API error (5xx, 403, …): back off.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The rendered policy did not serialize (never expected).
+    #[error("rendering the policy: {0}")]
+    Render(#[from] serde_json::Error),
+    /// Another replica holds the leader-election Lease now.
+    #[error("lost the leader-election lease")]
+    LostLease,
+    /// The Rollout has no namespace or name (never from the API server).
+    #[error("rollout without namespace or name")]
+    Unnamed,
+}
+
+impl Error {
+    fn from_kube(what: &str, e: kube::Error) -> Error {
+        match &e {
+            kube::Error::Api(s) if s.code == 409 => Error::Conflict(what.to_string()),
+            _ => Error::Kube(e),
+        }
+    }
+}
+
+/// The controller's shared state.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Consecutive failures per rollout (`ns/name`), for the back-off.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Analysis from the gateways' stats (`--envoy-admin`, `--prometheus`).
+    analyzer: Analyzer,
+    /// Webhook steps: the calls in flight and their answers.
+    pub webhooks: Webhooks,
+}
+
+impl Context {
+    /// A context for `client`; `instance` names this replica in Events (the pod name).
+    pub fn new(client: Client, instance: Option<String>) -> Arc<Context> {
+        Context::with_analysis(client, instance, Source::None)
+    }
+
+    /// A context whose rollouts are analysed from `source`.
+    pub fn with_analysis(client: Client, instance: Option<String>, source: Source) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: "rollgate".into(),
+            instance,
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            failures: Mutex::default(),
+            analyzer: Analyzer::new(source),
+            webhooks: Webhooks::default(),
+        })
+    }
+}
+
+impl Context {
+    /// Forgets every rollout not in `live` (`(ns/name, uid)` of the Rollouts that exist):
+    /// without a finalizer a deleted Rollout is never reconciled again, so its back-off count,
+    /// analysis baseline and webhook answers would otherwise stay for the life of the process.
+    /// Returns how many per-rollout entries remain.
+    pub fn forget_all_but(&self, live: &[(String, String)]) -> usize {
+        let key_live = |k: &str| live.iter().any(|(key, _)| key == k);
+        let uid_live = |u: &str| live.iter().any(|(_, uid)| uid == u);
+        let failures = self.failures.lock().map_or(0, |mut f| {
+            f.retain(|k, _| key_live(k));
+            f.len()
+        });
+        failures + self.analyzer.retain(key_live) + self.webhooks.retain(uid_live)
+    }
+}
+
+/// The Istio WasmPlugin resource (no Rust types: only its `pluginConfig` is written).
+pub fn wasmplugin_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk("extensions.istio.io", "v1alpha1", "WasmPlugin");
+    ApiResource::from_gvk_with_plural(&gvk, "wasmplugins")
+}
+
+/// The WasmPlugin a Rollout writes to: `spec.wasmPlugin`, else the Rollout's name.
+pub fn wasmplugin_name(ro: &Rollout) -> String {
+    ro.spec.wasm_plugin.clone().unwrap_or_else(|| ro.name_any())
+}
+
+/// Server-side-applies `policy` (JSON text) as the WasmPlugin's `pluginConfig`.
+pub async fn apply_policy(
+    client: &Client,
+    ns: &str,
+    plugin: &str,
+    policy: &serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasmplugin_resource());
+    let patch = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": { "name": plugin },
+        "spec": { "pluginConfig": policy },
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(plugin, &pp, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::from_kube(&format!("wasmplugin {ns}/{plugin}"), e))?;
+    Ok(())
+}
+
+/// Server-side-applies the status; `resource_version` (the one read) makes a concurrent
+/// writer's change a 409 rather than lost.
+pub async fn apply_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    resource_version: Option<&str>,
+    status: &RolloutStatus,
+) -> Result<(), Error> {
+    let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    let mut metadata = json!({ "name": name });
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    let patch = json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "status": status,
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::from_kube(&format!("rollout {ns}/{name} status"), e))?;
+    Ok(())
+}
+
+/// Publishes one Event on the Rollout.
+pub async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) -> Result<(), Error> {
+    let ev = KubeEvent {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.recorder.publish(&ev, reference).await?;
+    Ok(())
+}
+
+/// One reconcile of one Rollout (level-triggered: reads only the object and the clock).
+pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (Some(ns), Some(name)) = (ro.namespace(), ro.metadata.name.clone()) else {
+        return Err(Error::Unnamed);
+    };
+    let key = format!("{ns}/{name}");
+    let mut reference = ro.object_ref(&());
+    // Part of the Recorder's series key: see the Events below.
+    reference.resource_version = ro.resource_version();
+    let plan = match validate::plan(&ro) {
+        Ok(p) => p,
+        Err(errs) => {
+            // A bad spec is not retried: the next edit triggers a reconcile.
+            publish(&ctx, &reference, true, "InvalidSpec", errs.to_string()).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let old = ro.status.clone().unwrap_or_default();
+    let event = if old.revision != plan.revision {
+        Event::SpecChanged
+    } else {
+        Event::Tick
+    };
+    let now = Timestamp::now();
+    // Tick and SpecChanged are never refused; keep the status if one ever is.
+    let t = step(&plan, &old, event, now).unwrap_or_else(|_| rollgate_rollout::Transition {
+        status: old.clone(),
+        effects: Vec::new(),
+    });
+    let mut status = t.status;
+    let mut effects = t.effects;
+    // The answer of the webhook the rollout waits at, through the same engine: 2xx goes on,
+    // anything else aborts.
+    let uid = ro.uid().unwrap_or_else(|| key.clone());
+    if let Some(ev) = ctx.webhooks.answer(&uid, &status) {
+        if let Ok(next) = step(&plan, &status, ev, now) {
+            status = next.status;
+            effects.extend(next.effects);
+        }
+    }
+    // The analysis events due (measurements, canary breaker trips), through the same engine.
+    for ev in ctx.analyzer.events(&key, &plan, &status).await {
+        if let Ok(next) = step(&plan, &status, ev, now) {
+            status = next.status;
+            effects.extend(next.effects);
+        }
+    }
+    let rendered = render(&plan.name, &plan.spec, &status);
+    // Written only once the filter's own acceptance function accepts the very text, as the
+    // sidecar serves it; else the last good policy stays and the Rollout says why.
+    if let Err(e) = accept_rendered(&rendered) {
+        let why = format!("rendered policy refused by the filter: {e}");
+        publish(&ctx, &reference, true, "InvalidPolicy", why).await?;
+        return Ok(Action::await_change());
+    }
+    let policy = serde_json::to_value(rendered)?;
+    // Compared with the fingerprint stored in the status, not with memory: level-triggered,
+    // so a restart or a fail-over neither re-applies nor bumps the version.
+    let digest = fingerprint(policy.to_string().as_bytes());
+    if old.applied_policy.as_deref() != Some(digest.as_str()) {
+        apply_policy(&ctx.client, &ns, &wasmplugin_name(&ro), &policy).await?;
+        status.policy_version = old.policy_version.max(status.policy_version) + 1;
+        status.applied_policy = Some(digest);
+    }
+    if status != old {
+        apply_status(
+            &ctx.client,
+            &ns,
+            &name,
+            ro.resource_version().as_deref(),
+            &status,
+        )
+        .await?;
+    }
+    // Only now that the status is stored: its webhook call (the engine's `Resumed`
+    // re-issues the call a status waits on, which also covers a restart or a new leader;
+    // the first call per attempt and step is the only one made).
+    if let Ok(t) = step(&plan, &status, Event::Resumed, now) {
+        for fx in &t.effects {
+            if let Some(call) = Call::from_effect(&plan.name, &status, fx) {
+                if call.attempt == status.attempt && call.step == status.current_step {
+                    ctx.webhooks.start(&uid, &key, call);
+                }
+            }
+        }
+    }
+    // One Event per reconcile that moved the rollout, its reason the phase reached: kube's
+    // Recorder folds events with the same reason and object into one series (keeping the
+    // first note), and the object's resourceVersion (in the reference) differs per write.
+    let notes: Vec<String> = effects
+        .into_iter()
+        .filter_map(|fx| match fx {
+            Effect::Note(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    if !notes.is_empty() {
+        let warning = status.phase == Phase::Aborted;
+        let reason = status.phase.to_string();
+        publish(&ctx, &reference, warning, &reason, notes.join("; ")).await?;
+    }
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(&key);
+    }
+    // Timed pauses end on the clock: look again soon while the rollout moves.
+    Ok(if status.phase.is_active() {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::await_change()
+    })
+}
+
+/// After a failed reconcile: a conflict is retried at once; anything else backs off
+/// exponentially (1 s, 2 s, 4 s … capped at 5 min) per rollout.
+pub fn error_policy(ro: Arc<Rollout>, err: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(err, Error::Conflict(_)) {
+        return Action::requeue(Duration::from_millis(100));
+    }
+    let key = format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any());
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    Action::requeue(backoff(n))
+}
+
+/// The delay after `n` consecutive failures.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}

@@ -1,0 +1,436 @@
+//! rollgate's filter: the proxy-wasm glue between Envoy and [`rollgate_policy`], a thin layer.
+//!
+//! Data flow: Envoy hands the plugin configuration to `on_configure`, where
+//! [`rollgate_policy::config::accept_config`] parses, validates and compiles it once into an
+//! immutable [`Runtime`] shared with every request of this worker (fetched policies go through
+//! [`rollgate_policy::fetch`] and the same acceptance). Each request ([`http::Filter`]) reads
+//! the header map once, hands it to [`rollgate_policy::pipeline::Exchange`] over this worker's
+//! [`host`] (shared data, clock, metrics) and carries out the plan it returns: strip
+//! client-sent internal headers, write the cluster and variant headers the route
+//! configuration reads, answer a local reply. The root context's tick runs the breakers'
+//! periodic checks and the policy long-poll. Only this crate knows proxy-wasm; it builds for
+//! `wasm32` alone (natively it is empty).
+
+#![cfg(target_arch = "wasm32")]
+
+mod host;
+mod http;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel, MetricType};
+
+use host::{define, increment, log, now_ns, record, EnvoyStore};
+use rollgate_policy::breaker::Phase;
+use rollgate_policy::config::accept_config;
+use rollgate_policy::fetch::{Fetcher, Outcome, Reaction};
+use rollgate_policy::pipeline::{BreakerIds, VariantIds, Worker};
+use rollgate_policy::policy::Policy;
+use rollgate_policy::ratelimit::Leases;
+use rollgate_policy::stats::StatNames;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    // A panic aborts the VM; at least say why in Envoy's log.
+    std::panic::set_hook(Box::new(|info| {
+        log(LogLevel::Critical, &format!("panic: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// This worker's state for each item of `new`: taken from the previous runtime's `held`
+/// states where that runtime had the `same` item, `fresh` otherwise.
+fn carry_over<T, S>(
+    new: &[T],
+    previous: Option<(&[T], &RefCell<Vec<S>>)>,
+    same: fn(&T, &T) -> bool,
+    fresh: fn(&T) -> S,
+) -> Vec<S> {
+    let (old, mut held): (&[T], Vec<Option<S>>) = match previous {
+        Some((old, cell)) => {
+            let states = cell
+                .try_borrow_mut()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default();
+            (old, states.into_iter().map(Some).collect())
+        }
+        None => (&[], Vec::new()),
+    };
+    new.iter()
+        .map(|n| {
+            old.iter()
+                .position(|o| same(o, n))
+                .and_then(|i| held.get_mut(i))
+                .and_then(Option::take)
+                .unwrap_or_else(|| fresh(n))
+        })
+        .collect()
+}
+
+/// Everything a configuration compiles to, for one worker.
+pub(crate) struct Runtime {
+    /// What each request reads (and its breaker views and leases).
+    worker: Worker,
+    /// When each breaker was last checked: the tick may be faster than its `check_period`.
+    last_check: RefCell<Vec<u64>>,
+}
+
+impl Runtime {
+    /// Compiles `policy` for this worker; breakers that `previous` also had, unchanged, keep
+    /// this worker's view of them (the shared state carries over by itself).
+    fn new(policy: Policy, previous: Option<&Runtime>) -> Runtime {
+        let names = StatNames::new(&policy);
+        let variants = names
+            .variants
+            .iter()
+            .map(|v| VariantIds {
+                requests: define(MetricType::Counter, &v.requests),
+                classes: v.classes.each_ref().map(|c| define(MetricType::Counter, c)),
+                network_errors: define(MetricType::Counter, &v.network_errors),
+                latency_ms: define(MetricType::Histogram, &v.latency_ms),
+            })
+            .collect();
+        let rate_limited = names
+            .rate_limited
+            .iter()
+            .map(|n| define(MetricType::Counter, n))
+            .collect();
+        let breaker_ids = names
+            .breakers
+            .iter()
+            .map(|b| BreakerIds {
+                state: define(MetricType::Gauge, &b.state),
+                trips: define(MetricType::Counter, &b.trips),
+                fallback: define(MetricType::Counter, &b.fallback),
+            })
+            .collect();
+        // An unchanged breaker keeps this worker's view, an unchanged limit its leases (their
+        // tokens came out of the same bucket).
+        let locals = carry_over(
+            &policy.breakers,
+            previous.map(|p| (&p.worker.policy.breakers[..], &p.worker.breakers)),
+            |o, n| o.name == n.name && o.config == n.config,
+            |b| b.local(),
+        );
+        let leases = carry_over(
+            &policy.rate_limits,
+            previous.map(|p| (&p.worker.policy.rate_limits[..], &p.worker.leases)),
+            |o, n| o.name == n.name && o.config == n.config,
+            |_| Leases::default(),
+        );
+        let n = policy.breakers.len();
+        Runtime {
+            worker: Worker {
+                leases: RefCell::new(leases),
+                policy,
+                variants,
+                rate_limited,
+                breaker_ids,
+                breakers: RefCell::new(locals),
+            },
+            last_check: RefCell::new(vec![0; n]),
+        }
+    }
+
+    /// The breakers' periodic work: share counts, follow the clock, evaluate, report.
+    fn tick(&self) {
+        let now = now_ns();
+        let w = &self.worker;
+        let mut locals = w.breakers.borrow_mut();
+        let mut last = self.last_check.borrow_mut();
+        let breakers = w
+            .policy
+            .breakers
+            .iter()
+            .zip(locals.iter_mut())
+            .zip(&w.breaker_ids);
+        for (((b, l), ids), last) in breakers.zip(last.iter_mut()) {
+            // Ticks jitter: a check due within 10 ms counts as due.
+            if now.saturating_add(10_000_000) < last.saturating_add(b.check_period_ns) {
+                continue;
+            }
+            *last = now;
+            if let Some(t) = b.tick(l, &EnvoyStore, now) {
+                let scope = b
+                    .variant
+                    .and_then(|i| w.policy.variants.get(i))
+                    .map_or("all traffic", |v| v.name.as_str());
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "circuit breaker '{}' ({scope}): {} -> {}; {}",
+                        b.name,
+                        t.from.name(),
+                        t.to.name(),
+                        t.figures
+                    ),
+                );
+                if t.to == Phase::Open {
+                    increment(ids.trips, 1);
+                }
+            }
+            record(ids.state, b.phase_at(&l.state, now).0.gauge());
+        }
+    }
+}
+
+/// Metric ids of the policy fetch.
+struct FetchIds {
+    version: u32,
+    updates: u32,
+    refused: u32,
+    errors: u32,
+}
+
+#[derive(Default)]
+struct Root {
+    runtime: Option<Rc<Runtime>>,
+    /// Fetches policies from the sidecar, when the configuration names a `source`.
+    fetcher: Option<Fetcher>,
+    fetch_ids: Option<FetchIds>,
+}
+
+/// How often the root ticks when it fetches policies: the longest a worker runs an older
+/// policy than the one another worker fetched.
+const ADOPT_PERIOD: Duration = Duration::from_millis(100);
+
+impl Root {
+    /// Runs `policy` from now on (new requests); in-flight ones finish on the old one.
+    fn switch(&mut self, policy: Policy) {
+        // Test builds only (`make wasm-test-trap`): a policy that kills the VM applying it.
+        #[cfg(feature = "test-trap")]
+        if policy.spec.name == "test-trap-on-apply" {
+            core::arch::wasm32::unreachable();
+        }
+        let mut period = policy
+            .breakers
+            .iter()
+            .map(|b| Duration::from_nanos(b.check_period_ns))
+            .min();
+        if self.fetcher.is_some() {
+            period = Some(period.map_or(ADOPT_PERIOD, |p| p.min(ADOPT_PERIOD)));
+        }
+        self.set_tick_period(period.unwrap_or(Duration::ZERO));
+        self.runtime = Some(Rc::new(Runtime::new(policy, self.runtime.as_deref())));
+    }
+
+    fn fetch_stat(&self, pick: fn(&FetchIds) -> u32) -> u32 {
+        self.fetch_ids.as_ref().map_or(0, pick)
+    }
+
+    /// Adopts a policy another worker published, and starts a poll if it is this worker's turn.
+    fn fetch_tick(&mut self, now: u64) {
+        let Some(f) = self.fetcher.as_mut() else {
+            return;
+        };
+        f.renew(&EnvoyStore, now);
+        if let Some((version, body)) = f.published(&EnvoyStore) {
+            f.adopted(version);
+            f.applying(&EnvoyStore, version);
+            match rollgate_policy::policy::accept_policy(&body) {
+                Ok(p) => {
+                    self.switch(p);
+                    record(self.fetch_stat(|i| i.version), version);
+                    if let Some(f) = &self.fetcher {
+                        f.applied(&EnvoyStore, version);
+                    }
+                }
+                Err(e) => log(
+                    LogLevel::Error,
+                    &format!("published policy version {version} unusable: {e}"),
+                ),
+            }
+        }
+        self.start_poll(now);
+    }
+
+    fn start_poll(&mut self, now: u64) {
+        let Some(f) = self.fetcher.as_mut() else {
+            return;
+        };
+        let Some(path) = f.poll_now(&EnvoyStore, now) else {
+            return;
+        };
+        let (authority, cluster) = (f.source.authority.clone(), f.source.cluster.clone());
+        let timeout = Duration::from_nanos(f.timeout_ns());
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", authority.as_str()),
+        ];
+        if let Err(status) = self.dispatch_http_call(&cluster, headers, None, vec![], timeout) {
+            let why = format!(
+                "cannot call cluster '{cluster}' ({status:?}): is it in Envoy's configuration?"
+            );
+            self.poll_finished(now, Outcome::Failed(why));
+        }
+    }
+
+    fn poll_finished(&mut self, now: u64, outcome: Outcome) {
+        let Some(f) = self.fetcher.as_mut() else {
+            return;
+        };
+        let from = format!("cluster '{}' {}", f.source.cluster, f.source.path);
+        let running = f.version;
+        match f.finished(&EnvoyStore, now, outcome) {
+            Reaction::Adopt(version, p) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "policy '{}' version {version} applied (from {from})",
+                        p.spec.name
+                    ),
+                );
+                self.switch(*p);
+                if let Some(f) = &self.fetcher {
+                    f.applied(&EnvoyStore, version);
+                }
+                increment(self.fetch_stat(|i| i.updates), 1);
+                record(self.fetch_stat(|i| i.version), version);
+                // Long-poll again at once: the sidecar holds the request until the next change.
+                self.start_poll(now);
+            }
+            Reaction::Refused(version, why) => {
+                log(LogLevel::Error, &format!("policy version {version} from {from} refused: {why}; version {running} keeps serving"));
+                increment(self.fetch_stat(|i| i.refused), 1);
+                self.start_poll(now);
+            }
+            Reaction::Unchanged => self.start_poll(now),
+            Reaction::Failed(why, backoff) => {
+                // Tenths of a second in integers: `{:.1}` on an f64 links ~20 KB of float formatting.
+                let tenths = (backoff + 50_000_000) / 100_000_000;
+                log(LogLevel::Warn, &format!("policy fetch from {from} failed: {why}; the current policy keeps serving, retry in {}.{}s", tenths / 10, tenths % 10));
+                increment(self.fetch_stat(|i| i.errors), 1);
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let now = now_ns();
+        let header = |name: &str| {
+            self.get_http_call_response_header_bytes(name)
+                .and_then(|v| String::from_utf8(v).ok())
+        };
+        let status = header(":status").and_then(|s| s.parse::<u16>().ok());
+        let version = header("x-rollgate-version").and_then(|s| s.trim().parse::<u64>().ok());
+        let outcome = match (status, version) {
+            // Refused before the body is copied into the VM: the size alone decides.
+            (Some(200), Some(version)) if body_size > rollgate_policy::limits::MAX_POLICY_BYTES => {
+                Outcome::Oversized {
+                    version,
+                    size: body_size,
+                }
+            }
+            (Some(200), Some(version)) => Outcome::Policy {
+                version,
+                body: self
+                    .get_http_call_response_body(0, body_size)
+                    .unwrap_or_default(),
+            },
+            (Some(200), None) => Outcome::Failed("answer without x-rollgate-version".into()),
+            (Some(304), _) => Outcome::NotModified,
+            (Some(s), _) => Outcome::Failed(format!("status {s}")),
+            (None, _) => Outcome::Failed("no answer (connection failed or reset)".into()),
+        };
+        self.poll_finished(now, outcome);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let Some(config) = self.get_plugin_configuration() else {
+            log(
+                LogLevel::Error,
+                "invalid policy: no plugin configuration given",
+            );
+            return false;
+        };
+        let config = match accept_config(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                // Envoy rejects the configuration; a policy we already run keeps serving.
+                log(LogLevel::Error, &format!("invalid policy: {e}"));
+                return false;
+            }
+        };
+        self.fetcher = config.source.map(|source| {
+            let name = format!("rollgate.{}.policy", source.stat_name);
+            self.fetch_ids = Some(FetchIds {
+                version: define(MetricType::Gauge, &format!("{name}.version")),
+                updates: define(MetricType::Counter, &format!("{name}.updates")),
+                refused: define(MetricType::Counter, &format!("{name}.refused")),
+                errors: define(MetricType::Counter, &format!("{name}.fetch_errors")),
+            });
+            log(
+                LogLevel::Info,
+                &format!(
+                    "fetching policies from cluster '{}' {}",
+                    source.cluster, source.path
+                ),
+            );
+            let worker =
+                rollgate_policy::fetch::worker_id(&EnvoyStore, "rollgate.vm_seq", now_ns());
+            Fetcher::new(source, worker)
+        });
+        // A fresh VM may replace one that died applying a fetched policy (FAIL_RELOAD).
+        if let Some((version, deaths)) = self.fetcher.as_mut().and_then(|f| f.recover(&EnvoyStore))
+        {
+            if deaths >= rollgate_policy::fetch::MAX_DEATHS {
+                log(LogLevel::Critical, &format!("policy version {version} killed {deaths} VMs applying it: refused, it is never applied again"));
+                increment(self.fetch_stat(|i| i.refused), 1);
+            } else {
+                log(LogLevel::Error, &format!("policy version {version} killed a VM applying it ({deaths} of {} before it is refused)", rollgate_policy::fetch::MAX_DEATHS));
+            }
+        }
+        match config.policy {
+            Some(p) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "policy '{}' loaded: {} variants, {} routes, {} rate limits, {} circuit breakers",
+                        p.spec.name,
+                        p.variants.len(),
+                        p.spec.routes.len(),
+                        p.rate_limits.len(),
+                        p.breakers.len()
+                    ),
+                );
+                self.switch(p);
+            }
+            None => {
+                // No policy until the first fetch: requests pass untouched.
+                self.set_tick_period(ADOPT_PERIOD);
+            }
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.fetch_tick(now_ns());
+        if let Some(rt) = &self.runtime {
+            rt.tick();
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(http::Filter::new(
+            context_id,
+            self.runtime.clone(),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

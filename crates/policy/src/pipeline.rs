@@ -1,0 +1,308 @@
+//! One request's data path, as plain Rust: rate limits, the routing decision, breakers and
+//! the request-header plan on the way in; response accounting and the response-header plan
+//! on the way back. The wasm glue (`rollgate-filter`'s `http.rs`) reads the headers, calls
+//! [`Exchange::on_request`] and [`Exchange::on_response`], and carries out what they return;
+//! native tests drive the same code against a fake [`Host`].
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+
+use crate::breaker::{Admission, Local, UPSTREAM_FAILURE_FLAGS};
+use crate::policy::Policy;
+use crate::ratelimit::{Leases, Verdict};
+use crate::request::Request;
+use crate::stats::class_index;
+use crate::store::SharedStore;
+
+/// What the pipeline asks of the proxy besides the request itself. Each method is one host
+/// call in the filter; the pipeline calls them only when the request needs them.
+pub trait Host: SharedStore {
+    /// The clock, in nanoseconds since the Unix epoch (0 if unavailable).
+    fn now_ns(&self) -> u64;
+    /// The downstream client's address.
+    fn client_addr(&self) -> Option<IpAddr>;
+    /// Envoy's `response.flags` bitmask (0 when unknown).
+    fn response_flags(&self) -> u64;
+    /// Adds `n` to counter or gauge `id` (0: no such metric).
+    fn increment(&self, id: u32, n: i64);
+    /// Records `value` in histogram or gauge `id` (0: no such metric).
+    fn record(&self, id: u32, value: u64);
+}
+
+/// Metric ids of one variant.
+#[derive(Debug, Clone, Default)]
+pub struct VariantIds {
+    pub requests: u32,
+    pub classes: [u32; 5],
+    pub network_errors: u32,
+    pub latency_ms: u32,
+}
+
+/// Metric ids of one breaker.
+#[derive(Debug, Clone, Default)]
+pub struct BreakerIds {
+    pub state: u32,
+    pub trips: u32,
+    pub fallback: u32,
+}
+
+/// One worker's compiled policy with its metric ids and its own breaker views and leases.
+pub struct Worker {
+    pub policy: Policy,
+    pub variants: Vec<VariantIds>,
+    pub rate_limited: Vec<u32>,
+    pub breaker_ids: Vec<BreakerIds>,
+    /// This worker's view of each breaker (state seen, counts not yet shared).
+    pub breakers: RefCell<Vec<Local>>,
+    /// This worker's token leases, per rate limit.
+    pub leases: RefCell<Vec<Leases>>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan<'w> {
+    /// Answer it ourselves.
+    Reply {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
+    },
+    /// Send it on after these request-header changes, in order: `Some` sets, `None` removes.
+    Forward(Vec<(&'w str, Option<&'w str>)>),
+}
+
+/// A response-header change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp<'w> {
+    Set(&'w str, String),
+    Add(&'w str, String),
+}
+
+/// One request's state between its request and its response.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    context_id: u32,
+    /// Index of the chosen variant, for the response phase.
+    variant: Option<usize>,
+    set_cookie: Option<String>,
+    start_ns: u64,
+    /// Breakers whose scope this request passed through, with their generation then: its
+    /// response counts for them.
+    watched: Vec<(usize, u32)>,
+    /// The tightest verdict of limits asking for `X-RateLimit-*` on admitted responses.
+    limit_headers: Option<Verdict>,
+    /// We answered ourselves: nothing to count on the way back.
+    local_reply: bool,
+}
+
+fn limit_headers(v: &Verdict) -> [(&'static str, String); 3] {
+    [
+        ("x-ratelimit-limit", v.limit.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", v.reset_secs.to_string()),
+    ]
+}
+
+impl Exchange {
+    /// The state of request `context_id` (it seeds assigned cookie ids).
+    pub fn new(context_id: u32) -> Exchange {
+        Exchange {
+            context_id,
+            ..Exchange::default()
+        }
+    }
+
+    /// The chosen variant's index, once [`Exchange::on_request`] forwarded the request.
+    pub fn variant(&self) -> Option<usize> {
+        self.variant
+    }
+
+    /// A random-enough id for `assign_cookie`: not a secret, only a stable bucket key.
+    fn new_id(&self, host: &impl Host) -> String {
+        let mut x = host.now_ns() ^ (u64::from(self.context_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        // splitmix64 finaliser.
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        format!("{:016x}", x ^ (x >> 31))
+    }
+
+    fn reply<'w>(
+        &mut self,
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
+    ) -> Plan<'w> {
+        self.local_reply = true;
+        Plan::Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Rate limits, the decision and the breakers for request `headers` (as Envoy serializes
+    /// the pairs, borrowed); the client address is asked of `host` only if a rule needs it.
+    pub fn on_request<'w>(
+        &mut self,
+        w: &'w Worker,
+        pairs: Vec<(&[u8], &[u8])>,
+        host: &impl Host,
+    ) -> Plan<'w> {
+        let policy = &w.policy;
+        let (ch, vh) = (
+            policy.cluster_header.as_bytes(),
+            policy.variant_header.as_bytes(),
+        );
+        // An empty name means the policy does not use that header.
+        let spoofed = pairs
+            .iter()
+            .any(|(k, _)| (!ch.is_empty() && *k == ch) || (!vh.is_empty() && *k == vh));
+        let loader = || host.client_addr();
+        let req = Request::lazy(pairs, Some(&loader));
+        let needs_clock = !policy.rate_limits.is_empty() || !policy.breakers.is_empty();
+        self.start_ns = if needs_clock { host.now_ns() } else { 0 };
+
+        for (i, limit) in policy.rate_limits.iter().enumerate() {
+            if !limit.applies(&req) {
+                continue;
+            }
+            let key = limit.key_fingerprint(&req);
+            let v = match w.leases.borrow_mut().get_mut(i) {
+                Some(leases) => limit.check_leased(host, leases, key, self.start_ns),
+                None => limit.check(host, key, self.start_ns),
+            };
+            if !v.admitted {
+                host.increment(w.rate_limited.get(i).copied().unwrap_or(0), 1);
+                let mut headers = vec![("retry-after", v.retry_after_secs.to_string())];
+                headers.extend(limit_headers(&v));
+                return self.reply(429, headers, "Too Many Requests");
+            }
+            if limit.headers && self.limit_headers.is_none_or(|t| v.remaining < t.remaining) {
+                self.limit_headers = Some(v);
+            }
+        }
+
+        let decision = policy.decide(&req, &mut || self.new_id(host));
+        let mut variant = decision.index;
+        if let Some((name, id)) = decision.set_cookie {
+            self.set_cookie = Some(format!(
+                "{name}={id}; Path=/; Max-Age=31536000; SameSite=Lax"
+            ));
+        }
+        drop(req);
+
+        if variant.is_some() && !policy.breakers.is_empty() {
+            let mut locals = w.breakers.borrow_mut();
+            for (i, b) in policy.breakers.iter().enumerate() {
+                if b.variant.is_some() && b.variant != variant {
+                    continue;
+                }
+                let Some(local) = locals.get_mut(i) else {
+                    continue;
+                };
+                match b.admit(local, self.start_ns) {
+                    Admission::Pass => self.watched.push((i, local.generation())),
+                    Admission::Fallback => {
+                        host.increment(w.breaker_ids.get(i).map_or(0, |ids| ids.fallback), 1);
+                        match b.fallback_variant {
+                            Some(f) => variant = Some(f),
+                            None => {
+                                let body = if b.response_code == 503 {
+                                    "Service Unavailable"
+                                } else {
+                                    "circuit breaker open"
+                                };
+                                return self.reply(b.response_code, vec![], body);
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+
+        let chosen = variant.and_then(|i| policy.variants.get(i));
+        // Each header is written (or removed, when forged and nothing is chosen) once: a
+        // header write is among the dearest host calls.
+        let mut changes = Vec::with_capacity(2);
+        for (name, value) in [
+            (&policy.cluster_header, chosen.map(|v| v.cluster.as_str())),
+            (&policy.variant_header, chosen.map(|v| v.name.as_str())),
+        ] {
+            match value {
+                _ if name.is_empty() => {}
+                Some(value) => changes.push((name.as_str(), Some(value))),
+                // Never let a client pick its own variant.
+                None if spoofed => changes.push((name.as_str(), None)),
+                None => {}
+            }
+        }
+        self.variant = variant;
+        if let Some(ids) = variant.and_then(|i| w.variants.get(i)) {
+            host.increment(ids.requests, 1);
+        }
+        Plan::Forward(changes)
+    }
+
+    /// Counts the response (`status`, 0 when unknown) for its variant and breakers, and says
+    /// which response headers to write. `status` is read only when there is a variant to count.
+    pub fn on_response<'w>(
+        &mut self,
+        w: &'w Worker,
+        status: impl FnOnce() -> u16,
+        host: &impl Host,
+    ) -> Vec<HeaderOp<'w>> {
+        let mut ops = Vec::new();
+        if self.local_reply {
+            return ops;
+        }
+        if let Some(ids) = self.variant.and_then(|i| w.variants.get(i)) {
+            let status = status();
+            let now = host.now_ns();
+            let start = if self.start_ns == 0 {
+                now
+            } else {
+                self.start_ns
+            };
+            let latency_us = now.saturating_sub(start) / 1_000;
+            // Envoy answers 503 itself when the upstream fails; its flags tell those apart.
+            let network_error = matches!(status, 502 | 504)
+                || (status == 503 && host.response_flags() & UPSTREAM_FAILURE_FLAGS != 0);
+            host.increment(
+                class_index(status)
+                    .and_then(|c| ids.classes.get(c))
+                    .copied()
+                    .unwrap_or(0),
+                1,
+            );
+            if network_error {
+                host.increment(ids.network_errors, 1);
+            }
+            host.record(ids.latency_ms, latency_us / 1_000);
+            if !self.watched.is_empty() {
+                let mut locals = w.breakers.borrow_mut();
+                for &(i, generation) in &self.watched {
+                    if let (Some(b), Some(l)) = (w.policy.breakers.get(i), locals.get_mut(i)) {
+                        b.record(l, host, now, generation, status, latency_us, network_error);
+                    }
+                }
+            }
+        }
+        if let Some(v) = self.limit_headers.take() {
+            ops.extend(limit_headers(&v).map(|(k, v)| HeaderOp::Set(k, v)));
+        }
+        if let Some(cookie) = self.set_cookie.take() {
+            ops.push(HeaderOp::Add("set-cookie", cookie));
+        }
+        if w.policy.spec.expose_variant {
+            if let Some(v) = self.variant.and_then(|i| w.policy.variants.get(i)) {
+                ops.push(HeaderOp::Set(&w.policy.variant_header, v.name.clone()));
+            }
+        }
+        ops
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

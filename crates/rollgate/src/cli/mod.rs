@@ -1,0 +1,412 @@
+//! The sidecar's commands: `serve`, and the client side of `promote`, `abort`, `retry` and
+//! `status`, which talk to a running `rollgate serve` (`--server URL`, else
+//! `$ROLLGATE_SERVER`, else `http://127.0.0.1:8181`).
+//!
+//! Exit codes: 0 done; 1 the server refused (unknown rollout, command not applicable or the
+//! rollout moved on, or `status --watch` saw the rollout abort); 2 usage errors and an
+//! unreachable server (the binary's own convention for errors); 3 a command was sent but no
+//! answer came: it may or may not have been applied.
+//!
+//! `promote` names the step it promotes from (`--from-step N`, else the step it reads just
+//! before), so running it again after an unknown outcome cannot skip a pause.
+//!
+//! With `--kubernetes [--namespace NS]` the commands act on Rollouts in the cluster instead
+//! ([`cluster`]).
+
+pub mod cluster;
+pub mod format;
+pub mod watch;
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use crate::args::{Command, Connection, ServeArgs};
+use crate::rollout::client;
+use crate::rollout::view::Expect;
+use crate::rollout::view::{CommandBody, RolloutList, RolloutView};
+use crate::serve::auth::Token;
+use crate::serve::{self, Config};
+
+pub use crate::args::DEFAULT_SERVER;
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The server did not answer.
+    #[error(
+        "cannot reach rollgate at {server} (is `rollgate serve` running? --server URL): {source}"
+    )]
+    Unreachable {
+        /// The server URL.
+        server: String,
+        /// Why.
+        source: client::ClientError,
+    },
+    /// The command was sent and no answer came: applied or not, nobody knows.
+    #[error(
+        "sent to rollgate at {server}, but no answer came ({source}): unknown whether it was \
+         applied; `rollgate status {name}` shows where it stands{retry}"
+    )]
+    NoAnswer {
+        /// The server URL.
+        server: String,
+        /// The rollout.
+        name: String,
+        /// How to retry safely, if there is a way.
+        retry: String,
+        /// Why.
+        source: client::ClientError,
+    },
+    /// The server answered something unexpected.
+    #[error("unexpected answer from {0}")]
+    Protocol(String),
+    /// The Kubernetes API (`--kubernetes`) failed.
+    #[error("{0}")]
+    Cluster(String),
+    /// The sidecar could not start.
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
+}
+
+struct Args {
+    server: String,
+    watch: bool,
+    token_file: Option<String>,
+    timeout: Duration,
+    ca: Option<String>,
+}
+
+impl Args {
+    fn of(c: &Connection, watch: bool) -> Args {
+        Args {
+            server: c.server.clone(),
+            watch,
+            token_file: c.token_file.clone(),
+            timeout: c.timeout,
+            ca: c.ca.clone(),
+        }
+    }
+}
+
+fn call(a: &Args, method: &str, path: &str) -> Result<client::HttpResponse, CliError> {
+    send(a, method, path, None)
+}
+
+fn send(
+    a: &Args,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<client::HttpResponse, CliError> {
+    let server = &a.server;
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let token = Token::from_flag_or_env(a.token_file.as_deref(), |k| std::env::var(k).ok())
+        .map_err(CliError::Usage)?;
+    let auth = token.map(|t| format!("Bearer {}", t.secret()));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|v| ("authorization", v.as_str())).collect();
+    let tls = match &a.ca {
+        Some(ca) if server.starts_with("https://") => Some(
+            crate::serve::tls::client_config(std::path::Path::new(ca)).map_err(CliError::Usage)?,
+        ),
+        _ => None,
+    };
+    client::request_with(method, &url, &headers, body, a.timeout, tls.as_ref()).map_err(|source| {
+        match source {
+            client::ClientError::Url(u) => CliError::Usage(format!("--server {u}")),
+            source => CliError::Unreachable {
+                server: server.to_string(),
+                source,
+            },
+        }
+    })
+}
+
+fn error_text(resp: &client::HttpResponse) -> String {
+    serde_json::from_slice::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("server answered {}: {}", resp.status, resp.text().trim()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    server: &str,
+    resp: &client::HttpResponse,
+) -> Result<T, CliError> {
+    serde_json::from_slice(&resp.body).map_err(|e| CliError::Protocol(format!("{server}: {e}")))
+}
+
+/// Runs `promote`, `abort`, `retry` or `status` as parsed; returns the exit code (any other
+/// command is a usage error here).
+pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, CliError> {
+    let (cmd, name, conn, from_step) = match command {
+        Command::Promote(p) => ("promote", &p.name, &p.conn, p.from_step),
+        Command::Abort(t) => ("abort", &t.name, &t.conn, None),
+        Command::Retry(t) => ("retry", &t.name, &t.conn, None),
+        Command::Status(st) => {
+            if let Some(inv) = cluster::Invocation::of(command) {
+                return cluster::run_cli("status", inv, out, err);
+            }
+            return status(&Args::of(&st.conn, st.watch), st.name.as_deref(), out, err);
+        }
+        _ => return Err(CliError::Usage("not a client command".into())),
+    };
+    if let Some(inv) = cluster::Invocation::of(command) {
+        return cluster::run_cli(cmd, inv, out, err);
+    }
+    let a = Args::of(conn, false);
+    {
+        {
+            let expect = match (cmd, from_step) {
+                (_, Some(step)) => Expect {
+                    step: Some(step),
+                    attempt: None,
+                },
+                // Where it stands now, so this promote acts at most once on it.
+                ("promote", None) => {
+                    let resp = call(&a, "GET", &format!("/v1/rollouts/{name}"))?;
+                    if resp.status != 200 {
+                        let _ = writeln!(err, "rollgate {cmd}: {}", error_text(&resp));
+                        return Ok(1);
+                    }
+                    let v: RolloutView = decode(&a.server, &resp)?;
+                    Expect {
+                        step: Some(v.status.current_step.saturating_add(1)),
+                        attempt: Some(v.status.attempt),
+                    }
+                }
+                _ => Expect::default(),
+            };
+            let body = (expect != Expect::default())
+                .then(|| {
+                    serde_json::to_vec(&CommandBody {
+                        expect: expect.clone(),
+                    })
+                })
+                .transpose()
+                .map_err(|e| CliError::Protocol(e.to_string()))?;
+            let path = format!("/v1/rollouts/{name}/{cmd}");
+            let resp = send(&a, "POST", &path, body.as_deref()).map_err(|e| match e {
+                CliError::Unreachable {
+                    server,
+                    source: source @ client::ClientError::NoAnswer { .. },
+                } => CliError::NoAnswer {
+                    server,
+                    name: name.clone(),
+                    retry: expect
+                        .step
+                        .map(|s| {
+                            format!(
+                                "; `rollgate {cmd} {name} --from-step {s}` retries without \
+                                 acting twice"
+                            )
+                        })
+                        .unwrap_or_default(),
+                    source,
+                },
+                e => e,
+            })?;
+            if resp.status != 200 {
+                let _ = writeln!(err, "rollgate {cmd}: {}", error_text(&resp));
+                return Ok(1);
+            }
+            let v: RolloutView = decode(&a.server, &resp)?;
+            let _ = writeln!(out, "{name}: {cmd}: {}", format::summary(&v));
+            if !v.status.message.is_empty() {
+                let _ = writeln!(out, "  {}", v.status.message);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn status(
+    a: &Args,
+    name: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, CliError> {
+    let tty = std::io::stdout().is_terminal();
+    let mut redraw = format::Redraw::new(tty);
+    loop {
+        let (text, phase) = match name {
+            Some(n) => {
+                let resp = call(a, "GET", &format!("/v1/rollouts/{n}"))?;
+                if resp.status != 200 {
+                    let _ = writeln!(err, "rollgate status: {}", error_text(&resp));
+                    return Ok(1);
+                }
+                let v: RolloutView = decode(&a.server, &resp)?;
+                (format::block(&v, tty), Some(v.status.phase))
+            }
+            None => {
+                let resp = call(a, "GET", "/v1/rollouts")?;
+                if resp.status != 200 {
+                    let _ = writeln!(err, "rollgate status: {}", error_text(&resp));
+                    return Ok(1);
+                }
+                let list: RolloutList = decode(&a.server, &resp)?;
+                (format::list(&list.rollouts, tty), None)
+            }
+        };
+        if !a.watch {
+            let _ = write!(out, "{text}");
+            return Ok(0);
+        }
+        redraw.show(out, text);
+        match phase.and_then(format::watch_exit) {
+            Some(code) => return Ok(code),
+            None => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The sidecar's configuration from `serve --dir …`.
+pub fn serve_config(a: &ServeArgs) -> Result<Config, CliError> {
+    let dir = a
+        .dir
+        .clone()
+        .ok_or_else(|| CliError::Usage("serve needs --dir DIR (or --kubernetes)".into()))?;
+    let mut config = Config::new(dir);
+    config.listen = a.listen.clone();
+    config.envoy_admin = a.envoy_admin.clone();
+    config.limits.max_connections = a.max_connections;
+    config.vanished_grace = a.vanished_grace;
+    config.tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::Usage(
+                "serve: --tls-cert and --tls-key go together".into(),
+            ))
+        }
+    };
+    config.token = Token::from_flag_or_env(a.token_file.as_deref(), |k| std::env::var(k).ok())
+        .map_err(CliError::Usage)?;
+    if let Some(why) = a
+        .token_file
+        .as_deref()
+        .and_then(|f| Token::loose_permissions(f.as_ref()))
+    {
+        eprintln!("rollgate: warning: {why}");
+    }
+    Ok(config)
+}
+
+/// The controller's options from `serve --kubernetes …`; defaults from the pod's downward
+/// API (`env`: `POD_NAMESPACE`, `POD_NAME`, else `HOSTNAME`).
+pub fn kube_options(
+    a: &ServeArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> crate::kube::run::Options {
+    crate::kube::run::Options {
+        lease_namespace: a
+            .lease_namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .unwrap_or_else(|| "rollgate-system".into()),
+        identity: a
+            .identity
+            .clone()
+            .or_else(|| env("POD_NAME"))
+            .or_else(|| env("HOSTNAME"))
+            .unwrap_or_else(|| format!("rollgate-{}", std::process::id())),
+        lease_ttl: Duration::from_secs(15),
+        envoy_admin: a.envoy_admin.clone(),
+        prometheus: a.prometheus.clone(),
+    }
+}
+
+/// `rollgate serve --dir`: runs until the process is killed.
+pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
+    serve::start(serve_config(a)?)?.wait();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Cli, StatusArgs};
+
+    fn serve_config_of(a: &[&str]) -> Result<Config, String> {
+        let args = ServeArgs::try_parse_from(std::iter::once("serve").chain(a.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        serve_config(&args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn serve_arguments() {
+        let c = serve_config_of(&[
+            "--dir",
+            "/r",
+            "--listen",
+            "0.0.0.0:9",
+            "--envoy-admin",
+            "http://a:1",
+            "--envoy-admin",
+            "http://b:2",
+        ])
+        .unwrap();
+        assert_eq!(c.dir, std::path::PathBuf::from("/r"));
+        assert_eq!(c.listen, "0.0.0.0:9");
+        assert_eq!(c.envoy_admin, ["http://a:1", "http://b:2"]);
+        assert_eq!(c.limits.max_connections, 256);
+        let c = serve_config_of(&["--dir", "d", "--max-connections", "1000"]).unwrap();
+        assert_eq!(c.limits.max_connections, 1000);
+        let e = serve_config_of(&["--dir", "d", "--max-connections", "0"]).unwrap_err();
+        assert!(e.contains("--max-connections"), "{e}");
+        assert_eq!(c.vanished_grace, crate::serve::DEFAULT_VANISHED_GRACE);
+        let c = serve_config_of(&["--dir", "d", "--vanished-grace", "90s"]).unwrap();
+        assert_eq!(c.vanished_grace, std::time::Duration::from_secs(90));
+        assert!(serve_config_of(&["--dir", "d", "--vanished-grace", "soon"]).is_err());
+        assert!(serve_config_of(&["--listen", "x"]).is_err());
+        assert!(serve_config_of(&["--dir"]).is_err());
+        assert!(serve_config_of(&["--dir", "d", "--bogus"]).is_err());
+        // A TLS key without its certificate, or the sidecar's flags in controller mode.
+        let e = serve_config_of(&["--dir", "d", "--tls-key", "k.pem"]).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        assert!(serve_config_of(&["--kubernetes", "--listen", "0.0.0.0:1"]).is_err());
+        assert!(serve_config_of(&["--dir", "d", "--kubernetes"]).is_err());
+    }
+
+    #[test]
+    fn client_arguments() {
+        let a =
+            StatusArgs::try_parse_from(["status", "flask", "--server=http://x:1", "-w"]).unwrap();
+        assert_eq!(
+            (a.name.as_deref(), a.conn.server.as_str(), a.watch),
+            (Some("flask"), "http://x:1", true)
+        );
+        assert_eq!(a.conn.timeout, Duration::from_secs(10));
+        for bad in [
+            &["rollgate", "promote", "flask", "--watch"][..],
+            &["rollgate", "promote", "--server"],
+            &["rollgate", "promote"],
+            &["rollgate", "status", "a", "b"],
+            &["rollgate", "abort", "flask", "--from-step", "2"],
+            &["rollgate", "promote", "flask", "--from-step", "0"],
+            &["rollgate", "status", "--namespace", "shop"],
+        ] {
+            let e = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        let Cli {
+            command: Command::Promote(p),
+        } = Cli::try_parse_from(["rollgate", "promote", "flask", "--from-step", "4"]).unwrap()
+        else {
+            panic!("not promote")
+        };
+        assert_eq!((p.name.as_str(), p.from_step), ("flask", Some(4)));
+        // Only the client commands run here.
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        assert!(matches!(
+            run(&Command::Crd, &mut out, &mut err),
+            Err(CliError::Usage(_))
+        ));
+    }
+}

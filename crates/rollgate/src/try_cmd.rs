@@ -1,0 +1,605 @@
+//! `rollgate try`: runs requests through the compiled filter in the in-process proxy-wasm host
+//! ([`crate::wasmhost`]) and prints, as JSON, what the filter did with each.
+//!
+//! One request comes from flags (`--authority`, `--path`, `--method`, `-H 'name: value'`,
+//! `--source ip:port`), or many from `--requests FILE` (or `-`): one JSON object per line,
+//! `{"authority":…,"path":…,"method":…,"headers":{name: value or [values]},"source":"ip:port"}`,
+//! each answered by one JSON line, in order. A bad line gets `{"line": N, "error": …}`; the
+//! others still run. Blank lines are skipped.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::wasmhost::{
+    Exchange, FailurePolicy, Headers, Host, HostError, HttpRequest, Plugin, PluginConfig, Wasm,
+};
+
+/// What `rollgate try --help` adds after the options.
+pub const AFTER_HELP: &str = "\
+Runs requests through the compiled filter (default: the workspace's `make wasm` build) in
+rollgate's in-process proxy-wasm host and prints one JSON line per request. One request comes
+from the flags, or many from --requests. Past --timeout or --max-memory a VM fails, as a trap
+fails it in Envoy: that request gets Envoy's answer, 503 wasm_fail_stream, its line says why
+in \"trap\", and the next requests get what Envoy's --failure-policy gives them (fail_closed:
+503 wasm_fail_stream; fail_open: they pass the filter; fail_reload: a fresh VM serves them);
+the exit status is then 1.
+
+Output: {\"variant\", \"cluster\", \"request_headers\", \"local_response\", \"response\",
+\"worker\"} and \"trap\" when the VM failed on that request.
+
+--requests reads one JSON request per line:
+{\"authority\":…,\"path\":…,\"method\":…,\"headers\":{…},\"source\":\"ip:port\"}";
+
+/// Where the requests come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requests {
+    /// One request from flags.
+    Single(RequestSpec),
+    /// JSON lines from a file, or standard input for `-`.
+    Lines(String),
+}
+
+/// What `rollgate try` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryOptions {
+    /// The policy (plugin configuration) file; `-` is standard input.
+    pub policy: String,
+    /// The filter module; `None` locates the workspace's build.
+    pub wasm: Option<PathBuf>,
+    /// Worker VMs (requests go round-robin).
+    pub workers: usize,
+    /// How long one call into the filter may run.
+    pub timeout: Duration,
+    /// Linear memory one VM may use, in bytes.
+    pub max_memory: usize,
+    /// What Envoy does with a request whose VM trapped, and with the next ones.
+    pub failure_policy: FailurePolicy,
+    /// The requests.
+    pub requests: Requests,
+}
+
+/// One request as `--requests` lines (and the flags) describe it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// `:authority` (default `localhost`).
+    pub authority: Option<String>,
+    /// `:path` (default `/`).
+    pub path: Option<String>,
+    /// `:method` (default `GET`).
+    pub method: Option<String>,
+    /// Headers: a value or a list of values per name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany>,
+    /// The client address `ip:port` (default the host's `127.0.0.1:50000`).
+    pub source: Option<String>,
+}
+
+/// A header value, or several for a repeated header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Repeated.
+    Many(Vec<String>),
+}
+
+impl RequestSpec {
+    fn to_request(&self) -> HttpRequest {
+        let mut r = HttpRequest::new(
+            self.method.as_deref().unwrap_or("GET"),
+            self.authority.as_deref().unwrap_or("localhost"),
+            self.path.as_deref().unwrap_or("/"),
+        );
+        for (name, value) in &self.headers {
+            match value {
+                OneOrMany::One(v) => r = r.header(name, v),
+                OneOrMany::Many(vs) => {
+                    for v in vs {
+                        r = r.header(name, v);
+                    }
+                }
+            }
+        }
+        if let Some(s) = &self.source {
+            r = r.source(s);
+        }
+        r
+    }
+}
+
+/// Why `rollgate try` could not run at all (per-request failures are reported inline).
+#[derive(Debug, thiserror::Error)]
+pub enum TryError {
+    /// Bad command line.
+    #[error("{0}")]
+    Usage(String),
+    /// A file could not be read.
+    #[error("reading {path}: {error}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+    /// No filter module was given and none is built.
+    #[error("the rollgate filter is not built (looked for {}): run `make wasm`, or pass --wasm FILE", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoWasm(Vec<PathBuf>),
+    /// The filter refused the policy (its `on_configure` returned false).
+    #[error("the filter rejected the policy:\n{0}")]
+    Rejected(String),
+    /// A file is larger than `try` reads.
+    #[error("reading {path}: more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A VM grew its memory past `--max-memory`.
+    #[error("the filter needed more than --max-memory {} MiB in {callback} and was stopped; Envoy would answer 503 (wasm_fail_stream) on that worker", max_memory >> 20)]
+    Memory {
+        /// The limit in bytes.
+        max_memory: usize,
+        /// The export that was running.
+        callback: &'static str,
+    },
+    /// A call into the filter ran past `--timeout`.
+    #[error("the filter ran longer than --timeout {timeout:?} in {callback} and was stopped; Envoy would answer 503 (wasm_fail_stream) on that worker")]
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+        /// The export that was running.
+        callback: &'static str,
+    },
+    /// The host failed to load the filter.
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// Parses the arguments after `try` (what `rollgate try …` does, for tests and embedders).
+pub fn parse_args(args: &[String]) -> Result<TryOptions, TryError> {
+    let args = crate::args::TryArgs::try_parse_from(
+        std::iter::once("try").chain(args.iter().map(String::as_str)),
+    )
+    .map_err(|e| TryError::Usage(e.to_string()))?;
+    TryOptions::try_from(args)
+}
+
+impl TryFrom<crate::args::TryArgs> for TryOptions {
+    type Error = TryError;
+
+    fn try_from(a: crate::args::TryArgs) -> Result<TryOptions, TryError> {
+        let single_given = a.authority.is_some()
+            || a.path.is_some()
+            || a.method.is_some()
+            || a.source.is_some()
+            || !a.header.is_empty();
+        let mut single = RequestSpec {
+            authority: a.authority,
+            path: a.path,
+            method: a.method,
+            headers: BTreeMap::new(),
+            source: a.source,
+        };
+        for h in &a.header {
+            // A pseudo-header's name starts with ':'; split after it.
+            let skip = usize::from(h.starts_with(':'));
+            let colon = h[skip..]
+                .find(':')
+                .map(|i| i + skip)
+                .ok_or_else(|| TryError::Usage(format!("-H takes 'name: value', not '{h}'")))?;
+            let (name, value) = (h[..colon].trim(), h[colon + 1..].trim_start());
+            if name.is_empty() {
+                return Err(TryError::Usage(format!("-H '{h}' has no header name")));
+            }
+            match single.headers.entry(name.to_ascii_lowercase()) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(OneOrMany::One(value.to_string()));
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let values = match e.get().clone() {
+                        OneOrMany::One(v) => vec![v, value.to_string()],
+                        OneOrMany::Many(mut vs) => {
+                            vs.push(value.to_string());
+                            vs
+                        }
+                    };
+                    e.insert(OneOrMany::Many(values));
+                }
+            }
+        }
+        let requests = match a.requests {
+            // clap refuses the combination already; kept for callers building TryArgs.
+            Some(_) if single_given => {
+                return Err(TryError::Usage(
+                    "--requests cannot be combined with single-request flags".into(),
+                ))
+            }
+            Some(file) => Requests::Lines(file),
+            None => Requests::Single(single),
+        };
+        Ok(TryOptions {
+            policy: a.policy,
+            wasm: a.wasm,
+            workers: a.workers,
+            timeout: a.timeout,
+            max_memory: a.max_memory,
+            failure_policy: a.failure_policy,
+            requests,
+        })
+    }
+}
+
+/// Where the workspace's filter build may be: `$ROLLGATE_WASM`, next to this executable's
+/// target directory (`target/{debug,release}/rollgate` and test binaries in `deps/`), and
+/// the workspace this crate was built in.
+pub fn default_wasm_candidates() -> Vec<PathBuf> {
+    const ARTIFACT: &str = "wasm32-wasip1/release/rollgate_plugin.wasm";
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("ROLLGATE_WASM") {
+        out.push(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for target in exe.ancestors().skip(2).take(2) {
+            out.push(target.join(ARTIFACT));
+        }
+    }
+    out.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target")
+            .join(ARTIFACT),
+    );
+    out
+}
+
+fn locate_wasm(given: Option<&Path>) -> Result<PathBuf, TryError> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let candidates = default_wasm_candidates();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(TryError::NoWasm(candidates))
+}
+
+/// Default `--timeout`: a filter call takes microseconds; a second means it is stuck.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `--max-memory`: far above the filter's few MiB, far below a machine's memory.
+pub const DEFAULT_MAX_MEMORY: usize = 256 << 20;
+
+/// Reads `path` (`-`: standard input), at most `limit` bytes: a larger file is refused
+/// unread past the limit (a 10 MB policy used to take 366 MB of memory, a 50 MB one 4.8 GB).
+fn read_source(path: &str, stdin: &mut dyn BufRead, limit: usize) -> Result<Vec<u8>, TryError> {
+    let io = |error| TryError::Io {
+        path: path.to_string(),
+        error,
+    };
+    let mut buf = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    if path == "-" {
+        Read::take(&mut *stdin, cap)
+            .read_to_end(&mut buf)
+            .map_err(io)?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(cap).read_to_end(&mut buf))
+            .map_err(io)?;
+    }
+    if buf.len() > limit {
+        return Err(TryError::TooLarge {
+            path: path.to_string(),
+            limit,
+        });
+    }
+    Ok(buf)
+}
+
+/// A JSON string literal.
+fn jstr(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// A JSON object with fields in the given order (the output reads in the order the issue
+/// documents, headers in the order the proxy holds them).
+fn object(fields: &[(&str, String)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", jstr(k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// Headers as a JSON object: a string per name, an array for a repeated name, in first
+/// appearance order. Values that are not UTF-8 are decoded lossily.
+fn headers_json(h: &Headers) -> String {
+    let mut names: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in h.pairs() {
+        let k = String::from_utf8_lossy(k).into_owned();
+        let v = jstr(&String::from_utf8_lossy(v));
+        match names.iter_mut().find(|(n, _)| *n == k) {
+            Some((_, vs)) => vs.push(v),
+            None => names.push((k, vec![v])),
+        }
+    }
+    let fields: Vec<String> = names
+        .into_iter()
+        .map(|(k, vs)| {
+            let value = if vs.len() == 1 {
+                vs.concat()
+            } else {
+                format!("[{}]", vs.join(","))
+            };
+            format!("{}:{value}", jstr(&k))
+        })
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+fn opt_str(v: Option<String>) -> String {
+    v.map_or_else(|| "null".into(), |s| jstr(&s))
+}
+
+/// The JSON fields answering one request: `variant`, `cluster` (from the policy's headers,
+/// null when the filter left the request unrouted), `request_headers` (as forwarded),
+/// `local_response` (null, or status, headers, body, details), `response` (what the client
+/// got: status and headers; null if the stream never answered) and `worker`.
+pub fn exchange_fields(
+    ex: &Exchange,
+    cluster_header: &str,
+    variant_header: &str,
+) -> Vec<(&'static str, String)> {
+    let local = ex.local_response.as_ref().map_or_else(
+        || "null".to_string(),
+        |l| {
+            object(&[
+                ("status", l.status.to_string()),
+                ("headers", headers_json(&l.headers)),
+                ("body", jstr(&String::from_utf8_lossy(&l.body))),
+                ("details", jstr(&l.details)),
+            ])
+        },
+    );
+    let response = ex.response.as_ref().map_or_else(
+        || "null".to_string(),
+        |r| {
+            object(&[
+                ("status", r.status.to_string()),
+                ("headers", headers_json(&r.headers)),
+            ])
+        },
+    );
+    vec![
+        ("variant", opt_str(ex.request_header(variant_header))),
+        ("cluster", opt_str(ex.request_header(cluster_header))),
+        ("request_headers", headers_json(&ex.request_headers)),
+        ("local_response", local),
+        ("response", response),
+        ("worker", ex.worker.to_string()),
+    ]
+}
+
+struct Runner {
+    plugin: Plugin,
+    timeout: Duration,
+    max_memory: usize,
+    cluster_header: String,
+    variant_header: String,
+}
+
+/// One request's answer: its JSON fields, and why the VM failed on it, if it did.
+type Answer = (Vec<(&'static str, String)>, Option<String>);
+
+impl Runner {
+    /// Runs `spec`. A trap is not an error of `try`: the line gets what Envoy answers on that
+    /// stream, and a `trap` field saying why.
+    fn answer(&self, spec: &RequestSpec) -> Result<Answer, TryError> {
+        let ex = match self.plugin.run(spec.to_request()) {
+            Ok(ex) => ex,
+            Err(HostError::Trap(t)) => {
+                let why = if t.trap.contains("interrupt") {
+                    TryError::Timeout {
+                        timeout: self.timeout,
+                        callback: t.callback,
+                    }
+                    .to_string()
+                } else if t.trap.contains("forcing trap when growing memory") {
+                    TryError::Memory {
+                        max_memory: self.max_memory,
+                        callback: t.callback,
+                    }
+                    .to_string()
+                } else {
+                    t.to_string()
+                };
+                let ex = self.plugin.trapped_answer(t.worker, &spec.to_request());
+                let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
+                fields.push(("trap", jstr(&why)));
+                return Ok((fields, Some(why)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok((
+            exchange_fields(&ex, &self.cluster_header, &self.variant_header),
+            None,
+        ))
+    }
+}
+
+/// Runs `opts`, reading standard input from `stdin` when asked to and writing JSON lines to
+/// `out`. `Ok(false)` when some request failed (its line says why).
+pub fn run(
+    opts: &TryOptions,
+    stdin: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<bool, TryError> {
+    let policy = read_source(
+        &opts.policy,
+        stdin,
+        rollgate_policy::limits::MAX_POLICY_BYTES,
+    )?;
+    let wasm = Wasm::interruptible_from_file(locate_wasm(opts.wasm.as_deref())?)?;
+    // The header names come from the policy; the filter itself is the judge of validity.
+    let (cluster_header, variant_header) = rollgate_policy::config::accept_config(&policy)
+        .ok()
+        .and_then(|c| c.policy)
+        .map(|p| (p.cluster_header, p.variant_header))
+        .unwrap_or_else(|| {
+            (
+                rollgate_policy::policy::spec::DEFAULT_CLUSTER_HEADER.to_string(),
+                rollgate_policy::policy::spec::DEFAULT_VARIANT_HEADER.to_string(),
+            )
+        });
+    let config = PluginConfig::new(policy)
+        .workers(opts.workers)
+        .call_timeout(opts.timeout)
+        .max_memory(opts.max_memory)
+        .failure_policy(opts.failure_policy);
+    let plugin = match Host::new().start(&wasm, config) {
+        Ok(p) => p,
+        Err(HostError::ConfigureFailed { logs, .. }) => {
+            let lines: Vec<String> = logs
+                .iter()
+                .filter(|l| l.level >= crate::wasmhost::LogLevel::Warn)
+                .map(|l| l.message.clone())
+                .collect();
+            return Err(TryError::Rejected(lines.join("\n")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let runner = Runner {
+        plugin,
+        timeout: opts.timeout,
+        max_memory: opts.max_memory,
+        cluster_header,
+        variant_header,
+    };
+    match &opts.requests {
+        Requests::Single(spec) => {
+            let (answer, trap) = runner.answer(spec)?;
+            writeln!(out, "{}", object(&answer))?;
+            if let Some(why) = &trap {
+                eprintln!("{why}");
+            }
+            Ok(trap.is_none())
+        }
+        Requests::Lines(file) => {
+            // Requests are read whole; bounded only by what the machine allows.
+            let text = read_source(file, stdin, usize::MAX)?;
+            let mut all_ok = true;
+            for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
+                let n = i + 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let answer = serde_json::from_str::<RequestSpec>(line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|spec| runner.answer(&spec).map_err(|e| e.to_string()));
+                let fields = match answer {
+                    Ok((fields, trap)) => {
+                        if let Some(why) = trap {
+                            all_ok = false;
+                            eprintln!("line {n}: {why}");
+                        }
+                        std::iter::once(("line", n.to_string()))
+                            .chain(fields)
+                            .collect()
+                    }
+                    Err(e) => {
+                        all_ok = false;
+                        vec![
+                            ("line", n.to_string()),
+                            ("error", jstr(&format!("line {n}: {e}"))),
+                        ]
+                    }
+                };
+                writeln!(out, "{}", object(&fields))?;
+            }
+            Ok(all_ok)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_make_one_request() {
+        let o = parse_args(&args(&[
+            "--policy",
+            "p.json",
+            "--authority",
+            "pro.coding",
+            "-H",
+            "x-a: 1",
+            "-H",
+            "X-A:2",
+            "-H",
+            ":path: /z",
+            "--source",
+            "1.2.3.4:5",
+            "--workers",
+            "2",
+        ]))
+        .unwrap();
+        assert_eq!(o.workers, 2);
+        let Requests::Single(spec) = o.requests else {
+            panic!("single expected")
+        };
+        assert_eq!(spec.authority.as_deref(), Some("pro.coding"));
+        assert_eq!(
+            spec.headers.get("x-a"),
+            Some(&OneOrMany::Many(vec!["1".into(), "2".into()]))
+        );
+        assert_eq!(
+            spec.headers.get(":path"),
+            Some(&OneOrMany::One("/z".into()))
+        );
+        let r = spec.to_request();
+        assert_eq!(r.headers.get_all("x-a").count(), 2);
+        assert_eq!(r.source.as_deref(), Some("1.2.3.4:5"));
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for bad in [
+            &["--authority", "x"][..],
+            &["--policy"],
+            &["--policy", "p", "--workers", "0"],
+            &["--policy", "p", "-H", "novalue"],
+            &["--policy", "p", "--requests", "-", "--path", "/"],
+            &["--policy", "p", "--frob"],
+            &["--policy", "p", "--failure-policy", "fail_sometimes"],
+        ] {
+            assert!(
+                matches!(parse_args(&args(bad)), Err(TryError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_lines_deny_unknown_fields() {
+        let spec: RequestSpec =
+            serde_json::from_str(r#"{"authority":"a","headers":{"x":["1","2"],"y":"3"}}"#).unwrap();
+        assert_eq!(spec.to_request().headers.get_all("x").count(), 2);
+        assert!(serde_json::from_str::<RequestSpec>(r#"{"authorty":"a"}"#).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! `rollgate try` as a user runs it: JSON out, per-line errors, exit codes.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn rollgate(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .args(args)
+        .env("ROLLGATE_WASM", common::filter_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn policy_path() -> String {
+    common::workspace_root()
+        .join("examples/policy.json")
+        .display()
+        .to_string()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn one_request_from_flags() {
+    let policy = policy_path();
+    let out = rollgate(
+        &[
+            "try",
+            "--policy",
+            &policy,
+            "--authority",
+            "pro.coding",
+            "--path",
+            "/a?b=1",
+            "-H",
+            "Location: shenzhen",
+            "--source",
+            "10.9.8.7:6543",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    let v = &lines[0];
+    assert_eq!(v["variant"], "canary");
+    assert_eq!(v["cluster"], "k8s-flask-canary");
+    assert_eq!(v["local_response"], Value::Null);
+    assert_eq!(v["request_headers"]["location"], "shenzhen");
+    assert_eq!(v["request_headers"][":path"], "/a?b=1");
+    assert_eq!(v["request_headers"]["x-rollgate-variant"], "canary");
+    assert_eq!(v["response"]["status"], 200);
+}
+
+#[test]
+fn request_lines_answer_in_order_and_bad_lines_name_their_number() {
+    let policy = policy_path();
+    let input = [
+        r#"{"authority":"dev.coding","path":"/"}"#,
+        "not json",
+        r#"{"authority":"pro.coding","headers":{"x-user-id":"u1","cookie":["a=1","b=2"]},"source":"10.0.0.1:1234","method":"POST"}"#,
+        "",
+        r#"{"authorty":"typo"}"#,
+        r#"{"authority":"pro.coding","headers":{"location":"shenzhen"}}"#,
+    ]
+    .join("\n");
+    let out = rollgate(
+        &[
+            "try",
+            "--policy",
+            &policy,
+            "--requests",
+            "-",
+            "--workers",
+            "2",
+        ],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(1), "some lines failed");
+    let lines = json_lines(&out);
+    let numbers: Vec<u64> = lines.iter().map(|v| v["line"].as_u64().unwrap()).collect();
+    assert_eq!(
+        numbers,
+        vec![1, 2, 3, 5, 6],
+        "blank line skipped, the rest in order"
+    );
+    assert_eq!(lines[0]["variant"], "dev");
+    let e2 = lines[1]["error"].as_str().unwrap();
+    assert!(e2.starts_with("line 2: "), "{e2}");
+    assert_eq!(
+        lines[2]["request_headers"]["cookie"],
+        serde_json::json!(["a=1", "b=2"])
+    );
+    assert_eq!(lines[2]["request_headers"][":method"], "POST");
+    assert!(lines[2]["variant"] == "canary" || lines[2]["variant"] == "stable");
+    let e5 = lines[3]["error"].as_str().unwrap();
+    assert!(
+        e5.starts_with("line 5: ") && e5.contains("authorty"),
+        "{e5}"
+    );
+    assert_eq!(lines[4]["variant"], "canary");
+    // Two workers, round-robin over the requests that ran.
+    let workers: Vec<u64> = [0, 2, 4]
+        .iter()
+        .map(|&i| lines[i]["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers, vec![0, 1, 0]);
+}
+
+#[test]
+fn a_rejected_policy_prints_the_filters_reasons() {
+    let bad = std::fs::read_to_string(policy_path())
+        .unwrap()
+        .replace(r#""weight": 50"#, r#""weight": 150"#);
+    let out = rollgate(&["try", "--policy", "-", "--authority", "x"], &bad);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[2].split[0].weight: must be between 0 and 100, got 150"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn usage_and_missing_files_exit_2() {
+    let out = rollgate(&["try", "--authority", "x"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("required arguments were not provided")
+            && err.contains("--policy <POLICY.json>"),
+        "{err}"
+    );
+    let policy = policy_path();
+    let out = rollgate(
+        &["try", "--policy", &policy, "--wasm", "/nonexistent/f.wasm"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/f.wasm"));
+    let out = rollgate(&["try", "--policy", "/nonexistent/p.json"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/p.json"));
+}
+
+#[test]
+fn long_rules_run_and_deep_ones_are_refused_inside_the_filter() {
+    let policy = |rule: &str| {
+        format!(
+            r#"{{"name":"f","variants":{{"a":"ca","b":"cb"}},"default":"b","routes":[{{"match":"{rule}","variant":"a"}}]}}"#
+        )
+    };
+    // Envoy applied a 3,000-term `||` rule while `try` trapped on it (the filter's recursion
+    // overran wasmtime's stack); the chain is now one flat list.
+    let mut terms: Vec<String> = (0..3000).map(|i| format!("Host(`h{i}`)")).collect();
+    terms.push("Host(`last`)".into());
+    let chain = policy(&terms.join(" || "));
+    let out = rollgate(&["try", "--policy", "-", "--authority", "last"], &chain);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_lines(&out)[0]["variant"], "a");
+    // 8,000 parentheses trapped every Envoy worker; the filter now refuses them at configure.
+    let deep = policy(&format!(
+        "{}Host(`a`){}",
+        "(".repeat(8000),
+        ")".repeat(8000)
+    ));
+    let out = rollgate(&["try", "--policy", "-", "--authority", "a"], &deep);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].match: column 33: nesting deeper than 32"),
+        "{stderr}"
+    );
+}
+
+/// `rollgate try --help` was refused as an unknown argument (exit 2) before the command line
+/// moved to clap; now it prints the options with their defaults and the request-line format.
+#[test]
+fn help_and_completions() {
+    let out = rollgate(&["try", "--help"], "");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "--policy <POLICY.json>",
+        "--failure-policy",
+        "[default: 1s]",
+        "--requests reads one JSON request per line",
+    ] {
+        assert!(help.contains(part), "{part}: {help}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = rollgate(&["completions", shell], "");
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["promote", "from-step", "failure-policy", "kubernetes"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = rollgate(&["completions", "tcsh"], "");
+    assert_eq!(out.status.code(), Some(2));
+}

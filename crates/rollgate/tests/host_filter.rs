@@ -1,0 +1,225 @@
+//! The real rollgate filter (`make wasm`, wasm32-wasip1) in the host: the routing story of the
+//! example policy, header hygiene, hostile header bytes, and policy rejection.
+
+mod common;
+
+use rollgate::wasmhost::{Exchange, Host, HostError, HttpRequest, LogLevel, Plugin, PluginConfig};
+use rollgate_e2e::sticky::in_split;
+
+fn start(policy: &str, workers: usize) -> Plugin {
+    Host::new()
+        .start(common::filter(), PluginConfig::new(policy).workers(workers))
+        .expect("the filter accepts the policy")
+}
+
+fn example(workers: usize) -> Plugin {
+    start(&common::example_policy(), workers)
+}
+
+fn routed(ex: &Exchange) -> (Option<String>, Option<String>) {
+    (
+        ex.request_header("x-rollgate-variant"),
+        ex.request_header("x-rollgate-cluster"),
+    )
+}
+
+#[test]
+fn dev_host_goes_to_dev() {
+    let plugin = example(1);
+    let ex = plugin.run(HttpRequest::get("dev.coding", "/")).unwrap();
+    assert!(ex.forwarded);
+    assert_eq!(
+        routed(&ex),
+        (Some("dev".into()), Some("k8s-flask-dev".into()))
+    );
+    assert!(ex.route_cache_clears > 0, "the route must be re-matched");
+    assert!(plugin
+        .logs_at(LogLevel::Info)
+        .iter()
+        .any(|l| l.starts_with("policy 'flask' loaded: 3 variants, 3 routes")));
+}
+
+#[test]
+fn shenzhen_goes_to_canary_and_others_to_stable() {
+    let plugin = example(1);
+    let ex = plugin
+        .run(HttpRequest::get("pro.coding", "/").header("location", "shenzhen"))
+        .unwrap();
+    assert_eq!(
+        routed(&ex),
+        (Some("canary".into()), Some("k8s-flask-canary".into()))
+    );
+    let ex = plugin
+        .run(HttpRequest::get("elsewhere.example", "/"))
+        .unwrap();
+    assert_eq!(
+        routed(&ex),
+        (Some("stable".into()), Some("k8s-flask".into()))
+    );
+}
+
+#[test]
+fn half_of_two_thousand_users_see_canary_and_stay_there() {
+    let plugin = example(2);
+    let mut canary = 0;
+    for n in 0..2000 {
+        let user = format!("user-{n}");
+        let ex = plugin
+            .run(HttpRequest::get("pro.coding", "/").header("x-user-id", &user))
+            .unwrap();
+        let variant = ex.request_header("x-rollgate-variant").unwrap();
+        // Predicted independently of the plugin's code (the e2e harness's MurmurHash3).
+        let expected = if in_split("flask", user.as_bytes(), 50) {
+            "canary"
+        } else {
+            "stable"
+        };
+        assert_eq!(variant, expected, "{user}");
+        canary += usize::from(variant == "canary");
+        if n % 100 == 0 {
+            // Sticky: again, on the other worker, same answer.
+            let again = plugin
+                .run(HttpRequest::get("pro.coding", "/x").header("x-user-id", &user))
+                .unwrap();
+            assert_eq!(again.request_header("x-rollgate-variant").unwrap(), variant);
+        }
+    }
+    assert!((940..=1060).contains(&canary), "canary share {canary}/2000");
+}
+
+#[test]
+fn client_sent_internal_headers_are_replaced_or_removed() {
+    let plugin = example(1);
+    let ex = plugin
+        .run(
+            HttpRequest::get("other.example", "/")
+                .header("x-rollgate-cluster", "k8s-flask-dev")
+                .header("x-rollgate-variant", "dev")
+                .header("x-rollgate-cluster", "second"),
+        )
+        .unwrap();
+    assert_eq!(
+        ex.request_headers
+            .get_all("x-rollgate-cluster")
+            .collect::<Vec<_>>(),
+        vec![&b"k8s-flask"[..]]
+    );
+    assert_eq!(
+        ex.request_headers
+            .get_all("x-rollgate-variant")
+            .collect::<Vec<_>>(),
+        vec![&b"stable"[..]]
+    );
+    // Without a default, an unrouted request keeps no internal header at all.
+    let plugin = start(
+        r#"{"name":"f","variants":{"a":"ca"},"routes":[{"match":"Host(`a.example`)","variant":"a"}]}"#,
+        1,
+    );
+    let ex = plugin
+        .run(
+            HttpRequest::get("b.example", "/")
+                .header("x-rollgate-cluster", "ca")
+                .header("x-rollgate-variant", "a"),
+        )
+        .unwrap();
+    assert_eq!(routed(&ex), (None, None));
+    assert!(ex.forwarded);
+}
+
+#[test]
+fn non_utf8_header_values_are_harmless() {
+    let plugin = example(1);
+    let ex = plugin
+        .run(
+            HttpRequest::get("pro.coding", "/")
+                .header("location", b"\xff\xfeshenzhen")
+                .header("x-user-id", b"\xc3\x28\x80")
+                .header("cookie", b"a=\xff; b=\x80"),
+        )
+        .unwrap();
+    let variant = ex.request_header("x-rollgate-variant").unwrap();
+    let expected = if in_split("flask", b"\xc3\x28\x80", 50) {
+        "canary"
+    } else {
+        "stable"
+    };
+    assert_eq!(variant, expected);
+    assert_eq!(
+        ex.request_headers.get("x-user-id"),
+        Some(&b"\xc3\x28\x80"[..])
+    );
+    assert!(plugin.failure(0).is_none());
+    assert!(plugin.logs_at(LogLevel::Critical).is_empty());
+}
+
+#[test]
+fn invalid_policy_is_rejected_with_json_paths() {
+    let bad = common::example_policy()
+        .replace(r#""weight": 50"#, r#""weight": 150"#)
+        .replace(
+            "Headers(`location`, `shenzhen`)",
+            "Headers(`location` `shenzhen`)",
+        );
+    let err = Host::new()
+        .start(common::filter(), PluginConfig::new(bad))
+        .unwrap_err();
+    let HostError::ConfigureFailed { logs, .. } = &err else {
+        panic!("expected on_configure to return false, got {err}")
+    };
+    let errors: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.level == LogLevel::Error)
+        .map(|l| l.message.as_str())
+        .collect();
+    let all = errors.join("\n");
+    assert!(
+        all.contains("routes[1].match: column 42: expected ',' or ')'"),
+        "{all}"
+    );
+    assert!(
+        all.contains("routes[2].split[0].weight: must be between 0 and 100, got 150"),
+        "{all}"
+    );
+    let err = Host::new()
+        .start(common::filter(), PluginConfig::new("not json"))
+        .unwrap_err();
+    assert!(matches!(err, HostError::ConfigureFailed { .. }), "{err}");
+}
+
+#[test]
+fn every_worker_decides_alike() {
+    let plugin = example(3);
+    for n in 0..60 {
+        let user = format!("u{n}");
+        let variants: Vec<String> = (0..3)
+            .map(|w| {
+                plugin
+                    .run(
+                        HttpRequest::get("pro.coding", "/")
+                            .header("x-user-id", &user)
+                            .worker(w),
+                    )
+                    .unwrap()
+                    .request_header("x-rollgate-variant")
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            variants.iter().all(|v| *v == variants[0]),
+            "{user}: {variants:?}"
+        );
+    }
+}
+
+#[test]
+fn the_bench_hook_runs_the_same_decisions_both_ways() {
+    use rollgate::bench::{request_mix, routing_cost};
+    let requests = request_mix(40);
+    let report = routing_cost(common::filter(), &common::example_policy(), &requests, 1).unwrap();
+    assert_eq!(report.requests, 40);
+    assert_eq!(report.mismatches, 0, "host and native decide alike");
+    assert!(
+        report.ratio().is_finite() && report.ratio() > 0.0,
+        "{report}"
+    );
+}

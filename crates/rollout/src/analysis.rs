@@ -1,0 +1,229 @@
+//! Analysis figures from the filter's cumulative counters: the canary's traffic between two
+//! readings ([`CanaryCounters::since`]) judged against the metrics ([`measure`]). Pure; the
+//! sidecar reads the counters from Envoy's `/stats/prometheus`.
+
+use super::plan::{AnalysisPlan, MetricKind};
+use super::status::{AnalysisStatus, Figure, Verdict};
+use super::time::Timestamp;
+
+/// The canary variant's counters, summed over every gateway.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CanaryCounters {
+    /// Responses by class: 1xx … 5xx.
+    pub classes: [f64; 5],
+    /// Network errors (502, 504, upstream failures).
+    pub network_errors: f64,
+    /// Latency histogram: (upper bound in ms, cumulative count), ascending; `+Inf` last.
+    pub latency: Vec<(f64, f64)>,
+}
+
+impl CanaryCounters {
+    /// All responses.
+    pub fn responses(&self) -> f64 {
+        self.classes.iter().sum()
+    }
+
+    /// The traffic since `base`, or `None` when a counter went down (a gateway restarted:
+    /// the interval cannot be measured).
+    pub fn since(&self, base: &CanaryCounters) -> Option<CanaryCounters> {
+        let sub = |a: f64, b: f64| (a >= b).then_some(a - b);
+        let mut classes = [0.0; 5];
+        for (i, c) in classes.iter_mut().enumerate() {
+            *c = sub(self.classes[i], base.classes[i])?;
+        }
+        let mut latency = Vec::with_capacity(self.latency.len());
+        for (le, count) in &self.latency {
+            let before = base
+                .latency
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, c)| *c);
+            latency.push((*le, sub(*count, before)?));
+        }
+        Some(CanaryCounters {
+            classes,
+            network_errors: sub(self.network_errors, base.network_errors)?,
+            latency,
+        })
+    }
+}
+
+/// The `q`-quantile (0–1) of a cumulative histogram, interpolating linearly inside the
+/// bucket as Prometheus' `histogram_quantile` does; a quantile in the `+Inf` bucket is the
+/// largest finite bound. `None` without observations.
+pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if *count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let inside = count - below;
+            let frac = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * frac);
+        }
+        lower = *le;
+        below = *count;
+    }
+    Some(lower)
+}
+
+/// Judges the canary's traffic in one interval (`delta`) against `plan`'s metrics.
+pub fn measure(plan: &AnalysisPlan, delta: &CanaryCounters, at: Timestamp) -> AnalysisStatus {
+    let responses = delta.responses();
+    let requests = responses.round() as u64;
+    let ratio = |n: f64| (responses > 0.0).then(|| n / responses);
+    let figures: Vec<Figure> = plan
+        .metrics
+        .iter()
+        .map(|m| {
+            let value = match m.kind {
+                MetricKind::SuccessRate => ratio(responses - delta.classes[4]),
+                MetricKind::ErrorRate => ratio(delta.classes[4]),
+                MetricKind::NetworkErrorRate => ratio(delta.network_errors),
+                MetricKind::Latency(q) => quantile(q, &delta.latency),
+            };
+            let passed = value.is_none_or(|v| {
+                m.min.is_none_or(|min| v >= min) && m.max.is_none_or(|max| v <= max)
+            });
+            Figure {
+                metric: m.name.clone(),
+                value,
+                min: m.min,
+                max: m.max,
+                passed,
+            }
+        })
+        .collect();
+    let verdict = if requests < plan.min_requests || figures.iter().all(|f| f.value.is_none()) {
+        Verdict::Inconclusive
+    } else if figures.iter().any(|f| !f.passed) {
+        Verdict::Failed
+    } else {
+        Verdict::Passed
+    };
+    AnalysisStatus {
+        at,
+        verdict,
+        requests,
+        figures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::MetricPlan;
+
+    fn plan(min_requests: u64) -> AnalysisPlan {
+        AnalysisPlan {
+            interval_ms: 1000,
+            failure_limit: 0,
+            min_requests,
+            metrics: vec![
+                MetricPlan {
+                    name: "success-rate".into(),
+                    kind: MetricKind::SuccessRate,
+                    min: Some(0.99),
+                    max: None,
+                },
+                MetricPlan {
+                    name: "latency-p99".into(),
+                    kind: MetricKind::Latency(0.99),
+                    min: None,
+                    max: Some(500.0),
+                },
+            ],
+        }
+    }
+
+    fn counters(ok: f64, errors: f64, latency: &[(f64, f64)]) -> CanaryCounters {
+        CanaryCounters {
+            classes: [0.0, ok, 0.0, 0.0, errors],
+            network_errors: 0.0,
+            latency: latency.to_vec(),
+        }
+    }
+
+    const INF: f64 = f64::INFINITY;
+
+    #[test]
+    fn quantiles_interpolate_like_prometheus() {
+        let b = [(10.0, 50.0), (100.0, 90.0), (500.0, 100.0), (INF, 100.0)];
+        assert_eq!(quantile(0.5, &b), Some(10.0));
+        assert_eq!(quantile(0.7, &b), Some(55.0));
+        assert_eq!(quantile(0.25, &b), Some(5.0));
+        assert_eq!(quantile(0.99, &b), Some(460.0));
+        // In the +Inf bucket: the largest finite bound.
+        let b = [(10.0, 1.0), (INF, 10.0)];
+        assert_eq!(quantile(0.99, &b), Some(10.0));
+        assert_eq!(quantile(0.5, &[(10.0, 0.0), (INF, 0.0)]), None);
+        assert_eq!(quantile(0.5, &[]), None);
+    }
+
+    #[test]
+    fn deltas_and_resets() {
+        let a = counters(10.0, 1.0, &[(10.0, 5.0), (INF, 11.0)]);
+        let b = counters(30.0, 3.0, &[(10.0, 20.0), (INF, 33.0)]);
+        let d = b.since(&a).unwrap();
+        assert_eq!(d.classes[1], 20.0);
+        assert_eq!(d.classes[4], 2.0);
+        assert_eq!(d.latency, vec![(10.0, 15.0), (INF, 22.0)]);
+        assert_eq!(a.since(&b), None, "counters went down: a gateway restarted");
+    }
+
+    #[test]
+    fn healthy_canary_passes() {
+        let d = counters(1000.0, 5.0, &[(5.0, 900.0), (100.0, 1005.0), (INF, 1005.0)]);
+        let m = measure(&plan(1), &d, Timestamp(1));
+        assert_eq!(m.verdict, Verdict::Passed, "{m:?}");
+        assert_eq!(m.requests, 1005);
+        assert!((m.figures[0].value.unwrap() - 1000.0 / 1005.0).abs() < 1e-9);
+        assert!(m.figures[1].value.unwrap() < 100.0);
+    }
+
+    #[test]
+    fn failing_canary_fails_with_figures() {
+        let d = counters(50.0, 50.0, &[(5.0, 100.0), (INF, 100.0)]);
+        let m = measure(&plan(1), &d, Timestamp(1));
+        assert_eq!(m.verdict, Verdict::Failed);
+        assert!(!m.figures[0].passed);
+        assert!(m.figures[1].passed);
+        assert_eq!(
+            m.summary(),
+            "success-rate 0.5 < min 0.99, latency-p99 5ms (max 500ms) (100 canary responses)"
+        );
+        let slow = counters(100.0, 0.0, &[(500.0, 10.0), (1000.0, 100.0), (INF, 100.0)]);
+        let m = measure(&plan(1), &slow, Timestamp(1));
+        assert_eq!(m.verdict, Verdict::Failed);
+        assert!(!m.figures[1].passed && m.figures[1].value.unwrap() > 500.0);
+    }
+
+    #[test]
+    fn too_little_traffic_or_no_latency_data() {
+        let d = counters(3.0, 3.0, &[]);
+        assert_eq!(
+            measure(&plan(10), &d, Timestamp(1)).verdict,
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            measure(&plan(1), &CanaryCounters::default(), Timestamp(1)).verdict,
+            Verdict::Inconclusive
+        );
+        // Envoy publishes histograms at its stats flush: latency may lag the counters; the
+        // figures that exist decide.
+        let d = counters(100.0, 0.0, &[]);
+        let m = measure(&plan(1), &d, Timestamp(1));
+        assert_eq!(m.verdict, Verdict::Passed);
+        assert_eq!(m.figures[1].value, None);
+    }
+}

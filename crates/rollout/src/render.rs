@@ -1,0 +1,220 @@
+//! Spec + status → the policy the filter runs. One pure function, [`render`].
+//!
+//! Route order: the spec's fixed routes, then the header route while one is active (its rule
+//! joined to the spec's `match`, to the canary), then the split route (the spec's `match`,
+//! `split: [{variant: canary, weight}]`, the sticky key). The default is the stable variant,
+//! so whatever the split leaves goes there. The split route is always present, at weight 0
+//! too, so the policy's shape never depends on the weight.
+
+use rollgate_policy::policy::spec::{PolicySpec, RouteSpec, SplitSpec};
+use rollgate_policy::policy::spec::{DEFAULT_CLUSTER_HEADER, DEFAULT_VARIANT_HEADER};
+use rollgate_policy::policy::{accept_policy, PolicyError, PolicyErrors};
+
+use super::parts::defaults;
+use super::status::RolloutStatus;
+use super::types::RolloutSpec;
+
+/// Joins two rules with `&&`, parenthesising a side only when it holds an `||` (which binds
+/// looser than `&&`).
+pub fn and_rules(a: Option<&str>, b: &str) -> String {
+    let wrap = |r: &str| {
+        if r.contains("||") {
+            format!("({r})")
+        } else {
+            r.to_string()
+        }
+    };
+    match a {
+        Some(a) => format!("{} && {}", wrap(a), wrap(b)),
+        None => b.to_string(),
+    }
+}
+
+/// The JSON to serve for a rendered policy, once the filter's own acceptance function
+/// ([`accept_policy`]: its parser, limits and compiler) accepts that very text. The sidecar and
+/// the controller serve nothing else, so no policy the filter would refuse reaches a gateway.
+pub fn accept_rendered(policy: &PolicySpec) -> Result<String, PolicyErrors> {
+    let json = serde_json::to_string(policy).map_err(|e| {
+        PolicyErrors(vec![PolicyError {
+            path: String::new(),
+            message: format!("the policy does not serialize: {e}"),
+        }])
+    })?;
+    accept_policy(json.as_bytes())?;
+    Ok(json)
+}
+
+/// The policy for rollout `name` with `spec` in state `status`.
+pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicySpec {
+    let mut routes: Vec<RouteSpec> = spec.routes.iter().map(|r| r.to_policy()).collect();
+    if let Some(rule) = &status.header_route {
+        let mut header: RouteSpec = defaults("{}");
+        header.rule = Some(and_rules(spec.rule.as_deref(), rule));
+        header.variant = Some(spec.canary_variant.clone());
+        routes.push(header);
+    }
+    let mut split: RouteSpec = defaults("{}");
+    split.rule = spec.rule.clone();
+    split.split = Some(vec![SplitSpec {
+        variant: spec.canary_variant.clone(),
+        weight: status.canary_weight,
+    }]);
+    split.sticky = spec.sticky.as_ref().map(|s| s.to_policy());
+    routes.push(split);
+    let mut p: PolicySpec = defaults(r#"{"name":"","variants":{}}"#);
+    p.name = name.to_string();
+    p.variants = spec.variants.clone();
+    p.default = Some(spec.stable_variant.clone());
+    p.routes = routes;
+    p.cluster_header = spec
+        .cluster_header
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_string());
+    p.variant_header = spec
+        .variant_header
+        .clone()
+        .unwrap_or_else(|| DEFAULT_VARIANT_HEADER.to_string());
+    p.expose_variant = spec.expose_variant;
+    p.rule_syntax = spec.rule_syntax.map(|s| s.name().to_string());
+    p.rate_limits = spec.rate_limits.iter().map(|l| l.to_policy()).collect();
+    p.circuit_breakers = spec
+        .circuit_breakers
+        .iter()
+        .map(|b| b.to_policy())
+        .collect();
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Phase;
+    use crate::testdata::seed;
+    use rollgate_policy::policy::Policy;
+
+    fn status(weight: f64, header: Option<&str>) -> RolloutStatus {
+        RolloutStatus {
+            phase: Phase::Progressing,
+            canary_weight: weight,
+            header_route: header.map(str::to_string),
+            ..RolloutStatus::default()
+        }
+    }
+
+    #[test]
+    fn seed_with_header_route_and_half_split_is_the_seed_policy() {
+        let plan = seed();
+        let p = render(
+            "flask",
+            &plan.spec,
+            &status(50.0, Some("Headers(`location`, `shenzhen`)")),
+        );
+        let seed_policy = rollgate_policy::policy::parse_spec(
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/policy.json"
+            ))
+            .unwrap()
+            .as_slice(),
+        )
+        .unwrap();
+        // The seed policy's routing, plus the rollout's rate limit and breaker.
+        assert_eq!(p.routes, seed_policy.routes);
+        assert_eq!(p.variants, seed_policy.variants);
+        assert_eq!(p.default, seed_policy.default);
+        assert_eq!(p.rate_limits.len(), 1);
+        assert_eq!(p.rate_limits[0].average, 500.0);
+        assert_eq!(p.rate_limits[0].burst, Some(1000));
+        assert_eq!(
+            p.circuit_breakers[0].fallback_variant.as_deref(),
+            Some("stable")
+        );
+        Policy::compile(p).unwrap();
+    }
+
+    #[test]
+    fn without_header_route_the_split_follows_fixed_routes() {
+        let plan = seed();
+        let p = render("flask", &plan.spec, &status(0.0, None));
+        assert_eq!(p.routes.len(), 2);
+        assert_eq!(p.routes[0].variant.as_deref(), Some("dev"));
+        assert_eq!(p.routes[1].rule.as_deref(), Some("Host(`pro.coding`)"));
+        assert_eq!(p.routes[1].split.as_ref().unwrap()[0].weight, 0.0);
+        assert_eq!(
+            p.routes[1].sticky.as_ref().unwrap().header.as_deref(),
+            Some("x-user-id")
+        );
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            json.contains(r#""split":[{"variant":"canary","weight":0.0}]"#),
+            "{json}"
+        );
+        Policy::compile(p).unwrap();
+    }
+
+    #[test]
+    fn full_weight_and_custom_variants_and_headers() {
+        let mut spec = seed().spec;
+        spec.stable_variant = "v1".into();
+        spec.canary_variant = "v2".into();
+        spec.variants = [("v1", "c1"), ("v2", "c2")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        spec.routes.clear();
+        spec.circuit_breakers.clear();
+        spec.rule = None;
+        spec.cluster_header = Some("x-cluster".into());
+        spec.expose_variant = true;
+        let p = render(
+            "svc",
+            &spec,
+            &status(100.0, Some("Cookie(`beta`) || Query(`beta`)")),
+        );
+        assert_eq!(p.name, "svc");
+        assert_eq!(p.default.as_deref(), Some("v1"));
+        assert_eq!(
+            p.routes[0].rule.as_deref(),
+            Some("Cookie(`beta`) || Query(`beta`)")
+        );
+        assert_eq!(p.routes[0].variant.as_deref(), Some("v2"));
+        assert_eq!(p.routes[1].rule, None);
+        assert_eq!(p.routes[1].split.as_ref().unwrap()[0].weight, 100.0);
+        assert_eq!(p.cluster_header, "x-cluster");
+        assert_eq!(p.variant_header, DEFAULT_VARIANT_HEADER);
+        assert!(p.expose_variant);
+        Policy::compile(p).unwrap();
+    }
+
+    #[test]
+    fn the_rendered_text_passes_the_filters_acceptance_or_is_refused() {
+        let plan = seed();
+        let json = accept_rendered(&render("flask", &plan.spec, &status(10.0, None))).unwrap();
+        let served = accept_policy(json.as_bytes()).unwrap();
+        assert_eq!(served.spec.routes.len(), 2);
+        // Every part within its own limit, the whole beyond the filter's document limit: only
+        // the text says so, and it is refused rather than served.
+        let mut spec = plan.spec;
+        let rule = format!("Host(`{}`)", "a".repeat(60 << 10));
+        spec.rule = Some(rule);
+        spec.routes.clear();
+        spec.circuit_breakers.clear();
+        let mut p = render("flask", &spec, &status(10.0, Some("Cookie(`beta`)")));
+        for _ in 0..20 {
+            p.routes.push(p.routes[1].clone());
+        }
+        Policy::compile(p.clone()).unwrap();
+        let e = accept_rendered(&p).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the document may be at most 1048576 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_join_with_the_right_precedence() {
+        assert_eq!(and_rules(None, "A"), "A");
+        assert_eq!(and_rules(Some("H"), "A"), "H && A");
+        assert_eq!(and_rules(Some("H || I"), "A || B"), "(H || I) && (A || B)");
+    }
+}

@@ -1,0 +1,118 @@
+//! The sidecar's analysis loop: every `--scrape-interval`, read `/stats/prometheus` of each
+//! `--envoy-admin` and let the rollout engine's judge ([`rollgate_rollout::judge`], the same
+//! one the controller uses) turn the readings into events for each watched rollout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::registry::Shared;
+use rollgate_rollout::judge::{scrape, Tracker, Watch};
+use rollgate_rollout::{Event, Timestamp};
+
+/// A rollout to watch, copied out of the state so no lock is held while scraping.
+struct Target {
+    key: std::path::PathBuf,
+    attempt: u32,
+    watch: Watch,
+}
+
+/// The analysis loop; returns when the server stops.
+pub fn run(shared: &Arc<Shared>) {
+    let mut trackers: HashMap<String, Tracker> = HashMap::new();
+    let mut last_error: Option<String> = None;
+    loop {
+        if shared.lock().stopping {
+            return;
+        }
+        let targets: Vec<Target> = shared
+            .lock()
+            .entries
+            .iter()
+            .filter_map(|(key, e)| {
+                let watch = Watch::of(e.plan.as_ref()?)?;
+                e.status.phase.is_active().then(|| Target {
+                    key: key.clone(),
+                    attempt: e.status.attempt,
+                    watch,
+                })
+            })
+            .collect();
+        trackers.retain(|name, _| targets.iter().any(|t| t.watch.policy == *name));
+        if !targets.is_empty() {
+            tick(shared, &targets, &mut trackers, &mut last_error);
+        }
+        sleep(shared, shared.config.scrape_interval);
+    }
+}
+
+/// Sleeps in short slices so a stop is noticed soon.
+fn sleep(shared: &Shared, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if shared.lock().stopping {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(d));
+    }
+}
+
+fn tick(
+    shared: &Arc<Shared>,
+    targets: &[Target],
+    trackers: &mut HashMap<String, Tracker>,
+    last_error: &mut Option<String>,
+) {
+    let admins = shared.admins();
+    if admins.is_empty() {
+        return;
+    }
+    shared.metrics.scrapes.inc();
+    let samples = match scrape(&admins) {
+        Ok(s) => {
+            if last_error.take().is_some() {
+                shared.log("analysis: gateways readable again");
+            }
+            s
+        }
+        Err(e) => {
+            shared.metrics.scrape_errors.inc();
+            if last_error.as_deref() != Some(e.as_str()) {
+                shared.log(&format!("analysis: cannot read stats: {e}"));
+            }
+            *last_error = Some(e);
+            // The next interval starts from the next good reading.
+            for t in trackers.values_mut() {
+                t.lost_reading();
+            }
+            return;
+        }
+    };
+    let now = Instant::now();
+    let mut events = Vec::new();
+    for t in targets {
+        let tr = trackers
+            .entry(t.watch.policy.clone())
+            .or_insert_with(|| Tracker::new(t.attempt));
+        tr.follow(t.attempt);
+        for event in tr.judge(&t.watch, &samples, now, Timestamp::now()) {
+            if let Event::Analysis { measurement: m, .. } = &event {
+                shared.metrics.analysis(m.verdict).inc();
+                shared.log(&format!(
+                    "{}: analysis {}: {}",
+                    t.watch.policy,
+                    m.verdict,
+                    m.summary()
+                ));
+            }
+            events.push((t.key.clone(), event));
+        }
+    }
+    if events.is_empty() {
+        return;
+    }
+    for (key, event) in events {
+        // Not a command: measurements and trips are never refused.
+        let _ = shared.apply(&key, event, Timestamp::now());
+    }
+}
