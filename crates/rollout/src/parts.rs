@@ -2,13 +2,15 @@
 //! own spec types ([`rollgate_policy::policy::spec`]).
 //!
 //! Field for field the same as the policy JSON (README: "The policy", "Rate limits",
-//! "Circuit breakers"); only the spelling differs (`checkPeriod` for `check_period`).
-//! Defaults are not repeated here: an absent field takes the filter's own serde default, so
+//! "Circuit breakers"), whose one declaration is the table in the policy's `spec.rs`; only the
+//! spelling differs (`checkPeriod` for `check_period`), and a test holds the two to the same
+//! fields. Defaults are not repeated here: an absent field takes the filter's own default, so
 //! the rendered policy means what the same policy without the field would mean.
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_value::Value;
 
 use rollgate_policy::policy::spec as p;
 
@@ -205,106 +207,138 @@ pub struct CircuitBreaker {
     pub fallback_variant: Option<String>,
 }
 
-/// The filter's defaults for a type, from its own serde defaults applied to the required
-/// fields alone. Building the filter's types this way (not with struct literals) also keeps
-/// this crate compiling when the filter adds optional fields.
-pub(crate) fn defaults<T: DeserializeOwned>(required: &str) -> T {
-    // The JSON is a constant holding exactly the required fields; a failure here is a bug
-    // caught by the unit tests below, not a matter of input.
-    serde_json::from_str(required).expect("the filter accepts its required fields alone")
+/// A Rollout part as the policy's own type: its serialized form with every key in snake_case,
+/// read by the filter's decoder. No field is copied by hand, an absent one takes the filter's
+/// default, and `mirrors_the_policy_table` below checks that both sides have the same fields.
+/// Through `serde_value` (already linked by kube) rather than `serde_json::Value`, which
+/// would turn a NaN into `null`: the policy's compiler is what refuses a NaN, with its path.
+fn to_policy<T: DeserializeOwned>(part: &impl Serialize) -> T {
+    serde_value::to_value(part)
+        .map_err(|e| e.to_string())
+        .and_then(|v| T::deserialize(snake_case_keys(v)).map_err(|e| e.to_string()))
+        // A bug, not a matter of input: every part has the policy's fields and types, which
+        // the tests below check field by field.
+        .unwrap_or_else(|e| panic!("a Rollout part the policy does not read: {e}"))
 }
 
-fn set<T: Clone>(target: &mut T, value: &Option<T>) {
-    if let Some(v) = value {
-        *target = v.clone();
+fn snake_case_keys(v: Value) -> Value {
+    match v {
+        Value::Map(members) => Value::Map(
+            members
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Value::String(k) => Value::String(snake_case(&k)),
+                        k => k,
+                    };
+                    (k, snake_case_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Seq(items) => Value::Seq(items.into_iter().map(snake_case_keys).collect()),
+        Value::Option(Some(v)) => Value::Option(Some(Box::new(snake_case_keys(*v)))),
+        v => v,
     }
+}
+
+/// `checkPeriod` → `check_period`: the inverse of serde's `rename_all = "camelCase"`.
+fn snake_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 impl Route {
     /// The route in the policy's terms.
     pub fn to_policy(&self) -> p::RouteSpec {
-        let mut r: p::RouteSpec = defaults("{}");
-        r.rule = self.rule.clone();
-        r.rule_syntax = self.rule_syntax.map(|s| s.name().to_string());
-        r.variant = self.variant.clone();
-        r.split = self.split.as_ref().map(|s| {
-            s.iter()
-                .map(|s| p::SplitSpec {
-                    variant: s.variant.clone(),
-                    weight: s.weight,
-                })
-                .collect()
-        });
-        r.sticky = self.sticky.as_ref().map(Sticky::to_policy);
-        r.default = self.default.clone();
-        r
+        to_policy(self)
     }
 }
 
 impl Sticky {
     /// The sticky key in the policy's terms.
     pub fn to_policy(&self) -> p::StickySpec {
-        // Struct literals on purpose: a field the filter adds fails to compile here until
-        // the Rollout carries it too.
-        p::StickySpec {
-            header: self.header.clone(),
-            cookie: self.cookie.clone(),
-            query: self.query.clone(),
-            source_ip: self.source_ip.as_ref().map(|s| p::SourceIpSpec {
-                xff_depth: s.xff_depth,
-            }),
-            salt: self.salt.clone(),
-            assign_cookie: self.assign_cookie.clone(),
-        }
+        to_policy(self)
     }
 }
 
 impl RateLimit {
     /// The limit in the policy's terms.
     pub fn to_policy(&self) -> p::RateLimitSpec {
-        let mut l: p::RateLimitSpec = defaults(r#"{"name":"","average":0}"#);
-        l.name = self.name.clone();
-        l.rule = self.rule.clone();
-        l.rule_syntax = self.rule_syntax.map(|s| s.name().to_string());
-        l.average = self.average;
-        set(&mut l.period, &self.period);
-        l.burst = self.burst;
-        l.source = self.source.as_ref().map(|s| p::LimitSourceSpec {
-            header: s.header.clone(),
-            cookie: s.cookie.clone(),
-            query: s.query.clone(),
-            host: s.host.as_ref().map(|_| p::Empty {}),
-            client_ip: s.client_ip.as_ref().map(|c| p::ClientIpSpec {
-                xff_depth: c.xff_depth,
-                ipv6_prefix: c.ipv6_prefix,
-            }),
-        });
-        l.headers = self.headers;
-        set(&mut l.slots, &self.slots);
-        l
+        to_policy(self)
     }
 }
 
 impl CircuitBreaker {
     /// The breaker in the policy's terms.
     pub fn to_policy(&self) -> p::BreakerSpec {
-        let mut b: p::BreakerSpec = defaults(r#"{"name":"","expression":""}"#);
-        b.name = self.name.clone();
-        b.variant = self.variant.clone();
-        b.expression = self.expression.clone();
-        set(&mut b.check_period, &self.check_period);
-        set(&mut b.fallback_duration, &self.fallback_duration);
-        set(&mut b.recovery_duration, &self.recovery_duration);
-        set(&mut b.window, &self.window);
-        set(&mut b.response_code, &self.response_code);
-        b.fallback_variant = self.fallback_variant.clone();
-        b
+        to_policy(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    /// A Rollout part's fields, from the schema its CRD is generated from, in snake_case.
+    fn fields<T: JsonSchema>() -> BTreeSet<String> {
+        let schema = schemars::schema_for!(T);
+        let properties = schema.get("properties").and_then(|p| p.as_object());
+        properties
+            .map(|p| p.keys().map(|k| snake_case(k)).collect())
+            .unwrap_or_default()
+    }
+
+    fn same_fields<T: JsonSchema>(policy: &[&str]) {
+        let policy: BTreeSet<String> = policy.iter().map(|f| f.to_string()).collect();
+        assert_eq!(fields::<T>(), policy, "{}", std::any::type_name::<T>());
+    }
+
+    #[test]
+    fn mirrors_the_policy_table() {
+        same_fields::<Route>(p::RouteSpec::FIELDS);
+        same_fields::<Split>(p::SplitSpec::FIELDS);
+        same_fields::<Sticky>(p::StickySpec::FIELDS);
+        same_fields::<SourceIp>(p::SourceIpSpec::FIELDS);
+        same_fields::<RateLimit>(p::RateLimitSpec::FIELDS);
+        same_fields::<LimitSource>(p::LimitSourceSpec::FIELDS);
+        same_fields::<Empty>(p::Empty::FIELDS);
+        same_fields::<ClientIp>(p::ClientIpSpec::FIELDS);
+        same_fields::<CircuitBreaker>(p::BreakerSpec::FIELDS);
+        // The check can fail: a field the policy has and the Rollout lacks.
+        let mut more = p::SourceIpSpec::FIELDS.to_vec();
+        more.push("ipv6_prefix");
+        let missing = std::panic::catch_unwind(|| same_fields::<SourceIp>(&more));
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn a_nan_reaches_the_policy_compiler() {
+        // The compiler refuses it with its path; the conversion must not turn it into
+        // something else (serde_json's Value makes it `null`) or fail.
+        let l = RateLimit {
+            name: "api".into(),
+            average: f64::NAN,
+            ..RateLimit::default()
+        }
+        .to_policy();
+        assert!(l.average.is_nan());
+        let r = Route {
+            split: Some(vec![Split {
+                variant: "canary".into(),
+                weight: f64::NAN,
+            }]),
+            ..Route::default()
+        }
+        .to_policy();
+        assert!(r.split.is_some_and(|s| s[0].weight.is_nan()));
+    }
 
     #[test]
     fn absent_fields_take_the_filters_defaults() {

@@ -10,7 +10,6 @@ use rollgate_policy::policy::spec::{PolicySpec, RouteSpec, SplitSpec};
 use rollgate_policy::policy::spec::{DEFAULT_CLUSTER_HEADER, DEFAULT_VARIANT_HEADER};
 use rollgate_policy::policy::{accept_policy, PolicyError, PolicyErrors};
 
-use super::parts::defaults;
 use super::status::RolloutStatus;
 use super::types::RolloutSpec;
 
@@ -48,41 +47,44 @@ pub fn accept_rendered(policy: &PolicySpec) -> Result<String, PolicyErrors> {
 pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicySpec {
     let mut routes: Vec<RouteSpec> = spec.routes.iter().map(|r| r.to_policy()).collect();
     if let Some(rule) = &status.header_route {
-        let mut header: RouteSpec = defaults("{}");
-        header.rule = Some(and_rules(spec.rule.as_deref(), rule));
-        header.variant = Some(spec.canary_variant.clone());
-        routes.push(header);
+        routes.push(RouteSpec {
+            rule: Some(and_rules(spec.rule.as_deref(), rule)),
+            variant: Some(spec.canary_variant.clone()),
+            ..RouteSpec::default()
+        });
     }
-    let mut split: RouteSpec = defaults("{}");
-    split.rule = spec.rule.clone();
-    split.split = Some(vec![SplitSpec {
-        variant: spec.canary_variant.clone(),
-        weight: status.canary_weight,
-    }]);
-    split.sticky = spec.sticky.as_ref().map(|s| s.to_policy());
-    routes.push(split);
-    let mut p: PolicySpec = defaults(r#"{"name":"","variants":{}}"#);
-    p.name = name.to_string();
-    p.variants = spec.variants.clone();
-    p.default = Some(spec.stable_variant.clone());
-    p.routes = routes;
-    p.cluster_header = spec
-        .cluster_header
-        .clone()
-        .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_string());
-    p.variant_header = spec
-        .variant_header
-        .clone()
-        .unwrap_or_else(|| DEFAULT_VARIANT_HEADER.to_string());
-    p.expose_variant = spec.expose_variant;
-    p.rule_syntax = spec.rule_syntax.map(|s| s.name().to_string());
-    p.rate_limits = spec.rate_limits.iter().map(|l| l.to_policy()).collect();
-    p.circuit_breakers = spec
-        .circuit_breakers
-        .iter()
-        .map(|b| b.to_policy())
-        .collect();
-    p
+    routes.push(RouteSpec {
+        rule: spec.rule.clone(),
+        split: Some(vec![SplitSpec {
+            variant: spec.canary_variant.clone(),
+            weight: status.canary_weight,
+        }]),
+        sticky: spec.sticky.as_ref().map(|s| s.to_policy()),
+        ..RouteSpec::default()
+    });
+    PolicySpec {
+        name: name.to_string(),
+        variants: spec.variants.clone(),
+        default: Some(spec.stable_variant.clone()),
+        routes,
+        cluster_header: spec
+            .cluster_header
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_string()),
+        variant_header: spec
+            .variant_header
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VARIANT_HEADER.to_string()),
+        expose_variant: spec.expose_variant,
+        rule_syntax: spec.rule_syntax.map(|s| s.name().to_string()),
+        rate_limits: spec.rate_limits.iter().map(|l| l.to_policy()).collect(),
+        circuit_breakers: spec
+            .circuit_breakers
+            .iter()
+            .map(|b| b.to_policy())
+            .collect(),
+        source: None,
+    }
 }
 
 #[cfg(test)]

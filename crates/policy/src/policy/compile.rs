@@ -45,7 +45,7 @@ pub fn parse_spec(json: &[u8]) -> Result<PolicySpec, PolicyErrors> {
             message: e.message,
         }])
     })?;
-    super::decode::run(&doc, super::decode::policy)
+    super::decode::run(&doc)
 }
 
 impl Policy {
