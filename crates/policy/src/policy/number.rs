@@ -1,11 +1,17 @@
 //! Decimal numbers in and out of `f64`, without core's float parsing and formatting.
 //!
-//! `{}` or `{:.3}` on an `f64` links Grisu and Dragon4 with their tables, and `str::parse`
-//! Eisel-Lemire with a 10 KB table of powers of five: together about 37 KB of the filter, for
-//! numbers read and printed at configuration time and in breaker transition logs. Here values
-//! are rounded exactly in integers instead: printing from the float's bits, the shortest text
-//! found by trying 0, 1, 2, … decimals until it reads back as the same `f64`; parsing with one
+//! `str::parse::<f64>` links Eisel-Lemire with a 10 KB table of powers of five, and `{}` or
+//! `{:.3}` on an `f64` link Grisu and Dragon4 with their tables: all that for numbers read
+//! and printed at configuration time and in breaker transition logs. Here values are rounded
+//! exactly in integers instead: printing from the float's bits, the shortest text found by
+//! trying 0, 1, 2, … decimals until it reads back as the same `f64`; parsing with one
 //! floating-point operation when that is exact, else corrected against the exact value.
+//!
+//! Measured on the filter's `.wasm` (`make wasm`), each part replaced by core's: [`parse`]
+//! by `str::parse` +14,180 B and both printers by `format!` +12,674 B (on 326,129 B);
+//! [`text`] alone by `{}` +14,580 B and [`fixed`] alone by `{:.N}` +15,744 B (on 325,433 B;
+//! alone, each keeps the other's code and adds core's Grisu and Dragon4). This file is
+//! about 8 % of the filter's size less.
 
 /// `x` as its shortest decimal text that parses back to `x`, as `{}` prints it (`150`,
 /// `10.005`, `-1`). Magnitudes beyond 10^15 or below 10^-17, which no policy needs, come out
@@ -171,7 +177,8 @@ pub fn parse(s: &str) -> Option<f64> {
 }
 
 /// Significant digits kept: any f64 rounding is decided within 768 of them; the rest only
-/// says whether something non-zero follows (as core's parser does).
+/// says whether something non-zero follows (as core's parser does). The bound also keeps the
+/// work linear in a long number.
 const MAX_DIGITS: usize = 800;
 
 /// `digits` × 10^`exp`, correctly rounded (ties to even); `digits` has no leading zero.
@@ -189,6 +196,10 @@ fn magnitude(digits: &[u8], exp: i64) -> f64 {
         let p = pow10(exp.unsigned_abs() as u32);
         return if exp < 0 { w / p } else { w * p };
     }
+    // The exact path below (with `compare` and `Big`) costs 2,373 B of `.wasm` against the
+    // guess alone, which can be a unit in the last place off from 16 significant digits on:
+    // `0.30000000000000004`, as JavaScript and serde_json print 0.1 + 0.2, would not read back
+    // as the value that was written.
     let (kept, sticky) = match digits.split_at_checked(MAX_DIGITS) {
         // Trailing zeros are gone: whatever follows is non-zero.
         Some((kept, rest)) if !rest.is_empty() => (kept, true),
