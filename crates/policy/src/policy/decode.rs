@@ -14,6 +14,7 @@ use crate::excerpt::excerpt;
 
 use super::errors::{Errors, PolicyErrors};
 use super::json::{Json, Num};
+
 /// A type read from a JSON value: the value, its path, where problems go. A problem leaves a
 /// placeholder value, so that decoding goes on and reports everything at once.
 pub(super) trait Decode: Sized {

@@ -1,7 +1,7 @@
 //! The policy as users, the CLI and the controller write it (JSON). Field names are the
 //! contract shared by Envoy's `configuration`, Istio's `pluginConfig` and the controller.
 //!
-//! Each field is declared once, in the table below ([`spec_types!`]): its key, type, default,
+//! Each field is declared once, in the table below (`spec_types!`): its key, type, default,
 //! whether it is required and when serialization leaves it out. From that one line come the
 //! struct field, the filter's decoder arm (`policy::decode`, also behind these types'
 //! `Deserialize`: unknown fields are refused, absent ones take the defaults written here),
@@ -20,8 +20,11 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Shared-data slots of a rate limit unless it says otherwise.
+const DEFAULT_SLOTS: u32 = 65_536;
+
 fn is_default_slots(n: &u32) -> bool {
-    *n == 65_536
+    *n == DEFAULT_SLOTS
 }
 
 /// Declares spec types from one line per field:
@@ -229,7 +232,7 @@ spec_types! {
         /// Send `X-RateLimit-*` on admitted responses too (refusals always carry them).
         headers: bool = false, omit if is_false;
         /// Shared-data slots: the bound on memory however many keys arrive. Default 65536.
-        slots: u32 = 65_536, omit if is_default_slots;
+        slots: u32 = DEFAULT_SLOTS, omit if is_default_slots;
         /// `v3` or `v2` for this `match`; absent: the policy's `rule_syntax`.
         rule_syntax: Option<String> = None, omit if Option::is_none;
     }
