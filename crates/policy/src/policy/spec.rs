@@ -84,7 +84,7 @@ macro_rules! spec_types {
             }
         }
 
-        /// Through [`Json`](super::json::Json) and the filter's decoder: the CLI and the
+        /// Through `Json` and the filter's decoder: the CLI and the
         /// controller read policies exactly as the filter does. Generic over the format, so
         /// never instantiated in the filter itself.
         impl<'de> serde::Deserialize<'de> for $name {
