@@ -62,6 +62,9 @@ macro_rules! spec_types {
             pub const FIELDS: &'static [&'static str] = &[$(spec_types!(@key $field $($key)?)),*];
         }
 
+        // `decode::object` marks the fields it has seen in a `u32`.
+        const _: () = assert!($name::FIELDS.len() <= 32);
+
         impl Default for $name {
             fn default() -> Self {
                 $name {

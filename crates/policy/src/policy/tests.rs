@@ -487,6 +487,30 @@ fn every_field_survives_serialize_then_decode() {
 }
 
 #[test]
+fn each_spec_type_declares_each_key_once() {
+    // Two fields under one key would both be set from it, and serialize it twice.
+    for fields in [
+        PolicySpec::FIELDS,
+        spec::SourceSpec::FIELDS,
+        spec::RouteSpec::FIELDS,
+        spec::SplitSpec::FIELDS,
+        spec::StickySpec::FIELDS,
+        spec::SourceIpSpec::FIELDS,
+        spec::RateLimitSpec::FIELDS,
+        spec::LimitSourceSpec::FIELDS,
+        spec::Empty::FIELDS,
+        spec::ClientIpSpec::FIELDS,
+        spec::BreakerSpec::FIELDS,
+    ] {
+        let mut keys = fields.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), fields.len(), "{fields:?}");
+    }
+    assert_eq!(spec::RouteSpec::FIELDS[0], "match");
+}
+
+#[test]
 fn deserialize_runs_the_same_decoder() {
     // What the CLI and the controller read (status files, rendered defaults) is what the
     // filter reads.
