@@ -216,8 +216,9 @@ fn to_policy<T: DeserializeOwned>(part: &impl Serialize) -> T {
     serde_value::to_value(part)
         .map_err(|e| e.to_string())
         .and_then(|v| T::deserialize(snake_case_keys(v)).map_err(|e| e.to_string()))
-        // A bug, not a matter of input: every part has the policy's fields and types, which
-        // the tests below check field by field.
+        // A bug, not a matter of input: every part has the policy's fields
+        // (`mirrors_the_policy_table`) and any value of them converts
+        // (`any_value_of_a_part_converts`, `every_field_is_carried`).
         .unwrap_or_else(|e| panic!("a Rollout part the policy does not read: {e}"))
 }
 
@@ -319,25 +320,48 @@ mod tests {
     }
 
     #[test]
-    fn a_nan_reaches_the_policy_compiler() {
-        // The compiler refuses it with its path; the conversion must not turn it into
-        // something else (serde_json's Value makes it `null`) or fail.
+    fn any_value_of_a_part_converts() {
+        // `to_policy` cannot fail on input: a NaN reaches the policy's compiler, which refuses
+        // it with its path (serde_json's Value would make it `null`), and every integer field
+        // is as wide on the policy's side (the largest values convert).
         let l = RateLimit {
             name: "api".into(),
             average: f64::NAN,
+            burst: Some(u64::MAX),
+            slots: Some(u32::MAX),
+            source: Some(LimitSource {
+                client_ip: Some(ClientIp {
+                    xff_depth: Some(u32::MAX),
+                    ipv6_prefix: Some(u8::MAX),
+                }),
+                ..LimitSource::default()
+            }),
             ..RateLimit::default()
         }
         .to_policy();
         assert!(l.average.is_nan());
+        assert_eq!((l.burst, l.slots), (Some(u64::MAX), u32::MAX));
         let r = Route {
             split: Some(vec![Split {
                 variant: "canary".into(),
-                weight: f64::NAN,
+                weight: f64::NEG_INFINITY,
             }]),
+            sticky: Some(Sticky {
+                source_ip: Some(SourceIp {
+                    xff_depth: Some(u32::MAX),
+                }),
+                ..Sticky::default()
+            }),
             ..Route::default()
         }
         .to_policy();
-        assert!(r.split.is_some_and(|s| s[0].weight.is_nan()));
+        assert_eq!(r.split.map(|s| s[0].weight), Some(f64::NEG_INFINITY));
+        let b = CircuitBreaker {
+            response_code: Some(u16::MAX),
+            ..CircuitBreaker::default()
+        }
+        .to_policy();
+        assert_eq!(b.response_code, u16::MAX);
     }
 
     #[test]
