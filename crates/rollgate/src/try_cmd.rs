@@ -77,6 +77,9 @@ pub struct TryOptions {
     pub log_level: LogLevel,
     /// Properties other filters would have set (`--property PATH=VALUE`): path segments, value.
     pub properties: Vec<(Vec<String>, String)>,
+    /// Call-out clusters (`--cluster NAME=URL`): the filter's `proxy_http_call`s to NAME are
+    /// sent to URL for real.
+    pub clusters: Vec<(String, String)>,
     /// The requests.
     pub requests: Requests,
 }
@@ -310,6 +313,16 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
                 value.to_string(),
             ));
         }
+        let mut clusters = Vec::new();
+        for c in &a.cluster {
+            let (name, url) = c
+                .split_once('=')
+                .filter(|(name, url)| !name.is_empty() && !url.is_empty())
+                .ok_or_else(|| TryError::Usage(format!("--cluster takes NAME=URL, not '{c}'")))?;
+            crate::rollout::url::HttpUrl::parse(url)
+                .map_err(|e| TryError::Usage(format!("--cluster {name}: {e}")))?;
+            clusters.push((name.to_string(), url.to_string()));
+        }
         let requests = match a.requests {
             // clap refuses the combination already; kept for callers building TryArgs.
             Some(_) if single_given => {
@@ -329,6 +342,7 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
             failure_policy: a.failure_policy,
             log_level: a.log_level,
             properties,
+            clusters,
             requests,
         })
     }
@@ -489,6 +503,77 @@ pub fn exchange_fields(
     ]
 }
 
+/// How long a call-out may take when the filter gives no timeout (Envoy's async client has
+/// none; a stuck `try` helps nobody).
+const CALLOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A call-out cluster answered by the server at `base`: the call's method, path, headers and
+/// body are sent there (the path appended to `base`'s), within the call's timeout. A server
+/// that cannot be reached gets Envoy's answer for a cluster whose endpoint refuses: a local
+/// 503 from its router (`upstream connect error or disconnect/reset before headers…`); a
+/// server that does not answer in time, a reset.
+pub fn url_cluster(
+    base: &str,
+) -> impl Fn(&crate::wasmhost::HttpCall) -> crate::wasmhost::CalloutReply + Send + Sync + 'static {
+    use crate::rollout::client::{self, ClientError};
+    use crate::wasmhost::CalloutReply;
+    let base = base.trim_end_matches('/').to_string();
+    move |call| {
+        let text = |name: &str| {
+            call.headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let url = format!("{base}{}", text(":path"));
+        let headers: Vec<(String, String)> = call
+            .headers
+            .pairs()
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b":") && k.as_slice() != b"content-length")
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let body = (!call.body.is_empty()).then_some(call.body.as_slice());
+        let timeout = call.timeout.unwrap_or(CALLOUT_TIMEOUT);
+        match client::request_with(&text(":method"), &url, &headers, body, timeout, None) {
+            Ok(r) => {
+                let mut resp = Response::new(r.status);
+                for (k, v) in &r.headers {
+                    if !matches!(
+                        k.as_str(),
+                        "connection" | "transfer-encoding" | "keep-alive"
+                    ) {
+                        resp = resp.header(k, v);
+                    }
+                }
+                CalloutReply::Respond(resp.body(r.body))
+            }
+            Err(ClientError::NoAnswer { .. }) => CalloutReply::Reset,
+            Err(_) => {
+                // Envoy 1.40's words for a refused connection, as a call-out gets them
+                // (try_like_envoy.rs, http_call_outs_like_envoys).
+                let body = "upstream connect error or disconnect/reset before headers. reset \
+                            reason: remote connection failure";
+                CalloutReply::Respond(
+                    Response::new(503)
+                        .header("content-length", body.len().to_string())
+                        .header("content-type", "text/plain")
+                        .body(body),
+                )
+            }
+        }
+    }
+}
+
 /// The plugin's own log lines at `level` and above, as `[[level, message], …]` (Envoy's level
 /// names, as its log writes them).
 pub fn logs_field(ex: &Exchange, level: LogLevel) -> String {
@@ -594,6 +679,9 @@ pub fn run(
     for (path, value) in &opts.properties {
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         config = config.property(&path, value.as_bytes());
+    }
+    for (name, url) in &opts.clusters {
+        config = config.cluster(name, url_cluster(url));
     }
     let plugin = match Host::new().start(&wasm, config) {
         Ok(p) => p,

@@ -327,3 +327,92 @@ fn log_lines_like_envoys() {
         .iter()
         .any(|(l, m)| l == "warning" && m == "probe: a warning"));
 }
+
+/// The probe's notes about its call-out (`x-probe-auth-status`, `-auth-body`,
+/// `-call-counts` as token:headers:body-size:trailers, `-call-status`) as the upstream got
+/// them; the count of response headers is left out (Envoy adds its own: date, server,
+/// x-envoy-upstream-service-time).
+fn call_notes(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-probe-auth-") || k.starts_with("x-probe-call-"))
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v).into_owned();
+            let v = if k == "x-probe-call-counts" {
+                let parts: Vec<&str> = v.split(':').collect();
+                format!("{}:*:{}:{}", parts[0], parts[2], parts[3])
+            } else {
+                v
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// `proxy_http_call` to a cluster served for real (`rollgate try --cluster NAME=URL`), and to
+/// one whose endpoint refuses connections: the filter gets what it gets in Envoy (status,
+/// body, body size, gRPC status of the call), and the cluster's server gets the same call.
+#[test]
+fn http_call_outs_like_envoys() {
+    let upstream = Upstream::start("echo");
+    let auth = Upstream::start("auth");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    for (label, port) in [("answered", auth.port()), ("refused", dead)] {
+        let opts = EnvoyOptions::new("")
+            .cluster(upstream.name(), upstream.port())
+            .cluster("auth", port)
+            .fallback_cluster(upstream.name());
+        let yaml = rollgate_e2e::render_config(&opts, &common::probe_path());
+        let envoy = Envoy::start_yaml(&yaml, 1).expect("Envoy starts with the probe");
+        let raw = "GET /c HTTP/1.1\r\nHost: probe.test\r\nx-probe-op: http\r\n\r\n";
+        let (in_envoy, _) = send_raw(&envoy, raw.as_bytes());
+        let got = upstream.received();
+        let envoy_notes = call_notes(&got.last().expect("forwarded").headers);
+
+        let (_host, plugin) = {
+            let host = Host::new();
+            let plugin = host
+                .start(
+                    common::probe(),
+                    PluginConfig::new("")
+                        .name("rollgate")
+                        .root_id("rollgate")
+                        .cluster(
+                            "auth",
+                            rollgate::try_cmd::url_cluster(&format!("http://127.0.0.1:{port}")),
+                        ),
+                )
+                .expect("the probe starts");
+            (host, plugin)
+        };
+        let ex = plugin
+            .run(HttpRequest::new("GET", "probe.test", "/c").header("x-probe-op", "http"))
+            .expect("no trap");
+        let host_headers: Vec<(String, Vec<u8>)> = ex
+            .request_headers
+            .pairs()
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+            .collect();
+        assert_eq!(
+            call_notes(&host_headers),
+            envoy_notes,
+            "{label}: the filter's view"
+        );
+        assert!(!envoy_notes.is_empty(), "{label}: {}", envoy.log());
+        assert_eq!(answer_of(&ex).status, in_envoy.status, "{label}");
+        println!("{label}: {envoy_notes:?}");
+    }
+    // The cluster's server got the same call from both: POST /check, body "ping".
+    let calls = auth.received();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for c in &calls {
+        assert_eq!(
+            (c.method.as_str(), c.target.as_str(), c.body.as_slice()),
+            ("POST", "/check", &b"ping"[..])
+        );
+    }
+}

@@ -140,7 +140,7 @@ impl VmState {
             root_properties: HashMap::new(),
             tick_period_ms: 0,
             next_tick_ns: None,
-            next_token: 1,
+            next_token: 4,
             callouts: BTreeMap::new(),
             call_response: None,
             status: (0, String::new()),
