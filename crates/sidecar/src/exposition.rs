@@ -150,11 +150,17 @@ mod tests {
             "rollgate_rollout_invalid_files_total 0",
             "rollgate_http_refused_connections_total 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(!text.contains("code=\"500\""), "{text}");
         // No rollouts: their gauges are described, with no samples.
-        assert!(text.contains("# TYPE rollgate_rollout_step gauge\n"), "{text}");
+        assert!(
+            text.contains("# TYPE rollgate_rollout_step gauge\n"),
+            "{text}"
+        );
         assert!(!text.contains("rollgate_rollout_step{"), "{text}");
     }
 }
