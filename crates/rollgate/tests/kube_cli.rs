@@ -9,6 +9,7 @@ use rollgate::rollout::view::Expect;
 use rollgate::rollout::Event;
 use serde_json::Value;
 
+#[path = "../../controller/tests/kube_support/mod.rs"]
 mod kube_support;
 
 use kube_support::{failure, Reply, Seen};
