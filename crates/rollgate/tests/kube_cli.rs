@@ -4,8 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use rollgate::cli::cluster::{cli_with, cli_with_expect};
-use rollgate::rollout::view::Expect;
+use rollgate::cli::cluster::{cli_with, cli_with_step};
 use rollgate::rollout::Event;
 use serde_json::Value;
 
@@ -62,9 +61,12 @@ async fn promote_retries_a_conflict_on_a_fresh_read() {
         .map(|s| (s.method.as_str(), s.path.as_str()))
         .collect();
     let status = format!("{ONE}/status");
+    // The first read is promote's own: it acts only at the step it reads (at most once, as
+    // against the sidecar), then each write follows a fresh read.
     assert_eq!(
         calls,
         [
+            ("GET", ONE),
             ("GET", ONE),
             ("PATCH", status.as_str()),
             ("GET", ONE),
@@ -72,12 +74,12 @@ async fn promote_retries_a_conflict_on_a_fresh_read() {
         ]
     );
     // Each write carries the resourceVersion of the read before it.
-    assert_eq!(seen[1].body["metadata"]["resourceVersion"], "1");
-    assert_eq!(seen[3].body["metadata"]["resourceVersion"], "2");
+    assert_eq!(seen[2].body["metadata"]["resourceVersion"], "2");
+    assert_eq!(seen[4].body["metadata"]["resourceVersion"], "3");
     // The pause is released: the engine ran `setWeight: 50` and stopped at the next pause.
-    assert_eq!(seen[3].body["status"]["currentStep"], 3);
-    assert_eq!(seen[3].body["status"]["canaryWeight"], 50.0);
-    assert_eq!(seen[3].body["status"]["phase"], "Paused");
+    assert_eq!(seen[4].body["status"]["currentStep"], 3);
+    assert_eq!(seen[4].body["status"]["canaryWeight"], 50.0);
+    assert_eq!(seen[4].body["status"]["phase"], "Paused");
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("flask: promote: "), "{text}");
 }
@@ -90,17 +92,13 @@ async fn a_promote_from_a_step_the_rollout_left_writes_nothing() {
     let (client, seen) = server(vec![]);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let name = "flask".to_string();
-    let expect = Expect {
-        step: Some(4),
-        attempt: None,
-    };
-    let code = cli_with_expect(
+    let code = cli_with_step(
         &client,
         "shop",
         "promote",
         Some(Event::Promote),
         Some(&name),
-        &expect,
+        Some(4),
         &mut out,
         &mut err,
     )
@@ -111,18 +109,14 @@ async fn a_promote_from_a_step_the_rollout_left_writes_nothing() {
     assert!(err.contains("not at step 4: not applied"), "{err}");
     assert!(seen.lock().unwrap().iter().all(|s| s.method == "GET"));
     // From the step it is at: applied.
-    let expect = Expect {
-        step: Some(2),
-        attempt: None,
-    };
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = cli_with_expect(
+    let code = cli_with_step(
         &client,
         "shop",
         "promote",
         Some(Event::Promote),
         Some(&name),
-        &expect,
+        Some(2),
         &mut out,
         &mut err,
     )

@@ -13,6 +13,7 @@
 //! With `--kubernetes [--namespace NS]` the commands act on Rollouts in the cluster instead
 //! ([`cluster`]).
 
+pub mod backend;
 pub mod cluster;
 pub mod format;
 pub mod watch;
@@ -20,10 +21,13 @@ pub mod watch;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use backend::{Answer, Backend};
+
 use crate::args::{Command, Connection, ServeArgs};
 use crate::rollout::client;
 use crate::rollout::view::Expect;
 use crate::rollout::view::{CommandBody, RolloutList, RolloutView};
+use crate::rollout::Event;
 use crate::serve::auth::Token;
 use crate::serve::{self, Config};
 
@@ -73,17 +77,15 @@ pub enum CliError {
 
 struct Args {
     server: String,
-    watch: bool,
     token_file: Option<String>,
     timeout: Duration,
     ca: Option<String>,
 }
 
 impl Args {
-    fn of(c: &Connection, watch: bool) -> Args {
+    fn of(c: &Connection) -> Args {
         Args {
             server: c.server.clone(),
-            watch,
             token_file: c.token_file.clone(),
             timeout: c.timeout,
             ca: c.ca.clone(),
@@ -138,127 +140,171 @@ fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&resp.body).map_err(|e| CliError::Protocol(format!("{server}: {e}")))
 }
 
-/// Runs `promote`, `abort`, `retry` or `status` as parsed; returns the exit code (any other
-/// command is a usage error here).
+/// Runs `promote`, `abort`, `retry` or `status` as parsed, against the sidecar or, with
+/// `--kubernetes`, the cluster ([`backend::run`]); returns the exit code (any other command is
+/// a usage error here).
 pub fn run(command: &Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, CliError> {
-    let (cmd, name, conn, from_step) = match command {
-        Command::Promote(p) => ("promote", &p.name, &p.conn, p.from_step),
-        Command::Abort(t) => ("abort", &t.name, &t.conn, None),
-        Command::Retry(t) => ("retry", &t.name, &t.conn, None),
-        Command::Status(st) => {
-            if let Some(inv) = cluster::Invocation::of(command) {
-                return cluster::run_cli("status", inv, out, err);
-            }
-            return status(&Args::of(&st.conn, st.watch), st.name.as_deref(), out, err);
-        }
+    let (req, conn) = match command {
+        Command::Promote(p) => (
+            request(
+                "promote",
+                Some(Event::Promote),
+                Some(&p.name),
+                p.from_step,
+                false,
+            ),
+            &p.conn,
+        ),
+        Command::Abort(t) => (
+            request("abort", Some(Event::Abort), Some(&t.name), None, false),
+            &t.conn,
+        ),
+        Command::Retry(t) => (
+            request("retry", Some(Event::Retry), Some(&t.name), None, false),
+            &t.conn,
+        ),
+        Command::Status(st) => (
+            request("status", None, st.name.as_ref(), None, st.watch),
+            &st.conn,
+        ),
         _ => return Err(CliError::Usage("not a client command".into())),
     };
-    if let Some(inv) = cluster::Invocation::of(command) {
-        return cluster::run_cli(cmd, inv, out, err);
-    }
-    let a = Args::of(conn, false);
-    {
-        {
-            let expect = match (cmd, from_step) {
-                (_, Some(step)) => Expect {
-                    step: Some(step),
-                    attempt: None,
-                },
-                // Where it stands now, so this promote acts at most once on it.
-                ("promote", None) => {
-                    let resp = call(&a, "GET", &format!("/v1/rollouts/{name}"))?;
-                    if resp.status != 200 {
-                        let _ = writeln!(err, "rollgate {cmd}: {}", error_text(&resp));
-                        return Ok(1);
-                    }
-                    let v: RolloutView = decode(&a.server, &resp)?;
-                    Expect {
-                        step: Some(v.status.current_step.saturating_add(1)),
-                        attempt: Some(v.status.attempt),
-                    }
-                }
-                _ => Expect::default(),
-            };
-            let body = (expect != Expect::default())
-                .then(|| {
-                    serde_json::to_vec(&CommandBody {
-                        expect: expect.clone(),
-                    })
-                })
-                .transpose()
-                .map_err(|e| CliError::Protocol(e.to_string()))?;
-            let path = format!("/v1/rollouts/{name}/{cmd}");
-            let resp = send(&a, "POST", &path, body.as_deref()).map_err(|e| match e {
-                CliError::Unreachable {
-                    server,
-                    source: source @ client::ClientError::NoAnswer { .. },
-                } => CliError::NoAnswer {
-                    server,
-                    name: name.clone(),
-                    retry: expect
-                        .step
-                        .map(|s| {
-                            format!(
-                                "; `rollgate {cmd} {name} --from-step {s}` retries without \
-                                 acting twice"
-                            )
-                        })
-                        .unwrap_or_default(),
-                    source,
-                },
-                e => e,
-            })?;
-            if resp.status != 200 {
-                let _ = writeln!(err, "rollgate {cmd}: {}", error_text(&resp));
-                return Ok(1);
-            }
-            let v: RolloutView = decode(&a.server, &resp)?;
-            let _ = writeln!(out, "{name}: {cmd}: {}", format::summary(&v));
-            if !v.status.message.is_empty() {
-                let _ = writeln!(out, "  {}", v.status.message);
-            }
-            Ok(0)
+    let tty = std::io::stdout().is_terminal();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Cluster(e.to_string()))?;
+    rt.block_on(async {
+        if conn.kubernetes {
+            let mut cluster = cluster::Cluster::connect(conn.namespace.clone()).await?;
+            return backend::run(&mut cluster, &req, tty, out, err).await;
         }
+        let mut sidecar = Sidecar {
+            args: Args::of(conn),
+            cmd: req.cmd,
+        };
+        backend::run(&mut sidecar, &req, tty, out, err).await
+    })
+}
+
+fn request(
+    cmd: &'static str,
+    event: Option<Event>,
+    name: Option<&String>,
+    from_step: Option<u32>,
+    watch: bool,
+) -> backend::Request {
+    backend::Request {
+        cmd,
+        event,
+        name: name.cloned(),
+        from_step,
+        watch,
     }
 }
 
-fn status(
-    a: &Args,
-    name: Option<&str>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<u8, CliError> {
-    let tty = std::io::stdout().is_terminal();
-    let mut redraw = format::Redraw::new(tty);
-    loop {
-        let (text, phase) = match name {
-            Some(n) => {
-                let resp = call(a, "GET", &format!("/v1/rollouts/{n}"))?;
-                if resp.status != 200 {
-                    let _ = writeln!(err, "rollgate status: {}", error_text(&resp));
-                    return Ok(1);
-                }
-                let v: RolloutView = decode(&a.server, &resp)?;
-                (format::block(&v, tty), Some(v.status.phase))
-            }
-            None => {
-                let resp = call(a, "GET", "/v1/rollouts")?;
-                if resp.status != 200 {
-                    let _ = writeln!(err, "rollgate status: {}", error_text(&resp));
-                    return Ok(1);
-                }
-                let list: RolloutList = decode(&a.server, &resp)?;
-                (format::list(&list.rollouts, tty), None)
-            }
-        };
-        if !a.watch {
-            let _ = write!(out, "{text}");
-            return Ok(0);
+/// A sidecar's API (`--server`) as a [`Backend`].
+pub struct Sidecar {
+    args: Args,
+    cmd: &'static str,
+}
+
+impl Sidecar {
+    fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> Answer<T> {
+        let resp = call(&self.args, "GET", path)?;
+        if resp.status != 200 {
+            return Ok(Err(error_text(&resp)));
         }
-        redraw.show(out, text);
-        match phase.and_then(format::watch_exit) {
-            Some(code) => return Ok(code),
-            None => std::thread::sleep(Duration::from_millis(500)),
+        decode(&self.args.server, &resp).map(Ok)
+    }
+}
+
+// The sidecar's client blocks: fine on the command's own current-thread runtime, where
+// nothing else waits.
+impl Backend for Sidecar {
+    async fn get(&mut self, name: &str) -> Answer<RolloutView> {
+        self.read(&format!("/v1/rollouts/{name}"))
+    }
+
+    async fn list(&mut self) -> Answer<Vec<RolloutView>> {
+        Ok(self
+            .read::<RolloutList>("/v1/rollouts")?
+            .map(|l| l.rollouts))
+    }
+
+    async fn command(&mut self, name: &str, event: Event, expect: &Expect) -> Answer<RolloutView> {
+        let cmd = self.cmd;
+        let verb = match event {
+            Event::Promote => "promote",
+            Event::Abort => "abort",
+            Event::Retry => "retry",
+            _ => return Err(CliError::Usage(format!("{cmd}: not a command"))),
+        };
+        let body = (*expect != Expect::default())
+            .then(|| {
+                serde_json::to_vec(&CommandBody {
+                    expect: expect.clone(),
+                })
+            })
+            .transpose()
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        let path = format!("/v1/rollouts/{name}/{verb}");
+        let resp = send(&self.args, "POST", &path, body.as_deref()).map_err(|e| match e {
+            CliError::Unreachable {
+                server,
+                source: source @ client::ClientError::NoAnswer { .. },
+            } => CliError::NoAnswer {
+                server,
+                name: name.to_string(),
+                retry: expect
+                    .step
+                    .map(|s| {
+                        format!(
+                            "; `rollgate {cmd} {name} --from-step {s}` retries without \
+                             acting twice"
+                        )
+                    })
+                    .unwrap_or_default(),
+                source,
+            },
+            e => e,
+        })?;
+        if resp.status != 200 {
+            return Ok(Err(error_text(&resp)));
+        }
+        decode(&self.args.server, &resp).map(Ok)
+    }
+
+    async fn follow(
+        &mut self,
+        name: Option<&str>,
+        tty: bool,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<u8, CliError> {
+        let mut redraw = format::Redraw::new(tty);
+        loop {
+            let (text, phase) = match name {
+                Some(n) => match self.get(n).await? {
+                    Ok(v) => (format::block(&v, tty), Some(v.status.phase)),
+                    Err(why) => {
+                        let _ = writeln!(err, "rollgate status: {why}");
+                        return Ok(1);
+                    }
+                },
+                None => match self.list().await? {
+                    Ok(vs) => (format::list(&vs, tty), None),
+                    Err(why) => {
+                        let _ = writeln!(err, "rollgate status: {why}");
+                        return Ok(1);
+                    }
+                },
+            };
+            redraw.show(out, text);
+            match phase.and_then(format::watch_exit) {
+                Some(code) => return Ok(code),
+                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
         }
     }
 }
