@@ -163,4 +163,28 @@ mod tests {
         );
         assert!(!text.contains("rollgate_rollout_step{"), "{text}");
     }
+
+    #[test]
+    fn rollout_names_are_escaped_in_labels() {
+        let mut st = State::default();
+        let file = std::path::PathBuf::from("odd.yaml");
+        let entry = Entry {
+            file: file.clone(),
+            content: String::new(),
+            name: Some("a\"b\\c\nd".into()),
+            plan: None,
+            status: Default::default(),
+            policy: None,
+            error: Some("refused".into()),
+            gone_since: None,
+        };
+        st.entries.insert(file, entry);
+        let text = render(&Metrics::default(), &st);
+        assert!(
+            text.contains("rollgate_rollout_invalid{rollout=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{text}"
+        );
+        // Not a valid rollout: no step or phase gauges.
+        assert!(!text.contains("rollgate_rollout_phase{"), "{text}");
+    }
 }
