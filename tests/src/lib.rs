@@ -34,7 +34,7 @@ pub use envoy::{Envoy, StartError};
 pub use load::{Load, Sample};
 pub use policy_server::PolicyServer;
 pub use stack::{Stack, CANARY, DEV, SEED_CLUSTERS, SEED_POLICY, STABLE};
-pub use upstream::{Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
+pub use upstream::{Received, Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
 
 /// The Cargo workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {

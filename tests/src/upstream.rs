@@ -16,6 +16,19 @@ pub const INTERNAL_HEADER_PREFIX: &str = "x-rollgate-";
 /// Prefix the upstream puts before an echoed internal header's name (`x-echo-x-rollgate-variant`).
 pub const ECHO_PREFIX: &str = "x-echo-";
 
+/// One request as the upstream received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The method.
+    pub method: String,
+    /// The request target (path and query).
+    pub target: String,
+    /// The header fields in the order they arrived (names lowercased).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
 /// An HTTP/1.1 server on `127.0.0.1:<ephemeral>` that answers every request with
 /// status [`set_status`](Upstream::set_status) (200 by default), body = its name,
 /// `x-upstream: <name>`, and `x-echo-<h>: <value>` for each request header `h` starting with
@@ -37,6 +50,9 @@ struct Shared {
     status: AtomicU16,
     requests: AtomicU64,
     stopping: AtomicBool,
+    /// The requests received, as they arrived (head and body), for tests that compare what
+    /// two proxies forwarded.
+    received: Mutex<Vec<Received>>,
     /// Clones of the open connections, so drop can shut them down.
     conns: Mutex<HashMap<u64, TcpStream>>,
 }
@@ -52,6 +68,7 @@ impl Upstream {
             status: AtomicU16::new(200),
             requests: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            received: Mutex::new(Vec::new()),
             conns: Mutex::new(HashMap::new()),
         });
         let acceptor = {
@@ -88,6 +105,11 @@ impl Upstream {
     /// Answers every later request with `status` instead of 200.
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.shared.received).clone()
     }
 
     /// Number of requests received so far (counted before each is answered).
@@ -146,7 +168,14 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     while let Some(head) = http::read_head(&mut reader)? {
-        let _body = http::read_body(&mut reader, &head, Unframed::Empty)?;
+        let body = http::read_body(&mut reader, &head, Unframed::Empty)?;
+        let mut start = head.start_line.split(' ');
+        lock(&shared.received).push(Received {
+            method: start.next().unwrap_or_default().to_string(),
+            target: start.next().unwrap_or_default().to_string(),
+            headers: head.headers.clone(),
+            body,
+        });
         // Counted before answering, so whoever reads the response sees it counted.
         shared.requests.fetch_add(1, Ordering::SeqCst);
         let delay = shared.delay_ms.load(Ordering::SeqCst);

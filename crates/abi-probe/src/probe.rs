@@ -298,6 +298,22 @@ impl Stream {
                 self.note("unknown-cluster", &format!("{unknown:?}"));
                 self.note("no-path", &format!("{no_path:?}"));
             }
+            "seen" => {
+                // The request header map as the filter sees it, in order, repeats apart:
+                // `rollgate try` must hand filters what Envoy hands them.
+                let pairs =
+                    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                let seen: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                    .collect();
+                info(&format!("seen {}", seen.join(" ")));
+                self.note("seen", &seen.join(" "));
+            }
+            "warn" => {
+                let _ = hostcalls::log(LogLevel::Warn, "probe: a warning");
+                let _ = hostcalls::log(LogLevel::Debug, "probe: a debug line");
+            }
             "local" => {
                 self.send_http_response(429, vec![("x-probe-local", "yes")], Some(b"slow down"));
                 return Action::Pause;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::wasmhost::FailurePolicy;
+use crate::wasmhost::{FailurePolicy, LogLevel};
 
 /// The sidecar a client command talks to when neither `--server` nor `$ROLLGATE_SERVER` says.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8181";
@@ -91,7 +91,16 @@ pub struct TryArgs {
     /// default: fail_closed).
     #[arg(long, value_name = "POLICY", default_value = "fail_closed", value_parser = failure_policy)]
     pub failure_policy: FailurePolicy,
-    /// One JSON request per line (see below); - reads standard input.
+    /// Log lines of the plugin printed with each answer from this level up (trace, debug,
+    /// info, warn, error, critical); also what the plugin reads as its log level (Envoy's
+    /// `--component-log-level wasm:LEVEL`).
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = log_level)]
+    pub log_level: LogLevel,
+    /// A property other filters would have set, as raw bytes (repeatable): e.g.
+    /// `--property metadata.tenant=acme` is read at path ["metadata", "tenant"].
+    #[arg(long, value_name = "PATH=VALUE")]
+    pub property: Vec<String>,
+    /// One JSON request per line (see below), at most 64 MiB; - reads standard input.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["authority", "path", "method", "source", "header"])]
     pub requests: Option<String>,
     /// The single request's `:authority` [default: localhost].
@@ -274,6 +283,18 @@ fn failure_policy(v: &str) -> Result<FailurePolicy, String> {
         "fail_open" => Ok(FailurePolicy::FailOpen),
         "fail_reload" => Ok(FailurePolicy::FailReload),
         _ => Err("takes fail_closed, fail_open or fail_reload".into()),
+    }
+}
+
+fn log_level(v: &str) -> Result<LogLevel, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "trace" => Ok(LogLevel::Trace),
+        "debug" => Ok(LogLevel::Debug),
+        "info" => Ok(LogLevel::Info),
+        "warn" | "warning" => Ok(LogLevel::Warn),
+        "error" => Ok(LogLevel::Error),
+        "critical" => Ok(LogLevel::Critical),
+        _ => Err("takes trace, debug, info, warn, error or critical".into()),
     }
 }
 

@@ -3,8 +3,11 @@
 //!
 //! One request comes from flags (`--authority`, `--path`, `--method`, `-H 'name: value'`,
 //! `--source ip:port`), or many from `--requests FILE` (or `-`): one JSON object per line,
-//! `{"authority":…,"path":…,"method":…,"headers":{name: value or [values]},"source":"ip:port"}`,
-//! each answered by one JSON line, in order. A bad line gets `{"line": N, "error": …}`; the
+//! `{"authority":…,"path":…,"method":…,"headers":…,"body":…,"response":…,"source":"ip:port"}`
+//! (headers as `{name: value or [values]}` or, to keep the client's order and interleaved
+//! repeats, `[[name, value], …]`; `body` a string or a list of chunks; `response` the
+//! upstream's answer `{"status", "headers", "body"}`), each answered by one JSON line, in
+//! order, with the plugin's log lines at `--log-level` and above. A bad line gets `{"line": N, "error": …}`; the
 //! others still run. Blank lines are skipped.
 
 use std::collections::BTreeMap;
@@ -17,8 +20,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::wasmhost::{
-    Exchange, FailurePolicy, Headers, Host, HostError, HttpRequest, Plugin, PluginConfig, Wasm,
+    Exchange, FailurePolicy, Headers, Host, HostError, HttpRequest, LogLevel, Plugin, PluginConfig,
+    Response, Wasm,
 };
+
+/// Most bytes of `--requests` read: far above any hand-written or generated test set, far
+/// below what would exhaust a laptop's memory.
+pub const MAX_REQUESTS_BYTES: usize = 64 << 20;
 
 /// What `rollgate try --help` adds after the options.
 pub const AFTER_HELP: &str = "\
@@ -30,17 +38,22 @@ in \"trap\", and the next requests get what Envoy's --failure-policy gives them 
 503 wasm_fail_stream; fail_open: they pass the filter; fail_reload: a fresh VM serves them);
 the exit status is then 1.
 
-Output: {\"variant\", \"cluster\", \"request_headers\", \"local_response\", \"response\",
-\"worker\"} and \"trap\" when the VM failed on that request.
+Output: {\"variant\", \"cluster\", \"request_headers\", \"request_body\", \"local_response\",
+\"response\" (status, headers, body as the client got them), \"worker\", \"logs\"
+([[level, message], …] from --log-level up)} and \"trap\" when the VM failed on that request.
 
 --requests reads one JSON request per line:
-{\"authority\":…,\"path\":…,\"method\":…,\"headers\":{…},\"source\":\"ip:port\"}";
+{\"authority\":…,\"path\":…,\"method\":…,\"headers\":{name: value or [values]} or [[name, value], …],
+ \"body\": text or [chunks], \"response\": {\"status\", \"headers\", \"body\"}, \"source\":\"ip:port\"}
+Envoy's codec is applied before the filter sees a request: Host becomes :authority,
+x-forwarded-proto and x-request-id are added, hop-by-hop headers are removed, and a path with
+a fragment is answered 400 without running the filter.";
 
 /// Where the requests come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requests {
     /// One request from flags.
-    Single(RequestSpec),
+    Single(Box<RequestSpec>),
     /// JSON lines from a file, or standard input for `-`.
     Lines(String),
 }
@@ -60,8 +73,67 @@ pub struct TryOptions {
     pub max_memory: usize,
     /// What Envoy does with a request whose VM trapped, and with the next ones.
     pub failure_policy: FailurePolicy,
+    /// The plugin's log level (`proxy_get_log_level`); log lines below it are not printed.
+    pub log_level: LogLevel,
+    /// Properties other filters would have set (`--property PATH=VALUE`): path segments, value.
+    pub properties: Vec<(Vec<String>, String)>,
     /// The requests.
     pub requests: Requests,
+}
+
+/// Headers of a request line: a map (sorted by name; a list of values for repeats) or a list
+/// of pairs in the client's order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderSpec {
+    /// `{"name": "value" or ["v1", "v2"]}`.
+    Map(BTreeMap<String, OneOrMany>),
+    /// `[["name", "value"], …]`, in order.
+    Pairs(Vec<(String, String)>),
+}
+
+impl Default for HeaderSpec {
+    fn default() -> HeaderSpec {
+        HeaderSpec::Pairs(Vec::new())
+    }
+}
+
+impl HeaderSpec {
+    /// The pairs, in the order they are sent.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        match self {
+            HeaderSpec::Pairs(p) => p.clone(),
+            HeaderSpec::Map(m) => m
+                .iter()
+                .flat_map(|(k, v)| match v {
+                    OneOrMany::One(v) => vec![(k.clone(), v.clone())],
+                    OneOrMany::Many(vs) => vs.iter().map(|v| (k.clone(), v.clone())).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all(&self, name: &str) -> Vec<String> {
+        self.pairs()
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+/// The upstream's answer to a request line (default: 200, no headers, empty body).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseSpec {
+    /// The status (default 200).
+    pub status: Option<u16>,
+    /// Its headers.
+    #[serde(default)]
+    pub headers: HeaderSpec,
+    /// Its body: a string, or a list of chunks as the proxy receives them.
+    pub body: Option<OneOrMany>,
 }
 
 /// One request as `--requests` lines (and the flags) describe it.
@@ -74,9 +146,14 @@ pub struct RequestSpec {
     pub path: Option<String>,
     /// `:method` (default `GET`).
     pub method: Option<String>,
-    /// Headers: a value or a list of values per name.
+    /// Headers: a map, or pairs in order.
     #[serde(default)]
-    pub headers: BTreeMap<String, OneOrMany>,
+    pub headers: HeaderSpec,
+    /// The body: a string, or a list of chunks as the proxy receives them (the filter's body
+    /// callbacks run once per chunk, `end_of_stream` on the last).
+    pub body: Option<OneOrMany>,
+    /// The upstream's answer.
+    pub response: Option<ResponseSpec>,
     /// The client address `ip:port` (default the host's `127.0.0.1:50000`).
     pub source: Option<String>,
 }
@@ -91,6 +168,14 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
+fn chunks(body: Option<&OneOrMany>) -> Vec<String> {
+    match body {
+        None => Vec::new(),
+        Some(OneOrMany::One(b)) => vec![b.clone()],
+        Some(OneOrMany::Many(bs)) => bs.clone(),
+    }
+}
+
 impl RequestSpec {
     fn to_request(&self) -> HttpRequest {
         let mut r = HttpRequest::new(
@@ -98,15 +183,19 @@ impl RequestSpec {
             self.authority.as_deref().unwrap_or("localhost"),
             self.path.as_deref().unwrap_or("/"),
         );
-        for (name, value) in &self.headers {
-            match value {
-                OneOrMany::One(v) => r = r.header(name, v),
-                OneOrMany::Many(vs) => {
-                    for v in vs {
-                        r = r.header(name, v);
-                    }
-                }
+        for (name, value) in self.headers.pairs() {
+            r = r.header(&name, value);
+        }
+        for chunk in chunks(self.body.as_ref()) {
+            r = r.body(chunk);
+        }
+        if let Some(spec) = &self.response {
+            let mut resp = Response::new(spec.status.unwrap_or(200));
+            for (name, value) in spec.headers.pairs() {
+                resp = resp.header(&name, value);
             }
+            resp = resp.body(chunks(spec.body.as_ref()).concat());
+            r = r.response(resp);
         }
         if let Some(s) = &self.source {
             r = r.source(s);
@@ -185,13 +274,7 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
             || a.method.is_some()
             || a.source.is_some()
             || !a.header.is_empty();
-        let mut single = RequestSpec {
-            authority: a.authority,
-            path: a.path,
-            method: a.method,
-            headers: BTreeMap::new(),
-            source: a.source,
-        };
+        let mut headers = Vec::new();
         for h in &a.header {
             // A pseudo-header's name starts with ':'; split after it.
             let skip = usize::from(h.starts_with(':'));
@@ -203,21 +286,29 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
             if name.is_empty() {
                 return Err(TryError::Usage(format!("-H '{h}' has no header name")));
             }
-            match single.headers.entry(name.to_ascii_lowercase()) {
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(OneOrMany::One(value.to_string()));
-                }
-                std::collections::btree_map::Entry::Occupied(mut e) => {
-                    let values = match e.get().clone() {
-                        OneOrMany::One(v) => vec![v, value.to_string()],
-                        OneOrMany::Many(mut vs) => {
-                            vs.push(value.to_string());
-                            vs
-                        }
-                    };
-                    e.insert(OneOrMany::Many(values));
-                }
-            }
+            headers.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+        let single = RequestSpec {
+            authority: a.authority,
+            path: a.path,
+            method: a.method,
+            headers: HeaderSpec::Pairs(headers),
+            body: None,
+            response: None,
+            source: a.source,
+        };
+        let mut properties = Vec::new();
+        for p in &a.property {
+            let (path, value) = p
+                .split_once('=')
+                .filter(|(path, _)| !path.is_empty())
+                .ok_or_else(|| {
+                    TryError::Usage(format!("--property takes PATH=VALUE, not '{p}'"))
+                })?;
+            properties.push((
+                path.split('.').map(str::to_string).collect(),
+                value.to_string(),
+            ));
         }
         let requests = match a.requests {
             // clap refuses the combination already; kept for callers building TryArgs.
@@ -227,7 +318,7 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
                 ))
             }
             Some(file) => Requests::Lines(file),
-            None => Requests::Single(single),
+            None => Requests::Single(Box::new(single)),
         };
         Ok(TryOptions {
             policy: a.policy,
@@ -236,6 +327,8 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
             timeout: a.timeout,
             max_memory: a.max_memory,
             failure_policy: a.failure_policy,
+            log_level: a.log_level,
+            properties,
             requests,
         })
     }
@@ -378,6 +471,7 @@ pub fn exchange_fields(
             object(&[
                 ("status", r.status.to_string()),
                 ("headers", headers_json(&r.headers)),
+                ("body", jstr(&String::from_utf8_lossy(&r.body))),
             ])
         },
     );
@@ -385,10 +479,38 @@ pub fn exchange_fields(
         ("variant", opt_str(ex.request_header(variant_header))),
         ("cluster", opt_str(ex.request_header(cluster_header))),
         ("request_headers", headers_json(&ex.request_headers)),
+        (
+            "request_body",
+            jstr(&String::from_utf8_lossy(&ex.request_body)),
+        ),
         ("local_response", local),
         ("response", response),
         ("worker", ex.worker.to_string()),
     ]
+}
+
+/// The plugin's own log lines at `level` and above, as `[[level, message], …]` (Envoy's level
+/// names, as its log writes them).
+pub fn logs_field(ex: &Exchange, level: LogLevel) -> String {
+    let lines: Vec<String> = ex
+        .logs
+        .iter()
+        .filter(|l| !l.from_host && l.level >= level)
+        .map(|l| format!("[{},{}]", jstr(level_name(l.level)), jstr(&l.message)))
+        .collect();
+    format!("[{}]", lines.join(","))
+}
+
+/// Envoy's name of a log level.
+pub fn level_name(l: LogLevel) -> &'static str {
+    match l {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warning",
+        LogLevel::Error => "error",
+        LogLevel::Critical => "critical",
+    }
 }
 
 struct Runner {
@@ -397,6 +519,7 @@ struct Runner {
     max_memory: usize,
     cluster_header: String,
     variant_header: String,
+    log_level: LogLevel,
 }
 
 /// One request's answer: its JSON fields, and why the VM failed on it, if it did.
@@ -426,15 +549,15 @@ impl Runner {
                 };
                 let ex = self.plugin.trapped_answer(t.worker, &spec.to_request());
                 let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
+                fields.push(("logs", logs_field(&ex, self.log_level)));
                 fields.push(("trap", jstr(&why)));
                 return Ok((fields, Some(why)));
             }
             Err(e) => return Err(e.into()),
         };
-        Ok((
-            exchange_fields(&ex, &self.cluster_header, &self.variant_header),
-            None,
-        ))
+        let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
+        fields.push(("logs", logs_field(&ex, self.log_level)));
+        Ok((fields, None))
     }
 }
 
@@ -462,11 +585,16 @@ pub fn run(
                 rollgate_policy::policy::spec::DEFAULT_VARIANT_HEADER.to_string(),
             )
         });
-    let config = PluginConfig::new(policy)
+    let mut config = PluginConfig::new(policy)
         .workers(opts.workers)
         .call_timeout(opts.timeout)
         .max_memory(opts.max_memory)
-        .failure_policy(opts.failure_policy);
+        .failure_policy(opts.failure_policy)
+        .log_level(opts.log_level);
+    for (path, value) in &opts.properties {
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        config = config.property(&path, value.as_bytes());
+    }
     let plugin = match Host::new().start(&wasm, config) {
         Ok(p) => p,
         Err(HostError::ConfigureFailed { logs, .. }) => {
@@ -485,6 +613,7 @@ pub fn run(
         max_memory: opts.max_memory,
         cluster_header,
         variant_header,
+        log_level: opts.log_level,
     };
     match &opts.requests {
         Requests::Single(spec) => {
@@ -496,8 +625,8 @@ pub fn run(
             Ok(trap.is_none())
         }
         Requests::Lines(file) => {
-            // Requests are read whole; bounded only by what the machine allows.
-            let text = read_source(file, stdin, usize::MAX)?;
+            // Requests are read whole, up to a bound far above any test set.
+            let text = read_source(file, stdin, MAX_REQUESTS_BYTES)?;
             let mut all_ok = true;
             for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
                 let n = i + 1;
@@ -564,14 +693,8 @@ mod tests {
             panic!("single expected")
         };
         assert_eq!(spec.authority.as_deref(), Some("pro.coding"));
-        assert_eq!(
-            spec.headers.get("x-a"),
-            Some(&OneOrMany::Many(vec!["1".into(), "2".into()]))
-        );
-        assert_eq!(
-            spec.headers.get(":path"),
-            Some(&OneOrMany::One("/z".into()))
-        );
+        assert_eq!(spec.headers.get_all("x-a"), ["1", "2"]);
+        assert_eq!(spec.headers.get_all(":path"), ["/z"]);
         let r = spec.to_request();
         assert_eq!(r.headers.get_all("x-a").count(), 2);
         assert_eq!(r.source.as_deref(), Some("1.2.3.4:5"));
@@ -587,6 +710,9 @@ mod tests {
             &["--policy", "p", "--requests", "-", "--path", "/"],
             &["--policy", "p", "--frob"],
             &["--policy", "p", "--failure-policy", "fail_sometimes"],
+            &["--policy", "p", "--log-level", "loud"],
+            &["--policy", "p", "--property", "novalue"],
+            &["--policy", "p", "--property", "=v"],
         ] {
             assert!(
                 matches!(parse_args(&args(bad)), Err(TryError::Usage(_))),
@@ -601,5 +727,26 @@ mod tests {
             serde_json::from_str(r#"{"authority":"a","headers":{"x":["1","2"],"y":"3"}}"#).unwrap();
         assert_eq!(spec.to_request().headers.get_all("x").count(), 2);
         assert!(serde_json::from_str::<RequestSpec>(r#"{"authorty":"a"}"#).is_err());
+        // Pairs keep the client's order and interleaved repeats.
+        let spec: RequestSpec = serde_json::from_str(
+            r#"{"headers":[["x-b","1"],["x-a","2"],["x-b","3"]],"body":["ab","cd"],
+                "response":{"status":503,"headers":[["retry-after","1"]],"body":"busy"}}"#,
+        )
+        .unwrap();
+        let r = spec.to_request();
+        let names: Vec<&[u8]> = r
+            .headers
+            .pairs()
+            .iter()
+            .map(|(k, _)| k.as_slice())
+            .collect();
+        assert_eq!(&names[3..], [&b"x-b"[..], b"x-a", b"x-b"]);
+        assert_eq!(r.body, [b"ab".to_vec(), b"cd".to_vec()]);
+        let resp = r.response.expect("the upstream's answer");
+        assert_eq!((resp.status, resp.body.as_slice()), (503, &b"busy"[..]));
+        assert!(
+            serde_json::from_str::<RequestSpec>(r#"{"response":{"status":200,"bogus":1}}"#)
+                .is_err()
+        );
     }
 }

@@ -229,3 +229,67 @@ fn help_and_completions() {
     let out = rollgate(&["completions", "tcsh"], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `try` on a filter that is not rollgate's (the ABI probe): header pairs keep the client's
+/// order and repeats, body chunks run the body callbacks and print as the filter left them,
+/// the upstream's answer comes from the line, `--property` sets what other filters would, and
+/// the plugin's log lines print from `--log-level` up (Envoy's default, info, hides debug).
+#[test]
+fn any_filter_with_bodies_answers_properties_and_logs() {
+    let probe = common::probe_path().to_string_lossy().into_owned();
+    let line = r#"{"authority":"p.test","method":"POST","headers":[["x-b","1"],["x-a","2"],["x-b","3"],["x-probe-op","seen,warn,props,body"]],"body":["ab","cd"],"response":{"status":201,"headers":[["x-up","1"]],"body":"made"}}"#;
+    let dir = std::env::temp_dir().join(format!("rollgate-try-any-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (config, requests) = (dir.join("config"), dir.join("requests.jsonl"));
+    std::fs::write(&config, "").unwrap();
+    std::fs::write(&requests, line).unwrap();
+    let (config, requests) = (config.to_string_lossy(), requests.to_string_lossy());
+    let run = |level: &str| {
+        let out = rollgate(
+            &[
+                "try",
+                "--wasm",
+                &probe,
+                "--policy",
+                &config,
+                "--requests",
+                &requests,
+                "--property",
+                "xds.cluster_name=shop",
+                "--log-level",
+                level,
+            ],
+            "",
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out).remove(0)
+    };
+    let v = run("info");
+    let header = |name: &str| {
+        v["request_headers"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+            .to_string()
+    };
+    assert!(header("x-probe-seen").contains("x-b=1 x-a=2 x-b=3"), "{v}");
+    assert_eq!(header("x-probe-custom"), "shop");
+    assert_eq!(v["request_body"], "ABCD");
+    assert_eq!(v["response"]["status"], 201);
+    assert_eq!(v["response"]["body"], "made");
+    let logs = v["logs"].to_string();
+    assert!(logs.contains(r#"["warning","probe: a warning"]"#), "{logs}");
+    assert!(!logs.contains("a debug line"), "{logs}");
+    let v = run("debug");
+    assert!(
+        v["logs"]
+            .to_string()
+            .contains(r#"["debug","probe: a debug line"]"#),
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

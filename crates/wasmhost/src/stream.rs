@@ -109,6 +109,31 @@ impl PluginInner {
             .iter()
             .map(|(k, v)| (k.clone(), v.trim_ascii().to_vec()))
             .collect();
+        // Hop-by-hop headers never reach a filter: Envoy's HTTP/1 codec and connection manager
+        // remove `connection`, `keep-alive`, `proxy-connection`, `transfer-encoding`,
+        // `upgrade` (without an upgrade route) and every header the `connection` header names,
+        // and keep only the `trailers` token of `te` (observed against Envoy 1.40:
+        // crates/rollgate/tests/try_like_envoy.rs).
+        let nominated: Vec<Vec<u8>> = h
+            .get_all("connection")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(|t| t.trim_ascii().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        h = h
+            .pairs()
+            .iter()
+            .filter_map(|(k, v)| match k.as_slice() {
+                b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+                | b"upgrade" => None,
+                _ if nominated.contains(k) => None,
+                b"te" => v
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+                    .then(|| (k.clone(), b"trailers".to_vec())),
+                _ => Some((k.clone(), v.clone())),
+            })
+            .collect();
         // HTTP/1.1: Envoy's codec turns Host into :authority.
         if !h.contains(":authority") {
             if let Some(host) = h.get("host").map(<[u8]>::to_vec) {
@@ -209,27 +234,43 @@ impl PluginInner {
             reset: false,
             logs: Vec::new(),
         };
-        let next = self.decode(w, ctx, &req)?;
-        let next = match next {
-            Next::Go => {
-                ex.forwarded = true;
-                let s = self.stream_mut(w, ctx);
-                ex.request_headers = s.request_headers.clone();
-                let body = s.request_body_out.clone();
-                let response = match (&req.response, &self.shared.config.upstream) {
-                    (Some(r), _) => r.clone(),
-                    (None, Some(upstream)) => upstream(&ex.request_headers, &body),
-                    (None, None) => Response::new(200).header("content-length", "0"),
-                };
-                self.encode(w, ctx, response)?
+        // Envoy's connection manager answers a path with a fragment 400 (no body) before any
+        // filter's request callbacks; the filters' `on_log` still runs (observed against Envoy
+        // 1.40: crates/rollgate/tests/try_like_envoy.rs).
+        let fragment = req.envoy_headers
+            && self
+                .stream_mut(w, ctx)
+                .request_headers
+                .get(":path")
+                .is_some_and(|p| p.contains(&b'#'));
+        if fragment {
+            self.stream_mut(w, ctx).response_headers = Some(Headers::from_pairs([
+                (":status", "400"),
+                ("content-length", "0"),
+            ]));
+        } else {
+            let next = self.decode(w, ctx, &req)?;
+            let next = match next {
+                Next::Go => {
+                    ex.forwarded = true;
+                    let s = self.stream_mut(w, ctx);
+                    ex.request_headers = s.request_headers.clone();
+                    let body = s.request_body_out.clone();
+                    let response = match (&req.response, &self.shared.config.upstream) {
+                        (Some(r), _) => r.clone(),
+                        (None, Some(upstream)) => upstream(&ex.request_headers, &body),
+                        (None, None) => Response::new(200).header("content-length", "0"),
+                    };
+                    self.encode(w, ctx, response)?
+                }
+                other => other,
+            };
+            match next {
+                Next::Go => {}
+                Next::Local => self.local_reply(w, ctx, !ex.forwarded, &mut ex)?,
+                Next::Reset => ex.reset = true,
+                Next::Stalled(phase) => ex.stalled = Some(phase),
             }
-            other => other,
-        };
-        match next {
-            Next::Go => {}
-            Next::Local => self.local_reply(w, ctx, !ex.forwarded, &mut ex)?,
-            Next::Reset => ex.reset = true,
-            Next::Stalled(phase) => ex.stalled = Some(phase),
         }
         let s = self.stream_mut(w, ctx);
         if !ex.forwarded {
