@@ -11,7 +11,7 @@
 //! [`webhooks`]), render the policy, server-side-apply the WasmPlugin and the status.
 //!
 //! The CRD is printed by `rollgate crd` and committed as `manifests/crd/rollout.yaml`; a test
-//! (`crates/rollgate/tests/crd.rs`) fails when the two differ. Regenerate with
+//! (`crates/controller/tests/crd.rs`) fails when the two differ. Regenerate with
 //! `cargo run -q -p rollgate -- crd > manifests/crd/rollout.yaml`.
 
 pub mod analysis;

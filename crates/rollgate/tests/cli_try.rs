@@ -1,5 +1,6 @@
 //! `rollgate try` as a user runs it: JSON out, per-line errors, exit codes.
 
+#[path = "../../wasmhost/tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;

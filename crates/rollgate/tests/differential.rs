@@ -8,6 +8,7 @@
 //! (Envoy answers `404 no variant`), and a rate limit whose refusals are the filter's local
 //! responses (1 token per hour: deterministic however long the run takes).
 
+#[path = "../../wasmhost/tests/common/mod.rs"]
 mod common;
 
 use rollgate::wasmhost::{Exchange, Host, HttpRequest, PluginConfig};

@@ -8,6 +8,7 @@ use rollgate::cli::cluster::{cli_with, cli_with_step};
 use rollgate::rollout::Event;
 use serde_json::Value;
 
+#[path = "../../controller/tests/kube_support/mod.rs"]
 mod kube_support;
 
 use kube_support::{failure, Reply, Seen};

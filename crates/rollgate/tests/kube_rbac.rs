@@ -5,6 +5,7 @@
 //! equal [`rollgate::kube::rbac`] — which `manifests.rs` checks `rbac.yaml` against. A new
 //! API call without its permission, or a permission no call needs, fails here.
 
+#[path = "../../controller/tests/kube_support/mod.rs"]
 mod kube_support;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,7 @@
 //! watch requests it sends, each change printed once in `status --watch`'s shape, and the
 //! exit codes (0 promoted, 1 aborted or missing; a refused watch is an error).
 
+#[path = "../../controller/tests/kube_support/mod.rs"]
 mod kube_support;
 
 use std::time::Duration;

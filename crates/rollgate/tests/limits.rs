@@ -2,6 +2,7 @@
 //! a VM growing its memory past `--max-memory` fails, and the policy file is read up to the
 //! filter's 1 MiB limit only. Each ends with exit 1 and a clear message, never a hang.
 
+#[path = "../../wasmhost/tests/common/mod.rs"]
 mod common;
 
 use std::io::Read;
@@ -10,101 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasm_encoder::{
-    CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, MemorySection,
-    MemoryType, Module, TypeSection, ValType,
-};
+#[path = "../../wasmhost/tests/modules/mod.rs"]
+mod modules;
 
-use rollgate::wasmhost::{Host, HttpRequest, PluginConfig, Wasm};
-
-/// A minimal proxy-wasm module (ABI marker, memory, allocator, `on_vm_start` and
-/// `on_configure` answering true) whose `proxy_on_request_headers` runs `body`.
-fn module(body: &[Instruction<'_>]) -> Vec<u8> {
-    let mut types = TypeSection::new();
-    types.ty().function([ValType::I32], [ValType::I32]); // 0: malloc
-    types.ty().function([], []); // 1: ABI marker
-    types
-        .ty()
-        .function([ValType::I32, ValType::I32, ValType::I32], [ValType::I32]); // 2: on_request_headers
-    types
-        .ty()
-        .function([ValType::I32, ValType::I32], [ValType::I32]); // 3: on_vm_start, on_configure
-    let mut funcs = FunctionSection::new();
-    for ty in [0, 1, 2, 3, 3] {
-        funcs.function(ty);
-    }
-    let mut memory = MemorySection::new();
-    memory.memory(MemoryType {
-        minimum: 1,
-        maximum: None,
-        memory64: false,
-        shared: false,
-        page_size_log2: None,
-    });
-    let mut exports = ExportSection::new();
-    exports.export("memory", ExportKind::Memory, 0);
-    for (i, name) in [
-        "malloc",
-        "proxy_abi_version_0_2_1",
-        "proxy_on_request_headers",
-        "proxy_on_vm_start",
-        "proxy_on_configure",
-    ]
-    .iter()
-    .enumerate()
-    {
-        exports.export(name, ExportKind::Func, i as u32);
-    }
-    let mut code = CodeSection::new();
-    let bodies: [&[Instruction<'_>]; 5] = [
-        &[Instruction::I32Const(1024), Instruction::End],
-        &[Instruction::End],
-        body,
-        &[Instruction::I32Const(1), Instruction::End],
-        &[Instruction::I32Const(1), Instruction::End],
-    ];
-    for b in bodies {
-        let mut f = Function::new([]);
-        for i in b {
-            f.instruction(i);
-        }
-        code.function(&f);
-    }
-    let mut m = Module::new();
-    m.section(&types)
-        .section(&funcs)
-        .section(&memory)
-        .section(&exports)
-        .section(&code);
-    m.finish()
-}
-
-/// `loop { br 0 }`: never returns.
-fn spin() -> Vec<u8> {
-    use wasm_encoder::BlockType;
-    module(&[
-        Instruction::Loop(BlockType::Empty),
-        Instruction::Br(0),
-        Instruction::End,
-        Instruction::I32Const(0),
-        Instruction::End,
-    ])
-}
-
-/// Grows memory by 16 MiB at a time, forever (each grow fails once at 4 GiB).
-fn hog() -> Vec<u8> {
-    use wasm_encoder::BlockType;
-    module(&[
-        Instruction::Loop(BlockType::Empty),
-        Instruction::I32Const(256),
-        Instruction::MemoryGrow(0),
-        Instruction::Drop,
-        Instruction::Br(0),
-        Instruction::End,
-        Instruction::I32Const(0),
-        Instruction::End,
-    ])
-}
+use modules::{hog, spin};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rollgate-limits-{}-{name}", std::process::id()));
@@ -245,44 +155,6 @@ fn a_vm_growing_memory_past_max_memory_fails() {
     );
     assert!(took < Duration::from_secs(15), "{took:?}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn the_host_bounds_memory_and_time_per_call() {
-    // The same bounds through the library, with the figures asserted exactly.
-    let mb = 1 << 20;
-    let wasm = Wasm::interruptible_from_bytes(&hog()).unwrap();
-    let plugin = Host::new()
-        .start(&wasm, PluginConfig::new("{}").max_memory(32 * mb))
-        .unwrap();
-    let err = plugin.run(HttpRequest::get("a", "/")).unwrap_err();
-    assert!(
-        format!("{err}").contains("forcing trap when growing memory"),
-        "{err}"
-    );
-    // The VM failed; the next request gets Envoy's FAIL_CLOSED answer.
-    let ex = plugin.run(HttpRequest::get("a", "/")).unwrap();
-    let local = ex.local_response.unwrap();
-    assert_eq!(
-        (local.status, local.details.as_str()),
-        (503, "wasm_fail_stream")
-    );
-
-    let wasm = Wasm::interruptible_from_bytes(&spin()).unwrap();
-    let plugin = Host::new()
-        .start(
-            &wasm,
-            PluginConfig::new("{}").call_timeout(Duration::from_millis(100)),
-        )
-        .unwrap();
-    let start = Instant::now();
-    let err = plugin.run(HttpRequest::get("a", "/")).unwrap_err();
-    assert!(format!("{err}").contains("interrupt"), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
 }
 
 #[test]

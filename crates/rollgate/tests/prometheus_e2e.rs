@@ -16,6 +16,9 @@ use rollgate::rollout::client;
 use rollgate::rollout::plan::{AnalysisPlan, MetricKind, MetricPlan};
 use rollgate::rollout::{AnalysisStatus, Timestamp, Verdict};
 use rollgate_e2e::{Load, Stack, CANARY};
+use rollout_support::{Sidecar, TempDir, SEED};
+
+mod rollout_support;
 
 /// Every policy's traffic goes to the canary.
 const POLICY: &str = r#"{"name":"flask","variants":{"stable":"k8s-flask","canary":"k8s-flask-canary","dev":"k8s-flask-dev"},"default":"canary"}"#;
@@ -50,6 +53,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(envoy_admin_port: u16) -> Prometheus {
+        Prometheus::scraping(envoy_admin_port, "/stats/prometheus")
+    }
+
+    /// A Prometheus scraping `path` on `127.0.0.1:port` every second.
+    fn scraping(port: u16, path: &str) -> Prometheus {
         let bin = prometheus_bin();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -63,12 +71,12 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: envoy\n    scrape_interval: 1s\n    \
-             scrape_timeout: 1s\n    metrics_path: /stats/prometheus\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{envoy_admin_port}']\n"
+             scrape_timeout: 1s\n    metrics_path: {path}\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
         );
         fs::write(dir.join("prometheus.yml"), config).unwrap();
         // A free port: bound, read and released just before Prometheus binds it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
@@ -83,7 +91,7 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{listen}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -96,7 +104,7 @@ impl Prometheus {
         let mut p = Prometheus {
             child,
             dir,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://127.0.0.1:{listen}"),
         };
         p.wait_ready(Duration::from_secs(20));
         p
@@ -128,6 +136,30 @@ impl Prometheus {
 
     fn log(&self) -> String {
         fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The samples of an instant query without special characters: labels and value.
+    fn instant(&self, query: &str) -> Vec<(serde_json::Value, String)> {
+        let r = client::request(
+            "GET",
+            &format!("{}/api/v1/query?query={query}", self.url),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("query {query}: {e}\n{}", self.log()));
+        let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(answer["status"], "success", "{answer}");
+        answer["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["metric"].clone(),
+                    x["value"][1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
     }
 
     /// The canary's counters, as the controller reads them through Prometheus.
@@ -272,4 +304,37 @@ fn prometheus_scraping_envoy_passes_a_healthy_canary_and_fails_it_once_it_answer
     assert!(samples.iter().any(|x| x.status == 200));
     assert!(samples.iter().any(|x| x.status == 500));
     println!("took {:?}", started.elapsed());
+}
+
+#[test]
+fn prometheus_scrapes_the_sidecars_metrics() {
+    let dir = TempDir::new("prometheus");
+    dir.write("flask.yaml", SEED);
+    let s = Sidecar::start(&dir.0, &[]);
+    assert_eq!(s.get("/v1/policies/flask").status, 200);
+    let port: u16 = s.url().rsplit(':').next().unwrap().parse().unwrap();
+    let prom = Prometheus::scraping(port, "/metrics");
+    // A scrape that does not parse leaves `up` at 0 and stores nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while prom.instant("up").first().map(|(_, v)| v.as_str()) != Some("1") {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar was not scraped: {:?}\n{}",
+            prom.instant("up"),
+            prom.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let steps = prom.instant("rollgate_rollout_steps");
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0].0["rollout"], "flask", "{steps:?}");
+    assert_eq!(steps[0].1, "6", "{steps:?}");
+    let answers = prom.instant("rollgate_policy_answers_total");
+    assert_eq!(answers.len(), 4, "one series per code: {answers:?}");
+    assert!(
+        answers.iter().any(|(l, v)| l["code"] == "200" && v == "1"),
+        "{answers:?}"
+    );
+    let phases = prom.instant("rollgate_rollout_phase");
+    assert_eq!(phases.len(), 4, "{phases:?}");
 }

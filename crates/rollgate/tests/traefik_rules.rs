@@ -2,6 +2,7 @@
 //! did, sent through Envoy 1.40 with the real filter, decided as Traefik decides them. Each
 //! expectation cites the Traefik source (traefik/traefik fd5a576df2, a merge of v3.7).
 
+#[path = "../../wasmhost/tests/common/mod.rs"]
 mod common;
 
 use rollgate_e2e::{Stack, ECHO_PREFIX, SEED_CLUSTERS};

@@ -8,6 +8,7 @@
 //! `content-length` and `host`/`:authority` spelling on the upstream side (the codec's
 //! framing), and `date`/`server` on answers.
 
+#[path = "../../wasmhost/tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

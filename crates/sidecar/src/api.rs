@@ -13,7 +13,6 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,13 +52,11 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
         ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
         ("GET", ["metrics"]) => {
             let text = super::exposition::render(&shared.metrics, &shared.lock());
-            Response::new(200, "text/plain; version=0.0.4", text)
+            Response::new(200, super::exposition::CONTENT_TYPE, text)
         }
         ("GET", ["v1", "policies", name]) => {
             let resp = policy(shared, name, req);
-            if let Some(c) = shared.metrics.policy_answer(resp.status) {
-                c.inc();
-            }
+            shared.metrics.count_policy_answer(resp.status);
             resp
         }
         ("GET", ["v1", "rollouts"]) => {
@@ -127,7 +124,7 @@ fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
     };
     let deadline = Instant::now() + wait;
     let mut st = shared.lock();
-    shared.metrics.polls_waiting.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.polls_waiting.inc();
     let resp = loop {
         let now = Instant::now();
         let over = st.stopping || now >= deadline;
@@ -162,6 +159,6 @@ fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
             .unwrap_or_else(|e| e.into_inner())
             .0;
     };
-    shared.metrics.polls_waiting.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.polls_waiting.dec();
     resp
 }

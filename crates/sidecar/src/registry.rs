@@ -427,7 +427,7 @@ impl Shared {
         outcome: Result<u16, String>,
     ) {
         let shared = self;
-        shared.metrics.webhooks(webhook::succeeded(&outcome)).inc();
+        shared.metrics.count_webhook(webhook::succeeded(&outcome));
         // Not a command: a stale answer is dropped by the engine, never refused.
         let _ = shared.apply(key, call.answer(outcome), Timestamp::now());
     }

@@ -97,7 +97,7 @@ fn tick(
         tr.follow(t.attempt);
         for event in tr.judge(&t.watch, &samples, now, Timestamp::now()) {
             if let Event::Analysis { measurement: m, .. } = &event {
-                shared.metrics.analysis(m.verdict).inc();
+                shared.metrics.count_analysis(m.verdict);
                 shared.log(&format!(
                     "{}: analysis {}: {}",
                     t.watch.policy,

@@ -21,6 +21,9 @@
 //! # Ok::<(), rollgate_wasmhost::HostError>(())
 //! ```
 //!
+//! `examples/run_filter.rs` does the same from the command line with your own module and
+//! configuration: `cargo run -p rollgate-wasmhost --example run_filter -- FILTER.wasm CONFIG`.
+//!
 //! Envoy behaviour copied (see the module docs of each part): the header-map byte layout, empty
 //! results as pointer 0 / length 0 in guest-allocated memory, status codes (BadArgument for a
 //! map outside its phase, NotFound for a missing property), shared-data CAS, the last

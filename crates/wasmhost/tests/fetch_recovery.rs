@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rollgate::wasmhost::{CalloutReply, FailurePolicy, Host, HttpRequest, PluginConfig, Wasm};
+use rollgate_wasmhost::{CalloutReply, FailurePolicy, Host, HttpRequest, PluginConfig, Wasm};
 
 const CONFIG: &str = r#"{"source":{"cluster":"rollgate","path":"/v1/policies/flask","poll":"1s","wait":"20s"},
   "name":"flask","variants":{"stable":"k8s-flask"},"default":"stable"}"#;

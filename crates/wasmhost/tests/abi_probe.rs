@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rollgate::wasmhost::{
+use rollgate_wasmhost::{
     CalloutReply, FailurePolicy, Host, HostError, HttpRequest, LogLevel, Metric, Plugin,
     PluginConfig, Response, Wasm, DEFAULT_EPOCH_SECS,
 };
@@ -29,7 +29,7 @@ fn op(ops: &str) -> HttpRequest {
     HttpRequest::get("probe.local", "/p").header("x-probe-op", ops)
 }
 
-fn note(ex: &rollgate::wasmhost::Exchange, name: &str) -> String {
+fn note(ex: &rollgate_wasmhost::Exchange, name: &str) -> String {
     ex.request_header(&format!("x-probe-{name}"))
         .unwrap_or_else(|| panic!("no x-probe-{name} in {:?}", ex.request_headers))
 }
@@ -205,13 +205,13 @@ fn properties_answer_like_envoy() {
     let ex = peer.run(xff()).unwrap();
     assert_eq!(
         note(&ex, "source-address"),
-        rollgate::wasmhost::DEFAULT_SOURCE
+        rollgate_wasmhost::DEFAULT_SOURCE
     );
 }
 
 #[test]
 fn http_calls_are_answered_by_the_cluster_handler() {
-    let seen: Arc<Mutex<Vec<rollgate::wasmhost::HttpCall>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<rollgate_wasmhost::HttpCall>>> = Arc::default();
     let host = Host::new();
     let log = Arc::clone(&seen);
     let plugin = start(
@@ -268,7 +268,7 @@ fn http_call_reset_timeout_and_late_answers() {
     // context) outlives it; its timeout answers 504 to a context the SDK no longer knows.
     mode.store(1, Ordering::SeqCst);
     let ex = plugin.run(op("http")).unwrap();
-    assert_eq!(ex.stalled, Some(rollgate::wasmhost::Phase::RequestHeaders));
+    assert_eq!(ex.stalled, Some(rollgate_wasmhost::Phase::RequestHeaders));
     assert!(ex.response.is_none());
     assert_eq!(plugin.pending_http_calls().len(), 1);
     host.advance(Duration::from_millis(999)).unwrap();

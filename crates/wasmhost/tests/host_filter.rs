@@ -3,8 +3,8 @@
 
 mod common;
 
-use rollgate::wasmhost::{Exchange, Host, HostError, HttpRequest, LogLevel, Plugin, PluginConfig};
 use rollgate_e2e::sticky::in_split;
+use rollgate_wasmhost::{Exchange, Host, HostError, HttpRequest, LogLevel, Plugin, PluginConfig};
 
 fn start(policy: &str, workers: usize) -> Plugin {
     Host::new()
@@ -209,17 +209,4 @@ fn every_worker_decides_alike() {
             "{user}: {variants:?}"
         );
     }
-}
-
-#[test]
-fn the_bench_hook_runs_the_same_decisions_both_ways() {
-    use rollgate::bench::{request_mix, routing_cost};
-    let requests = request_mix(40);
-    let report = routing_cost(common::filter(), &common::example_policy(), &requests, 1).unwrap();
-    assert_eq!(report.requests, 40);
-    assert_eq!(report.mismatches, 0, "host and native decide alike");
-    assert!(
-        report.ratio().is_finite() && report.ratio() > 0.0,
-        "{report}"
-    );
 }

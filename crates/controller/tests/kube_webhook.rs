@@ -5,7 +5,6 @@
 //! conflict on the status write.
 
 mod kube_support;
-mod rollout_support;
 
 use std::io::{BufReader, Write};
 use std::net::TcpListener;
@@ -14,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
 use kube_support::{api_server, failure, rollout, Reply, Seen};
-use rollgate::kube::controller::{self, Context, Error};
-use rollgate::rollout::{Phase, Rollout, RolloutStatus};
+use rollgate_controller::controller::{self, Context, Error};
+use rollgate_rollout::{Phase, Rollout, RolloutStatus};
 use serde_json::Value;
 
 /// What the webhook server does with a call.
@@ -41,7 +40,7 @@ fn webhook_server(hook: Hook) -> (String, Calls) {
         for conn in listener.incoming() {
             let conn = conn.unwrap();
             let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let (line, body) = rollout_support::read_message(&mut reader).unwrap();
+            let (line, body) = kube_support::read_message(&mut reader).unwrap();
             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
             log.lock().unwrap().push((line, body));
             match hook {

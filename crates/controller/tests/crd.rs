@@ -12,7 +12,7 @@ fn repo() -> &'static Path {
 
 #[test]
 fn committed_crd_matches_the_types() {
-    let generated = rollgate::kube::crd::crd_yaml().unwrap();
+    let generated = rollgate_controller::crd::crd_yaml().unwrap();
     let path = repo().join("manifests/crd/rollout.yaml");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
@@ -29,7 +29,7 @@ fn check(doc: &Value) -> Result<(), String> {
     let mut compiler = boon::Compiler::new();
     let url = "file:///rollout-v1alpha1.json";
     compiler
-        .add_resource(url, rollgate::kube::crd::openapi_schema())
+        .add_resource(url, rollgate_controller::crd::openapi_schema())
         .unwrap();
     let index = compiler.compile(url, &mut schemas).unwrap();
     schemas.validate(doc, index).map_err(|e| format!("{e:#}"))?;
@@ -37,7 +37,7 @@ fn check(doc: &Value) -> Result<(), String> {
     for envelope in ["apiVersion", "kind", "metadata"] {
         doc.as_object_mut().unwrap().remove(envelope);
     }
-    unknown_fields(&rollgate::kube::crd::openapi_schema(), &doc, "")
+    unknown_fields(&rollgate_controller::crd::openapi_schema(), &doc, "")
 }
 
 /// The API server's strict field validation (`kubectl apply`'s default): a field the
@@ -82,8 +82,8 @@ fn example_rollout_is_accepted() {
 #[test]
 fn status_the_controller_writes_is_accepted() {
     let mut doc = example();
-    let status = rollgate::rollout::RolloutStatus {
-        step_started_at: Some(rollgate::rollout::Timestamp(1_764_500_000_000)),
+    let status = rollgate_rollout::RolloutStatus {
+        step_started_at: Some(rollgate_rollout::Timestamp(1_764_500_000_000)),
         ..Default::default()
     };
     doc["status"] = serde_json::to_value(status).unwrap();

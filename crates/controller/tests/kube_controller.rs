@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use kube::runtime::controller::Action;
 use kube::Client;
-use rollgate::kube::analysis::Source;
-use rollgate::kube::controller::{self, Context, Error};
-use rollgate::rollout::{render, validate, Phase, Rollout};
+use rollgate_controller::analysis::Source;
+use rollgate_controller::controller::{self, Context, Error};
+use rollgate_rollout::{render, validate, Phase, Rollout};
 use serde_json::json;
 
 mod kube_support;
@@ -64,7 +64,7 @@ async fn first_reconcile_patches_the_wasmplugin_then_the_status_then_publishes_e
     assert_eq!(wp.body["metadata"], json!({"name": "flask"}));
     let ro = rollout();
     let plan = validate::plan(&ro).unwrap();
-    let status: rollgate::rollout::RolloutStatus =
+    let status: rollgate_rollout::RolloutStatus =
         serde_json::from_value(seen[1].body["status"].clone()).unwrap();
     let expected = serde_json::to_value(render(&plan.name, &plan.spec, &status)).unwrap();
     assert_eq!(wp.body["spec"], json!({ "pluginConfig": expected }));

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use rollgate::wasmhost::Wasm;
+use rollgate_wasmhost::Wasm;
 
 /// The Cargo workspace root.
 pub fn workspace_root() -> PathBuf {

@@ -9,7 +9,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff;
 use kube::client::Body;
 use kube::{Api, Client};
-use rollgate::kube::lease::LeaseLock;
+use rollgate_controller::lease::LeaseLock;
 use serde_json::{json, Value};
 
 type Script = Vec<(&'static str, &'static str, u16, Value)>;
@@ -167,7 +167,7 @@ async fn leader_steps_down(hang: bool) {
     };
     let outcome = tokio::time::timeout(
         Duration::from_secs(60),
-        rollgate::kube::run::lead(&lock, work),
+        rollgate_controller::run::lead(&lock, work),
     )
     .await;
     let log = log.lock().unwrap().clone();
@@ -193,7 +193,10 @@ async fn leader_steps_down(hang: bool) {
         );
     };
     assert!(
-        matches!(result, Err(rollgate::kube::controller::Error::LostLease)),
+        matches!(
+            result,
+            Err(rollgate_controller::controller::Error::LostLease)
+        ),
         "{result:?}"
     );
     // Another replica may take over 15 s (the lease) after the last renewal it saw.
@@ -211,42 +214,4 @@ async fn a_leader_whose_renewals_fail_stops_writing_before_the_lease_expires() {
 #[tokio::test(start_paused = true)]
 async fn a_leader_whose_renewal_hangs_stops_writing_before_the_lease_expires() {
     leader_steps_down(true).await;
-}
-
-#[test]
-fn options_come_from_the_downward_api_and_flags() {
-    use clap::Parser;
-    let parse_options = |args: &[String], env: &dyn Fn(&str) -> Option<String>| {
-        let argv = std::iter::once("serve").chain(args.iter().map(String::as_str));
-        rollgate::args::ServeArgs::try_parse_from(argv)
-            .map(|a| rollgate::cli::kube_options(&a, env))
-            .map_err(|e| e.to_string())
-    };
-    let env = |k: &str| match k {
-        "POD_NAMESPACE" => Some("ops".to_string()),
-        "POD_NAME" => Some("rollgate-7f".to_string()),
-        _ => None,
-    };
-    let o = parse_options(&["--kubernetes".to_string()], &env).unwrap();
-    assert_eq!(
-        (o.lease_namespace.as_str(), o.identity.as_str()),
-        ("ops", "rollgate-7f")
-    );
-    let args = ["--kubernetes", "--identity", "me"].map(String::from);
-    assert_eq!(parse_options(&args, &env).unwrap().identity, "me");
-    let prom = ["--kubernetes", "--prometheus", "http://p:9090"].map(String::from);
-    let o = parse_options(&prom, &env).unwrap();
-    assert_eq!(
-        o.source(),
-        rollgate::kube::analysis::Source::Prometheus("http://p:9090".into())
-    );
-    let bad = [
-        "--kubernetes",
-        "--prometheus",
-        "http://p",
-        "--envoy-admin",
-        "http://e",
-    ]
-    .map(String::from);
-    assert!(parse_options(&bad, &env).is_err());
 }

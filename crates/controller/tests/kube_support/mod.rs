@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response};
 use kube::client::Body;
 use kube::Client;
-use rollgate::rollout::{validate, Phase, Rollout, RolloutStatus};
+use rollgate_rollout::{validate, Phase, Rollout, RolloutStatus};
 use serde_json::{json, Value};
 
 /// One request the code under test sent.
@@ -132,4 +132,29 @@ pub fn paused_rollout(rv: &str) -> Rollout {
         ..Default::default()
     });
     ro
+}
+
+/// Reads one HTTP/1.1 message with a `content-length` body: the start line and the body.
+/// (The sidecar's tests have the same helper in `rollout_support`, which links the sidecar.)
+pub fn read_message(r: &mut impl std::io::BufRead) -> std::io::Result<(String, Vec<u8>)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            if n.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{h:?}: {e}"))
+                })?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    Ok((line.trim().to_string(), body))
 }
