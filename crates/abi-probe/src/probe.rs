@@ -24,6 +24,45 @@ extern "C" {
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_grpc_call(
+        service_ptr: *const u8,
+        service_size: usize,
+        service_name_ptr: *const u8,
+        service_name_size: usize,
+        method_ptr: *const u8,
+        method_size: usize,
+        metadata_ptr: *const u8,
+        metadata_size: usize,
+        message_ptr: *const u8,
+        message_size: usize,
+        timeout_ms: u32,
+        token_ptr: *mut u32,
+    ) -> u32;
+}
+
+/// Raw `proxy_grpc_call` to `cluster`: the status and token as the host gave them (the SDK
+/// panics on statuses it does not expect, such as BadArgument for an unknown cluster).
+fn raw_grpc_call(cluster: &str) -> (u32, u32) {
+    let (service, method, message) = ("probe.Echo", "Say", b"\x0a\x02hi");
+    let mut token = 0u32;
+    // SAFETY: every pointer is to a live slice of the given length, or to `token`.
+    let status = unsafe {
+        proxy_grpc_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            std::ptr::null(),
+            0,
+            message.as_ptr(),
+            message.len(),
+            1000,
+            &mut token,
+        )
+    };
+    (status, token)
 }
 
 /// Raw `proxy_get_header_map_pairs`: the status and whether pointer and size were both 0
@@ -298,6 +337,30 @@ impl Stream {
                 self.note("unknown-cluster", &format!("{unknown:?}"));
                 self.note("no-path", &format!("{no_path:?}"));
             }
+            "grpc" => {
+                // A unary gRPC call to cluster `grpc`; the answer is noted in
+                // `on_grpc_call_response`.
+                let r = self.dispatch_grpc_call(
+                    "grpc",
+                    "probe.Echo",
+                    "Say",
+                    vec![("x-probe-meta", b"m1")],
+                    Some(b"\x0a\x02hi"),
+                    Duration::from_secs(1),
+                );
+                match r {
+                    Ok(token) => {
+                        info(&format!("grpc dispatched {token}"));
+                        self.note("grpc-token", &token.to_string());
+                        return Action::Pause;
+                    }
+                    Err(s) => self.note("grpc-dispatch", &format!("{s:?}")),
+                }
+            }
+            "grpc-missing" => {
+                let (status, token) = raw_grpc_call("nowhere");
+                self.note("grpc-missing", &format!("{status}:{token}"));
+            }
             "seen" => {
                 // The request header map as the filter sees it, in order, repeats apart:
                 // `rollgate try` must hand filters what Envoy hands them.
@@ -388,6 +451,23 @@ impl Context for Stream {
             &format!("{code}:{}", message.unwrap_or_default()),
         );
         self.note("call-trailers", &format!("{tstatus}:{tempty}"));
+        self.resume_http_request();
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let body = self
+            .get_grpc_call_response_body(0, response_size)
+            .map(|b| b.iter().map(|c| format!("{c:02x}")).collect::<String>())
+            .unwrap_or_else(|| "none".into());
+        let (code, message) = hostcalls::get_grpc_status().unwrap_or((99, None));
+        self.note(
+            "grpc-answer",
+            &format!("{token}:{status_code}:{response_size}:{body}"),
+        );
+        self.note(
+            "grpc-status",
+            &format!("{code}:{}", message.unwrap_or_else(|| "none".into())),
+        );
         self.resume_http_request();
     }
 }

@@ -171,13 +171,18 @@ pub(crate) fn buffer_of(st: &mut VmState, buffer_type: i32) -> Result<Buf<'_>, S
             .as_ref()
             .map(|(_, body, _)| Buf::Const(body.clone()))
             .ok_or(Status::NotFound),
+        5 => st
+            .grpc_receive
+            .as_ref()
+            .map(|m| Buf::Const(m.clone()))
+            .ok_or(Status::NotFound),
         6 => Ok(Buf::Const(st.plugin.config.vm_configuration.clone())),
         // The plugin configuration is only handed out while on_configure runs (Envoy's
         // `temp_plugin_`).
         7 if st.callback == Callback::Configure => {
             Ok(Buf::Const(st.plugin.config.configuration.clone()))
         }
-        2 | 3 | 5 | 7 | 8 => Err(Status::NotFound),
+        2 | 3 | 7 | 8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }
@@ -522,6 +527,59 @@ pub(crate) fn http_call(
         token
     };
     write_u32(c, token_ptr, token)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn grpc_call(
+    c: &mut Caller<'_, VmState>,
+    (cp, cl): (i32, i32),
+    (sp, sl): (i32, i32),
+    (mp, ml): (i32, i32),
+    (hp, hl): (i32, i32),
+    (bp, bl): (i32, i32),
+    timeout_ms: i32,
+    token_ptr: i32,
+) -> R<()> {
+    let cluster = String::from_utf8_lossy(&read(c, cp, cl)?).into_owned();
+    let service = String::from_utf8_lossy(&read(c, sp, sl)?).into_owned();
+    let method = String::from_utf8_lossy(&read(c, mp, ml)?).into_owned();
+    let metadata = Headers::deserialize(&read(c, hp, hl)?);
+    let message = read(c, bp, bl)?;
+    let token = {
+        let st = c.data_mut();
+        let config = &st.plugin.config;
+        // Envoy 1.40 answers ParseFailure for a cluster it does not have (observed:
+        // try_grpc_like_envoy.rs). A serialized GrpcService proto is not understood here.
+        if !config.grpc_clusters.contains_key(&cluster) && !config.clusters.contains_key(&cluster) {
+            return Err(Status::ParseFailure.into());
+        }
+        let token = st.next_grpc_token;
+        st.next_grpc_token = st.next_grpc_token.wrapping_add(4);
+        let timeout_ms = timeout_ms as u32;
+        st.grpc_calls.insert(
+            token,
+            super::GrpcCall {
+                worker: st.worker,
+                token,
+                cluster,
+                service,
+                method,
+                metadata,
+                message,
+                timeout: (timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(timeout_ms.into())),
+            },
+        );
+        token
+    };
+    write_u32(c, token_ptr, token)
+}
+
+pub(crate) fn cancel_grpc_call(st: &mut VmState, token: u32) -> Status {
+    match st.grpc_calls.remove(&token) {
+        Some(_) => Status::Ok,
+        None => Status::NotFound,
+    }
 }
 
 pub(crate) fn get_status(

@@ -58,13 +58,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 pub use clock::DEFAULT_EPOCH_SECS;
-pub use config::{CalloutHandler, FailurePolicy, ForeignFunction, PluginConfig, UpstreamHandler};
+pub use config::{
+    CalloutHandler, FailurePolicy, ForeignFunction, GrpcHandler, PluginConfig, UpstreamHandler,
+};
 pub use error::{HostError, TrapError};
 pub use maps::Headers;
 pub use metrics::{Metric, MetricKind, CUSTOM_NAMESPACE};
 pub use types::{
-    CalloutReply, Exchange, HttpCall, HttpRequest, LocalResponse, LogEntry, LogLevel, Phase,
-    Response, Status, DEFAULT_SOURCE,
+    CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpRequest, LocalResponse, LogEntry,
+    LogLevel, Phase, Response, Status, DEFAULT_SOURCE,
 };
 
 use plugin::PluginInner;

@@ -206,26 +206,37 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
          r: i32|
          -> Ret { finish(http_call(&mut c, up, ul, hp, hl, bp, bl, tp, tl, to, r)) },
     )?;
-    // No gRPC upstreams exist in this host: Envoy answers ParseFailure for an unknown gRPC
-    // cluster, and NotFound for tokens it does not know.
     l.func_wrap(
         "env",
         "proxy_grpc_call",
-        |_: C,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> Ret { Ok(Status::ParseFailure as i32) },
+        |mut c: C,
+         cp: i32,
+         cl: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         to: i32,
+         r: i32|
+         -> Ret {
+            finish(grpc_call(
+                &mut c,
+                (cp, cl),
+                (sp, sl),
+                (mp, ml),
+                (hp, hl),
+                (bp, bl),
+                to,
+                r,
+            ))
+        },
     )?;
+    // gRPC streams are not answered here: ParseFailure, as Envoy for a cluster it does not
+    // have, and NotFound for tokens it does not know.
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
@@ -238,11 +249,12 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_grpc_send",
         |_: C, _: i32, _: i32, _: i32, _: i32| -> Ret { Ok(Status::NotFound as i32) },
     )?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_: C, _: i32| -> Ret {
-        Ok(Status::NotFound as i32)
+    // On a call token Envoy cancels the call either way: no answer is delivered.
+    l.func_wrap("env", "proxy_grpc_cancel", |mut c: C, t: i32| -> Ret {
+        Ok(cancel_grpc_call(c.data_mut(), t as u32) as i32)
     })?;
-    l.func_wrap("env", "proxy_grpc_close", |_: C, _: i32| -> Ret {
-        Ok(Status::NotFound as i32)
+    l.func_wrap("env", "proxy_grpc_close", |mut c: C, t: i32| -> Ret {
+        Ok(cancel_grpc_call(c.data_mut(), t as u32) as i32)
     })?;
     l.func_wrap(
         "env",

@@ -9,8 +9,8 @@ use wasmtime::Linker;
 use super::shared::{lock, Process};
 use super::vm::{Callback, PluginShared, Vm, VmState, ROOT_CONTEXT_ID};
 use super::{
-    linker, wasi, CalloutReply, FailurePolicy, HostError, HttpCall, LogEntry, PluginConfig,
-    Response, Status, Wasm,
+    linker, wasi, CalloutReply, FailurePolicy, GrpcReply, HostError, HttpCall, LogEntry,
+    PluginConfig, Response, Status, Wasm,
 };
 
 /// The state behind a [`super::Plugin`].
@@ -194,6 +194,23 @@ impl PluginInner {
                     }
                 }
             }
+            for w in 0..self.vms.len() {
+                loop {
+                    if self.vms[w].failed.is_some() {
+                        break;
+                    }
+                    let Some((_, call)) = self.vms[w].store.data_mut().grpc_calls.pop_first()
+                    else {
+                        break;
+                    };
+                    progressed = true;
+                    let reply = match self.shared.config.grpc_clusters.get(&call.cluster) {
+                        Some(h) => h.clone()(&call),
+                        None => GrpcReply::refused(),
+                    };
+                    self.deliver_grpc(w, call.token, reply)?;
+                }
+            }
             let ready = lock(&self.process.shared).take_ready(Some(self.shared.id));
             for r in ready {
                 progressed = true;
@@ -268,6 +285,53 @@ impl PluginInner {
         };
         let st = vm.store.data_mut();
         st.call_response = None;
+        st.status = (Status::Ok as u32, String::new());
+        result
+    }
+
+    /// Calls `proxy_on_grpc_receive` (a message) or `proxy_on_grpc_close` (a status) on the
+    /// root context, as Envoy does for a unary call (the SDK 0.2.5 turns either into
+    /// `on_grpc_call_response(token, status, size)` on the context that made the call).
+    fn deliver_grpc(&mut self, w: usize, token: u32, reply: GrpcReply) -> Result<(), HostError> {
+        let vm = &mut self.vms[w];
+        let (export, name, arg) = {
+            let st = vm.store.data_mut();
+            match reply {
+                GrpcReply::Message(m) => {
+                    let size = m.len();
+                    st.grpc_receive = Some(m);
+                    st.status = (Status::Ok as u32, String::new());
+                    (
+                        vm.exports.on_grpc_receive.clone(),
+                        "proxy_on_grpc_receive",
+                        size as i32,
+                    )
+                }
+                GrpcReply::Close { status, message } => {
+                    st.grpc_receive = None;
+                    st.status = (status, message);
+                    (
+                        vm.exports.on_grpc_close.clone(),
+                        "proxy_on_grpc_close",
+                        status as i32,
+                    )
+                }
+            }
+        };
+        let result = match export {
+            Some(f) => vm
+                .invoke(
+                    &f,
+                    ROOT_CONTEXT_ID,
+                    Callback::GrpcCallResponse,
+                    name,
+                    (ROOT_CONTEXT_ID as i32, token as i32, arg),
+                )
+                .map_err(HostError::from),
+            None => Ok(()),
+        };
+        let st = vm.store.data_mut();
+        st.grpc_receive = None;
         st.status = (Status::Ok as u32, String::new());
         result
     }

@@ -106,6 +106,60 @@ pub struct HttpCall {
     pub timeout: Option<Duration>,
 }
 
+/// A unary `proxy_grpc_call` the plugin made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// The worker VM that made it.
+    pub worker: usize,
+    /// The token the plugin got (per VM: 5, 9, 13, … as in Envoy 1.40).
+    pub token: u32,
+    /// The cluster name (the `grpc_service` argument).
+    pub cluster: String,
+    /// The gRPC service, e.g. `pkg.Service`.
+    pub service: String,
+    /// The method, e.g. `Check`.
+    pub method: String,
+    /// The initial metadata the plugin passed.
+    pub metadata: Headers,
+    /// The request message (serialized, without gRPC framing).
+    pub message: Vec<u8>,
+    /// The timeout, if any (0 means none, as in Envoy).
+    pub timeout: Option<Duration>,
+}
+
+/// How a test answers a [`GrpcCall`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcReply {
+    /// The server answered this message with `grpc-status: 0`: the plugin's
+    /// `proxy_on_grpc_receive` gets its size, the GrpcReceiveBuffer holds it, and
+    /// `proxy_get_status` says 0 with no message.
+    Message(Vec<u8>),
+    /// The call ended without a message: the server's non-zero `grpc-status` and
+    /// `grpc-message`, or the client's own failure. `proxy_on_grpc_close` gets `status`, and
+    /// `proxy_get_status` says `status` and `message`.
+    Close {
+        /// The gRPC status code.
+        status: u32,
+        /// The status message (empty for none).
+        message: String,
+    },
+}
+
+impl GrpcReply {
+    /// What Envoy 1.40's gRPC client reports when the cluster's endpoint refuses the
+    /// connection: 14 UNAVAILABLE and the router's reset words (observed:
+    /// crates/rollgate/tests/try_grpc_like_envoy.rs).
+    pub fn refused() -> GrpcReply {
+        GrpcReply::Close {
+            status: 14,
+            message: "upstream connect error or disconnect/reset before headers. reset reason: \
+                      remote connection failure{upstream_reset_before_response_started\
+                      {remote_connection_failure|delayed_connect_error:_Connection_refused}}"
+                .into(),
+        }
+    }
+}
+
 /// How a test answers a [`HttpCall`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CalloutReply {

@@ -38,6 +38,7 @@ pub(crate) enum Callback {
     Tick,
     QueueReady,
     HttpCallResponse,
+    GrpcCallResponse,
 }
 
 /// One HTTP stream's state as the host (Envoy's filter manager) holds it.
@@ -103,6 +104,12 @@ pub(crate) struct VmState {
     pub next_tick_ns: Option<u64>,
     pub next_token: u32,
     pub callouts: BTreeMap<u32, Callout>,
+    /// The next gRPC call token (Envoy counts them apart from HTTP calls: 5, 9, 13, …).
+    pub next_grpc_token: u32,
+    /// gRPC calls not answered yet.
+    pub grpc_calls: BTreeMap<u32, super::GrpcCall>,
+    /// The message being delivered to `proxy_on_grpc_receive` (GrpcReceiveBuffer).
+    pub grpc_receive: Option<Vec<u8>>,
     /// The response being delivered to `proxy_on_http_call_response`.
     pub call_response: Option<(Headers, Vec<u8>, Headers)>,
     /// `proxy_get_status`: code and message.
@@ -142,6 +149,9 @@ impl VmState {
             next_tick_ns: None,
             next_token: 4,
             callouts: BTreeMap::new(),
+            next_grpc_token: 5,
+            grpc_calls: BTreeMap::new(),
+            grpc_receive: None,
             call_response: None,
             status: (0, String::new()),
             metric_ids: HashMap::new(),
@@ -210,6 +220,7 @@ type F1R = TypedFunc<i32, i32>;
 type F2 = TypedFunc<(i32, i32), ()>;
 type F2R = TypedFunc<(i32, i32), i32>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F3 = TypedFunc<(i32, i32, i32), ()>;
 type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The module's exports the host calls; a missing callback means "nothing to do".
@@ -226,6 +237,8 @@ pub(crate) struct Exports {
     pub on_response_body: Option<F3R>,
     pub on_response_trailers: Option<F2R>,
     pub on_http_call_response: Option<F5>,
+    pub on_grpc_receive: Option<F3>,
+    pub on_grpc_close: Option<F3>,
     pub on_done: Option<F1R>,
     pub on_log: Option<F1>,
     pub on_delete: Option<F1>,
@@ -328,6 +341,9 @@ impl Vm {
                 .map_err(inst_err)?,
             on_http_call_response: typed(&mut store, &instance, "proxy_on_http_call_response")
                 .map_err(inst_err)?,
+            on_grpc_receive: typed(&mut store, &instance, "proxy_on_grpc_receive")
+                .map_err(inst_err)?,
+            on_grpc_close: typed(&mut store, &instance, "proxy_on_grpc_close").map_err(inst_err)?,
             on_done: typed(&mut store, &instance, "proxy_on_done").map_err(inst_err)?,
             on_log: typed(&mut store, &instance, "proxy_on_log").map_err(inst_err)?,
             on_delete: typed(&mut store, &instance, "proxy_on_delete").map_err(inst_err)?,
