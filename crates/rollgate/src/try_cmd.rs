@@ -574,6 +574,157 @@ pub fn url_cluster(
     }
 }
 
+/// A gRPC cluster served by the server at `base` (`http://HOST:PORT`): the filter's unary
+/// `proxy_grpc_call`s are sent there as Envoy's gRPC client sends them to a cluster with
+/// HTTP/2 (prior knowledge): `POST /SERVICE/METHOD`, `content-type: application/grpc`,
+/// `te: trailers`, the initial metadata, and the message in one gRPC frame, within the
+/// call's timeout. The answer is read as Envoy's `Grpc::AsyncStreamImpl` reads it: a
+/// non-200 status without `grpc-status` maps to a gRPC status (`httpToGrpcStatus`), a
+/// missing `grpc-status` is 2 UNKNOWN, OK without a message is 13 INTERNAL. A refused
+/// connection gets [`GrpcReply::refused`](crate::wasmhost::GrpcReply::refused) (Envoy's
+/// words, observed); a timeout 4 DEADLINE_EXCEEDED and other failures 14 UNAVAILABLE, with
+/// messages of our own (not compared with Envoy's).
+pub fn grpc_url_cluster(
+    base: &str,
+) -> impl Fn(&crate::wasmhost::GrpcCall) -> crate::wasmhost::GrpcReply + Send + Sync + 'static {
+    use crate::wasmhost::GrpcReply;
+    let base = base.trim_end_matches('/').to_string();
+    move |call| {
+        let timeout = call.timeout.unwrap_or(CALLOUT_TIMEOUT);
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                return GrpcReply::Close {
+                    status: 13,
+                    message: format!("rollgate try: no async runtime: {e}"),
+                }
+            }
+        };
+        // The timer must be made inside the runtime.
+        match rt.block_on(async { tokio::time::timeout(timeout, grpc_request(&base, call)).await })
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(GrpcFailure::Connect)) => GrpcReply::refused(),
+            Ok(Err(GrpcFailure::Other(message))) => GrpcReply::Close {
+                status: 14,
+                message,
+            },
+            Err(_) => GrpcReply::Close {
+                status: 4,
+                message: "rollgate try: the gRPC call timed out".into(),
+            },
+        }
+    }
+}
+
+enum GrpcFailure {
+    Connect,
+    Other(String),
+}
+
+async fn grpc_request(
+    base: &str,
+    call: &crate::wasmhost::GrpcCall,
+) -> Result<crate::wasmhost::GrpcReply, GrpcFailure> {
+    use crate::wasmhost::GrpcReply;
+    use http_body_util::BodyExt;
+    let other = |what: &str, e: &dyn std::fmt::Display| {
+        GrpcFailure::Other(format!("rollgate try: gRPC call to {base}: {what}: {e}"))
+    };
+    let uri: hyper::Uri = format!("{base}/{}/{}", call.service, call.method)
+        .parse()
+        .map_err(|e| other("the cluster URL", &e))?;
+    let host = uri.host().unwrap_or("127.0.0.1").to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|_| GrpcFailure::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| other("HTTP/2 handshake", &e))?;
+    tokio::spawn(conn);
+    // gRPC's length-prefixed message: not compressed, 4-byte big-endian length.
+    let mut frame = Vec::with_capacity(call.message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(call.message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&call.message);
+    let mut req = hyper::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in call.metadata.pairs() {
+        req = req.header(k.as_slice(), v.as_slice());
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .map_err(|e| other("the request", &e))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| other("the request", &e))?;
+    let (parts, body) = resp.into_parts();
+    let grpc_status = |h: &hyper::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let grpc_message = |h: &hyper::HeaderMap| {
+        h.get("grpc-message")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    let status = parts.status.as_u16();
+    if status != 200 && grpc_status(&parts.headers).is_none() {
+        return Ok(GrpcReply::Close {
+            status: crate::wasmhost::http_to_grpc_status(status.into()),
+            message: String::new(),
+        });
+    }
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| other("the response", &e))?;
+    // Trailers-only: the status is in the headers.
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .unwrap_or_else(|| parts.headers.clone());
+    let data = collected.to_bytes();
+    let Some(code) = grpc_status(&trailers) else {
+        return Ok(GrpcReply::Close {
+            status: 2,
+            message: String::new(),
+        });
+    };
+    if code != 0 {
+        return Ok(GrpcReply::Close {
+            status: code,
+            message: grpc_message(&trailers),
+        });
+    }
+    match data.get(1..5).zip(data.first()) {
+        Some((len, 0)) => {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            match data.get(5..5 + len) {
+                Some(m) => Ok(GrpcReply::Message(m.to_vec())),
+                None => Ok(GrpcReply::Close {
+                    status: 13,
+                    message: String::new(),
+                }),
+            }
+        }
+        _ => Ok(GrpcReply::Close {
+            status: 13,
+            message: String::new(),
+        }),
+    }
+}
+
 /// The plugin's own log lines at `level` and above, as `[[level, message], …]` (Envoy's level
 /// names, as its log writes them).
 pub fn logs_field(ex: &Exchange, level: LogLevel) -> String {
@@ -681,7 +832,9 @@ pub fn run(
         config = config.property(&path, value.as_bytes());
     }
     for (name, url) in &opts.clusters {
-        config = config.cluster(name, url_cluster(url));
+        config = config
+            .cluster(name, url_cluster(url))
+            .grpc_cluster(name, grpc_url_cluster(url));
     }
     let plugin = match Host::new().start(&wasm, config) {
         Ok(p) => p,

@@ -167,7 +167,8 @@ fn in_host(config: PluginConfig, op: &str) -> (Vec<(String, String)>, u16) {
 #[test]
 fn grpc_calls_like_envoys() {
     let upstream = Upstream::start("echo");
-    let envoy = envoy_with_grpc(&upstream, free_port(), true);
+    let grpc_port = free_port();
+    let envoy = envoy_with_grpc(&upstream, grpc_port, true);
     let seen: Arc<Mutex<Vec<GrpcCall>>> = Arc::default();
     let calls = seen.clone();
     let answering = move || {
@@ -192,6 +193,12 @@ fn grpc_calls_like_envoys() {
         envoy.log()
     );
     assert_eq!(in_host(answering(), "grpc"), envoy_answered, "answered");
+    // `rollgate try --cluster grpc=URL` sends the call for real, here to Envoy's gRPC server
+    // listener, and the filter sees the same.
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    let by_url =
+        PluginConfig::new("").grpc_cluster("grpc", rollgate::try_cmd::grpc_url_cluster(&url));
+    assert_eq!(in_host(by_url, "grpc"), envoy_answered, "answered by URL");
 
     // The next call on the same VM gets token 9, in both.
     let envoy_twice = in_envoy(&envoy, &upstream, "grpc");
@@ -244,10 +251,15 @@ fn grpc_calls_like_envoys() {
     drop(envoy);
 
     // Server unreachable: on_grpc_close with 14 UNAVAILABLE and the router's reset words.
-    let envoy = envoy_with_grpc(&upstream, free_port(), false);
+    let dead = free_port();
+    let envoy = envoy_with_grpc(&upstream, dead, false);
     let envoy_refused = in_envoy(&envoy, &upstream, "grpc");
     let refused = PluginConfig::new("").grpc_cluster("grpc", |_| GrpcReply::refused());
     assert_eq!(in_host(refused, "grpc"), envoy_refused, "unreachable");
+    let url = format!("http://127.0.0.1:{dead}");
+    let by_url =
+        PluginConfig::new("").grpc_cluster("grpc", rollgate::try_cmd::grpc_url_cluster(&url));
+    assert_eq!(in_host(by_url, "grpc"), envoy_refused, "unreachable by URL");
     // A cluster declared only for HTTP calls answers gRPC calls the same way.
     let http_only =
         PluginConfig::new("").cluster("grpc", |_| rollgate::wasmhost::CalloutReply::Reset);

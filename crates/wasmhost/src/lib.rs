@@ -64,6 +64,7 @@ pub use config::{
 pub use error::{HostError, TrapError};
 pub use maps::Headers;
 pub use metrics::{Metric, MetricKind, CUSTOM_NAMESPACE};
+pub use stream::http_to_grpc_status;
 pub use types::{
     CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpRequest, LocalResponse, LogEntry,
     LogLevel, Phase, Response, Status, DEFAULT_SOURCE,

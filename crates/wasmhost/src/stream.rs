@@ -613,7 +613,7 @@ pub(crate) fn is_grpc(request_headers: &Headers) -> bool {
 const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`.
-fn http_to_grpc_status(status: u32) -> u32 {
+pub fn http_to_grpc_status(status: u32) -> u32 {
     match status {
         400 => 13,
         401 => 16,
