@@ -77,8 +77,8 @@ pub struct TryOptions {
     pub log_level: LogLevel,
     /// Properties other filters would have set (`--property PATH=VALUE`): path segments, value.
     pub properties: Vec<(Vec<String>, String)>,
-    /// Call-out clusters (`--cluster NAME=URL`): the filter's `proxy_http_call`s to NAME are
-    /// sent to URL for real.
+    /// Call-out clusters (`--cluster NAME=URL`): the filter's `proxy_http_call`s and unary
+    /// `proxy_grpc_call`s to NAME are sent to URL for real.
     pub clusters: Vec<(String, String)>,
     /// The requests.
     pub requests: Requests,

@@ -28,7 +28,8 @@
 //! results as pointer 0 / length 0 in guest-allocated memory, status codes (BadArgument for a
 //! map outside its phase, NotFound for a missing property), shared-data CAS, the last
 //! registrant of a queue getting `on_queue_ready`, ticks per VM, metrics (`wasmcustom.`
-//! namespace), `clear_route_cache`, HTTP callouts answered on the root context, and fail-closed
+//! namespace), `clear_route_cache`, HTTP callouts and unary gRPC calls answered on the root
+//! context ([`PluginConfig::cluster`], [`PluginConfig::grpc_cluster`]), and fail-closed
 //! VMs after a trap (503, details `wasm_fail_stream`).
 //!
 //! Time only moves with [`Host::advance`]; ticks and callout timeouts fire then, in order.
