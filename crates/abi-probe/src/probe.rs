@@ -337,13 +337,14 @@ impl Stream {
                 self.note("unknown-cluster", &format!("{unknown:?}"));
                 self.note("no-path", &format!("{no_path:?}"));
             }
-            "grpc" => {
-                // A unary gRPC call to cluster `grpc`; the answer is noted in
-                // `on_grpc_call_response`.
+            "grpc" | "grpc-deny" => {
+                // A unary gRPC call to cluster `grpc` (method Deny: the server refuses it);
+                // the answer is noted in `on_grpc_call_response`.
+                let method = if op == "grpc" { "Say" } else { "Deny" };
                 let r = self.dispatch_grpc_call(
                     "grpc",
                     "probe.Echo",
-                    "Say",
+                    method,
                     vec![("x-probe-meta", b"m1")],
                     Some(b"\x0a\x02hi"),
                     Duration::from_secs(1),

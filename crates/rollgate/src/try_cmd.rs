@@ -580,7 +580,8 @@ pub fn url_cluster(
 /// `te: trailers`, the initial metadata, and the message in one gRPC frame, within the
 /// call's timeout. The answer is read as Envoy's `Grpc::AsyncStreamImpl` reads it: a
 /// non-200 status without `grpc-status` maps to a gRPC status (`httpToGrpcStatus`), a
-/// missing `grpc-status` is 2 UNKNOWN, OK without a message is 13 INTERNAL. A refused
+/// missing `grpc-status` is 2 UNKNOWN, OK without a message is 13 INTERNAL; a server's
+/// non-zero status comes with its message followed by `{via_upstream}` (observed). A refused
 /// connection gets [`GrpcReply::refused`](crate::wasmhost::GrpcReply::refused) (Envoy's
 /// words, observed); a timeout 4 DEADLINE_EXCEEDED and other failures 14 UNAVAILABLE, with
 /// messages of our own (not compared with Envoy's).
@@ -702,9 +703,11 @@ async fn grpc_request(
         });
     };
     if code != 0 {
+        // Envoy 1.40 hands the filter the message followed by the stream's response code
+        // details (observed: try_grpc_like_envoy.rs, "denied{via_upstream}").
         return Ok(GrpcReply::Close {
             status: code,
-            message: grpc_message(&trailers),
+            message: format!("{}{{via_upstream}}", grpc_message(&trailers)),
         });
     }
     match data.get(1..5).zip(data.first()) {

@@ -53,6 +53,14 @@ fn envoy_with_grpc(upstream: &Upstream, grpc_port: u16, serve: bool) -> Envoy {
               routes:
               - match: {{ prefix: "/probe.Echo/Say" }}
                 route: {{ cluster: grpc_backend }}
+              # Envoy turns a direct response to a gRPC request into a trailers-only answer:
+              # grpc-status 7 (from 403), grpc-message the body.
+              - match: {{ prefix: "/probe.Echo/Deny" }}
+                direct_response: {{ status: 403, body: {{ inline_string: "denied" }} }}
+                typed_per_filter_config:
+                  envoy.filters.http.grpc_http1_reverse_bridge:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfigPerRoute
+                    disabled: true
           http_filters:
           - name: envoy.filters.http.grpc_http1_reverse_bridge
             typed_config:
@@ -126,6 +134,18 @@ fn grpc_notes(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
         .iter()
         .filter(|(k, _)| k.starts_with("x-probe-grpc"))
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// The notes without the call's token (which counts the VM's earlier calls).
+fn untokened(notes: &[(String, String)]) -> Vec<(String, String)> {
+    notes
+        .iter()
+        .filter(|(k, _)| k != "x-probe-grpc-token")
+        .map(|(k, v)| match v.split_once(':') {
+            Some((_, rest)) if k == "x-probe-grpc-answer" => (k.clone(), rest.to_string()),
+            _ => (k.clone(), v.clone()),
+        })
         .collect()
 }
 
@@ -236,6 +256,38 @@ fn grpc_calls_like_envoys() {
     assert_eq!(c.message, b"\x0a\x02hi");
     assert_eq!(c.metadata.get_str("x-probe-meta").as_deref(), Some("m1"));
     assert_eq!(c.timeout, Some(std::time::Duration::from_secs(1)));
+
+    // The server refuses (grpc-status 7, grpc-message "denied"): on_grpc_close with both,
+    // the message followed by Envoy's response code details.
+    let envoy_denied = in_envoy(&envoy, &upstream, "grpc-deny");
+    let envoy_denied = untokened(&envoy_denied.0);
+    assert_eq!(
+        envoy_denied,
+        [
+            ("x-probe-grpc-answer".to_string(), "7:0:none".to_string()),
+            // Envoy 1.40 appends the stream's response code details to the message.
+            (
+                "x-probe-grpc-status".into(),
+                "7:denied{via_upstream}".into()
+            ),
+        ],
+    );
+    let by_url =
+        PluginConfig::new("").grpc_cluster("grpc", rollgate::try_cmd::grpc_url_cluster(&url));
+    let denied = PluginConfig::new("").grpc_cluster("grpc", |_| GrpcReply::Close {
+        status: 7,
+        message: "denied{via_upstream}".into(),
+    });
+    assert_eq!(
+        untokened(&in_host(by_url, "grpc-deny").0),
+        envoy_denied,
+        "denied by URL"
+    );
+    assert_eq!(
+        untokened(&in_host(denied, "grpc-deny").0),
+        envoy_denied,
+        "denied"
+    );
 
     // Cluster missing: the call is refused at once with ParseFailure (4), no token.
     let envoy_missing = in_envoy(&envoy, &upstream, "grpc-missing");

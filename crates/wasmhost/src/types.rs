@@ -140,7 +140,9 @@ pub enum GrpcReply {
     Close {
         /// The gRPC status code.
         status: u32,
-        /// The status message (empty for none).
+        /// The status message as the filter reads it (empty for none). Envoy 1.40 appends
+        /// the stream's response code details to a server's `grpc-message`:
+        /// `denied{via_upstream}`.
         message: String,
     },
 }
