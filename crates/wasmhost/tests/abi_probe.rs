@@ -529,3 +529,41 @@ fn hosts_and_plugins_can_move_between_threads() {
     drop(plugin);
     assert_eq!(host.shared_data("", b"counter"), None);
 }
+
+/// Unary gRPC calls (what Envoy 1.40 does is checked by
+/// crates/rollgate/tests/try_grpc_like_envoy.rs): a message reaches the filter through
+/// `proxy_on_grpc_receive` and the GrpcReceiveBuffer, a failure through `proxy_on_grpc_close`
+/// and `proxy_get_status`; tokens 5, 9, … per VM; an undeclared cluster is ParseFailure.
+#[test]
+fn grpc_calls_are_answered_by_the_grpc_cluster_handler() {
+    let host = Host::new();
+    let answers = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&answers);
+    let plugin = start(
+        &host,
+        PluginConfig::new("").grpc_cluster("grpc", move |call| {
+            assert_eq!(
+                (call.service.as_str(), call.method.as_str()),
+                ("probe.Echo", "Say")
+            );
+            if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                rollgate_wasmhost::GrpcReply::Message(b"ok!".to_vec())
+            } else {
+                rollgate_wasmhost::GrpcReply::Close {
+                    status: 16,
+                    message: "who are you".into(),
+                }
+            }
+        }),
+    );
+    let ex = plugin.run(op("grpc")).unwrap();
+    assert!(ex.forwarded, "resumed by the gRPC answer");
+    assert_eq!(note(&ex, "grpc-answer"), "5:0:3:6f6b21");
+    assert_eq!(note(&ex, "grpc-status"), "0:none");
+    let ex = plugin.run(op("grpc")).unwrap();
+    assert_eq!(note(&ex, "grpc-answer"), "9:16:0:none");
+    assert_eq!(note(&ex, "grpc-status"), "16:who are you");
+    let ex = plugin.run(op("grpc-missing")).unwrap();
+    assert_eq!(note(&ex, "grpc-missing"), "4:0", "ParseFailure, no token");
+    assert_eq!(answers.load(Ordering::SeqCst), 2);
+}
