@@ -583,8 +583,8 @@ pub fn url_cluster(
 /// missing `grpc-status` is 2 UNKNOWN, OK without a message is 13 INTERNAL; a server's
 /// non-zero status comes with its message followed by `{via_upstream}` (observed). A refused
 /// connection gets [`GrpcReply::refused`](crate::wasmhost::GrpcReply::refused) (Envoy's
-/// words, observed); a timeout 4 DEADLINE_EXCEEDED and other failures 14 UNAVAILABLE, with
-/// messages of our own (not compared with Envoy's).
+/// words, observed), a timeout [`GrpcReply::timed_out`](crate::wasmhost::GrpcReply::timed_out)
+/// (observed), other failures 14 UNAVAILABLE with words of our own (not compared with Envoy's).
 pub fn grpc_url_cluster(
     base: &str,
 ) -> impl Fn(&crate::wasmhost::GrpcCall) -> crate::wasmhost::GrpcReply + Send + Sync + 'static {
@@ -613,10 +613,7 @@ pub fn grpc_url_cluster(
                 status: 14,
                 message,
             },
-            Err(_) => GrpcReply::Close {
-                status: 4,
-                message: "rollgate try: the gRPC call timed out".into(),
-            },
+            Err(_) => GrpcReply::timed_out(),
         }
     }
 }

@@ -322,3 +322,30 @@ fn grpc_calls_like_envoys() {
     );
     println!("answered {envoy_answered:?}\nmissing {envoy_missing:?}\nrefused {envoy_refused:?}");
 }
+
+/// A server that accepts the connection and never answers: the call's 1 s timeout ends it.
+#[test]
+fn a_grpc_call_that_times_out_like_envoys() {
+    let upstream = Upstream::start("echo");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let envoy = envoy_with_grpc(&upstream, port, false);
+    let envoy_timeout = in_envoy(&envoy, &upstream, "grpc");
+    assert_eq!(
+        untokened(&envoy_timeout.0),
+        [
+            ("x-probe-grpc-answer".to_string(), "14:0:none".to_string()),
+            (
+                "x-probe-grpc-status".into(),
+                "14:upstream request timeout{response_timeout}".into()
+            ),
+        ]
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let by_url =
+        PluginConfig::new("").grpc_cluster("grpc", rollgate::try_cmd::grpc_url_cluster(&url));
+    assert_eq!(in_host(by_url, "grpc"), envoy_timeout, "timed out by URL");
+    let timed_out = PluginConfig::new("").grpc_cluster("grpc", |_| GrpcReply::timed_out());
+    assert_eq!(in_host(timed_out, "grpc"), envoy_timeout, "timed out");
+    drop(silent);
+}

@@ -160,6 +160,16 @@ impl GrpcReply {
                 .into(),
         }
     }
+
+    /// What Envoy 1.40's gRPC client reports when the call's timeout passes without an
+    /// answer: 14 UNAVAILABLE, `upstream request timeout{response_timeout}` (observed:
+    /// crates/rollgate/tests/try_grpc_like_envoy.rs).
+    pub fn timed_out() -> GrpcReply {
+        GrpcReply::Close {
+            status: 14,
+            message: "upstream request timeout{response_timeout}".into(),
+        }
+    }
 }
 
 /// How a test answers a [`HttpCall`].
