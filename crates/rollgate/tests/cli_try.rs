@@ -293,3 +293,57 @@ fn any_filter_with_bodies_answers_properties_and_logs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--cluster NAME=URL` also serves the filter's gRPC calls to NAME: here URL refuses, and
+/// the filter gets Envoy's 14 UNAVAILABLE (the answered case is compared with Envoy in
+/// try_grpc_like_envoy.rs).
+#[test]
+fn a_grpc_call_to_a_cluster_url_reaches_the_filter() {
+    let probe = common::probe_path().to_string_lossy().into_owned();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = std::env::temp_dir().join(format!("rollgate-try-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (config, requests) = (dir.join("config"), dir.join("requests.jsonl"));
+    std::fs::write(&config, "").unwrap();
+    std::fs::write(
+        &requests,
+        r#"{"authority":"p.test","headers":[["x-probe-op","grpc"]]}"#,
+    )
+    .unwrap();
+    let out = rollgate(
+        &[
+            "try",
+            "--wasm",
+            &probe,
+            "--policy",
+            &config.to_string_lossy(),
+            "--requests",
+            &requests.to_string_lossy(),
+            "--cluster",
+            &format!("grpc=http://127.0.0.1:{dead}"),
+        ],
+        "",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_lines(&out).remove(0);
+    assert_eq!(
+        v["request_headers"]["x-probe-grpc-answer"], "5:14:0:none",
+        "{v}"
+    );
+    assert!(
+        v["request_headers"]["x-probe-grpc-status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("14:upstream connect error or disconnect/reset before headers"),
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
