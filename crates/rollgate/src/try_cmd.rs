@@ -581,7 +581,8 @@ pub fn url_cluster(
 /// call's timeout. The answer is read as Envoy's `Grpc::AsyncStreamImpl` reads it: a
 /// non-200 status without `grpc-status` maps to a gRPC status (`httpToGrpcStatus`), a
 /// missing `grpc-status` is 2 UNKNOWN, OK without a message is 13 INTERNAL; a server's
-/// non-zero status comes with its message followed by `{via_upstream}` (observed). A refused
+/// non-zero status comes with its message as sent (not percent-decoded) followed by
+/// `{via_upstream}` (observed). A refused
 /// connection gets [`GrpcReply::refused`](crate::wasmhost::GrpcReply::refused) (Envoy's
 /// words, observed), a timeout [`GrpcReply::timed_out`](crate::wasmhost::GrpcReply::timed_out)
 /// (observed), other failures 14 UNAVAILABLE with words of our own (not compared with Envoy's).

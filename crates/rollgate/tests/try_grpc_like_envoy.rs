@@ -56,7 +56,7 @@ fn envoy_with_grpc(upstream: &Upstream, grpc_port: u16, serve: bool) -> Envoy {
               # Envoy turns a direct response to a gRPC request into a trailers-only answer:
               # grpc-status 7 (from 403), grpc-message the body.
               - match: {{ prefix: "/probe.Echo/Deny" }}
-                direct_response: {{ status: 403, body: {{ inline_string: "denied" }} }}
+                direct_response: {{ status: 403, body: {{ inline_string: "denied é%" }} }}
                 typed_per_filter_config:
                   envoy.filters.http.grpc_http1_reverse_bridge:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfigPerRoute
@@ -257,18 +257,18 @@ fn grpc_calls_like_envoys() {
     assert_eq!(c.metadata.get_str("x-probe-meta").as_deref(), Some("m1"));
     assert_eq!(c.timeout, Some(std::time::Duration::from_secs(1)));
 
-    // The server refuses (grpc-status 7, grpc-message "denied"): on_grpc_close with both,
-    // the message followed by Envoy's response code details.
+    // The server refuses (grpc-status 7, grpc-message "denied é%", which it percent-encodes):
+    // on_grpc_close with both, the message as sent (Envoy does not decode it) followed by
+    // Envoy's response code details.
     let envoy_denied = in_envoy(&envoy, &upstream, "grpc-deny");
     let envoy_denied = untokened(&envoy_denied.0);
     assert_eq!(
         envoy_denied,
         [
             ("x-probe-grpc-answer".to_string(), "7:0:none".to_string()),
-            // Envoy 1.40 appends the stream's response code details to the message.
             (
                 "x-probe-grpc-status".into(),
-                "7:denied{via_upstream}".into()
+                "7:denied %C3%A9%25{via_upstream}".into()
             ),
         ],
     );
@@ -276,7 +276,7 @@ fn grpc_calls_like_envoys() {
         PluginConfig::new("").grpc_cluster("grpc", rollgate::try_cmd::grpc_url_cluster(&url));
     let denied = PluginConfig::new("").grpc_cluster("grpc", |_| GrpcReply::Close {
         status: 7,
-        message: "denied{via_upstream}".into(),
+        message: "denied %C3%A9%25{via_upstream}".into(),
     });
     assert_eq!(
         untokened(&in_host(by_url, "grpc-deny").0),
