@@ -24,6 +24,7 @@ mod load;
 mod policy_server;
 mod stack;
 pub mod sticky;
+mod tcp;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use envoy::{Envoy, StartError};
 pub use load::{Load, Sample};
 pub use policy_server::PolicyServer;
 pub use stack::{Stack, CANARY, DEV, SEED_CLUSTERS, SEED_POLICY, STABLE};
+pub use tcp::{connect_through, render_tcp, Fate, TcpUpstream};
 pub use upstream::{Received, Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
 
 /// The Cargo workspace root (the parent of this crate's directory).

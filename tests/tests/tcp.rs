@@ -1,0 +1,116 @@
+//! The filter as a network filter in front of Envoy's `tcp_proxy` (two workers): connection
+//! limits decided before `tcp_proxy` sees the connection, so a refused one opens no upstream
+//! connection. Envoy's own `/stats` (`cluster.db.upstream_cx_total`) and the upstream's
+//! accept count both say so.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rollgate_e2e::{connect_through, render_tcp, wasm_path, Envoy, Fate, TcpUpstream};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn start(policy: &str) -> (Envoy, TcpUpstream) {
+    let up = TcpUpstream::start();
+    let envoy = Envoy::start_yaml(&render_tcp(policy, &wasm_path(), up.port()), 2).unwrap();
+    (envoy, up)
+}
+
+fn custom(envoy: &Envoy, name: &str) -> u64 {
+    envoy
+        .stat(&format!("wasmcustom.rollgate.db.tcp.{name}"))
+        .unwrap_or(0)
+}
+
+/// Polls `f` until it holds or `WAIT` passes.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn in_flight_three_admits_three_refuses_the_fourth_at_once_and_frees_on_close() {
+    let (envoy, up) = start(r#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (s, fate) = connect_through(envoy.port(), WAIT);
+        assert_eq!(fate, Fate::Echoed, "connection {i}\n{}", envoy.log());
+        held.push(s);
+    }
+    let t = Instant::now();
+    let (_s, fate) = connect_through(envoy.port(), WAIT);
+    let took = t.elapsed();
+    assert_eq!(fate, Fate::Closed, "the fourth is refused");
+    assert!(
+        took < Duration::from_secs(2),
+        "closed at once, not a hang: {took:?}"
+    );
+    assert_eq!(custom(&envoy, "refused_in_flight"), 1);
+    assert_eq!(custom(&envoy, "active"), 3);
+    // No upstream connection was opened for it: Envoy's count and the upstream's agree.
+    assert_eq!(envoy.stat("cluster.db.upstream_cx_total"), Some(3));
+    assert_eq!(up.accepted(), 3);
+
+    // Closing one lets a new one in (once Envoy has seen the close).
+    drop(held.pop());
+    assert!(eventually(|| custom(&envoy, "active") == 2));
+    let (s, fate) = connect_through(envoy.port(), WAIT);
+    assert_eq!(
+        fate,
+        Fate::Echoed,
+        "a freed place is taken\n{}",
+        envoy.log()
+    );
+    held.push(s);
+    assert_eq!(up.accepted(), 4);
+    assert_eq!(envoy.stat("cluster.db.upstream_cx_total"), Some(4));
+    let (_s, fate) = connect_through(envoy.port(), WAIT);
+    assert_eq!(fate, Fate::Closed);
+    assert_eq!(custom(&envoy, "refused_in_flight"), 2);
+
+    // All closed: the count returns to 0 and three fit again.
+    held.clear();
+    assert!(eventually(|| custom(&envoy, "active") == 0));
+    for _ in 0..3 {
+        let (s, fate) = connect_through(envoy.port(), WAIT);
+        assert_eq!(fate, Fate::Echoed);
+        held.push(s);
+    }
+    assert_eq!(up.accepted(), 7);
+}
+
+#[test]
+fn allow_without_loopback_refuses_and_with_it_admits() {
+    let (envoy, up) = start(r#"{"name":"db","tcp":{"allow":["10.0.0.0/8","::1/128"]}}"#);
+    let (_s, fate) = connect_through(envoy.port(), WAIT);
+    assert_eq!(fate, Fate::Closed);
+    assert_eq!(custom(&envoy, "refused_allow"), 1);
+    assert_eq!(envoy.stat("cluster.db.upstream_cx_total"), Some(0));
+    assert_eq!(up.accepted(), 0);
+    drop(envoy);
+
+    let (envoy, up) = start(r#"{"name":"db","tcp":{"allow":["127.0.0.0/8"]}}"#);
+    let (_s, fate) = connect_through(envoy.port(), WAIT);
+    assert_eq!(fate, Fate::Echoed);
+    assert_eq!(custom(&envoy, "refused_allow"), 0);
+    assert_eq!(up.accepted(), 1);
+}
+
+#[test]
+fn rate_admits_the_burst_then_refuses() {
+    // 1 per minute, burst 2: the third attempt within the test's few seconds is refused.
+    let (envoy, up) =
+        start(r#"{"name":"db","tcp":{"rate":{"average":1,"period":"1m","burst":2}}}"#);
+    let fates: Vec<Fate> = (0..3)
+        .map(|_| connect_through(envoy.port(), WAIT).1)
+        .collect();
+    assert_eq!(fates, [Fate::Echoed, Fate::Echoed, Fate::Closed]);
+    assert_eq!(custom(&envoy, "refused_rate"), 1);
+    assert_eq!(up.accepted(), 2);
+}
