@@ -16,6 +16,7 @@ pub struct TcpUpstream {
     port: u16,
     accepted: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -26,8 +27,9 @@ impl TcpUpstream {
         let port = listener.local_addr().expect("local addr").port();
         let accepted = Arc::new(AtomicU64::new(0));
         let open = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, o, s) = (accepted.clone(), open.clone(), stop.clone());
+        let (a, o, p, s) = (accepted.clone(), open.clone(), peak.clone(), stop.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -35,7 +37,8 @@ impl TcpUpstream {
                 }
                 let Ok(mut conn) = conn else { continue };
                 a.fetch_add(1, Ordering::SeqCst);
-                o.fetch_add(1, Ordering::SeqCst);
+                let now_open = o.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now_open, Ordering::SeqCst);
                 let o = o.clone();
                 thread::spawn(move || {
                     let mut buf = [0u8; 4096];
@@ -53,8 +56,14 @@ impl TcpUpstream {
             port,
             accepted,
             open,
+            peak,
             stop,
         }
+    }
+
+    /// The most connections open at once so far (the server's `Max_used_connections`).
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
     }
 
     /// The listening port.

@@ -114,3 +114,76 @@ fn rate_admits_the_burst_then_refuses() {
     assert_eq!(custom(&envoy, "refused_rate"), 1);
     assert_eq!(up.accepted(), 2);
 }
+
+#[test]
+fn hundred_attempts_from_ten_threads_never_make_a_fourth_concurrent_connection() {
+    let (envoy, up) = start(r#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#);
+    let port = envoy.port();
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut admitted = 0;
+                for _ in 0..10 {
+                    let (s, fate) = connect_through(port, WAIT);
+                    assert_ne!(fate, Fate::Hung);
+                    if fate == Fate::Echoed {
+                        admitted += 1;
+                        thread::sleep(Duration::from_millis(30));
+                    }
+                    drop(s);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let refused = custom(&envoy, "refused_in_flight");
+    eprintln!(
+        "100 attempts: {admitted} admitted, {refused} refused, upstream peak {}",
+        up.peak()
+    );
+    assert_eq!(u64::from(admitted) + refused, 100);
+    assert!(admitted >= 3, "{admitted}");
+    assert!(up.peak() <= 3, "upstream saw {} at once", up.peak());
+    assert_eq!(
+        envoy.stat("cluster.db.upstream_cx_total"),
+        Some(u64::from(admitted))
+    );
+    assert!(eventually(|| custom(&envoy, "active") == 0));
+}
+
+#[test]
+fn no_leak_after_a_thousand_cycles_some_abrupt() {
+    let (envoy, up) = start(r#"{"name":"db","tcp":{"in_flight":{"per_source":3,"total":3}}}"#);
+    let port = envoy.port();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                for i in 0..250 {
+                    if (i + t) % 3 == 0 {
+                        // Abrupt: gone before Envoy could even answer.
+                        drop(std::net::TcpStream::connect(("127.0.0.1", port)));
+                    } else {
+                        drop(connect_through(port, WAIT));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        eventually(|| custom(&envoy, "active") == 0),
+        "active {}",
+        custom(&envoy, "active")
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (s, fate) = connect_through(port, WAIT);
+        assert_eq!(fate, Fate::Echoed, "the limit did not leak shut");
+        held.push(s);
+    }
+    assert_eq!(connect_through(port, WAIT).1, Fate::Closed);
+    assert!(up.accepted() > 3);
+}
