@@ -187,3 +187,28 @@ fn no_leak_after_a_thousand_cycles_some_abrupt() {
     assert_eq!(connect_through(port, WAIT).1, Fate::Closed);
     assert!(up.accepted() > 3);
 }
+
+#[test]
+fn rate_twenty_a_second_burst_five_admits_five_plus_twenty_per_second() {
+    let _timing = rollgate_e2e::timing_lock();
+    let (envoy, up) = start(r#"{"name":"db","tcp":{"rate":{"average":20,"burst":5}}}"#);
+    let start = Instant::now();
+    let mut admitted = 0u64;
+    let mut attempts = 0u64;
+    while start.elapsed() < Duration::from_secs(5) {
+        attempts += 1;
+        if connect_through(envoy.port(), WAIT).1 == Fate::Echoed {
+            admitted += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let expected = 5.0 + 20.0 * elapsed;
+    eprintln!("{attempts} attempts in {elapsed:.2} s: {admitted} admitted, expected {expected:.1}");
+    assert!(attempts > 2 * admitted, "attempts must outrun the rate");
+    assert!(
+        (admitted as f64 - expected).abs() <= 0.05 * expected,
+        "{admitted} admitted, expected {expected:.1} ± 5 %"
+    );
+    assert_eq!(custom(&envoy, "refused_rate"), attempts - admitted);
+    assert_eq!(up.accepted(), admitted);
+}
