@@ -12,11 +12,11 @@ pub fn validate(json: &[u8]) -> Result<String, PolicyErrors> {
         if p.variants.is_empty() {
             return format!("policy '{}': {}", p.spec.name, tcp_summary(&p));
         }
-        let tcp = p
-            .tcp
-            .is_some()
-            .then(|| format!("; {}", tcp_summary(&p)))
-            .unwrap_or_default();
+        let tcp = if p.tcp.is_some() {
+            format!("; {}", tcp_summary(&p))
+        } else {
+            String::new()
+        };
         format!(
             "policy '{}': {} variants, {} routes, default {}",
             p.spec.name,
