@@ -4,164 +4,38 @@
 //! engine's [`measure`] passes a healthy canary and fails it, with its figures, once it answers
 //! 500. Needs `/usr/bin/prometheus` (`make prometheus`): fails, never skips, without it.
 
-use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rollgate::kube::prometheus;
 use rollgate::rollout::analysis::{measure, CanaryCounters};
-use rollgate::rollout::client;
 use rollgate::rollout::plan::{AnalysisPlan, MetricKind, MetricPlan};
 use rollgate::rollout::{AnalysisStatus, Timestamp, Verdict};
 use rollgate_e2e::{Load, Stack, CANARY};
 use rollout_support::{Sidecar, TempDir, SEED};
 
+mod prometheus_support;
 mod rollout_support;
+
+use prometheus_support::Prometheus;
 
 /// Every policy's traffic goes to the canary.
 const POLICY: &str = r#"{"name":"flask","variants":{"stable":"k8s-flask","canary":"k8s-flask-canary","dev":"k8s-flask-dev"},"default":"canary"}"#;
 
-/// The Prometheus binary: `ROLLGATE_PROMETHEUS`, else `prometheus` on the PATH or in
-/// `/usr/bin`. Panics, naming `make prometheus`, when there is none.
-fn prometheus_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ROLLGATE_PROMETHEUS") {
-        return PathBuf::from(p);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "\n*** no prometheus binary (PATH, /usr/bin): run `make prometheus` \
-             (installs Debian's prometheus), or set ROLLGATE_PROMETHEUS ***\n"
-        )
-    })
+/// What the controller's analysis reads through Prometheus.
+trait Analysis {
+    fn canary(&self) -> CanaryCounters;
+    fn wait_reading(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&CanaryCounters) -> bool,
+    ) -> CanaryCounters;
+    fn measure_since(&self, plan: &AnalysisPlan, base: &CanaryCounters, min: f64)
+        -> AnalysisStatus;
 }
 
-/// A Prometheus child scraping one Envoy admin every second; killed and its data removed on
-/// drop (a failing test included).
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Prometheus {
-    fn start(envoy_admin_port: u16) -> Prometheus {
-        Prometheus::scraping(envoy_admin_port, "/stats/prometheus")
-    }
-
-    /// A Prometheus scraping `path` on `127.0.0.1:port` every second.
-    fn scraping(port: u16, path: &str) -> Prometheus {
-        let bin = prometheus_bin();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "rollgate-prometheus-{}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir_all(dir.join("data")).unwrap();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: envoy\n    scrape_interval: 1s\n    \
-             scrape_timeout: 1s\n    metrics_path: {path}\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        );
-        fs::write(dir.join("prometheus.yml"), config).unwrap();
-        // A free port: bound, read and released just before Prometheus binds it.
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{listen}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                let _ = fs::remove_dir_all(&dir);
-                panic!("starting {}: {e} (run `make prometheus`)", bin.display())
-            });
-        let mut p = Prometheus {
-            child,
-            dir,
-            url: format!("http://127.0.0.1:{listen}"),
-        };
-        p.wait_ready(Duration::from_secs(20));
-        p
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prometheus exited ({status}):\n{}", self.log());
-            }
-            let ready = client::request(
-                "GET",
-                &format!("{}/-/ready", self.url),
-                None,
-                Duration::from_secs(1),
-            );
-            if matches!(ready, Ok(r) if r.status == 200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready after {timeout:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// The samples of an instant query without special characters: labels and value.
-    fn instant(&self, query: &str) -> Vec<(serde_json::Value, String)> {
-        let r = client::request(
-            "GET",
-            &format!("{}/api/v1/query?query={query}", self.url),
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap_or_else(|e| panic!("query {query}: {e}\n{}", self.log()));
-        let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(answer["status"], "success", "{answer}");
-        answer["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| {
-                (
-                    x["metric"].clone(),
-                    x["value"][1].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
+impl Analysis for Prometheus {
     /// The canary's counters, as the controller reads them through Prometheus.
     fn canary(&self) -> CanaryCounters {
         prometheus::query(&self.url, "flask")
@@ -206,14 +80,6 @@ impl Prometheus {
         );
         let delta = now.since(base).expect("counters only go up");
         measure(plan, &delta, Timestamp::now())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -225,7 +225,7 @@ fn http_calls_are_answered_by_the_cluster_handler() {
     assert!(ex.forwarded, "resumed by the callout response");
     assert_eq!(note(&ex, "auth-status"), "201");
     assert_eq!(note(&ex, "auth-body"), "pong");
-    assert_eq!(note(&ex, "call-counts"), "1:2:4:0");
+    assert_eq!(note(&ex, "call-counts"), "4:2:4:0");
     assert_eq!(note(&ex, "call-status"), "0:");
     assert_eq!(
         note(&ex, "call-trailers"),
