@@ -164,8 +164,18 @@ struct Entry {
 
 const ENTRY_LEN: usize = 20;
 
+/// First byte of a count key's value. A key is never emptied (an empty value reads as absent,
+/// and a write to an absent key cannot be compare-and-swapped), so only its very first write
+/// is unconditional.
+const FORMAT: u8 = 1;
+
 fn decode(b: &[u8]) -> Vec<Entry> {
-    b.chunks_exact(ENTRY_LEN)
+    let entries = match b.split_first() {
+        Some((&FORMAT, rest)) => rest,
+        _ => &[],
+    };
+    entries
+        .chunks_exact(ENTRY_LEN)
         .filter_map(|c| {
             Some(Entry {
                 worker: u64::from_le_bytes(c.get(0..8)?.try_into().ok()?),
@@ -177,7 +187,8 @@ fn decode(b: &[u8]) -> Vec<Entry> {
 }
 
 fn encode(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    let mut out = Vec::with_capacity(1 + entries.len() * ENTRY_LEN);
+    out.push(FORMAT);
     for e in entries {
         out.extend_from_slice(&e.worker.to_le_bytes());
         out.extend_from_slice(&e.count.to_le_bytes());
@@ -197,10 +208,15 @@ fn update(
     mut f: impl FnMut(u64) -> Option<u32>,
 ) -> Option<bool> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (entries, cas) = match store.get(key) {
-            Some((v, cas)) => (decode(&v), cas),
-            None => (Vec::new(), 0),
+        let Some((value, cas)) = store.get(key) else {
+            // Created empty first, then written by compare-and-swap like any other time: an
+            // unconditional write of counts could erase another worker's. Two workers creating
+            // the key at once can still erase the other's first entry (Envoy has no
+            // create-if-absent); that worker's next sweep writes it back.
+            let _ = store.set(key, &[FORMAT], 0);
+            continue;
         };
+        let entries = decode(&value);
         let mut live: Vec<Entry> = entries
             .into_iter()
             .filter(|e| e.worker != worker && now_ns.saturating_sub(e.written_ns) < STALE_NS)

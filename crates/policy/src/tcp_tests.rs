@@ -167,3 +167,53 @@ fn rate_is_a_token_bucket_per_source_and_spent_only_by_admissions() {
     assert!(t.open(&mut w, &s, src, 50_000_000).is_ok());
     assert!(t.open(&mut w, &s, ip("127.0.0.9"), 0).is_ok(), "own bucket");
 }
+
+/// A store where another worker writes between each of our reads and writes, `races` times.
+struct Racing {
+    inner: MemStore,
+    races: std::cell::Cell<u32>,
+    other: InFlight,
+    limits: TcpLimits,
+}
+
+impl SharedStore for Racing {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::StoreError> {
+        if self.races.get() > 0 {
+            self.races.set(self.races.get() - 1);
+            // The other worker takes a place first: our token is now stale.
+            let mut other = InFlight::new(self.other.worker);
+            self.limits
+                .open(&mut other, &self.inner, "127.0.0.1".parse().ok(), 0)
+                .unwrap();
+        }
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_lost_compare_and_swap_is_retried_on_fresh_counts() {
+    let t = limits(r#"{"in_flight":{"per_source":2}}"#);
+    let s = Racing {
+        inner: MemStore::default(),
+        races: std::cell::Cell::new(1),
+        other: InFlight::new(9),
+        limits: t.clone(),
+    };
+    let mut w = InFlight::new(1);
+    let src = ip("127.0.0.1");
+    // The key exists (a count key is never emptied, so later writes are all conditional).
+    s.races.set(0);
+    let c = t.open(&mut InFlight::new(5), &s.inner, src, 0).unwrap();
+    t.close(&mut InFlight::new(5), &s.inner, &c, 0);
+    assert_eq!(t.open_count(&s.inner, &t.key_of(src), 0), 0);
+    s.races.set(1);
+    // Our first write loses to the other worker's; the retry sees its count and still fits.
+    assert!(t.open(&mut w, &s, src, 0).is_ok());
+    assert_eq!(t.open_count(&s.inner, &t.key_of(src), 0), 2);
+    // Full now, whoever asks.
+    assert_eq!(t.open(&mut w, &s, src, 0), Err(Refusal::InFlight));
+}
