@@ -123,7 +123,7 @@ fuzz:
 
 # Dev profile on purpose: it shares `make test`'s build, and a failing demo unwinds and stops
 # what it started (the release profile aborts on panic, as the filter must).
-demo: wasm envoy
+demo: wasm envoy mariadb
 	$(CARGO) build --quiet -p rollgate --bin rollgate
 	$(CARGO) run --quiet -p rollgate-e2e --bin rollgate-demo
 
