@@ -141,6 +141,34 @@ static_resources:
     )
 }
 
+/// Closes `s` with a reset (`SO_LINGER` 0) instead of a FIN: a client killed abruptly.
+pub fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Linger {
+        on: i32,
+        secs: i32,
+    }
+    extern "C" {
+        fn setsockopt(fd: i32, level: i32, name: i32, value: *const Linger, len: u32) -> i32;
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SO_LINGER: i32 = 13;
+    let l = Linger { on: 1, secs: 0 };
+    // SAFETY: a valid socket descriptor and a `struct linger` of the size passed.
+    let rc = unsafe {
+        setsockopt(
+            s.as_raw_fd(),
+            SOL_SOCKET,
+            SO_LINGER,
+            &l,
+            std::mem::size_of::<Linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+    drop(s);
+}
+
 /// What a connection through the proxy came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {

@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rollgate_e2e::{connect_through, render_tcp, wasm_path, Envoy, Fate, TcpUpstream};
+use rollgate_e2e::{connect_through, render_tcp, reset, wasm_path, Envoy, Fate, TcpUpstream};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -153,18 +153,21 @@ fn hundred_attempts_from_ten_threads_never_make_a_fourth_concurrent_connection()
 }
 
 #[test]
-fn no_leak_after_a_thousand_cycles_some_abrupt() {
+fn no_leak_after_a_thousand_cycles_half_abrupt_or_reset() {
     let (envoy, up) = start(r#"{"name":"db","tcp":{"in_flight":{"per_source":3,"total":3}}}"#);
     let port = envoy.port();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             thread::spawn(move || {
                 for i in 0..250 {
-                    if (i + t) % 3 == 0 {
-                        // Abrupt: gone before Envoy could even answer.
-                        drop(std::net::TcpStream::connect(("127.0.0.1", port)));
-                    } else {
-                        drop(connect_through(port, WAIT));
+                    match (i + t) % 4 {
+                        // Gone before Envoy could even answer.
+                        0 => drop(std::net::TcpStream::connect(("127.0.0.1", port))),
+                        // Killed: a reset, no FIN, while connected through.
+                        1 => reset(connect_through(port, WAIT).0),
+                        // Reset before any answer.
+                        2 => reset(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()),
+                        _ => drop(connect_through(port, WAIT)),
                     }
                 }
             })
