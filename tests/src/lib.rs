@@ -37,7 +37,7 @@ pub use load::{Load, Sample};
 pub use mariadb::{mariadb_client, query, MariaDb};
 pub use policy_server::PolicyServer;
 pub use stack::{Stack, CANARY, DEV, SEED_CLUSTERS, SEED_POLICY, STABLE};
-pub use tcp::{connect_through, render_tcp, reset, Fate, TcpUpstream};
+pub use tcp::{connect_through, render_tcp, render_tcp_with, reset, Fate, TcpUpstream};
 pub use upstream::{Received, Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
 
 /// The Cargo workspace root (the parent of this crate's directory).

@@ -93,6 +93,11 @@ impl Drop for TcpUpstream {
 /// The bootstrap for TCP mode: one listener on `127.0.0.1:0` whose chain is the filter (as a
 /// network filter, running `policy`) then `tcp_proxy` to cluster `db` at `upstream_port`.
 pub fn render_tcp(policy: &str, wasm: &Path, upstream_port: u16) -> String {
+    render_tcp_with(policy, wasm, upstream_port, "FAIL_CLOSED")
+}
+
+/// [`render_tcp`] with another `failure_policy` (`FAIL_RELOAD`: a dead VM is replaced).
+pub fn render_tcp_with(policy: &str, wasm: &Path, upstream_port: u16, failure: &str) -> String {
     format!(
         r#"admin:
   address:
@@ -118,7 +123,7 @@ static_resources:
               code:
                 local:
                   filename: {wasm}
-            failure_policy: FAIL_CLOSED
+            failure_policy: {failure}
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy

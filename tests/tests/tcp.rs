@@ -215,3 +215,49 @@ fn rate_twenty_a_second_burst_five_admits_five_plus_twenty_per_second() {
     assert_eq!(custom(&envoy, "refused_rate"), attempts - admitted);
     assert_eq!(up.accepted(), admitted);
 }
+
+/// A VM that dies holding connections takes their closes with it; the counts it wrote stop
+/// being refreshed and are dropped after 5 s (`STALE_NS`), so the limit does not leak shut.
+#[test]
+fn a_dead_vms_counts_are_reclaimed() {
+    use std::io::Write;
+    let up = TcpUpstream::start();
+    let yaml = rollgate_e2e::render_tcp_with(
+        r#"{"name":"db","tcp":{"in_flight":{"total":2}}}"#,
+        &rollgate_e2e::test_trap_wasm_path(),
+        up.port(),
+        "FAIL_RELOAD",
+    );
+    // One worker: the VM that dies is the one every connection went through.
+    let envoy = Envoy::start_yaml(&yaml, 1).unwrap();
+    let (mut a, fate) = connect_through(envoy.port(), WAIT);
+    assert_eq!(fate, Fate::Echoed);
+    let (_b, fate) = connect_through(envoy.port(), WAIT);
+    assert_eq!(fate, Fate::Echoed);
+    assert_eq!(connect_through(envoy.port(), WAIT).1, Fate::Closed);
+    // Kill the VM from one of its connections.
+    a.write_all(b"x-rollgate-test-trap").unwrap();
+    assert!(
+        envoy.wait_for_log("unreachable", WAIT),
+        "the VM did not trap\n{}",
+        envoy.log()
+    );
+    let died = Instant::now();
+    // The new VM admits again once the dead one's counts are stale, and not long after.
+    let mut admitted_after = None;
+    while died.elapsed() < Duration::from_secs(15) {
+        let (s, fate) = connect_through(envoy.port(), WAIT);
+        if fate == Fate::Echoed {
+            admitted_after = Some(died.elapsed());
+            drop(s);
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let after = admitted_after.unwrap_or_else(|| panic!("never admitted again\n{}", envoy.log()));
+    eprintln!(
+        "admitted again {:.1} s after the VM died",
+        after.as_secs_f64()
+    );
+    assert!(after < Duration::from_secs(8), "{after:?}");
+}

@@ -83,6 +83,22 @@ impl StreamContext for Conn {
         }
     }
 
+    // Test builds only (`make wasm-test-trap`): a client that sends `x-rollgate-test-trap` kills
+    // the VM holding its connection, to test that the dead VM's counts are reclaimed.
+    #[cfg(feature = "test-trap")]
+    fn on_downstream_data(&mut self, size: usize, _: bool) -> Action {
+        if let Ok(Some(data)) = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::DownstreamData,
+            0,
+            size.min(64),
+        ) {
+            if data.starts_with(b"x-rollgate-test-trap") {
+                core::arch::wasm32::unreachable();
+            }
+        }
+        Action::Continue
+    }
+
     fn on_downstream_close(&mut self, _: PeerType) {
         self.release();
     }
