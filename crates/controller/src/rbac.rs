@@ -1,6 +1,6 @@
 //! What rollgate asks of the API server, as RBAC rules: the one list that
-//! `manifests/controller/rbac.yaml` is checked against (`host/tests/manifests.rs`), and that
-//! is itself checked against the requests the code really sends (`host/tests/kube_rbac.rs`
+//! `manifests/controller/rbac.yaml` is checked against (`crates/rollgate/tests/manifests.rs`), and that
+//! is itself checked against the requests the code really sends (`crates/rollgate/tests/kube_rbac.rs`
 //! runs the controller and every cluster command against a recording API server and derives
 //! each request's verb as the API server's authorizer does). A verb granted here and never
 //! used, or used and not granted, fails that test.

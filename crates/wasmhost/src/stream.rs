@@ -539,7 +539,7 @@ impl PluginInner {
     /// What Envoy answers on the stream during which worker `w`'s VM trapped: the 503
     /// `wasm_fail_stream` local reply of `Context::failStream` (Envoy
     /// `source/extensions/common/wasm/context.cc`) under every failure policy. Measured on
-    /// Envoy 1.40 (host/tests/differential.rs `a_trap_then_the_next_requests_like_envoy`):
+    /// Envoy 1.40 (crates/rollgate/tests/differential.rs `a_trap_then_the_next_requests_like_envoy`):
     /// even FAIL_OPEN answers the trapping request 503 and only lets the next ones through.
     pub(crate) fn trapped_answer(&mut self, w: usize, req: &HttpRequest) -> Exchange {
         let w = w.min(self.vms.len().saturating_sub(1));
