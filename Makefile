@@ -22,7 +22,7 @@ export ROLLGATE_WASM := $(CURDIR)/$(WASM)
 export ROLLGATE_WASM_TEST_TRAP := $(CURDIR)/$(WASM_TEST_TRAP)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench fuzz envoy prometheus binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench fuzz envoy prometheus mariadb binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -48,6 +48,17 @@ prometheus:
 	    apt-get install -y -qq --no-install-recommends prometheus; } || st=$$?; \
 	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
 	@prometheus --version 2>&1 | head -1
+
+## MariaDB from Debian, for the TCP connection limits against a real database
+## (tests/tests/tcp_mariadb.rs, which fails without it). policy-rc.d keeps the package from
+## starting its service; the test runs its own server on a temp datadir and a loopback port.
+mariadb:
+	@command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || { \
+	  rc=/usr/sbin/policy-rc.d; own=; [ -e $$rc ] || { printf '#!/bin/sh\nexit 101\n' > $$rc; chmod +x $$rc; own=1; }; \
+	  st=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends mariadb-server mariadb-client; } || st=$$?; \
+	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
+	@/usr/sbin/mariadbd --version 2>&1 | head -1
 
 ## binaryen's wasm-opt from Debian, for the filter's size passes.
 binaryen:
@@ -97,7 +108,7 @@ lint: clippy
 	$(CARGO) fmt --all -- --check
 
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
-test: lint wasm wasm-test-trap abi-probe envoy prometheus
+test: lint wasm wasm-test-trap abi-probe envoy prometheus mariadb
 	$(CARGO) test --workspace
 
 ## Fuzzing (fuzz/, README "Fuzzing"): every target for FUZZ_SECS seconds in all; `make test`
@@ -112,7 +123,7 @@ fuzz:
 
 # Dev profile on purpose: it shares `make test`'s build, and a failing demo unwinds and stops
 # what it started (the release profile aborts on panic, as the filter must).
-demo: wasm envoy
+demo: wasm envoy mariadb
 	$(CARGO) build --quiet -p rollgate --bin rollgate
 	$(CARGO) run --quiet -p rollgate-e2e --bin rollgate-demo
 

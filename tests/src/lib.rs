@@ -21,9 +21,11 @@ mod config;
 mod envoy;
 mod http;
 mod load;
+mod mariadb;
 mod policy_server;
 mod stack;
 pub mod sticky;
+mod tcp;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -32,8 +34,10 @@ pub use client::{Client, Response};
 pub use config::{render as render_config, yaml_quote, EnvoyOptions};
 pub use envoy::{Envoy, StartError};
 pub use load::{Load, Sample};
+pub use mariadb::{mariadb_client, query, MariaDb};
 pub use policy_server::PolicyServer;
 pub use stack::{Stack, CANARY, DEV, SEED_CLUSTERS, SEED_POLICY, STABLE};
+pub use tcp::{connect_through, render_tcp, render_tcp_with, reset, Fate, TcpUpstream};
 pub use upstream::{Received, Upstream, ECHO_PREFIX, INTERNAL_HEADER_PREFIX};
 
 /// The Cargo workspace root (the parent of this crate's directory).

@@ -15,12 +15,13 @@
 
 mod host;
 mod http;
+mod tcp;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 
 use host::{define, increment, log, now_ns, record, EnvoyStore};
@@ -31,6 +32,7 @@ use rollgate_policy::pipeline::{BreakerIds, VariantIds, Worker};
 use rollgate_policy::policy::Policy;
 use rollgate_policy::ratelimit::Leases;
 use rollgate_policy::stats::StatNames;
+use rollgate_policy::tcp::InFlight;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -70,8 +72,19 @@ fn carry_over<T, S>(
         .collect()
 }
 
+/// Metric ids of the connection limits (0 when the policy has none).
+#[derive(Default)]
+pub(crate) struct TcpIds {
+    active: u32,
+    refused_in_flight: u32,
+    refused_allow: u32,
+    refused_rate: u32,
+}
+
 /// Everything a configuration compiles to, for one worker.
 pub(crate) struct Runtime {
+    /// Connection limits' stats.
+    tcp_ids: TcpIds,
     /// What each request reads (and its breaker views and leases).
     worker: Worker,
     /// When each breaker was last checked: the tick may be faster than its `check_period`.
@@ -121,8 +134,15 @@ impl Runtime {
             |o, n| o.name == n.name && o.config == n.config,
             |_| Leases::default(),
         );
+        let tcp_ids = names.tcp.map_or_else(TcpIds::default, |t| TcpIds {
+            active: define(MetricType::Gauge, &t.active),
+            refused_in_flight: define(MetricType::Counter, &t.refused_in_flight),
+            refused_allow: define(MetricType::Counter, &t.refused_allow),
+            refused_rate: define(MetricType::Counter, &t.refused_rate),
+        });
         let n = policy.breakers.len();
         Runtime {
+            tcp_ids,
             worker: Worker {
                 leases: RefCell::new(leases),
                 policy,
@@ -191,6 +211,9 @@ struct Root {
     /// Fetches policies from the sidecar, when the configuration names a `source`.
     fetcher: Option<Fetcher>,
     fetch_ids: Option<FetchIds>,
+    /// This worker's open connections, across policy switches (each connection gives back
+    /// what the policy that admitted it took).
+    in_flight: Option<Rc<RefCell<InFlight>>>,
 }
 
 /// How often the root ticks when it fetches policies: the longest a worker runs an older
@@ -213,7 +236,15 @@ impl Root {
         if self.fetcher.is_some() {
             period = Some(period.map_or(ADOPT_PERIOD, |p| p.min(ADOPT_PERIOD)));
         }
+        if policy.tcp.as_ref().is_some_and(|t| t.counts()) {
+            let refresh = Duration::from_nanos(rollgate_policy::tcp::REFRESH_NS);
+            period = Some(period.map_or(refresh, |p| p.min(refresh)));
+        }
         self.set_tick_period(period.unwrap_or(Duration::ZERO));
+        if self.in_flight.is_none() && policy.tcp.is_some() {
+            let id = rollgate_policy::fetch::worker_id(&EnvoyStore, "rollgate.vm_seq", now_ns());
+            self.in_flight = Some(Rc::new(RefCell::new(InFlight::new(id))));
+        }
         self.runtime = Some(Rc::new(Runtime::new(policy, self.runtime.as_deref())));
     }
 
@@ -420,7 +451,17 @@ impl RootContext for Root {
         self.fetch_tick(now_ns());
         if let Some(rt) = &self.runtime {
             rt.tick();
+            if let (Some(tcp), Some(w)) = (&rt.worker.policy.tcp, &self.in_flight) {
+                if let Ok(w) = w.try_borrow() {
+                    tcp.sweep(&w, &EnvoyStore, now_ns());
+                }
+            }
         }
+    }
+
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        let w = self.in_flight.clone()?;
+        Some(Box::new(tcp::Conn::new(self.runtime.clone(), w)))
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -431,6 +472,12 @@ impl RootContext for Root {
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        // A policy with `tcp` and no variants routes nothing: it is the network filter's.
+        match &self.runtime {
+            Some(rt) if rt.worker.policy.tcp.is_some() && rt.worker.policy.variants.is_empty() => {
+                Some(ContextType::StreamContext)
+            }
+            _ => Some(ContextType::HttpContext),
+        }
     }
 }

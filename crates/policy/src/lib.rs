@@ -26,3 +26,4 @@ pub mod rule;
 pub mod stats;
 pub mod sticky;
 pub mod store;
+pub mod tcp;

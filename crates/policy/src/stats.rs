@@ -48,6 +48,19 @@ pub struct BreakerStats {
     pub fallback: String,
 }
 
+/// Stats of a policy's connection limits (network filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Gauge: connections admitted and not yet closed, all workers.
+    pub active: String,
+    /// Counter: connections refused by `in_flight`.
+    pub refused_in_flight: String,
+    /// Counter: connections refused by `allow`.
+    pub refused_allow: String,
+    /// Counter: connections refused by `rate`.
+    pub refused_rate: String,
+}
+
 /// Every stat name of a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatNames {
@@ -57,6 +70,8 @@ pub struct StatNames {
     pub rate_limited: Vec<String>,
     /// Per breaker.
     pub breakers: Vec<BreakerStats>,
+    /// When the policy has `tcp`.
+    pub tcp: Option<TcpStats>,
 }
 
 impl StatNames {
@@ -93,10 +108,17 @@ impl StatNames {
                 }
             })
             .collect();
+        let tcp = policy.tcp.as_ref().map(|_| TcpStats {
+            active: format!("{p}.tcp.active"),
+            refused_in_flight: format!("{p}.tcp.refused_in_flight"),
+            refused_allow: format!("{p}.tcp.refused_allow"),
+            refused_rate: format!("{p}.tcp.refused_rate"),
+        });
         StatNames {
             variants,
             rate_limited,
             breakers,
+            tcp,
         }
     }
 }
@@ -138,6 +160,14 @@ mod tests {
             names.breakers[0].state,
             "rollgate.flask_app.breaker.lat.state"
         );
+    }
+
+    #[test]
+    fn tcp_names() {
+        let p = Policy::from_json(br#"{"name":"db","tcp":{"allow":["::1/128"]}}"#).unwrap();
+        let t = StatNames::new(&p).tcp.unwrap();
+        assert_eq!(t.active, "rollgate.db.tcp.active");
+        assert_eq!(t.refused_in_flight, "rollgate.db.tcp.refused_in_flight");
     }
 
     #[test]

@@ -9,6 +9,14 @@ use rollgate_policy::policy::PolicyErrors;
 pub fn validate(json: &[u8]) -> Result<String, PolicyErrors> {
     let c = accept_config(json)?;
     let policy = c.policy.map(|p| {
+        if p.variants.is_empty() {
+            return format!("policy '{}': {}", p.spec.name, tcp_summary(&p));
+        }
+        let tcp = if p.tcp.is_some() {
+            format!("; {}", tcp_summary(&p))
+        } else {
+            String::new()
+        };
         format!(
             "policy '{}': {} variants, {} routes, default {}",
             p.spec.name,
@@ -17,8 +25,8 @@ pub fn validate(json: &[u8]) -> Result<String, PolicyErrors> {
             p.spec
                 .default
                 .as_deref()
-                .unwrap_or("(none: unmatched requests pass untouched)")
-        )
+                .unwrap_or("(none: unmatched requests pass untouched)"),
+        ) + &tcp
     });
     let source = c.source.map(|s| {
         format!(
@@ -32,6 +40,42 @@ pub fn validate(json: &[u8]) -> Result<String, PolicyErrors> {
         (None, Some(s)) => format!("ok: {s} (no starting policy)"),
         (None, None) => "ok".to_string(),
     })
+}
+
+/// What a policy's `tcp` section does, in one phrase.
+fn tcp_summary(p: &rollgate_policy::policy::Policy) -> String {
+    let Some(t) = &p.spec.tcp else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(a) = &t.allow {
+        parts.push(format!("allow {}", a.join(", ")));
+    }
+    if let Some(f) = &t.in_flight {
+        let cap = |n: Option<u32>| n.map_or_else(|| "no cap".to_string(), |n| n.to_string());
+        parts.push(format!(
+            "in_flight {} per source, {} in all",
+            cap(f.per_source),
+            cap(f.total)
+        ));
+    }
+    if let Some(r) = &t.rate {
+        parts.push(format!(
+            "rate {} per {}, burst {}",
+            r.average,
+            r.period,
+            r.burst.unwrap_or(1)
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("no limits".into());
+    }
+    let mode = if p.variants.is_empty() {
+        "TCP connection limits (runs as a network filter)"
+    } else {
+        "TCP limits (used only by a TCP-only policy, one without variants)"
+    };
+    format!("{mode}: {}", parts.join("; "))
 }
 
 #[cfg(test)]

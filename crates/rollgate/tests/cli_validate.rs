@@ -150,3 +150,28 @@ fn deep_and_long_rules_are_refused_not_a_crash() {
         assert_eq!(stderr, filter_verdict(&json));
     }
 }
+
+#[test]
+fn tcp_policies_are_validated_with_field_paths() {
+    let ok = r#"{"name":"db","tcp":{"allow":["127.0.0.0/8","::1/128"],
+        "in_flight":{"per_source":3},"rate":{"average":20,"burst":5}}}"#;
+    let out = rollgate(&["validate", "-"], Some(ok));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "ok: policy 'db': TCP connection limits (runs as a network filter): allow 127.0.0.0/8, \
+         ::1/128; in_flight 3 per source, no cap in all; rate 20 per 1s, burst 5\n"
+    );
+    let bad = r#"{"name":"db","tcp":{"allow":["127.0.0.1/8"],"in_flight":{"total":0}}}"#;
+    let out = rollgate(&["validate", "-"], Some(bad));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "-: tcp.allow[0]: '127.0.0.1/8' has host bits set below /8\n\
+         -: tcp.in_flight.total: must be at least 1\n"
+    );
+}

@@ -84,6 +84,8 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
             .map(|b| b.to_policy())
             .collect(),
         source: None,
+        // A Rollout renders the HTTP policy; TCP limits are not part of a Rollout yet.
+        tcp: None,
     }
 }
 

@@ -10,7 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rollgate_e2e::{
-    workspace_root, Client, Envoy, EnvoyOptions, Load, Upstream, CANARY, DEV, STABLE,
+    mariadb_client, query, render_tcp, wasm_path, workspace_root, Client, Envoy, EnvoyOptions,
+    Load, MariaDb, Upstream, CANARY, DEV, STABLE,
 };
 
 /// Who an upstream is, in the story's words.
@@ -159,6 +160,63 @@ fn demo_rollout() -> String {
     let seed = std::fs::read_to_string(workspace_root().join("examples/rollout.yaml"))
         .expect("examples/rollout.yaml");
     seed.replace("interval: 10s", "interval: 2s")
+}
+
+/// Step 8: the same filter as a network filter in front of `tcp_proxy` to a real MariaDB.
+fn mysql_step() {
+    let db = MariaDb::start();
+    let policy = r#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#;
+    let envoy = Envoy::start_yaml(&render_tcp(policy, &wasm_path(), db.port()), 2)
+        .expect("envoy with tcp_proxy");
+    println!("   policy: {policy}");
+    query(db.port(), "FLUSH STATUS").expect("FLUSH STATUS");
+    let sessions: Vec<Child> = (0..3)
+        .map(|_| {
+            mariadb_client(envoy.port(), "SELECT SLEEP(2)")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mariadb client")
+        })
+        .collect();
+    wait_for("three sessions to run", Duration::from_secs(10), || {
+        query(
+            db.port(),
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'",
+        )
+        .is_ok_and(|n| n.trim() == "3")
+    });
+    println!("   three sessions run SELECT SLEEP(2) through Envoy");
+    let t = Instant::now();
+    let fourth = query(envoy.port(), "SELECT 1");
+    let took = t.elapsed();
+    match fourth {
+        Ok(_) => println!("   a fourth session was admitted (unexpected)"),
+        Err(e) => println!(
+            "   a fourth session, refused at connect in {} ms: {}",
+            took.as_millis(),
+            e.trim()
+        ),
+    }
+    for mut s in sessions {
+        let _ = s.wait();
+    }
+    wait_for("a place to free", Duration::from_secs(5), || {
+        query(envoy.port(), "SELECT 1").is_ok()
+    });
+    println!("   the three finished; a new session gets in");
+    let stat = |n: &str| envoy.stat(n).unwrap_or(0);
+    println!(
+        "   MariaDB Max_used_connections {} (three sessions and this checker); Envoy opened {} \
+         connections to it (cluster.db.upstream_cx_total), refused {} (rollgate_db_tcp_refused_in_flight)",
+        query(db.port(), "SHOW GLOBAL STATUS LIKE 'Max_used_connections'")
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?"),
+        stat("cluster.db.upstream_cx_total"),
+        stat("wasmcustom.rollgate.db.tcp.refused_in_flight"),
+    );
 }
 
 fn main() {
@@ -354,6 +412,9 @@ fn main() {
     drop(envoy);
     drop(upstreams);
     let _ = std::fs::remove_dir_all(&dir);
+
+    step(8, "MySQL behind the gateway: connection limit");
+    mysql_step();
     println!(
         "\nDone in {:.0} s; nothing left running.",
         started.elapsed().as_secs_f64()

@@ -61,7 +61,8 @@ impl Policy {
             errs.push("name", "must not be empty");
         }
         errs.check_len("name", &spec.name);
-        if spec.variants.is_empty() {
+        // A TCP-only policy (a network filter) routes nothing.
+        if spec.variants.is_empty() && spec.tcp.is_none() {
             errs.push("variants", "must name at least one variant");
         }
         let before_counts = errs.count();
@@ -186,8 +187,10 @@ impl Policy {
         }
         let rate_limits = super::limits::compile_rate_limits(&spec, &mut errs, &mut regexes_left);
         let breakers = super::breakers::compile_breakers(&spec, &index, &mut errs);
+        let tcp = super::limits::compile_tcp(&spec, &mut errs);
         errs.finish(())?;
         Ok(Policy {
+            tcp,
             rate_limits,
             breakers,
             cluster_header: spec.cluster_header.to_ascii_lowercase(),

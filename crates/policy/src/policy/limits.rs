@@ -7,6 +7,7 @@ use crate::duration::parse_duration;
 use crate::murmur3::murmur3_x86_32;
 use crate::ratelimit::{Rate, RateLimit};
 use crate::sticky::KeySource;
+use crate::tcp::{Cidr, TcpLimits};
 
 pub(super) fn compile_rate_limits(
     spec: &PolicySpec,
@@ -141,3 +142,66 @@ fn compile_source(s: Option<&LimitSourceSpec>, path: &str, errs: &mut Errors) ->
     }
     found.into_iter().next().unwrap_or(client)
 }
+
+/// Validates and compiles `tcp`.
+pub(super) fn compile_tcp(spec: &PolicySpec, errs: &mut Errors) -> Option<TcpLimits> {
+    let t = spec.tcp.as_ref()?;
+    let n = errs.count();
+    let allow = t.allow.as_ref().map(|list| {
+        if list.len() > MAX_ALLOW {
+            errs.push(
+                "tcp.allow",
+                format!("at most {MAX_ALLOW} networks, this list has {}", list.len()),
+            );
+        }
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                Cidr::parse(c)
+                    .map_err(|e| errs.push(format!("tcp.allow[{i}]"), e))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    let (mut per_source, mut total) = (None, None);
+    if let Some(f) = &t.in_flight {
+        for (field, v) in [("per_source", f.per_source), ("total", f.total)] {
+            if v == Some(0) {
+                errs.push(format!("tcp.in_flight.{field}"), "must be at least 1");
+            }
+        }
+        if f.per_source.is_none() && f.total.is_none() {
+            errs.push("tcp.in_flight", "give 'per_source', 'total' or both");
+        }
+        (per_source, total) = (f.per_source, f.total);
+    }
+    let key_prefix = format!("rollgate/{}/tcp/", spec.name);
+    let rate = t.rate.as_ref().and_then(|r| {
+        // The HTTP limit's compiler, so the two read `average`, `period`, `burst` alike.
+        let as_limit = RateLimitSpec {
+            name: "tcp".into(),
+            average: r.average,
+            period: r.period.clone(),
+            burst: r.burst,
+            ..RateLimitSpec::default()
+        };
+        let mut no_regexes = 0;
+        compile_one(spec, &as_limit, "tcp.rate", errs, &mut no_regexes).map(|l| RateLimit {
+            key_prefix: format!("{key_prefix}rate/"),
+            ..l
+        })
+    });
+    if errs.count() > n {
+        return None;
+    }
+    Some(TcpLimits {
+        allow,
+        per_source,
+        total,
+        rate,
+        key_prefix,
+    })
+}
+
+/// Most networks in `tcp.allow`.
+pub(crate) const MAX_ALLOW: usize = 1024;

@@ -58,6 +58,8 @@ pub struct Policy {
     pub rate_limits: Vec<RateLimit>,
     /// Circuit breakers, in policy order.
     pub breakers: Vec<Breaker>,
+    /// Connection limits (network filter).
+    pub tcp: Option<crate::tcp::TcpLimits>,
     routes: Vec<Route>,
 }
 

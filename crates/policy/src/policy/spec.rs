@@ -149,6 +149,40 @@ spec_types! {
         /// Traefik's `ruleSyntax` for every `match` of the policy: `v3` or `v2`. Absent: each
         /// rule is read as v3 when it is valid v3, else as v2.
         rule_syntax: Option<String> = None, omit if Option::is_none;
+        /// Connection limits when the filter runs as a network filter in front of Envoy's
+        /// `tcp_proxy` (a policy with `tcp` and no `variants`). Absent: no TCP limits.
+        tcp: Option<TcpSpec> = None, omit if Option::is_none;
+    }
+
+    /// Connection limits (`envoy.filters.network.wasm`); each part is optional.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct TcpSpec {
+        /// Source CIDRs allowed to connect (Traefik's `ipAllowList`); absent: every source.
+        allow: Option<Vec<String>> = None, omit if Option::is_none;
+        /// Simultaneous connections (Traefik's `InFlightConn`).
+        in_flight: Option<InFlightSpec> = None, omit if Option::is_none;
+        /// New connections per source, a token bucket.
+        rate: Option<TcpRateSpec> = None, omit if Option::is_none;
+    }
+
+    /// Caps on open connections; at least one of the two.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct InFlightSpec {
+        /// Most open connections from one source address (Traefik's `amount`).
+        per_source: Option<u32> = None, omit if Option::is_none;
+        /// Most open connections in all.
+        total: Option<u32> = None, omit if Option::is_none;
+    }
+
+    /// New connections per source address: `average` per `period`, at most `burst` at once.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct TcpRateSpec {
+        /// Tokens added per `period`.
+        average: f64;
+        /// Refill period. Default `1s`.
+        period: String = "1s".to_string();
+        /// Bucket capacity (default 1).
+        burst: Option<u64> = None, omit if Option::is_none;
     }
 
     /// Where the filter long-polls for its policy.

@@ -472,7 +472,9 @@ const EVERY_FIELD: &str = r#"{
      "window": "4s", "response_code": 502, "fallback_variant": "a"}
   ],
   "source": {"cluster": "rg", "path": "/v1/policies/all", "poll": "2s", "wait": "5s",
-             "authority": "sidecar"}
+             "authority": "sidecar"},
+  "tcp": {"allow": ["127.0.0.0/8", "::1/128"], "in_flight": {"per_source": 3, "total": 9},
+          "rate": {"average": 20.0, "period": "2s", "burst": 5}}
 }"#;
 
 #[test]
@@ -501,6 +503,9 @@ fn each_spec_type_declares_each_key_once() {
         spec::Empty::FIELDS,
         spec::ClientIpSpec::FIELDS,
         spec::BreakerSpec::FIELDS,
+        spec::TcpSpec::FIELDS,
+        spec::InFlightSpec::FIELDS,
+        spec::TcpRateSpec::FIELDS,
     ] {
         let mut keys = fields.to_vec();
         keys.sort_unstable();

@@ -70,6 +70,11 @@ enum Take {
     FailOpen { left: f64 },
 }
 
+/// The fingerprint a client address (its text) is keyed by, as for `client_ip` keys.
+pub fn ip_fingerprint(addr: &[u8]) -> u64 {
+    fingerprint(b'i', addr)
+}
+
 /// 64-bit FNV-1a: the key's fingerprint (and slot, modulo the slot count).
 fn fingerprint(kind: u8, key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
