@@ -417,3 +417,62 @@ fn http_call_outs_like_envoys() {
         );
     }
 }
+
+/// The probe's `props` notes: what the filter reads of Envoy's attributes.
+fn prop_notes(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    let skip = ["x-probe-op", "x-probe-seen", "x-probe-outside"];
+    headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-probe-") && !skip.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// Properties the filter reads (source address and port, request path, url_path, host,
+/// method, plugin name, root id, vm id, a missing path, one set by the filter itself, and one
+/// another filter would set, given to the host as `--property` does) are what Envoy answers.
+#[test]
+fn properties_read_like_envoys() {
+    let upstream = Upstream::start("echo");
+    let envoy = envoy_with_probe(&upstream);
+    let raw = "GET /p/q?x=1 HTTP/1.1\r\nHost: probe.test\r\nx-probe-op: props\r\n\r\n";
+    let (in_envoy, port) = send_raw(&envoy, raw.as_bytes());
+    let got = upstream.received();
+    assert_eq!(got.len(), 1, "{}", envoy.log());
+    let envoy_notes = prop_notes(&got[0].headers);
+
+    let host = Host::new();
+    // What Envoy's cluster_name property holds here, as another filter's would be given.
+    let custom = envoy_notes
+        .iter()
+        .find(|(k, _)| k == "x-probe-custom")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let mut config = PluginConfig::new("").name("rollgate").root_id("rollgate");
+    if custom != "None" {
+        config = config.property(&["xds", "cluster_name"], custom.as_bytes());
+    }
+    let plugin = host
+        .start(common::probe(), config)
+        .expect("the probe starts");
+    let ex = plugin
+        .run(
+            HttpRequest::new("GET", "probe.test", "/p/q?x=1")
+                .header("x-probe-op", "props")
+                .source(&format!("127.0.0.1:{port}")),
+        )
+        .expect("no trap");
+    let host_headers: Vec<(String, Vec<u8>)> = ex
+        .request_headers
+        .pairs()
+        .iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+        .collect();
+    assert_eq!(
+        prop_notes(&host_headers),
+        envoy_notes,
+        "properties: host vs Envoy"
+    );
+    assert!(envoy_notes.len() >= 10, "{envoy_notes:?}");
+    assert_eq!(answer_of(&ex).status, in_envoy.status);
+}

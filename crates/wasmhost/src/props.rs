@@ -117,6 +117,13 @@ pub(crate) fn get(st: &mut VmState, path: &[&[u8]]) -> R<Vec<u8>> {
         return Ok(v);
     }
     // What the plugin stored with proxy_set_property (Envoy's `wasm.`-prefixed filter state).
+    // Envoy stores the whole path as one key but looks a read up by its first segment alone
+    // (then walks into structured values, which a set never makes): a value set at a path of
+    // two or more segments is never read back (observed against Envoy 1.40:
+    // crates/rollgate/tests/try_like_envoy.rs, properties_read_like_envoys).
+    if joined.contains(&0) {
+        return Err(Fail::Status(Status::NotFound));
+    }
     let overlay = match st.streams.get(&ctx) {
         Some(s) => s.properties.get(&joined),
         None => st.root_properties.get(&joined),
