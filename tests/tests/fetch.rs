@@ -197,3 +197,37 @@ fn limiter_state_survives_a_push_that_keeps_the_limit() {
         (200, Some(STABLE))
     );
 }
+
+/// A fetched connection-limit policy (`tcp`, no variants: a network filter's) reaching an
+/// HTTP filter is refused and the last good policy keeps serving. Before, the filter applied
+/// it ("policy 'flask' version 2 applied") and its root context switched to network streams,
+/// for which the Rust SDK (0.2.5 dispatcher.rs, `on_http_request_headers`) panics with
+/// "invalid context_id" on an HTTP stream's first callback: a trapped VM on every worker.
+#[test]
+fn a_network_only_policy_is_refused_by_an_http_filter() {
+    let server = PolicyServer::start();
+    let s = start(&source_only(), &server);
+    let port = s.envoy.port();
+    server.publish(&policy("canary", ""));
+    wait_all_served_by(port, CANARY, Duration::from_secs(3));
+    server.publish(r#"{"name":"flask","tcp":{"in_flight":{"per_source":3}}}"#);
+    assert!(
+        s.envoy.wait_for_log(
+            "policy version 2 from cluster 'rollgate' /v1/policies/flask refused: tcp: a connection-limit policy without variants runs only in a network filter",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        s.envoy.log()
+    );
+    // Every worker had the time to adopt it, had it been published.
+    thread::sleep(Duration::from_millis(500));
+    let answers = served(port, 20);
+    assert!(
+        answers.iter().all(|u| u == CANARY),
+        "version 1 keeps serving: {answers:?}"
+    );
+    assert_eq!(
+        s.envoy.stat("wasmcustom.rollgate.flask.policy.refused"),
+        Some(1)
+    );
+}

@@ -214,6 +214,9 @@ struct Root {
     /// This worker's open connections, across policy switches (each connection gives back
     /// what the policy that admitted it took).
     in_flight: Option<Rc<RefCell<InFlight>>>,
+    /// A network filter: the configuration's policy is a connection-limit one (`tcp`, no
+    /// variants). Set once, at the first configuration, with the fetcher's matching check.
+    network: bool,
 }
 
 /// How often the root ticks when it fetches policies: the longest a worker runs an older
@@ -395,6 +398,11 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // A VM's kind is its first configuration's: Envoy already creates its streams.
+        if self.runtime.is_none() && self.fetcher.is_none() {
+            self.network = config.policy.as_ref().is_some_and(|p| p.network_only());
+        }
+        let network = self.network;
         self.fetcher = config.source.map(|source| {
             let name = format!("rollgate.{}.policy", source.stat_name);
             self.fetch_ids = Some(FetchIds {
@@ -412,7 +420,9 @@ impl RootContext for Root {
             );
             let worker =
                 rollgate_policy::fetch::worker_id(&EnvoyStore, "rollgate.vm_seq", now_ns());
-            Fetcher::new(source, worker)
+            let mut f = Fetcher::new(source, worker);
+            f.network = network;
+            f
         });
         // A fresh VM may replace one that died applying a fetched policy (FAIL_RELOAD).
         if let Some((version, deaths)) = self.fetcher.as_mut().and_then(|f| f.recover(&EnvoyStore))
@@ -472,12 +482,12 @@ impl RootContext for Root {
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        // A policy with `tcp` and no variants routes nothing: it is the network filter's.
-        match &self.runtime {
-            Some(rt) if rt.worker.policy.tcp.is_some() && rt.worker.policy.variants.is_empty() => {
-                Some(ContextType::StreamContext)
-            }
-            _ => Some(ContextType::HttpContext),
+        // Fixed by the configuration, never by a fetched policy: the SDK makes every stream
+        // of this kind, and a stream of the other kind traps the VM on its first callback.
+        if self.network {
+            Some(ContextType::StreamContext)
+        } else {
+            Some(ContextType::HttpContext)
         }
     }
 }

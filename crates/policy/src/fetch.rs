@@ -34,6 +34,10 @@ pub struct Fetcher {
     worker: u64,
     /// Version this worker runs (0: none fetched yet).
     pub version: u64,
+    /// The filter runs as a network filter: fetched policies must be network-only ones, and
+    /// an HTTP filter's must route (the SDK fixes a VM's context kind; a policy of the other
+    /// kind would make the next stream trap the VM).
+    pub network: bool,
     /// Newest version refused; polling asks for newer than this.
     rejected: u64,
     in_flight: bool,
@@ -107,6 +111,7 @@ impl Fetcher {
             source,
             worker,
             version: 0,
+            network: false,
             rejected: 0,
             in_flight: false,
             next_attempt_ns: 0,
@@ -314,7 +319,21 @@ impl Fetcher {
                 self.failures = 0;
                 // Cleared by the glue once the policy runs ([`Fetcher::applied`]).
                 self.applying(store, version);
-                match accept_policy(&body) {
+                let fits = accept_policy(&body).and_then(|p| {
+                    if p.network_only() == self.network {
+                        return Ok(p);
+                    }
+                    let why = if self.network {
+                        "this network filter runs connection-limit policies only (tcp, no variants)"
+                    } else {
+                        "a connection-limit policy without variants runs only in a network filter, not in this HTTP filter"
+                    };
+                    Err(crate::policy::PolicyErrors(vec![crate::policy::PolicyError {
+                        path: "tcp".into(),
+                        message: why.into(),
+                    }]))
+                });
+                match fits {
                     Ok(p) => {
                         let mut rec = version.to_le_bytes().to_vec();
                         rec.extend(&body);
@@ -424,6 +443,44 @@ mod tests {
             b.poll_now(&store, S).unwrap(),
             "/v1/policies/flask?version=3&wait=20s"
         );
+    }
+
+    #[test]
+    fn a_policy_of_the_other_filter_kind_is_refused_and_not_published() {
+        const TCP_ONLY: &[u8] = br#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#;
+        for (network, body) in [(false, TCP_ONLY), (true, GOOD)] {
+            let store = MemStore::default();
+            let mut a = fetcher(1);
+            a.network = network;
+            a.poll_now(&store, 0).unwrap();
+            let r = a.finished(
+                &store,
+                S,
+                Outcome::Policy {
+                    version: 2,
+                    body: body.to_vec(),
+                },
+            );
+            match r {
+                Reaction::Refused(2, why) => assert!(why.contains("network filter"), "{why}"),
+                r => panic!("network {network}: {r:?}"),
+            }
+            assert!(fetcher(2).published(&store).is_none());
+        }
+        // The same kind is taken.
+        let store = MemStore::default();
+        let mut a = fetcher(1);
+        a.network = true;
+        a.poll_now(&store, 0).unwrap();
+        let r = a.finished(
+            &store,
+            S,
+            Outcome::Policy {
+                version: 2,
+                body: TCP_ONLY.to_vec(),
+            },
+        );
+        assert!(matches!(r, Reaction::Adopt(2, _)), "{r:?}");
     }
 
     #[test]

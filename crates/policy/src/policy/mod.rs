@@ -106,6 +106,12 @@ pub struct Decision<'p> {
 }
 
 impl Policy {
+    /// A connection-limit policy with nothing to route (`tcp` and no variants): it runs only in
+    /// a network filter, and a filter's kind is fixed by its configuration.
+    pub fn network_only(&self) -> bool {
+        self.tcp.is_some() && self.variants.is_empty()
+    }
+
     /// Decides the variant of `req`. `new_id` is called only when a split route assigns a
     /// cookie to a client without a key.
     pub fn decide<'p>(
