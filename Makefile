@@ -22,7 +22,7 @@ export ROLLGATE_WASM := $(CURDIR)/$(WASM)
 export ROLLGATE_WASM_TEST_TRAP := $(CURDIR)/$(WASM_TEST_TRAP)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench fuzz envoy prometheus mariadb binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench fuzz envoy prometheus mariadb redis protoc binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -48,6 +48,23 @@ prometheus:
 	    apt-get install -y -qq --no-install-recommends prometheus; } || st=$$?; \
 	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
 	@prometheus --version 2>&1 | head -1
+
+## Redis from Debian, for global rate limits against real counters
+## (crates/rollgate/tests/global_limits.rs, which fails without it); the test runs its own
+## server on a temp dir and a loopback port.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  rc=/usr/sbin/policy-rc.d; own=; [ -e $$rc ] || { printf '#!/bin/sh\nexit 101\n' > $$rc; chmod +x $$rc; own=1; }; \
+	  st=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends redis-server; } || st=$$?; \
+	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
+
+## protoc from Debian, for `rollgate ratelimit`'s gRPC code (crates/ratelimit/build.rs), and
+## OpenSSL's headers for the Redis client Limitador brings (native-tls).
+protoc:
+	@{ command -v protoc >/dev/null && pkg-config --exists openssl 2>/dev/null; } || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends protobuf-compiler libssl-dev pkg-config; }
 
 ## MariaDB from Debian, for the TCP connection limits against a real database
 ## (tests/tests/tcp_mariadb.rs, which fails without it). policy-rc.d keeps the package from
@@ -97,7 +114,7 @@ abi-probe: toolchain
 fmt:
 	$(CARGO) fmt --all
 
-clippy: toolchain
+clippy: toolchain protoc
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p rollgate-policy -p rollgate-filter -p rollgate-bench-passthrough \
 	  -p rollgate-bench-probe --target wasm32-wasip1 --all-targets -- -D warnings
@@ -108,7 +125,7 @@ lint: clippy
 	$(CARGO) fmt --all -- --check
 
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
-test: lint wasm wasm-test-trap abi-probe envoy prometheus mariadb
+test: lint wasm wasm-test-trap abi-probe envoy prometheus mariadb redis
 	$(CARGO) test --workspace
 
 ## Fuzzing (fuzz/, README "Fuzzing"): every target for FUZZ_SECS seconds in all; `make test`
@@ -116,14 +133,14 @@ test: lint wasm wasm-test-trap abi-probe envoy prometheus mariadb
 ## with new behaviour to fuzz/corpus, FUZZ_ARGS picks targets ("policy rule"). Dev profile: it
 ## shares `make test`'s build (a release build would relink wasmtime with fat LTO).
 FUZZ_SECS ?= 300
-fuzz:
+fuzz: protoc
 	ROLLGATE_FUZZ_SECS=$(FUZZ_SECS) $(if $(FUZZ_SEED),ROLLGATE_FUZZ_SEED=$(FUZZ_SEED)) \
 	  $(if $(FUZZ_SAVE),ROLLGATE_FUZZ_SAVE=$(FUZZ_SAVE)) \
 	  $(CARGO) run --quiet -p rollgate-fuzz --bin rollgate-fuzz -- $(FUZZ_ARGS)
 
 # Dev profile on purpose: it shares `make test`'s build, and a failing demo unwinds and stops
 # what it started (the release profile aborts on panic, as the filter must).
-demo: wasm envoy mariadb
+demo: wasm envoy mariadb protoc
 	$(CARGO) build --quiet -p rollgate --bin rollgate
 	$(CARGO) run --quiet -p rollgate-e2e --bin rollgate-demo
 
@@ -133,7 +150,7 @@ demo: wasm envoy mariadb
 ## where the CPU goes: make bench BENCH_ARGS="--profile --light-duration 0 --no-host".
 PASSTHROUGH := target/wasm32-wasip1/release/rollgate_bench_passthrough.wasm
 PROBE_WASM := target/wasm32-wasip1/release/rollgate_bench_probe.wasm
-bench: wasm envoy
+bench: wasm envoy protoc
 	@command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
 	$(CARGO) build -p rollgate-bench-passthrough -p rollgate-bench-probe --target wasm32-wasip1 --release

@@ -7,5 +7,6 @@ pub mod api;
 pub mod gen;
 pub mod mutate;
 pub mod pending;
+pub mod rls;
 pub mod runner;
 pub mod targets;

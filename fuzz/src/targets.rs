@@ -80,6 +80,20 @@ pub const TARGETS: &[Target] = &[
         stack: PLUGIN_STACK,
     },
     Target {
+        name: "rls",
+        generate: crate::rls::generate,
+        check: crate::rls::check,
+        dict: &[
+            b"\x08\x01",
+            b"\x08\x02",
+            b"\x12",
+            b"\x18",
+            b"\x22",
+            b"\xff\xff\xff\xff\x0f",
+        ],
+        stack: PLUGIN_STACK,
+    },
+    Target {
         name: "rollout",
         generate: gen::rollout,
         check: check_rollout,

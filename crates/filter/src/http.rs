@@ -2,6 +2,7 @@
 //! its plan (the logic is [`rollgate_policy::pipeline`], tested natively).
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -9,8 +10,9 @@ use proxy_wasm::types::{Action, MapType};
 
 use super::host::{request_header_bytes, response_status, EnvoyStore};
 use super::Runtime;
-use rollgate_policy::pipeline::{Exchange, HeaderOp, Plan};
+use rollgate_policy::pipeline::{Exchange, HeaderOp, Plan, RlsFailure};
 use rollgate_policy::request::Request;
+use rollgate_policy::rls;
 
 pub(crate) struct Filter {
     rt: Option<Rc<Runtime>>,
@@ -26,17 +28,10 @@ impl Filter {
     }
 }
 
-impl Context for Filter {}
-
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        // Test builds only (`make wasm-test-trap`): a request that kills the VM serving it.
-        #[cfg(feature = "test-trap")]
-        if let Ok(Some(_)) =
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-rollgate-test-trap")
-        {
-            core::arch::wasm32::unreachable();
-        }
+impl Filter {
+    /// Runs the request pipeline and carries out its plan; `resume` when the stream is paused
+    /// on a rate-limit service's answer.
+    fn run(&mut self, resume: bool) -> Action {
         let Some(rt) = self.rt.clone() else {
             return Action::Continue;
         };
@@ -65,9 +60,65 @@ impl HttpContext for Filter {
                         }
                     }
                 }
+                if resume {
+                    self.resume_http_request();
+                }
                 Action::Continue
             }
+            Plan::Ask {
+                cluster,
+                message,
+                timeout_ms,
+            } => {
+                let call = self.dispatch_grpc_call(
+                    cluster,
+                    rls::SERVICE,
+                    rls::METHOD,
+                    Vec::new(),
+                    Some(&message),
+                    Duration::from_millis(timeout_ms),
+                );
+                if call.is_ok() {
+                    return Action::Pause;
+                }
+                // Unknown cluster or refused at once: the limit's failure mode decides now.
+                // The retried pipeline cannot ask again for the same limit (its ask is
+                // answered), so this recursion is at most one level per global limit.
+                self.exchange.on_rls_answer(Err(RlsFailure::Unavailable));
+                self.run(resume)
+            }
         }
+    }
+}
+
+impl Context for Filter {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        // gRPC DEADLINE_EXCEEDED is how Envoy reports the call's timeout.
+        let answer = match status_code {
+            // One byte past the decoder's bound is enough to refuse an oversized answer.
+            0 => Ok(self
+                .get_grpc_call_response_body(0, response_size.min(rls::MAX_ANSWER_BYTES + 1))
+                .unwrap_or_default()),
+            4 => Err(RlsFailure::Timeout),
+            _ => Err(RlsFailure::Unavailable),
+        };
+        self.exchange
+            .on_rls_answer(answer.as_deref().map_err(|e| *e));
+        // Paused again (another ask) or answered: nothing more here; forwarded: `run` resumed.
+        let _ = self.run(true);
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        // Test builds only (`make wasm-test-trap`): a request that kills the VM serving it.
+        #[cfg(feature = "test-trap")]
+        if let Ok(Some(_)) =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-rollgate-test-trap")
+        {
+            core::arch::wasm32::unreachable();
+        }
+        self.run(false)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {

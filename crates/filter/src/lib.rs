@@ -28,8 +28,9 @@ use host::{define, increment, log, now_ns, record, EnvoyStore};
 use rollgate_policy::breaker::Phase;
 use rollgate_policy::config::accept_config;
 use rollgate_policy::fetch::{Fetcher, Outcome, Reaction};
-use rollgate_policy::pipeline::{BreakerIds, VariantIds, Worker};
+use rollgate_policy::pipeline::{BreakerIds, LimitIds, VariantIds, Worker};
 use rollgate_policy::policy::Policy;
+use rollgate_policy::ratelimit::global::GlobalCache;
 use rollgate_policy::ratelimit::Leases;
 use rollgate_policy::stats::StatNames;
 use rollgate_policy::tcp::InFlight;
@@ -111,6 +112,26 @@ impl Runtime {
             .iter()
             .map(|n| define(MetricType::Counter, n))
             .collect();
+        let counter =
+            |n: &Option<String>| n.as_deref().map_or(0, |n| define(MetricType::Counter, n));
+        let limit_ids = names
+            .limits
+            .iter()
+            .map(|l| {
+                let [ok, over, unavailable, timeout, invalid] = match &l.rls {
+                    Some(names) => names.each_ref().map(|n| define(MetricType::Counter, n)),
+                    None => [0; 5],
+                };
+                LimitIds {
+                    shadow_limited: counter(&l.shadow_limited),
+                    rls_ok: ok,
+                    rls_over_limit: over,
+                    rls_unavailable: unavailable,
+                    rls_timeout: timeout,
+                    rls_invalid: invalid,
+                }
+            })
+            .collect();
         let breaker_ids = names
             .breakers
             .iter()
@@ -134,6 +155,12 @@ impl Runtime {
             |o, n| o.name == n.name && o.config == n.config,
             |_| Leases::default(),
         );
+        let globals = carry_over(
+            &policy.rate_limits,
+            previous.map(|p| (&p.worker.policy.rate_limits[..], &p.worker.globals)),
+            |o, n| o.name == n.name && o.global == n.global,
+            |_| GlobalCache::default(),
+        );
         let tcp_ids = names.tcp.map_or_else(TcpIds::default, |t| TcpIds {
             active: define(MetricType::Gauge, &t.active),
             refused_in_flight: define(MetricType::Counter, &t.refused_in_flight),
@@ -145,9 +172,11 @@ impl Runtime {
             tcp_ids,
             worker: Worker {
                 leases: RefCell::new(leases),
+                globals: RefCell::new(globals),
                 policy,
                 variants,
                 rate_limited,
+                limit_ids,
                 breaker_ids,
                 breakers: RefCell::new(locals),
             },

@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
 pub mod request;
+pub mod rls;
 pub mod rule;
 pub mod stats;
 pub mod sticky;

@@ -9,8 +9,10 @@ use std::net::IpAddr;
 
 use crate::breaker::{Admission, Local, UPSTREAM_FAILURE_FLAGS};
 use crate::policy::Policy;
-use crate::ratelimit::{Leases, Verdict};
+use crate::ratelimit::global::{GlobalCache, Local as GlobalLocal};
+use crate::ratelimit::{Global, Leases, RateLimit, Verdict};
 use crate::request::Request;
+use crate::rls::{self, Answer};
 use crate::stats::class_index;
 use crate::store::SharedStore;
 
@@ -46,11 +48,38 @@ pub struct BreakerIds {
     pub fallback: u32,
 }
 
+/// Metric ids of one rate limit's shadow refusals and rate-limit service calls (0 where the
+/// limit has no such thing).
+#[derive(Debug, Clone, Default)]
+pub struct LimitIds {
+    pub shadow_limited: u32,
+    pub rls_ok: u32,
+    pub rls_over_limit: u32,
+    pub rls_unavailable: u32,
+    pub rls_timeout: u32,
+    pub rls_invalid: u32,
+}
+
+/// Why a rate-limit service gave no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlsFailure {
+    /// No connection, a refused call, or a gRPC error status.
+    Unavailable,
+    /// No answer within the limit's `timeout`.
+    Timeout,
+    /// An answer that is not a valid `RateLimitResponse`.
+    Invalid,
+}
+
 /// One worker's compiled policy with its metric ids and its own breaker views and leases.
 pub struct Worker {
     pub policy: Policy,
     pub variants: Vec<VariantIds>,
     pub rate_limited: Vec<u32>,
+    /// Per rate limit.
+    pub limit_ids: Vec<LimitIds>,
+    /// This worker's state of each global limit (unused for local ones).
+    pub globals: RefCell<Vec<GlobalCache>>,
     pub breaker_ids: Vec<BreakerIds>,
     /// This worker's view of each breaker (state seen, counts not yet shared).
     pub breakers: RefCell<Vec<Local>>,
@@ -69,6 +98,14 @@ pub enum Plan<'w> {
     },
     /// Send it on after these request-header changes, in order: `Some` sets, `None` removes.
     Forward(Vec<(&'w str, Option<&'w str>)>),
+    /// Hold the request and ask a rate-limit service (`rls::SERVICE`/`rls::METHOD` on
+    /// `cluster`) with `message`; hand the outcome to [`Exchange::on_rls_answer`], then call
+    /// [`Exchange::on_request`] again, which goes on from the limit that asked.
+    Ask {
+        cluster: &'w str,
+        message: Vec<u8>,
+        timeout_ms: u64,
+    },
 }
 
 /// A response-header change.
@@ -93,6 +130,41 @@ pub struct Exchange {
     limit_headers: Option<Verdict>,
     /// We answered ourselves: nothing to count on the way back.
     local_reply: bool,
+    /// The first rate limit still to check (a global limit's ask resumes there).
+    next_limit: usize,
+    /// The global limit that asked, for which key, how many hits, and what came back.
+    asked: Option<Asked>,
+}
+
+#[derive(Debug)]
+struct Asked {
+    limit: usize,
+    key: u64,
+    hits: u64,
+    outcome: Option<Result<Answer, RlsFailure>>,
+}
+
+/// What a global limit says about a request.
+enum GlobalStep<'w> {
+    Verdict(Verdict),
+    Ask(Plan<'w>),
+    /// The service failed and the limit's `failure_mode` is `deny`.
+    Deny,
+}
+
+fn global_verdict(g: &Global, admitted: bool, remaining: u64, reset_ms: u64) -> Verdict {
+    let reset_secs = if reset_ms == 0 {
+        g.window_secs
+    } else {
+        reset_ms.div_ceil(1000)
+    };
+    Verdict {
+        admitted,
+        limit: g.max,
+        remaining: if admitted { remaining } else { 0 },
+        reset_secs,
+        retry_after_secs: if admitted { 0 } else { reset_secs.max(1) },
+    }
 }
 
 fn limit_headers(v: &Verdict) -> [(&'static str, String); 3] {
@@ -162,15 +234,29 @@ impl Exchange {
         let needs_clock = !policy.rate_limits.is_empty() || !policy.breakers.is_empty();
         self.start_ns = if needs_clock { host.now_ns() } else { 0 };
 
-        for (i, limit) in policy.rate_limits.iter().enumerate() {
+        for (i, limit) in policy.rate_limits.iter().enumerate().skip(self.next_limit) {
             if !limit.applies(&req) {
                 continue;
             }
             let key = limit.key_fingerprint(&req);
-            let v = match w.leases.borrow_mut().get_mut(i) {
-                Some(leases) => limit.check_leased(host, leases, key, self.start_ns),
-                None => limit.check(host, key, self.start_ns),
+            let v = match &limit.global {
+                Some(g) => match self.global(w, i, limit, g, key, host) {
+                    GlobalStep::Verdict(v) => v,
+                    GlobalStep::Ask(plan) => {
+                        self.next_limit = i;
+                        return plan;
+                    }
+                    GlobalStep::Deny => return self.reply(500, vec![], ""),
+                },
+                None => match w.leases.borrow_mut().get_mut(i) {
+                    Some(leases) => limit.check_leased(host, leases, key, self.start_ns),
+                    None => limit.check(host, key, self.start_ns),
+                },
             };
+            if !v.admitted && limit.shadow {
+                host.increment(w.limit_ids.get(i).map_or(0, |ids| ids.shadow_limited), 1);
+                continue;
+            }
             if !v.admitted {
                 host.increment(w.rate_limited.get(i).copied().unwrap_or(0), 1);
                 let mut headers = vec![("retry-after", v.retry_after_secs.to_string())];
@@ -182,6 +268,7 @@ impl Exchange {
             }
         }
 
+        self.next_limit = policy.rate_limits.len();
         let decision = policy.decide(&req, &mut || self.new_id(host));
         let mut variant = decision.index;
         if let Some((name, id)) = decision.set_cookie {
@@ -244,6 +331,83 @@ impl Exchange {
         Plan::Forward(changes)
     }
 
+    /// What the rate-limit service answered to the [`Plan::Ask`] this request returned:
+    /// the message bytes, or why there are none. Call [`Exchange::on_request`] next.
+    pub fn on_rls_answer(&mut self, answer: Result<&[u8], RlsFailure>) {
+        if let Some(a) = self.asked.as_mut() {
+            a.outcome =
+                Some(answer.and_then(|b| rls::decode_answer(b).map_err(|_| RlsFailure::Invalid)));
+        }
+    }
+
+    /// Global limit `i` (`limit`, `g`) for `key`: from this worker's cache, from the answer
+    /// to its ask, or a new ask.
+    fn global<'w>(
+        &mut self,
+        w: &'w Worker,
+        i: usize,
+        limit: &'w RateLimit,
+        g: &'w Global,
+        key: u64,
+        host: &impl Host,
+    ) -> GlobalStep<'w> {
+        let ids = w.limit_ids.get(i).cloned().unwrap_or_default();
+        let now = host.now_ns();
+        let mut caches = w.globals.borrow_mut();
+        let Some(cache) = caches.get_mut(i) else {
+            return GlobalStep::Verdict(global_verdict(g, true, 0, 0));
+        };
+        let local = match self.asked.take() {
+            Some(a) if a.limit == i && a.key == key => match a.outcome {
+                Some(Ok(answer)) => {
+                    let id = if answer.over_limit {
+                        ids.rls_over_limit
+                    } else {
+                        ids.rls_ok
+                    };
+                    host.increment(id, 1);
+                    cache.record(key, a.hits, answer, now)
+                }
+                failure => {
+                    let id = match failure {
+                        Some(Err(RlsFailure::Timeout)) => ids.rls_timeout,
+                        Some(Err(RlsFailure::Invalid)) => ids.rls_invalid,
+                        _ => ids.rls_unavailable,
+                    };
+                    host.increment(id, 1);
+                    if g.deny {
+                        return GlobalStep::Deny;
+                    }
+                    return GlobalStep::Verdict(global_verdict(g, true, 0, 0));
+                }
+            },
+            _ => cache.spend(key, now),
+        };
+        match local {
+            GlobalLocal::Admitted {
+                remaining,
+                reset_ms,
+            } => GlobalStep::Verdict(global_verdict(g, true, remaining, reset_ms)),
+            GlobalLocal::Over { reset_ms } => {
+                GlobalStep::Verdict(global_verdict(g, false, 0, reset_ms))
+            }
+            GlobalLocal::Ask { hits } => {
+                self.asked = Some(Asked {
+                    limit: i,
+                    key,
+                    hits,
+                    outcome: None,
+                });
+                let hits = u32::try_from(hits).unwrap_or(1);
+                GlobalStep::Ask(Plan::Ask {
+                    cluster: &g.cluster,
+                    message: rls::encode_request(&g.domain, &limit.name, &hex(key), hits),
+                    timeout_ms: g.timeout_ms,
+                })
+            }
+        }
+    }
+
     /// Counts the response (`status`, 0 when unknown) for its variant and breakers, and says
     /// which response headers to write. `status` is read only when there is a variant to count.
     pub fn on_response<'w>(
@@ -301,6 +465,16 @@ impl Exchange {
         }
         ops
     }
+}
+
+/// A key fingerprint as the service sees it: 16 hex digits (the raw key, which may be a
+/// header's value, never leaves the gateway).
+fn hex(key: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..16)
+        .rev()
+        .map(|i| char::from(DIGITS[((key >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 #[cfg(test)]

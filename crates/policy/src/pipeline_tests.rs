@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::breaker::Phase;
+use crate::ratelimit::global::GlobalCache;
 use crate::store::{MemStore, StoreError};
 
 const MS: u64 = 1_000_000;
@@ -98,6 +99,25 @@ fn worker(json: &str) -> Worker {
             })
             .collect(),
         rate_limited: policy.rate_limits.iter().map(|_| id()).collect(),
+        limit_ids: policy
+            .rate_limits
+            .iter()
+            .map(|_| LimitIds {
+                shadow_limited: id(),
+                rls_ok: id(),
+                rls_over_limit: id(),
+                rls_unavailable: id(),
+                rls_timeout: id(),
+                rls_invalid: id(),
+            })
+            .collect(),
+        globals: RefCell::new(
+            policy
+                .rate_limits
+                .iter()
+                .map(|_| GlobalCache::default())
+                .collect(),
+        ),
         breaker_ids: policy
             .breakers
             .iter()
@@ -328,7 +348,7 @@ fn exchange(w: &Worker, host: &Fake, status: u16) -> Option<&'static str> {
             Some(("x-c", Some("c"))) => Some("c"),
             other => panic!("{other:?}"),
         },
-        Plan::Reply { .. } => None,
+        Plan::Reply { .. } | Plan::Ask { .. } => None,
     };
     host.advance(MS);
     ex.on_response(w, || status, host);
@@ -447,4 +467,155 @@ fn host_calls_per_plain_request() {
     assert_eq!(host.calls.get(), 1, "the requests counter");
     ex.on_response(&w, || 200, &host);
     assert_eq!(host.calls.get(), 4, "+ clock, class counter, latency");
+}
+
+const GLOBAL: &str = r#"{"name": "g", "variants": {"stable": "s"}, "default": "stable",
+  "rate_limits": [{"name": "api", "scope": "global", "average": 100, "period": "3s",
+                   "service": {"cluster": "rls", "domain": "d", "failure_mode": "deny"}},
+                  {"name": "local", "average": 1000, "burst": 1000}]}"#;
+
+/// An OK or OVER_LIMIT answer as a service writes it (remaining, reset in whole seconds).
+fn rls_answer(over: bool, remaining: u8, reset_ms: u16) -> Vec<u8> {
+    let dur = [0x08, (reset_ms / 1000) as u8];
+    let mut status = vec![
+        0x08,
+        if over { 2 } else { 1 },
+        0x18,
+        remaining,
+        0x22,
+        dur.len() as u8,
+    ];
+    status.extend(dur);
+    let mut out = vec![0x08, if over { 2 } else { 1 }, 0x12, status.len() as u8];
+    out.extend(status);
+    out
+}
+
+#[test]
+fn a_global_limit_asks_the_service_once_then_spends_its_batch_locally() {
+    let w = worker(GLOBAL);
+    let host = Fake::new();
+    let req = [(":path", "/"), (":authority", "a")];
+    let mut x = Exchange::new(1);
+    let Plan::Ask {
+        cluster,
+        message,
+        timeout_ms,
+    } = x.on_request(&w, pairs(&req), &host)
+    else {
+        panic!("expected an ask");
+    };
+    assert_eq!((cluster, timeout_ms), ("rls", 20));
+    assert!(message.windows(3).any(|m| m == b"api"));
+    // The local limit after it has not been charged yet: it is checked once, after the answer.
+    x.on_rls_answer(Ok(&rls_answer(false, 96, 3000)));
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Forward(_)
+    ));
+    assert_eq!(host.metric(w.limit_ids[0].rls_ok), 1);
+    // 96 / 16 = 6: the next ask reserves six hits, and five requests then need no ask.
+    let mut x = Exchange::new(2);
+    let Plan::Ask { message, .. } = x.on_request(&w, pairs(&req), &host) else {
+        panic!("expected a batch ask");
+    };
+    assert_eq!(message.last_chunk::<2>(), Some(&[0x18, 6]));
+    x.on_rls_answer(Ok(&rls_answer(false, 90, 3000)));
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Forward(_)
+    ));
+    for n in 0..5 {
+        let mut x = Exchange::new(3 + n);
+        assert!(
+            matches!(x.on_request(&w, pairs(&req), &host), Plan::Forward(_)),
+            "request {n} should be admitted from the batch"
+        );
+    }
+    assert_eq!(host.metric(w.limit_ids[0].rls_ok), 2);
+}
+
+#[test]
+fn over_limit_is_a_429_remembered_until_reset_and_failures_follow_failure_mode() {
+    let w = worker(GLOBAL);
+    let host = Fake::new();
+    let req = [(":path", "/")];
+    let mut x = Exchange::new(1);
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Ask { .. }
+    ));
+    x.on_rls_answer(Ok(&rls_answer(true, 0, 2000)));
+    let Plan::Reply {
+        status, headers, ..
+    } = x.on_request(&w, pairs(&req), &host)
+    else {
+        panic!("expected a refusal");
+    };
+    assert_eq!(status, 429);
+    assert!(
+        headers.contains(&("retry-after", "2".to_string())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-ratelimit-limit", "100".to_string())),
+        "{headers:?}"
+    );
+    // Known to be over: refused without asking.
+    let mut x = Exchange::new(2);
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Reply { status: 429, .. }
+    ));
+    assert_eq!(host.metric(w.rate_limited[0]), 2);
+    // After the reset the service is asked again; it fails, and `deny` answers 500.
+    host.advance(2_000_000_000);
+    for (failure, id) in [
+        (Err(RlsFailure::Timeout), w.limit_ids[0].rls_timeout),
+        (Err(RlsFailure::Unavailable), w.limit_ids[0].rls_unavailable),
+        (Ok(&b"\xff"[..]), w.limit_ids[0].rls_invalid),
+    ] {
+        let mut x = Exchange::new(3);
+        assert!(matches!(
+            x.on_request(&w, pairs(&req), &host),
+            Plan::Ask { .. }
+        ));
+        x.on_rls_answer(failure);
+        assert!(matches!(
+            x.on_request(&w, pairs(&req), &host),
+            Plan::Reply { status: 500, .. }
+        ));
+        assert_eq!(host.metric(id), 1);
+    }
+    // `allow` (the default) admits.
+    let w = worker(&GLOBAL.replace(r#", "failure_mode": "deny""#, ""));
+    let mut x = Exchange::new(4);
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Ask { .. }
+    ));
+    x.on_rls_answer(Err(RlsFailure::Unavailable));
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Forward(_)
+    ));
+}
+
+#[test]
+fn a_shadow_limit_counts_what_it_would_refuse_and_admits_it() {
+    let w = worker(
+        r#"{"name": "s", "variants": {"stable": "s"}, "default": "stable",
+            "rate_limits": [{"name": "tight", "average": 1, "period": "1h", "shadow": true}]}"#,
+    );
+    let host = Fake::new();
+    for n in 0..5 {
+        let mut x = Exchange::new(n);
+        assert!(matches!(
+            x.on_request(&w, pairs(&[(":path", "/")]), &host),
+            Plan::Forward(_)
+        ));
+    }
+    // The first request took the one token; four would have been refused.
+    assert_eq!(host.metric(w.limit_ids[0].shadow_limited), 4);
+    assert_eq!(host.metric(w.rate_limited[0]), 0);
 }

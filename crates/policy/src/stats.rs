@@ -61,6 +61,16 @@ pub struct TcpStats {
     pub refused_rate: String,
 }
 
+/// Counters of one rate limit besides `limited`; `None` where the limit has no such thing
+/// (shadow refusals need `shadow`, service calls need `scope: global`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LimitStats {
+    /// Requests the limit would have refused, admitted in shadow mode.
+    pub shadow_limited: Option<String>,
+    /// Service answers: OK, OVER_LIMIT; failures: unavailable, timed out, invalid answer.
+    pub rls: Option<[String; 5]>,
+}
+
 /// Every stat name of a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatNames {
@@ -68,6 +78,8 @@ pub struct StatNames {
     pub variants: Vec<VariantStats>,
     /// Per rate limit: counter of refused requests.
     pub rate_limited: Vec<String>,
+    /// Per rate limit: its other counters.
+    pub limits: Vec<LimitStats>,
     /// Per breaker.
     pub breakers: Vec<BreakerStats>,
     /// When the policy has `tcp`.
@@ -96,6 +108,20 @@ impl StatNames {
             .iter()
             .map(|l| format!("{p}.ratelimit.{}.limited", l.name))
             .collect();
+        let limits = policy
+            .rate_limits
+            .iter()
+            .map(|l| {
+                let base = format!("{p}.ratelimit.{}", l.name);
+                LimitStats {
+                    shadow_limited: l.shadow.then(|| format!("{base}.shadow_limited")),
+                    rls: l.global.as_ref().map(|_| {
+                        ["ok", "over_limit", "unavailable", "timeout", "invalid"]
+                            .map(|k| format!("{base}.rls_{k}"))
+                    }),
+                }
+            })
+            .collect();
         let breakers = policy
             .breakers
             .iter()
@@ -117,6 +143,7 @@ impl StatNames {
         StatNames {
             variants,
             rate_limited,
+            limits,
             breakers,
             tcp,
         }

@@ -28,6 +28,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `rollgate ratelimit`.
+#[derive(Debug, Args)]
+pub struct RatelimitArgs {
+    /// The Redis holding the counters, e.g. redis://127.0.0.1:6379.
+    #[arg(long, value_name = "URL")]
+    pub redis: String,
+    /// Where gateways reach the service (gRPC, HTTP/2).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub listen: std::net::SocketAddr,
+    /// A policy whose global limits are served: a file, or the sidecar's
+    /// http://HOST:PORT/v1/policies/NAME (repeatable; re-read every second).
+    #[arg(long, value_name = "FILE|URL", required = true, value_parser = policy_source)]
+    pub policy: Vec<rollgate_ratelimit::PolicySource>,
+}
+
+fn policy_source(s: &str) -> Result<rollgate_ratelimit::PolicySource, String> {
+    rollgate_ratelimit::PolicySource::parse(s)
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -49,6 +68,9 @@ pub enum Command {
     Retry(TargetArgs),
     /// Where rollouts stand; `--watch` follows one until it is promoted or aborted.
     Status(StatusArgs),
+    /// Run the global rate-limit service: Envoy's RLS v3 (`ShouldRateLimit`) over Limitador,
+    /// counters in Redis, limits from the `scope: global` limits of the policies given.
+    Ratelimit(RatelimitArgs),
     /// Print the Rollout CustomResourceDefinition (what manifests/crd/rollout.yaml holds).
     Crd,
     /// Print a shell completion script (`source <(rollgate completions bash)`).

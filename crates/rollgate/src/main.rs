@@ -62,6 +62,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
+        Command::Ratelimit(a) => {
+            init_logs();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(async {
+                let limiter = rollgate_ratelimit::RateLimiter::redis(&a.redis).await?;
+                let stop = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                rollgate_ratelimit::serve(std::sync::Arc::new(limiter), a.policy, a.listen, stop)
+                    .await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd => {
             print!("{}", rollgate::kube::crd::crd_yaml()?);
             Ok(ExitCode::SUCCESS)

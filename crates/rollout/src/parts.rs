@@ -136,6 +136,33 @@ pub struct RateLimit {
     /// Memory bound in shared-data slots (default 65,536).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<u32>,
+    /// `local` (default) or `global`: one fixed window shared by every gateway, counted by
+    /// the rate-limit service in `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The rate-limit service of a global limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<LimitService>,
+    /// Count what it would refuse, admit it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
+}
+
+/// The rate-limit service of a global limit (Envoy's RLS v3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitService {
+    /// Envoy cluster of the service (HTTP/2).
+    pub cluster: String,
+    /// The RLS domain (default: the policy's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// How long a request may wait for the answer (default `20ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `allow` (default) or `deny` when the service fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<String>,
 }
 
 /// A rate limit's key: exactly one field.
@@ -309,6 +336,7 @@ mod tests {
         same_fields::<SourceIp>(p::SourceIpSpec::FIELDS);
         same_fields::<RateLimit>(p::RateLimitSpec::FIELDS);
         same_fields::<LimitSource>(p::LimitSourceSpec::FIELDS);
+        same_fields::<LimitService>(p::LimitServiceSpec::FIELDS);
         same_fields::<Empty>(p::Empty::FIELDS);
         same_fields::<ClientIp>(p::ClientIpSpec::FIELDS);
         same_fields::<CircuitBreaker>(p::BreakerSpec::FIELDS);

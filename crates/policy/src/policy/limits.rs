@@ -2,10 +2,10 @@
 
 use super::check::{check_name, request_sources};
 use super::errors::Errors;
-use super::spec::{LimitSourceSpec, PolicySpec, RateLimitSpec};
-use crate::duration::parse_duration;
+use super::spec::{LimitSourceSpec, PolicySpec, RateLimitSpec, SCOPE_LOCAL};
+use crate::duration::{parse_duration, NANOS_PER_SEC};
 use crate::murmur3::murmur3_x86_32;
-use crate::ratelimit::{Rate, RateLimit};
+use crate::ratelimit::{Global, Rate, RateLimit};
 use crate::sticky::KeySource;
 use crate::tcp::{Cidr, TcpLimits};
 
@@ -72,6 +72,7 @@ fn compile_one(
         );
     }
     let source = compile_source(l.source.as_ref(), &format!("{path}.source"), errs);
+    let global = compile_global(spec, l, path, period_ns, errs);
     if errs.count() > n {
         return None;
     }
@@ -94,6 +95,128 @@ fn compile_one(
         slots: l.slots,
         config: murmur3_x86_32(shape.as_bytes(), 0),
         key_prefix: format!("rollgate/{}/rl/{}/", spec.name, l.name),
+        global,
+        shadow: l.shadow,
+    })
+}
+
+/// Longest wait for a rate-limit service's answer a policy may ask for.
+const MAX_SERVICE_TIMEOUT_NS: u64 = 10 * NANOS_PER_SEC;
+
+/// The `global` part of limit `l`: Limitador counts whole requests in fixed windows of whole
+/// seconds, so `average` and `period` must be whole and there is no `burst` (nor `slots`: the
+/// service keeps the counters).
+fn compile_global(
+    spec: &PolicySpec,
+    l: &RateLimitSpec,
+    path: &str,
+    period_ns: u64,
+    errs: &mut Errors,
+) -> Option<Global> {
+    match l.scope.as_str() {
+        SCOPE_LOCAL => {
+            if l.service.is_some() {
+                errs.push(
+                    format!("{path}.service"),
+                    "only a 'global' limit asks a service",
+                );
+            }
+            return None;
+        }
+        "global" => {}
+        other => {
+            errs.push(
+                format!("{path}.scope"),
+                format!(
+                    "must be 'local' or 'global', got '{}'",
+                    crate::excerpt::excerpt(other)
+                ),
+            );
+            return None;
+        }
+    }
+    let Some(svc) = &l.service else {
+        errs.push(
+            format!("{path}.service"),
+            "a global limit needs the rate-limit service: {\"cluster\": …}",
+        );
+        return None;
+    };
+    if l.burst.is_some() {
+        errs.push(
+            format!("{path}.burst"),
+            "does not apply to a global limit: it admits 'average' requests per fixed 'period' window",
+        );
+    }
+    if l.slots != super::spec::RateLimitSpec::default().slots {
+        errs.push(
+            format!("{path}.slots"),
+            "does not apply to a global limit: the service keeps the counters",
+        );
+    }
+    if l.average.fract() != 0.0 || l.average < 1.0 || l.average > u32::MAX as f64 {
+        errs.push(
+            format!("{path}.average"),
+            format!(
+                "a global limit counts whole requests: give a whole number from 1, got {}",
+                super::number::text(l.average)
+            ),
+        );
+    }
+    if period_ns != 0 && !period_ns.is_multiple_of(NANOS_PER_SEC) {
+        errs.push(
+            format!("{path}.period"),
+            "a global limit's window is whole seconds (Limitador's `seconds`), e.g. 1s, 3s, 1m",
+        );
+    }
+    let sp = format!("{path}.service");
+    if svc.cluster.is_empty() {
+        errs.push(
+            format!("{sp}.cluster"),
+            "must name the service's Envoy cluster",
+        );
+    }
+    errs.check_len(format!("{sp}.cluster"), &svc.cluster);
+    let domain = svc.domain.clone().unwrap_or_else(|| spec.name.clone());
+    if domain.is_empty() {
+        errs.push(format!("{sp}.domain"), "must not be empty");
+    }
+    errs.check_len(format!("{sp}.domain"), &domain);
+    let timeout_ns = match parse_duration(&svc.timeout) {
+        Ok(ns) if ns > 0 && ns <= MAX_SERVICE_TIMEOUT_NS => ns,
+        Ok(_) => {
+            errs.push(
+                format!("{sp}.timeout"),
+                "must be longer than 0 and at most 10s",
+            );
+            0
+        }
+        Err(e) => {
+            errs.push(format!("{sp}.timeout"), e);
+            0
+        }
+    };
+    let deny = match svc.failure_mode.as_str() {
+        "allow" => false,
+        "deny" => true,
+        other => {
+            errs.push(
+                format!("{sp}.failure_mode"),
+                format!(
+                    "must be 'allow' or 'deny', got '{}'",
+                    crate::excerpt::excerpt(other)
+                ),
+            );
+            false
+        }
+    };
+    Some(Global {
+        cluster: svc.cluster.clone(),
+        domain,
+        timeout_ms: (timeout_ns / 1_000_000).max(1),
+        deny,
+        max: l.average as u64,
+        window_secs: period_ns / NANOS_PER_SEC,
     })
 }
 

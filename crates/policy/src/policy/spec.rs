@@ -27,6 +27,13 @@ fn is_default_slots(n: &u32) -> bool {
     *n == DEFAULT_SLOTS
 }
 
+/// A rate limit's default scope.
+pub const SCOPE_LOCAL: &str = "local";
+
+fn is_local(s: &String) -> bool {
+    s == SCOPE_LOCAL
+}
+
 /// Declares spec types from one line per field:
 /// `name [as "key"]: Type [= default] [, omit if predicate];`. A field without a default is
 /// required; the key is the field's name unless given. Generates the struct, `Default` (the
@@ -272,6 +279,29 @@ spec_types! {
         slots: u32 = DEFAULT_SLOTS, omit if is_default_slots;
         /// `v3` or `v2` for this `match`; absent: the policy's `rule_syntax`.
         rule_syntax: Option<String> = None, omit if Option::is_none;
+        /// `local` (default: one token bucket per Envoy, in shared data) or `global` (a fixed
+        /// window of `average` per `period` shared by every gateway, counted by a rate-limit
+        /// service speaking Envoy's RLS v3; needs `service`, takes no `burst` or `slots`).
+        scope: String = SCOPE_LOCAL.to_string(), omit if is_local;
+        /// The rate-limit service a `global` limit asks.
+        service: Option<LimitServiceSpec> = None, omit if Option::is_none;
+        /// Count and log what the limit would refuse, but admit it (envoyproxy/ratelimit's
+        /// and Envoy's local limit's `shadow_mode`).
+        shadow: bool = false, omit if is_false;
+    }
+
+    /// The rate-limit service of a global limit (Envoy's RLS v3, `ShouldRateLimit`).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct LimitServiceSpec {
+        /// Envoy cluster of the service (HTTP/2).
+        cluster: String;
+        /// The RLS `domain`; default: the policy's name.
+        domain: Option<String> = None, omit if Option::is_none;
+        /// How long a request may wait for the answer. Default `20ms`.
+        timeout: String = "20ms".to_string();
+        /// `allow` (default, as Envoy's rate-limit filter) or `deny` (answer 500) when the
+        /// service is down, slow or answers garbage.
+        failure_mode: String = "allow".to_string();
     }
 
     /// A rate limit's key: exactly one field.

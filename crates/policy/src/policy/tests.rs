@@ -643,3 +643,55 @@ fn decision_carries_the_variant_index() {
         );
     }
 }
+
+#[test]
+fn global_limits_are_validated_with_every_error_at_once() {
+    let limits = r#"[
+      {"name": "a", "scope": "regional", "average": 1},
+      {"name": "b", "scope": "global", "average": 1},
+      {"name": "c", "scope": "global", "average": 2.5, "period": "1500ms", "burst": 3,
+       "slots": 8, "service": {"cluster": "", "timeout": "0s", "failure_mode": "maybe"}},
+      {"name": "d", "average": 1, "service": {"cluster": "rls"}}
+    ]"#;
+    let json = format!(r#"{{"name": "p", "variants": {{"s": "s"}}, "rate_limits": {limits}}}"#);
+    let errs = errors(&json);
+    for want in [
+        "rate_limits[0].scope: must be 'local' or 'global', got 'regional'",
+        "rate_limits[1].service: a global limit needs the rate-limit service",
+        "rate_limits[2].burst: does not apply to a global limit",
+        "rate_limits[2].slots: does not apply to a global limit",
+        "rate_limits[2].average: a global limit counts whole requests",
+        "rate_limits[2].period: a global limit's window is whole seconds",
+        "rate_limits[2].service.cluster: must name the service's Envoy cluster",
+        "rate_limits[2].service.timeout: must be longer than 0",
+        "rate_limits[2].service.failure_mode: must be 'allow' or 'deny', got 'maybe'",
+        "rate_limits[3].service: only a 'global' limit asks a service",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+    // A valid one compiles with its defaults: domain = the policy's name, 20 ms, allow.
+    let p = policy(
+        r#"{"name": "shop", "variants": {"s": "s"}, "rate_limits": [
+          {"name": "api", "scope": "global", "average": 180, "period": "3s",
+           "service": {"cluster": "rls"}, "shadow": true}]}"#,
+    );
+    let l = &p.rate_limits[0];
+    assert!(l.shadow);
+    assert_eq!(
+        l.global,
+        Some(crate::ratelimit::Global {
+            cluster: "rls".into(),
+            domain: "shop".into(),
+            timeout_ms: 20,
+            deny: false,
+            max: 180,
+            window_secs: 3
+        })
+    );
+    // And serializes back to what it read (the CLI and the controller print specs).
+    let spec = p.spec.rate_limits[0].clone();
+    assert_eq!((spec.scope.as_str(), spec.shadow), ("global", true));
+}

@@ -44,7 +44,7 @@ impl Lease {
 /// Keys are already 64-bit fingerprints: a multiply-shift spreads them for the table without
 /// SipHash's cost.
 #[derive(Default)]
-struct FingerprintHasher(u64);
+pub(crate) struct FingerprintHasher(u64);
 
 impl Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
@@ -64,6 +64,9 @@ impl Hasher for FingerprintHasher {
 }
 
 type Table = HashMap<u64, Lease, BuildHasherDefault<FingerprintHasher>>;
+
+/// A table keyed by fingerprints.
+pub(crate) type ByFingerprint<V> = HashMap<u64, V, BuildHasherDefault<FingerprintHasher>>;
 
 /// One worker's leases for one limit, by key fingerprint.
 #[derive(Debug, Default, Clone)]

@@ -9,6 +9,7 @@
 //! of a large bucket at once, which keeps most requests off shared data.
 
 mod bucket;
+pub mod global;
 pub mod lease;
 
 pub use bucket::{BucketState, Rate};
@@ -43,6 +44,28 @@ pub struct RateLimit {
     pub config: u32,
     /// Shared-data key prefix (`rollgate/<policy>/rl/<name>/`).
     pub key_prefix: String,
+    /// Counted by a rate-limit service for every gateway, not in shared data.
+    pub global: Option<Global>,
+    /// Count what it would refuse, admit it.
+    pub shadow: bool,
+}
+
+/// A limit every gateway shares: `max` requests per fixed window of `window_secs`, counted by
+/// a service speaking Envoy's RLS v3 (see [`crate::rls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Envoy cluster of the service.
+    pub cluster: String,
+    /// RLS domain.
+    pub domain: String,
+    /// How long a request waits for the answer.
+    pub timeout_ms: u64,
+    /// Refuse (500) rather than admit when the service fails.
+    pub deny: bool,
+    /// Requests per window.
+    pub max: u64,
+    /// The window.
+    pub window_secs: u64,
 }
 
 /// What a limit said about one request.
