@@ -403,3 +403,49 @@ fn redis_or_the_service_down_follows_failure_mode_and_recovers() {
         "counting again after the service is back: {d:?}"
     );
 }
+
+/// `rollgate try` runs a global limit on a laptop: `--cluster rls=http://…` sends the filter's
+/// gRPC asks to a real `rollgate ratelimit`, and the answers are Envoy's (200, then 429 with
+/// `Retry-After` once the window is full).
+#[test]
+fn rollgate_try_asks_a_real_rate_limit_service() {
+    let _t = timing_lock();
+    let redis = Redis::start();
+    let dir = scratch("try");
+    let file = dir.join("policy.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "shop", "variants": {"stable": "stable"}, "default": "stable",
+            "rate_limits": [{"name": "api", "scope": "global", "average": 3, "period": "1m",
+                             "service": {"cluster": "rls", "timeout": "2s"}}]}"#,
+    )
+    .unwrap();
+    let svc = Service::start(&redis, &file);
+    let requests = dir.join("requests.jsonl");
+    std::fs::write(&requests, "{}\n".repeat(5)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rollgate"))
+        .env("ROLLGATE_WASM", wasm_path())
+        .arg("try")
+        .arg("--policy")
+        .arg(&file)
+        .args(["--cluster", &format!("rls=http://127.0.0.1:{}", svc.port)])
+        .arg("--requests")
+        .arg(&requests)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let statuses: Vec<u64> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["response"]["status"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{stdout}");
+    assert!(stdout.contains("retry-after"), "{stdout}");
+}
