@@ -23,6 +23,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod request;
 pub mod rule;
+pub mod shadow;
 pub mod stats;
 pub mod sticky;
 pub mod store;
