@@ -127,10 +127,30 @@ fn a_fifth_of_requests_reach_the_canary_intact_and_clients_see_only_stable() {
         }
         assert!(c.body == body(i), "body of the copy of request {i} differs");
     }
-    // Sticky by the route's key: the users copied are exactly those a second round copies.
-    let first: std::collections::BTreeSet<String> =
-        copies.iter().map(|c| c.target.clone()).collect();
-    assert_eq!(first.len(), copies.len(), "a request was copied twice");
+    let first: std::collections::BTreeSet<String> = copies
+        .iter()
+        .filter_map(|c| String::from_utf8(header(&c.headers, "x-user-id").first()?.to_vec()).ok())
+        .collect();
+    assert_eq!(first.len(), copies.len(), "a user was copied twice");
+    // Sticky by the route's key: a second round of the first 500 users copies the same users.
+    for i in 0..500 {
+        let user = format!("u{i}");
+        client.get("pro.coding", "/again", &[("x-user-id", user.as_bytes())]);
+    }
+    wait_until("the second round answered", Duration::from_secs(10), || {
+        let sent = stat(&stack, "shadow_rq_total");
+        canary.requests() == sent && stat(&stack, "shadow_rs_2xx") == sent
+    });
+    let again: std::collections::BTreeSet<String> = canary.received()[copies.len()..]
+        .iter()
+        .filter_map(|c| String::from_utf8(header(&c.headers, "x-user-id").first()?.to_vec()).ok())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = (0..500)
+        .map(|i| format!("u{i}"))
+        .filter(|u| first.contains(u))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(again, expected);
     assert_eq!(stat(&stack, "shadow_mismatch"), 0);
     assert_eq!(stat(&stack, "shadow_skipped"), 0);
     assert_eq!(stat(&stack, "shadow_dropped"), 0);
