@@ -33,6 +33,8 @@ pub enum PlanStep {
     Pause(Option<u64>),
     /// Turn the header route on with this rule, or off (`None`).
     SetHeaderRoute(Option<String>),
+    /// Copy this percentage of the release route's requests to the canary (0: stop).
+    SetMirror(f64),
     /// Call the URL; 2xx goes on, anything else aborts.
     Webhook {
         /// `http://…`.
@@ -50,6 +52,7 @@ impl fmt::Display for PlanStep {
             PlanStep::Pause(Some(ms)) => write!(f, "pause {}", human_ms(*ms)),
             PlanStep::SetHeaderRoute(Some(rule)) => write!(f, "setHeaderRoute {rule}"),
             PlanStep::SetHeaderRoute(None) => f.write_str("setHeaderRoute off"),
+            PlanStep::SetMirror(p) => write!(f, "setMirror {p}%"),
             PlanStep::Webhook { url, .. } => write!(f, "webhook {url}"),
         }
     }
@@ -176,6 +179,7 @@ mod tests {
     #[test]
     fn steps_describe_themselves() {
         assert_eq!(PlanStep::SetWeight(12.5).to_string(), "setWeight 12.5");
+        assert_eq!(PlanStep::SetMirror(10.0).to_string(), "setMirror 10%");
         assert_eq!(PlanStep::Pause(Some(120_000)).to_string(), "pause 2m");
         assert_eq!(PlanStep::Pause(None).to_string(), "pause (until promoted)");
         assert_eq!(

@@ -137,9 +137,22 @@ pub struct Step {
     /// Send requests matching a rule to the canary (`{}` removes the header route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_header_route: Option<HeaderRoute>,
+    /// Copy this percentage of the requests on stable to the canary, answers compared and
+    /// discarded (shadow traffic); `{percent: 0}` stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror: Option<SetMirror>,
     /// Call a URL; go on when it answers 2xx, abort otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+}
+
+/// A mirror step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetMirror {
+    /// Percent of the release route's requests copied (0–100, at most two decimals).
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: f64,
 }
 
 /// A pause step.
