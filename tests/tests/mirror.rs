@@ -329,3 +329,28 @@ fn slow_copies_beyond_max_in_flight_are_dropped_and_memory_stays_bounded() {
         CLIENTS * EACH
     );
 }
+
+#[test]
+fn copies_past_their_timeout_or_to_a_dead_canary_are_answered_5xx_and_fail_no_client() {
+    let _serial = rollgate_e2e::timing_lock();
+    let mut stack = Stack::start(&policy(
+        r#"{"variant":"canary","percent":100,"timeout":"200ms"}"#,
+    ));
+    let canary = stack.upstream(CANARY);
+    canary.set_delay(Duration::from_secs(1));
+    let mut client = stack.client();
+    for i in 0..5 {
+        let user = format!("u{i}");
+        let r = client.get("pro.coding", "/", &[("x-user-id", user.as_bytes())]);
+        assert_eq!((r.status, r.body_str().as_str()), (200, STABLE));
+    }
+    // Envoy's async client answers a call past its timeout itself, with 504 (the filter sees a
+    // status, not a failure).
+    wait_until(
+        "5 timed-out copies answered",
+        Duration::from_secs(5),
+        || stat(&stack, "shadow_rs_5xx") == 5,
+    );
+    assert_eq!(stat(&stack, "shadow_failed"), 0);
+    assert_eq!(stat(&stack, "shadow_mismatch"), 5);
+}
