@@ -344,13 +344,38 @@ fn copies_past_their_timeout_or_to_a_dead_canary_are_answered_5xx_and_fail_no_cl
         let r = client.get("pro.coding", "/", &[("x-user-id", user.as_bytes())]);
         assert_eq!((r.status, r.body_str().as_str()), (200, STABLE));
     }
-    // Envoy's async client answers a call past its timeout itself, with 504 (the filter sees a
-    // status, not a failure).
+    // Envoy's async client answers a call past its timeout itself, with a 5xx status (the
+    // filter sees an answer, not a failure), and counts the timeout on the cluster.
     wait_until(
         "5 timed-out copies answered",
         Duration::from_secs(5),
         || stat(&stack, "shadow_rs_5xx") == 5,
     );
+    assert_eq!(
+        stack
+            .envoy
+            .stat("cluster.k8s-flask-canary.upstream_rq_timeout"),
+        Some(5)
+    );
     assert_eq!(stat(&stack, "shadow_failed"), 0);
     assert_eq!(stat(&stack, "shadow_mismatch"), 5);
+    // A dead canary (nothing listening): clients are served, the copies answered 5xx by Envoy.
+    let at = stack
+        .upstreams
+        .iter()
+        .position(|u| u.name() == CANARY)
+        .unwrap();
+    drop(stack.upstreams.remove(at));
+    for i in 0..5 {
+        let user = format!("d{i}");
+        let r = client.get("pro.coding", "/", &[("x-user-id", user.as_bytes())]);
+        assert_eq!((r.status, r.body_str().as_str()), (200, STABLE));
+    }
+    wait_until(
+        "5 copies to a dead canary answered",
+        Duration::from_secs(5),
+        || stat(&stack, "shadow_rs_5xx") == 10,
+    );
+    assert_eq!(stat(&stack, "shadow_rq_total"), 10);
+    assert_eq!(stat(&stack, "shadow_mismatch"), 10);
 }
