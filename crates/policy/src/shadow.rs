@@ -13,8 +13,6 @@
 //! (`timeout` and a second after it was sent); the book never holds more than
 //! [`MAX_ENTRIES`] entries, dropping the oldest first.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use crate::pipeline::Host;
 use crate::policy::{Mirror, Policy};
 use crate::stats::class_index;
@@ -117,6 +115,9 @@ pub struct Copy {
 
 #[derive(Debug)]
 struct Entry {
+    id: u64,
+    /// The call carrying the copy, once sent.
+    token: Option<u32>,
     ids: ShadowIds,
     timeout_ns: u64,
     deadline_ns: u64,
@@ -130,11 +131,14 @@ struct Entry {
 }
 
 /// One worker's copies, from their request to their answer.
+///
+/// Plain vectors, not maps: entries are few (`max_in_flight`, and answered copies for a
+/// moment), ids only grow so `entries` stays sorted by id, and map types would add their
+/// code to the filter's `.wasm` for no measurable gain.
 #[derive(Debug, Default)]
 pub struct Book {
-    entries: BTreeMap<u64, Entry>,
-    tokens: BTreeMap<u32, u64>,
-    ready: VecDeque<Copy>,
+    entries: Vec<Entry>,
+    ready: Vec<Copy>,
     in_flight: u32,
     next_id: u64,
     next_sweep_ns: u64,
@@ -176,27 +180,26 @@ impl Book {
         }
         if self.entries.len() >= MAX_ENTRIES {
             // The oldest entries are answered copies waiting for a primary that is very late.
-            if let Some((&oldest, _)) = self.entries.iter().next() {
+            if let Some(oldest) = self.entries.first().map(|e| e.id) {
                 self.remove(oldest);
             }
         }
         let id = self.next_id;
         self.next_id += 1;
         self.in_flight += 1;
-        self.entries.insert(
+        self.entries.push(Entry {
             id,
-            Entry {
-                ids: ids.clone(),
-                timeout_ns: mirror.timeout_ns,
-                deadline_ns: now
-                    .saturating_add(mirror.timeout_ns)
-                    .saturating_add(SLACK_NS),
-                sent_ns: 0,
-                primary: None,
-                shadow: None,
-                holds: true,
-            },
-        );
+            token: None,
+            ids: ids.clone(),
+            timeout_ns: mirror.timeout_ns,
+            deadline_ns: now
+                .saturating_add(mirror.timeout_ns)
+                .saturating_add(SLACK_NS),
+            sent_ns: 0,
+            primary: None,
+            shadow: None,
+            holds: true,
+        });
         Some(id)
     }
 
@@ -215,17 +218,18 @@ impl Book {
     /// A finished copy, to be sent. True when it is the only one waiting: the sender must be
     /// woken (later ones find it awake).
     pub fn ready(&mut self, copy: Copy) -> bool {
-        if !self.entries.contains_key(&copy.id) {
+        if self.find(copy.id).is_none() {
             return false;
         }
-        self.ready.push_back(copy);
+        self.ready.push(copy);
         self.ready.len() == 1
     }
 
     /// The next copy to send.
     pub fn take_ready(&mut self) -> Option<Copy> {
-        while let Some(c) = self.ready.pop_front() {
-            if self.entries.contains_key(&c.id) {
+        while !self.ready.is_empty() {
+            let c = self.ready.remove(0);
+            if self.find(c.id).is_some() {
                 return Some(c);
             }
         }
@@ -234,13 +238,13 @@ impl Book {
 
     /// Copy `id` was sent as call `token`.
     pub fn sent(&mut self, id: u64, token: u32, now: u64, host: &impl Host) {
-        let Some(e) = self.entries.get_mut(&id) else {
+        let Some(e) = self.find(id).and_then(|i| self.entries.get_mut(i)) else {
             return;
         };
         host.increment(e.ids.requests, 1);
         e.sent_ns = now;
         e.deadline_ns = now.saturating_add(e.timeout_ns).saturating_add(SLACK_NS);
-        self.tokens.insert(token, id);
+        e.token = Some(token);
     }
 
     /// The proxy refused to send copy `id`: dropped, counted.
@@ -252,12 +256,12 @@ impl Book {
 
     /// Whether call `token` is one of this book's copies.
     pub fn owns(&self, token: u32) -> bool {
-        self.tokens.contains_key(&token)
+        self.entries.iter().any(|e| e.token == Some(token))
     }
 
     /// The primary's status for the request of copy `id` (0: none).
     pub fn primary(&mut self, id: u64, status: u16, host: &impl Host) {
-        let Some(e) = self.entries.get_mut(&id) else {
+        let Some(e) = self.find(id).and_then(|i| self.entries.get_mut(i)) else {
             return;
         };
         e.primary = Some(status);
@@ -270,12 +274,11 @@ impl Book {
     /// the copy's variant; compared once the primary's status is known too. False when the
     /// token is not (or no longer) this book's.
     pub fn answer(&mut self, token: u32, status: Option<u16>, now: u64, host: &impl Host) -> bool {
-        let Some(id) = self.tokens.remove(&token) else {
+        let Some(e) = self.entries.iter_mut().find(|e| e.token == Some(token)) else {
             return false;
         };
-        let Some(e) = self.entries.get_mut(&id) else {
-            return true;
-        };
+        e.token = None;
+        let id = e.id;
         let class = status.and_then(class_index);
         match class.and_then(|c| e.ids.classes.get(c)) {
             Some(&metric) => host.increment(metric, 1),
@@ -315,25 +318,23 @@ impl Book {
 
     fn expire(&mut self, now: u64) {
         self.next_sweep_ns = now.saturating_add(SWEEP_EVERY_NS);
-        let expired: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.deadline_ns < now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            self.remove(id);
+        let before = self.entries.len();
+        self.entries.retain(|e| e.deadline_ns >= now);
+        if self.entries.len() != before {
+            self.in_flight = self.entries.iter().filter(|e| e.holds).count() as u32;
         }
     }
 
+    /// Index of entry `id` (entries are in id order).
+    fn find(&self, id: u64) -> Option<usize> {
+        self.entries.binary_search_by_key(&id, |e| e.id).ok()
+    }
+
+    /// Removes entry `id`, and with it its token: a late answer is then no longer the book's.
     fn remove(&mut self, id: u64) -> Option<Entry> {
-        let e = self.entries.remove(&id)?;
+        let e = self.entries.remove(self.find(id)?);
         if e.holds {
             self.in_flight = self.in_flight.saturating_sub(1);
-        }
-        // A token left behind would make a late answer look like a copy of a new request.
-        if e.sent_ns != 0 && e.shadow.is_none() {
-            self.tokens.retain(|_, v| *v != id);
         }
         Some(e)
     }
