@@ -95,6 +95,8 @@ pub enum MetricKind {
     NetworkErrorRate,
     /// Latency at this quantile (0–1), in milliseconds.
     Latency(f64),
+    /// Share of answered mirror copies whose status class differs from the primary's.
+    ShadowMismatch,
 }
 
 impl MetricKind {
@@ -104,11 +106,12 @@ impl MetricKind {
             "success-rate" => Ok(MetricKind::SuccessRate),
             "error-rate" => Ok(MetricKind::ErrorRate),
             "network-error-rate" => Ok(MetricKind::NetworkErrorRate),
+            "shadow-mismatch" => Ok(MetricKind::ShadowMismatch),
             _ => {
                 let pct = name.strip_prefix("latency-p").ok_or_else(|| {
                     format!(
                         "unknown metric '{}' (known: success-rate, error-rate, \
-                         network-error-rate, latency-pNN such as latency-p99)",
+                         network-error-rate, shadow-mismatch, latency-pNN such as latency-p99)",
                         excerpt(name)
                     )
                 })?;
@@ -152,6 +155,10 @@ mod tests {
         assert_eq!(
             MetricKind::parse("success-rate"),
             Ok(MetricKind::SuccessRate)
+        );
+        assert_eq!(
+            MetricKind::parse("shadow-mismatch"),
+            Ok(MetricKind::ShadowMismatch)
         );
         assert_eq!(
             MetricKind::parse("latency-p99"),

@@ -510,3 +510,40 @@ fn abort_promotion_and_retry_end_mirroring() {
     }
     assert_eq!((done.phase, done.mirror_percent), (Phase::Promoted, 0.0));
 }
+
+#[test]
+fn a_canary_whose_copies_mismatch_is_aborted_before_any_user_reaches_it() {
+    let plan = with_strategy(
+        "    steps:\n      - setMirror: { percent: 20 }\n      - pause: { duration: 10m }\n      \
+         - setWeight: 50\n    analysis:\n      interval: 1s\n      minRequests: 20\n      \
+         metrics: [ { name: shadow-mismatch, max: 0.05 } ]\n",
+    );
+    let st = start(&plan).status;
+    assert_eq!((st.mirror_percent, st.canary_weight), (20.0, 0.0));
+    let analysis = plan.analysis.as_ref().unwrap();
+    // The copies' answers, as the judge measures them: a tenth differ from stable's.
+    let delta = crate::analysis::CanaryCounters {
+        shadow_answers: 200.0,
+        shadow_mismatch: 20.0,
+        ..Default::default()
+    };
+    let measurement = crate::analysis::measure(analysis, &delta, at(1));
+    let t = step(
+        &plan,
+        &st,
+        Event::Analysis {
+            attempt: st.attempt,
+            measurement,
+        },
+        at(1),
+    )
+    .unwrap();
+    let st = t.status;
+    assert_eq!(st.phase, Phase::Aborted);
+    assert_eq!((st.canary_weight, st.mirror_percent), (0.0, 0.0));
+    assert!(
+        st.message.contains("shadow-mismatch 0.1 > max 0.05"),
+        "{}",
+        st.message
+    );
+}

@@ -212,14 +212,15 @@ pub struct Analysis {
 /// Names: `success-rate` (share of responses that are not 5xx, 0–1), `error-rate` (share
 /// that are 5xx), `network-error-rate` (share of network errors), `latency-pNN` (the NN-th
 /// percentile of latency, e.g. `latency-p99`, `latency-p99.9`; bounds are durations like
-/// `500ms`, or bare numbers of milliseconds).
+/// `500ms`, or bare numbers of milliseconds), `shadow-mismatch` (share of the canary's answers
+/// to mirrored copies whose status class differs from stable's answer to the same request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("minProperties" = 2))]
 pub struct Metric {
     /// Which figure; `minProperties: 2` in the schema: a bound (`min` or `max`) is required.
     #[schemars(regex(
-        pattern = r"^(success-rate|error-rate|network-error-rate|latency-p[0-9]+(\.[0-9]+)?)$"
+        pattern = r"^(success-rate|error-rate|network-error-rate|shadow-mismatch|latency-p[0-9]+(\.[0-9]+)?)$"
     ))]
     pub name: String,
     /// The figure must be at least this.
