@@ -189,6 +189,11 @@ impl Envoy {
         Client::new(self.admin_port).get("127.0.0.1", path, &[])
     }
 
+    /// The Envoy process's id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The admin `/stats` text (`name: value` lines).
     pub fn stats(&self) -> String {
         self.admin("/stats").body_str()

@@ -6,24 +6,113 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 
-use super::host::{request_header_bytes, response_status, EnvoyStore};
+use super::host::{now_ns, request_header_bytes, response_status, EnvoyStore};
+use super::shadow::Shadow;
 use super::Runtime;
 use rollgate_policy::pipeline::{Exchange, HeaderOp, Plan, RlsFailure};
 use rollgate_policy::request::Request;
 use rollgate_policy::rls;
+use rollgate_policy::shadow::{copy_headers, Copy};
 
 pub(crate) struct Filter {
     rt: Option<Rc<Runtime>>,
     exchange: Exchange,
+    shadow: Rc<Shadow>,
+    /// The copy of this request being read, while its body passes.
+    copy: Option<Copy>,
+    max_body: usize,
+    /// The book's id of this request's copy, for the primary's status.
+    copy_id: Option<u64>,
+    /// The request headers ended the stream (no body): kept while a global limit's ask
+    /// holds the request, for the copy begun after it.
+    headers_end: bool,
 }
 
 impl Filter {
-    pub(crate) fn new(context_id: u32, rt: Option<Rc<Runtime>>) -> Filter {
+    pub(crate) fn new(context_id: u32, rt: Option<Rc<Runtime>>, shadow: Rc<Shadow>) -> Filter {
         Filter {
             rt,
             exchange: Exchange::new(context_id),
+            shadow,
+            copy: None,
+            max_body: 0,
+            copy_id: None,
+            headers_end: false,
+        }
+    }
+
+    /// Opens this request's copy when its route's mirror chose it.
+    fn begin_copy(&mut self, rt: &Runtime, raw: &[u8], end_of_stream: bool) {
+        let policy = &rt.worker.policy;
+        let Some(m) = self.exchange.mirror().and_then(|r| policy.mirror(r)) else {
+            return;
+        };
+        let (Some(ids), Some(variant)) =
+            (rt.shadow_ids.get(m.variant), policy.variants.get(m.variant))
+        else {
+            return;
+        };
+        let Ok(mut book) = self.shadow.book.try_borrow_mut() else {
+            return;
+        };
+        let Some(id) = book.start(m, ids, now_ns(), &EnvoyStore) else {
+            return;
+        };
+        let pairs = Request::parse_header_map(raw);
+        let Some(headers) = copy_headers(&pairs, policy, m) else {
+            book.skip(id, &EnvoyStore);
+            return;
+        };
+        drop(book);
+        self.copy_id = Some(id);
+        self.max_body = m.max_body;
+        self.copy = Some(Copy {
+            id,
+            cluster: variant.cluster.clone(),
+            headers,
+            body: Vec::new(),
+            timeout_ns: m.timeout_ns,
+        });
+        if end_of_stream {
+            self.finish_copy();
+        }
+    }
+
+    /// The request is complete: its copy goes to the root to be sent.
+    fn finish_copy(&mut self) {
+        let Some(copy) = self.copy.take() else {
+            return;
+        };
+        let first = match self.shadow.book.try_borrow_mut() {
+            Ok(mut book) => book.ready(copy),
+            Err(_) => false,
+        };
+        if first && !self.shadow.wake() {
+            // No queue: sent from here; an answer after this request ends is lost (and the
+            // copy's slot freed at its deadline).
+            self.shadow.send_ready();
+        }
+    }
+
+    fn skip_copy(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            self.copy_id = None;
+            if let Ok(mut book) = self.shadow.book.try_borrow_mut() {
+                book.skip(copy.id, &EnvoyStore);
+            }
+        }
+    }
+}
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        // The request ended (reset) before its body did: its copy is never sent.
+        if let Some(copy) = self.copy.take() {
+            if let Ok(mut book) = self.shadow.book.try_borrow_mut() {
+                book.abandon(copy.id);
+            }
         }
     }
 }
@@ -60,6 +149,7 @@ impl Filter {
                         }
                     }
                 }
+                self.begin_copy(&rt, &raw, self.headers_end);
                 if resume {
                     self.resume_http_request();
                 }
@@ -92,6 +182,11 @@ impl Filter {
 }
 
 impl Context for Filter {
+    fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
+        // Only without a wake-up queue are copies sent from a request's context.
+        self.shadow.answer(token);
+    }
+
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
         // gRPC DEADLINE_EXCEEDED is how Envoy reports the call's timeout.
         let answer = match status_code {
@@ -110,7 +205,7 @@ impl Context for Filter {
 }
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         // Test builds only (`make wasm-test-trap`): a request that kills the VM serving it.
         #[cfg(feature = "test-trap")]
         if let Ok(Some(_)) =
@@ -118,7 +213,42 @@ impl HttpContext for Filter {
         {
             core::arch::wasm32::unreachable();
         }
+        self.headers_end = end_of_stream;
         self.run(false)
+    }
+
+    // The body is copied chunk by chunk as it passes, and the stream is never paused for it:
+    // pausing (`StopIterationAndBuffer`) would hold the primary until the client sent the last
+    // byte, delaying every mirrored upload by its own transfer time. Each chunk costs one copy
+    // into the VM, and only while a copy is being read.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(copy) = self.copy.as_mut() else {
+            return Action::Continue;
+        };
+        if copy.body.len().saturating_add(body_size) > self.max_body {
+            self.skip_copy();
+            return Action::Continue;
+        }
+        if body_size > 0 {
+            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                Ok(Some(chunk)) => copy.body.extend_from_slice(&chunk),
+                Ok(None) => {}
+                Err(_) => {
+                    self.skip_copy();
+                    return Action::Continue;
+                }
+            }
+        }
+        if end_of_stream {
+            self.finish_copy();
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        // Trailers end the request; they are not copied.
+        self.finish_copy();
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
@@ -132,6 +262,11 @@ impl HttpContext for Filter {
             match op {
                 HeaderOp::Set(name, value) => self.set_http_response_header(name, Some(&value)),
                 HeaderOp::Add(name, value) => self.add_http_response_header(name, &value),
+            }
+        }
+        if let Some(id) = self.copy_id {
+            if let Ok(mut book) = self.shadow.book.try_borrow_mut() {
+                book.primary(id, response_status(), &EnvoyStore);
             }
         }
         Action::Continue

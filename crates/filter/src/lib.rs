@@ -15,6 +15,7 @@
 
 mod host;
 mod http;
+mod shadow;
 mod tcp;
 
 use std::cell::RefCell;
@@ -32,6 +33,7 @@ use rollgate_policy::pipeline::{BreakerIds, LimitIds, VariantIds, Worker};
 use rollgate_policy::policy::Policy;
 use rollgate_policy::ratelimit::global::GlobalCache;
 use rollgate_policy::ratelimit::Leases;
+use rollgate_policy::shadow::ShadowIds;
 use rollgate_policy::stats::StatNames;
 use rollgate_policy::tcp::InFlight;
 
@@ -90,6 +92,8 @@ pub(crate) struct Runtime {
     worker: Worker,
     /// When each breaker was last checked: the tick may be faster than its `check_period`.
     last_check: RefCell<Vec<u64>>,
+    /// Per variant: its shadow traffic's stats (0s for variants no route mirrors to).
+    shadow_ids: Vec<ShadowIds>,
 }
 
 impl Runtime {
@@ -97,6 +101,23 @@ impl Runtime {
     /// this worker's view of them (the shared state carries over by itself).
     fn new(policy: Policy, previous: Option<&Runtime>) -> Runtime {
         let names = StatNames::new(&policy);
+        let shadow_ids = names
+            .variants
+            .iter()
+            .map(|v| {
+                v.shadow
+                    .as_ref()
+                    .map_or_else(ShadowIds::default, |s| ShadowIds {
+                        requests: define(MetricType::Counter, &s.requests),
+                        classes: s.classes.each_ref().map(|c| define(MetricType::Counter, c)),
+                        mismatch: define(MetricType::Counter, &s.mismatch),
+                        latency_ms: define(MetricType::Histogram, &s.latency_ms),
+                        skipped: define(MetricType::Counter, &s.skipped),
+                        dropped: define(MetricType::Counter, &s.dropped),
+                        failed: define(MetricType::Counter, &s.failed),
+                    })
+            })
+            .collect();
         let variants = names
             .variants
             .iter()
@@ -181,6 +202,7 @@ impl Runtime {
                 breakers: RefCell::new(locals),
             },
             last_check: RefCell::new(vec![0; n]),
+            shadow_ids,
         }
     }
 
@@ -246,6 +268,10 @@ struct Root {
     /// A network filter: the configuration's policy is a connection-limit one (`tcp`, no
     /// variants). Set once, at the first configuration, with the fetcher's matching check.
     network: bool,
+    /// Shadow traffic: the copies of this worker's requests, sent from here.
+    shadow: Rc<shadow::Shadow>,
+    /// The policy long-poll in flight: every other call this root makes is a copy's.
+    poll_token: Option<u32>,
 }
 
 /// How often the root ticks when it fetches policies: the longest a worker runs an older
@@ -273,6 +299,9 @@ impl Root {
             period = Some(period.map_or(refresh, |p| p.min(refresh)));
         }
         self.set_tick_period(period.unwrap_or(Duration::ZERO));
+        if policy.mirrors().next().is_some() {
+            self.shadow.register();
+        }
         if self.in_flight.is_none() && policy.tcp.is_some() {
             let id = rollgate_policy::fetch::worker_id(&EnvoyStore, "rollgate.vm_seq", now_ns());
             self.in_flight = Some(Rc::new(RefCell::new(InFlight::new(id))));
@@ -324,11 +353,14 @@ impl Root {
             (":path", path.as_str()),
             (":authority", authority.as_str()),
         ];
-        if let Err(status) = self.dispatch_http_call(&cluster, headers, None, vec![], timeout) {
-            let why = format!(
-                "cannot call cluster '{cluster}' ({status:?}): is it in Envoy's configuration?"
-            );
-            self.poll_finished(now, Outcome::Failed(why));
+        match self.dispatch_http_call(&cluster, headers, None, vec![], timeout) {
+            Ok(token) => self.poll_token = Some(token),
+            Err(status) => {
+                let why = format!(
+                    "cannot call cluster '{cluster}' ({status:?}): is it in Envoy's configuration?"
+                );
+                self.poll_finished(now, Outcome::Failed(why));
+            }
         }
     }
 
@@ -375,11 +407,17 @@ impl Root {
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         _headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
+        if self.poll_token != Some(token) {
+            // A copy's answer (or one the book already gave up on).
+            self.shadow.answer(token);
+            return;
+        }
+        self.poll_token = None;
         let now = now_ns();
         let header = |name: &str| {
             self.get_http_call_response_header_bytes(name)
@@ -486,6 +524,11 @@ impl RootContext for Root {
         true
     }
 
+    fn on_queue_ready(&mut self, queue: u32) {
+        self.shadow.drain(queue);
+        self.shadow.send_ready();
+    }
+
     fn on_tick(&mut self) {
         self.fetch_tick(now_ns());
         if let Some(rt) = &self.runtime {
@@ -507,6 +550,7 @@ impl RootContext for Root {
         Some(Box::new(http::Filter::new(
             context_id,
             self.runtime.clone(),
+            self.shadow.clone(),
         )))
     }
 

@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod request;
 pub mod rls;
 pub mod rule;
+pub mod shadow;
 pub mod stats;
 pub mod sticky;
 pub mod store;

@@ -60,6 +60,20 @@ pub const MAX_RATE_LIMITS: usize = 64;
 /// Entries of `circuit_breakers`: each is checked on every worker's tick.
 pub const MAX_BREAKERS: usize = 64;
 
+/// Bytes of request body one mirror copy may hold (`routes[].mirror.max_body`): each copy in
+/// flight holds its body in the worker's memory until it is sent.
+pub const MAX_MIRROR_BODY: u32 = 1 << 20;
+
+/// Mirror copies one worker may keep in flight (`routes[].mirror.max_in_flight`).
+pub const MAX_MIRROR_IN_FLIGHT: u32 = 1000;
+
+/// Bytes of request bodies one worker's copies in flight may hold in all (`max_body ×
+/// max_in_flight`).
+pub const MAX_MIRROR_BYTES: u64 = 64 << 20;
+
+/// The longest a mirror copy may take (`routes[].mirror.timeout`): its state is held until then.
+pub const MAX_MIRROR_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
+
 /// Problems reported for one document; the rest are counted in a last line. Bounds the memory
 /// of an error answer to a hostile document.
 pub const MAX_ERRORS: usize = 100;

@@ -130,6 +130,8 @@ pub struct Exchange {
     limit_headers: Option<Verdict>,
     /// We answered ourselves: nothing to count on the way back.
     local_reply: bool,
+    /// The route whose mirror chose this request for a copy.
+    mirror: Option<usize>,
     /// The first rate limit still to check (a global limit's ask resumes there).
     next_limit: usize,
     /// The global limit that asked, for which key, how many hits, and what came back.
@@ -189,13 +191,24 @@ impl Exchange {
         self.variant
     }
 
-    /// A random-enough id for `assign_cookie`: not a secret, only a stable bucket key.
-    fn new_id(&self, host: &impl Host) -> String {
+    /// The route whose mirror chose this request for a copy, once [`Exchange::on_request`]
+    /// forwarded it (see [`crate::shadow`]).
+    pub fn mirror(&self) -> Option<usize> {
+        self.mirror
+    }
+
+    /// Random enough for ids and shares: not a secret.
+    fn random(&self, host: &impl Host) -> u64 {
         let mut x = host.now_ns() ^ (u64::from(self.context_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
         // splitmix64 finaliser.
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        format!("{:016x}", x ^ (x >> 31))
+        x ^ (x >> 31)
+    }
+
+    /// A random-enough id for `assign_cookie`: not a secret, only a stable bucket key.
+    fn new_id(&self, host: &impl Host) -> String {
+        format!("{:016x}", self.random(host))
     }
 
     fn reply<'w>(
@@ -328,6 +341,17 @@ impl Exchange {
         if let Some(ids) = variant.and_then(|i| w.variants.get(i)) {
             host.increment(ids.requests, 1);
         }
+        // A request already going to the mirror's variant (its share of a split, a breaker's
+        // fallback) would only be compared with itself.
+        self.mirror = decision.route.filter(|&r| {
+            policy.mirror(r).is_some_and(|m| {
+                let random = match decision.bucket {
+                    Some(_) => 0,
+                    None => self.random(host),
+                };
+                variant != Some(m.variant) && m.selects(decision.bucket, random)
+            })
+        });
         Plan::Forward(changes)
     }
 

@@ -619,3 +619,81 @@ fn a_shadow_limit_counts_what_it_would_refuse_and_admits_it() {
     assert_eq!(host.metric(w.limit_ids[0].shadow_limited), 4);
     assert_eq!(host.metric(w.rate_limited[0]), 0);
 }
+
+#[test]
+fn a_mirror_chooses_its_share_never_the_mirror_variant_itself() {
+    let host = Fake::new();
+    let chosen = |json: &str, user: &str| {
+        let w = worker(json);
+        let mut ex = Exchange::new(7);
+        let plan = ex.on_request(
+            &w,
+            pairs(&[(":authority", "a"), ("x-user-id", user)]),
+            &host,
+        );
+        assert!(matches!(plan, Plan::Forward(_)));
+        ex.mirror()
+    };
+    let split = |mirror: &str| {
+        format!(
+            r#"{{"name":"f","variants":{{"stable":"s","canary":"c"}},"default":"stable",
+            "routes":[{{"split":[{{"variant":"canary","weight":30}}],"sticky":{{"header":"x-user-id"}},
+            "mirror":{mirror}}}]}}"#
+        )
+    };
+    let all = split(r#"{"variant":"canary","percent":100}"#);
+    let w = worker(&all);
+    let canary = index(&w, "canary");
+    let mut seen = [0; 2];
+    for u in 0..1_000 {
+        let user = format!("u{u}");
+        let mut ex = Exchange::new(7);
+        ex.on_request(
+            &w,
+            pairs(&[(":authority", "a"), ("x-user-id", &user)]),
+            &host,
+        );
+        let to_canary = ex.variant() == Some(canary);
+        // Everyone the split keeps on stable is copied; the canary's own users are not.
+        assert_eq!(ex.mirror().is_some(), !to_canary, "{user}");
+        seen[usize::from(to_canary)] += 1;
+    }
+    assert!(seen[0] > 600 && seen[1] > 200, "{seen:?}");
+    // Sticky by the split's key: a user is copied on every request or on none.
+    let some = split(r#"{"variant":"canary","percent":40}"#);
+    let mut copied = 0;
+    for u in 0..500 {
+        let user = format!("u{u}");
+        let first = chosen(&some, &user);
+        assert!((0..5).all(|_| chosen(&some, &user) == first));
+        copied += usize::from(first.is_some());
+    }
+    // 40 % of the ~70 % on stable.
+    assert!((100..=180).contains(&copied), "{copied}");
+    assert_eq!(
+        chosen(&split(r#"{"variant":"canary","percent":0}"#), "u1"),
+        None
+    );
+    // No mirror: nothing chosen, and no extra host call.
+    let plain = r#"{"name":"f","variants":{"stable":"s"},"default":"stable","routes":[{"variant":"stable"}]}"#;
+    let before = host.calls.get();
+    assert_eq!(chosen(plain, "u1"), None);
+    assert_eq!(host.calls.get() - before, 1, "only the request counter");
+}
+
+#[test]
+fn a_keyless_route_mirrors_a_random_share() {
+    let host = Fake::new();
+    let w = worker(
+        r#"{"name":"f","variants":{"stable":"s","canary":"c"},"default":"stable",
+        "routes":[{"variant":"stable","mirror":{"variant":"canary","percent":20}}]}"#,
+    );
+    let mut n = 0;
+    for i in 0..2_000u32 {
+        host.advance(1_000 + u64::from(i % 7));
+        let mut ex = Exchange::new(i);
+        ex.on_request(&w, pairs(&[(":authority", "a")]), &host);
+        n += usize::from(ex.mirror() == Some(0));
+    }
+    assert!((340..=460).contains(&n), "{n}");
+}

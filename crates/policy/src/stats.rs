@@ -35,6 +35,27 @@ pub struct VariantStats {
     pub network_errors: String,
     /// Histogram: milliseconds from request headers to response headers.
     pub latency_ms: String,
+    /// When some route mirrors to the variant: its shadow traffic.
+    pub shadow: Option<ShadowStats>,
+}
+
+/// Stats of a variant's shadow traffic (`routes[].mirror`, see [`crate::shadow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Counter: copies sent.
+    pub requests: String,
+    /// Counters: the copies' answers by class, `shadow_rs_1xx` … `shadow_rs_5xx`.
+    pub classes: [String; 5],
+    /// Counter: copies whose answer class differs from the primary's.
+    pub mismatch: String,
+    /// Histogram: milliseconds from sending a copy to its answer.
+    pub latency_ms: String,
+    /// Counter: chosen requests not copied (body over `max_body`, a header not UTF-8).
+    pub skipped: String,
+    /// Counter: copies dropped (`max_in_flight` reached, or the call refused).
+    pub dropped: String,
+    /// Counter: copies without an answer (reset).
+    pub failed: String,
 }
 
 /// Stats of one breaker.
@@ -93,13 +114,27 @@ impl StatNames {
         let variants = policy
             .variants
             .iter()
-            .map(|v| {
+            .enumerate()
+            .map(|(i, v)| {
                 let base = format!("{p}.variant.{}", sanitize(&v.name));
+                let shadow = policy
+                    .mirrors()
+                    .any(|m| m.variant == i)
+                    .then(|| ShadowStats {
+                        requests: format!("{base}.shadow_rq_total"),
+                        classes: CLASSES.map(|c| format!("{base}.shadow_{c}")),
+                        mismatch: format!("{base}.shadow_mismatch"),
+                        latency_ms: format!("{base}.shadow_latency_ms"),
+                        skipped: format!("{base}.shadow_skipped"),
+                        dropped: format!("{base}.shadow_dropped"),
+                        failed: format!("{base}.shadow_failed"),
+                    });
                 VariantStats {
                     requests: format!("{base}.rq_total"),
                     classes: CLASSES.map(|c| format!("{base}.{c}")),
                     network_errors: format!("{base}.rs_network_error"),
                     latency_ms: format!("{base}.latency_ms"),
+                    shadow,
                 }
             })
             .collect();
@@ -187,6 +222,39 @@ mod tests {
             names.breakers[0].state,
             "rollgate.flask_app.breaker.lat.state"
         );
+    }
+
+    #[test]
+    fn shadow_names_only_for_mirrored_variants() {
+        let json = r#"{"name":"flask","variants":{"stable":"s","canary":"c"},"default":"stable",
+            "routes":[{"variant":"stable","mirror":{"variant":"canary","percent":5}}]}"#;
+        let names = StatNames::new(&Policy::from_json(json.as_bytes()).unwrap());
+        let canary = names.variants[0].shadow.as_ref().unwrap();
+        assert_eq!(
+            canary.requests,
+            "rollgate.flask.variant.canary.shadow_rq_total"
+        );
+        assert_eq!(
+            canary.classes[4],
+            "rollgate.flask.variant.canary.shadow_rs_5xx"
+        );
+        assert_eq!(
+            canary.mismatch,
+            "rollgate.flask.variant.canary.shadow_mismatch"
+        );
+        assert_eq!(
+            canary.latency_ms,
+            "rollgate.flask.variant.canary.shadow_latency_ms"
+        );
+        assert_eq!(
+            canary.skipped,
+            "rollgate.flask.variant.canary.shadow_skipped"
+        );
+        assert_eq!(
+            canary.dropped,
+            "rollgate.flask.variant.canary.shadow_dropped"
+        );
+        assert_eq!(names.variants[1].shadow, None);
     }
 
     #[test]

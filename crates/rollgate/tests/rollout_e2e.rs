@@ -331,3 +331,66 @@ fn an_invalid_rollout_is_refused_and_a_stopped_sidecar_changes_nothing() {
             >= 1
     );
 }
+
+/// Issue 16's release: mirror first, judge the canary on its answers to the copies, and abort
+/// a canary that answers unlike stable before any user request is routed to it.
+#[test]
+fn a_mirrored_canary_answering_unlike_stable_is_aborted_before_any_user_reaches_it() {
+    let _serial = rollgate_e2e::timing_lock();
+    let s = Stack::start();
+    s.upstream(CANARY).set_status(500);
+    let strategy = "    steps:\n      - setMirror: { percent: 50 }\n      \
+                    - pause: { duration: 10m }\n      - setWeight: 50\n    analysis:\n      \
+                    interval: 1s\n      minRequests: 5\n      metrics:\n        \
+                    - { name: shadow-mismatch, max: 0.05 }\n";
+    s.dir.write("flask.yaml", &seed_with_strategy(strategy));
+    s.wait_applied(1, Duration::from_secs(5));
+    assert_eq!(s.sidecar.rollout("flask")["status"]["mirrorPercent"], 50.0);
+    let mut c = s.envoy.client();
+    let mut n = 0;
+    let started = Instant::now();
+    wait_until("the abort", Duration::from_secs(15), || {
+        for _ in 0..20 {
+            let user = format!("u{n}");
+            assert_eq!(s.served(&mut c, "pro.coding", &user, &[]), STABLE, "{user}");
+            n += 1;
+            thread::sleep(Duration::from_millis(10));
+        }
+        s.sidecar.rollout("flask")["status"]["phase"] == "Aborted"
+    });
+    println!(
+        "aborted {:?} after the first policy, {n} user requests",
+        started.elapsed()
+    );
+    let status = &s.sidecar.rollout("flask")["status"];
+    let message = status["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("shadow-mismatch 1 > max 0.05"),
+        "{message}"
+    );
+    assert_eq!(status["canaryWeight"], 0.0);
+    assert!(
+        status.get("mirrorPercent").is_none(),
+        "mirroring ended: {status}"
+    );
+    // The canary saw copies only: no user request was ever routed to it.
+    let got = s.upstream(CANARY).received();
+    assert!(got.len() >= 5, "{} copies", got.len());
+    for r in &got {
+        let shadow = r.headers.iter().find(|(k, _)| k == "x-rollgate-shadow");
+        assert_eq!(
+            shadow.map(|(_, v)| v.as_slice()),
+            Some(b"1".as_slice()),
+            "{r:?}"
+        );
+    }
+    // Once the aborted policy is applied, nothing more is copied.
+    s.wait_applied(s.sidecar_version(), Duration::from_secs(2));
+    let copies = s.upstream(CANARY).requests();
+    for i in 0..50 {
+        let user = format!("after-{i}");
+        assert_eq!(s.served(&mut c, "pro.coding", &user, &[]), STABLE);
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.upstream(CANARY).requests(), copies);
+}

@@ -15,6 +15,10 @@ pub struct CanaryCounters {
     pub network_errors: f64,
     /// Latency histogram: (upper bound in ms, cumulative count), ascending; `+Inf` last.
     pub latency: Vec<(f64, f64)>,
+    /// Answers to mirrored copies (every class, and copies without an answer).
+    pub shadow_answers: f64,
+    /// Of those, answers whose class differed from the primary's.
+    pub shadow_mismatch: f64,
 }
 
 impl CanaryCounters {
@@ -44,6 +48,8 @@ impl CanaryCounters {
             classes,
             network_errors: sub(self.network_errors, base.network_errors)?,
             latency,
+            shadow_answers: sub(self.shadow_answers, base.shadow_answers)?,
+            shadow_mismatch: sub(self.shadow_mismatch, base.shadow_mismatch)?,
         })
     }
 }
@@ -77,10 +83,12 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     Some(lower)
 }
 
-/// Judges the canary's traffic in one interval (`delta`) against `plan`'s metrics.
+/// Judges the canary's traffic in one interval (`delta`) against `plan`'s metrics. Answers to
+/// mirrored copies count towards `minRequests` with the canary's own responses: while a
+/// rollout only mirrors, they are all the canary answers.
 pub fn measure(plan: &AnalysisPlan, delta: &CanaryCounters, at: Timestamp) -> AnalysisStatus {
     let responses = delta.responses();
-    let requests = responses.round() as u64;
+    let requests = (responses + delta.shadow_answers).round() as u64;
     let ratio = |n: f64| (responses > 0.0).then(|| n / responses);
     let figures: Vec<Figure> = plan
         .metrics
@@ -91,6 +99,8 @@ pub fn measure(plan: &AnalysisPlan, delta: &CanaryCounters, at: Timestamp) -> An
                 MetricKind::ErrorRate => ratio(delta.classes[4]),
                 MetricKind::NetworkErrorRate => ratio(delta.network_errors),
                 MetricKind::Latency(q) => quantile(q, &delta.latency),
+                MetricKind::ShadowMismatch => (delta.shadow_answers > 0.0)
+                    .then(|| delta.shadow_mismatch / delta.shadow_answers),
             };
             let passed = value.is_none_or(|v| {
                 m.min.is_none_or(|min| v >= min) && m.max.is_none_or(|max| v <= max)
@@ -151,6 +161,7 @@ mod tests {
             classes: [0.0, ok, 0.0, 0.0, errors],
             network_errors: 0.0,
             latency: latency.to_vec(),
+            ..CanaryCounters::default()
         }
     }
 
@@ -225,5 +236,55 @@ mod tests {
         let m = measure(&plan(1), &d, Timestamp(1));
         assert_eq!(m.verdict, Verdict::Passed);
         assert_eq!(m.figures[1].value, None);
+    }
+
+    #[test]
+    fn shadow_mismatch_judges_the_copies_alone_while_only_mirroring() {
+        let plan = AnalysisPlan {
+            interval_ms: 1000,
+            failure_limit: 0,
+            min_requests: 20,
+            metrics: vec![
+                MetricPlan {
+                    name: "success-rate".into(),
+                    kind: MetricKind::SuccessRate,
+                    min: Some(0.99),
+                    max: None,
+                },
+                MetricPlan {
+                    name: "shadow-mismatch".into(),
+                    kind: MetricKind::parse("shadow-mismatch").unwrap(),
+                    min: None,
+                    max: Some(0.05),
+                },
+            ],
+        };
+        let copies = |answers: f64, mismatch: f64| CanaryCounters {
+            shadow_answers: answers,
+            shadow_mismatch: mismatch,
+            ..CanaryCounters::default()
+        };
+        // No user reaches the canary; its answers to copies decide.
+        let m = measure(&plan, &copies(100.0, 10.0), Timestamp(1));
+        assert_eq!((m.verdict, m.requests), (Verdict::Failed, 100));
+        assert_eq!(
+            m.figures[0].value, None,
+            "no user responses: no success rate"
+        );
+        assert_eq!(m.figures[1].value, Some(0.1));
+        assert!(!m.figures[1].passed);
+        assert_eq!(
+            measure(&plan, &copies(100.0, 5.0), Timestamp(1)).verdict,
+            Verdict::Passed
+        );
+        assert_eq!(
+            measure(&plan, &copies(19.0, 19.0), Timestamp(1)).verdict,
+            Verdict::Inconclusive
+        );
+        // Between two readings, as the judge takes them.
+        let (a, b) = (copies(100.0, 1.0), copies(160.0, 31.0));
+        let d = b.since(&a).unwrap();
+        assert_eq!((d.shadow_answers, d.shadow_mismatch), (60.0, 30.0));
+        assert_eq!(a.since(&b), None, "counters went down: a gateway restarted");
     }
 }

@@ -164,6 +164,18 @@ impl Samples {
                 .get(&format!("{base}latency_ms"))
                 .cloned()
                 .unwrap_or_default(),
+            shadow_answers: [
+                "shadow_rs_1xx",
+                "shadow_rs_2xx",
+                "shadow_rs_3xx",
+                "shadow_rs_4xx",
+                "shadow_rs_5xx",
+                "shadow_failed",
+            ]
+            .map(get)
+            .iter()
+            .sum(),
+            shadow_mismatch: get("shadow_mismatch"),
         }
     }
 
@@ -343,6 +355,19 @@ rollgate_fl_ask_variant_can_ary_latency_ms_count{} 32
         let c = a.canary("p", "c");
         assert_eq!(c.classes[1], 22.0);
         assert_eq!(c.latency, vec![(5.0, 1.0), (10.0, 7.0)]);
+    }
+
+    #[test]
+    fn reads_the_shadow_counters() {
+        let s = Samples::parse(
+            "rollgate_p_variant_c_shadow_rs_2xx{} 40\nrollgate_p_variant_c_shadow_rs_5xx{} 7\n\
+             rollgate_p_variant_c_shadow_failed{} 3\nrollgate_p_variant_c_shadow_mismatch{} 10\n\
+             rollgate_p_variant_c_shadow_rq_total{} 55\nrollgate_p_variant_c_shadow_dropped{} 9\n",
+        );
+        let c = s.canary("p", "c");
+        // Answered (every class) and unanswered copies; the dropped were never sent.
+        assert_eq!((c.shadow_answers, c.shadow_mismatch), (50.0, 10.0));
+        assert_eq!(c.responses(), 0.0, "copies are not user responses");
     }
 
     #[test]

@@ -61,6 +61,32 @@ pub struct Route {
     /// Variant for the part of the split no weight covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
+    /// Also copy a share of the matching requests to a variant (shadow traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Shadow traffic of a fixed route, as the policy's `routes[].mirror`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// The variant the copies go to.
+    pub variant: String,
+    /// Percent of the route's requests copied.
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: f64,
+    /// Largest request body copied, in bytes (default 65536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u32>,
+    /// Copies one gateway worker keeps in flight (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Appended to the copy's host (default `-shadow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_suffix: Option<String>,
+    /// How long a copy may take (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// One share of a fixed split.
@@ -331,6 +357,7 @@ mod tests {
     #[test]
     fn mirrors_the_policy_table() {
         same_fields::<Route>(p::RouteSpec::FIELDS);
+        same_fields::<Mirror>(p::MirrorSpec::FIELDS);
         same_fields::<Split>(p::SplitSpec::FIELDS);
         same_fields::<Sticky>(p::StickySpec::FIELDS);
         same_fields::<SourceIp>(p::SourceIpSpec::FIELDS);
@@ -471,6 +498,16 @@ default: stable
                 "split":[{"variant":"canary","weight":10.0}],
                 "sticky":{"source_ip":{"xff_depth":2},"salt":"s","assign_cookie":"uid"},
                 "default":"stable"})
+        );
+        let yaml = r#"
+variant: stable
+mirror: { variant: canary, percent: 12.5, maxBody: 1024, maxInFlight: 7, hostSuffix: "", timeout: 2s }
+"#;
+        let r: Route = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(
+            serde_json::to_value(r.to_policy()).unwrap(),
+            serde_json::json!({"variant":"stable","mirror":{"variant":"canary","percent":12.5,
+                "max_body":1024,"max_in_flight":7,"host_suffix":"","timeout":"2s"}})
         );
     }
 }

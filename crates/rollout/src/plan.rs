@@ -33,6 +33,8 @@ pub enum PlanStep {
     Pause(Option<u64>),
     /// Turn the header route on with this rule, or off (`None`).
     SetHeaderRoute(Option<String>),
+    /// Copy this percentage of the release route's requests to the canary (0: stop).
+    SetMirror(f64),
     /// Call the URL; 2xx goes on, anything else aborts.
     Webhook {
         /// `http://…`.
@@ -50,6 +52,7 @@ impl fmt::Display for PlanStep {
             PlanStep::Pause(Some(ms)) => write!(f, "pause {}", human_ms(*ms)),
             PlanStep::SetHeaderRoute(Some(rule)) => write!(f, "setHeaderRoute {rule}"),
             PlanStep::SetHeaderRoute(None) => f.write_str("setHeaderRoute off"),
+            PlanStep::SetMirror(p) => write!(f, "setMirror {p}%"),
             PlanStep::Webhook { url, .. } => write!(f, "webhook {url}"),
         }
     }
@@ -92,6 +95,8 @@ pub enum MetricKind {
     NetworkErrorRate,
     /// Latency at this quantile (0–1), in milliseconds.
     Latency(f64),
+    /// Share of answered mirror copies whose status class differs from the primary's.
+    ShadowMismatch,
 }
 
 impl MetricKind {
@@ -101,11 +106,12 @@ impl MetricKind {
             "success-rate" => Ok(MetricKind::SuccessRate),
             "error-rate" => Ok(MetricKind::ErrorRate),
             "network-error-rate" => Ok(MetricKind::NetworkErrorRate),
+            "shadow-mismatch" => Ok(MetricKind::ShadowMismatch),
             _ => {
                 let pct = name.strip_prefix("latency-p").ok_or_else(|| {
                     format!(
                         "unknown metric '{}' (known: success-rate, error-rate, \
-                         network-error-rate, latency-pNN such as latency-p99)",
+                         network-error-rate, shadow-mismatch, latency-pNN such as latency-p99)",
                         excerpt(name)
                     )
                 })?;
@@ -151,6 +157,10 @@ mod tests {
             Ok(MetricKind::SuccessRate)
         );
         assert_eq!(
+            MetricKind::parse("shadow-mismatch"),
+            Ok(MetricKind::ShadowMismatch)
+        );
+        assert_eq!(
             MetricKind::parse("latency-p99"),
             Ok(MetricKind::Latency(0.99))
         );
@@ -176,6 +186,7 @@ mod tests {
     #[test]
     fn steps_describe_themselves() {
         assert_eq!(PlanStep::SetWeight(12.5).to_string(), "setWeight 12.5");
+        assert_eq!(PlanStep::SetMirror(10.0).to_string(), "setMirror 10%");
         assert_eq!(PlanStep::Pause(Some(120_000)).to_string(), "pause 2m");
         assert_eq!(PlanStep::Pause(None).to_string(), "pause (until promoted)");
         assert_eq!(

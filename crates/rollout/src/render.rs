@@ -2,11 +2,12 @@
 //!
 //! Route order: the spec's fixed routes, then the header route while one is active (its rule
 //! joined to the spec's `match`, to the canary), then the split route (the spec's `match`,
-//! `split: [{variant: canary, weight}]`, the sticky key). The default is the stable variant,
+//! `split: [{variant: canary, weight}]`, the sticky key, and while a `setMirror` is active the
+//! mirror of that share to the canary). The default is the stable variant,
 //! so whatever the split leaves goes there. The split route is always present, at weight 0
 //! too, so the policy's shape never depends on the weight.
 
-use rollgate_policy::policy::spec::{PolicySpec, RouteSpec, SplitSpec};
+use rollgate_policy::policy::spec::{MirrorSpec, PolicySpec, RouteSpec, SplitSpec};
 use rollgate_policy::policy::spec::{DEFAULT_CLUSTER_HEADER, DEFAULT_VARIANT_HEADER};
 use rollgate_policy::policy::{accept_policy, PolicyError, PolicyErrors};
 
@@ -60,6 +61,13 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
             weight: status.canary_weight,
         }]),
         sticky: spec.sticky.as_ref().map(|s| s.to_policy()),
+        // Copies of the requests the split keeps on stable (the filter never copies a request
+        // already going to the canary), sticky by the same key.
+        mirror: (status.mirror_percent > 0.0).then(|| MirrorSpec {
+            variant: spec.canary_variant.clone(),
+            percent: status.mirror_percent,
+            ..MirrorSpec::default()
+        }),
         ..RouteSpec::default()
     });
     PolicySpec {

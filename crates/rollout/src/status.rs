@@ -41,6 +41,10 @@ impl fmt::Display for Phase {
     }
 }
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// The state of one rollout.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -54,6 +58,9 @@ pub struct RolloutStatus {
     /// The rule of the active header route (without the spec's `match`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_route: Option<String>,
+    /// Percent of the release route's requests copied to the canary (shadow traffic).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mirror_percent: f64,
     /// Version of the policy rendered from this status; starts at 1, only grows.
     pub policy_version: u64,
     /// Fingerprint of what defines the release (the stable and canary clusters and the

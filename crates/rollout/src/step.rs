@@ -266,6 +266,17 @@ impl Run<'_> {
                     self.st.header_route = rule;
                     self.next();
                 }
+                PlanStep::SetMirror(p) => {
+                    if self.st.mirror_percent != p {
+                        self.note(if p > 0.0 {
+                            format!("step {n}/{total}: {p}% of requests copied to the canary")
+                        } else {
+                            format!("step {n}/{total}: mirroring off")
+                        });
+                    }
+                    self.st.mirror_percent = p;
+                    self.next();
+                }
                 PlanStep::Pause(duration) => {
                     let started = *self.st.step_started_at.get_or_insert(self.now);
                     let message = match duration {
@@ -311,6 +322,8 @@ impl Run<'_> {
         self.st.phase = Phase::Promoted;
         self.st.canary_weight = 100.0;
         self.st.header_route = None;
+        // The canary is what users get now: nothing left to shadow.
+        self.st.mirror_percent = 0.0;
         self.st.current_step = self.plan.steps.len() as u32;
         self.st.message = "promoted: the canary serves all traffic".to_string();
         self.note(self.st.message.clone());
@@ -320,6 +333,7 @@ impl Run<'_> {
         self.st.phase = Phase::Aborted;
         self.st.canary_weight = 0.0;
         self.st.header_route = None;
+        self.st.mirror_percent = 0.0;
         self.st.message = format!(
             "aborted at step {}/{}: {why}; all traffic is back on {}",
             (self.st.current_step as usize + 1).min(self.plan.steps.len()),
@@ -335,6 +349,7 @@ impl Run<'_> {
         self.st.current_step = 0;
         self.st.canary_weight = 0.0;
         self.st.header_route = None;
+        self.st.mirror_percent = 0.0;
         self.st.failed_analyses = 0;
         self.st.analysis = None;
         self.st.phase = Phase::Progressing;

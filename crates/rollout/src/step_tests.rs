@@ -427,12 +427,123 @@ fn every_step_kind_is_covered() {
         .steps
         .iter()
         .chain(&with_strategy("    steps: [ { webhook: { url: \"http://x/\" } } ]\n").steps)
+        .chain(&with_strategy("    steps: [ { setMirror: { percent: 5 } } ]\n").steps)
     {
         match s {
             PlanStep::SetWeight(_)
             | PlanStep::Pause(_)
             | PlanStep::SetHeaderRoute(_)
+            | PlanStep::SetMirror(_)
             | PlanStep::Webhook { .. } => {}
         }
     }
+}
+
+fn mirroring() -> Plan {
+    with_strategy(
+        "    steps:\n      - setMirror: { percent: 10 }\n      - pause: {}\n      \
+         - setMirror: { percent: 0 }\n      - setWeight: 20\n      - setMirror: { percent: 30 }\n      \
+         - pause: {}\n",
+    )
+}
+
+#[test]
+fn set_mirror_copies_until_a_later_step_stops_it() {
+    let plan = mirroring();
+    let t = start(&plan);
+    assert_eq!(
+        (t.status.phase, t.status.mirror_percent),
+        (Phase::Paused, 10.0)
+    );
+    assert_eq!(t.status.canary_weight, 0.0);
+    assert!(notes(&t).contains(&"step 1/6: 10% of requests copied to the canary".to_string()));
+    // The rendered policy copies that share of the release route to the canary.
+    let policy = crate::render::render("flask", &plan.spec, &t.status);
+    let route = policy.routes.last().unwrap();
+    let mirror = route.mirror.as_ref().unwrap();
+    assert_eq!((mirror.variant.as_str(), mirror.percent), ("canary", 10.0));
+    assert!(crate::render::accept_rendered(&policy).is_ok());
+    let t = step(&plan, &t.status, Event::Promote, at(1)).unwrap();
+    assert_eq!(t.status.mirror_percent, 30.0);
+    assert_eq!(t.status.canary_weight, 20.0);
+    assert!(notes(&t).contains(&"step 3/6: mirroring off".to_string()));
+    // Off: the policy has no mirror at all (not a 0 % one).
+    let mut off = t.status.clone();
+    off.mirror_percent = 0.0;
+    let policy = crate::render::render("flask", &plan.spec, &off);
+    assert!(policy.routes.iter().all(|r| r.mirror.is_none()));
+}
+
+#[test]
+fn abort_promotion_and_retry_end_mirroring() {
+    let plan = mirroring();
+    let st = start(&plan).status;
+    assert_eq!(st.mirror_percent, 10.0);
+    let aborted = apply(&plan, &st, Event::Abort, at(1));
+    assert_eq!(
+        (aborted.phase, aborted.mirror_percent),
+        (Phase::Aborted, 0.0)
+    );
+    let policy = crate::render::render("flask", &plan.spec, &aborted);
+    assert!(policy.routes.iter().all(|r| r.mirror.is_none()));
+    // A failed analysis (no failureLimit here: the first) aborts the same way.
+    let failing = apply(
+        &plan,
+        &st,
+        Event::Analysis {
+            attempt: st.attempt,
+            measurement: measurement(Verdict::Failed, 0.5),
+        },
+        at(2),
+    );
+    assert_eq!(
+        (failing.phase, failing.mirror_percent),
+        (Phase::Aborted, 0.0)
+    );
+    // Retry starts over: the first step turns mirroring on again.
+    let retried = apply(&plan, &aborted, Event::Retry, at(9));
+    assert_eq!(retried.mirror_percent, 10.0);
+    // Promotion through the end: the canary serves everyone, nothing is shadowed.
+    let mut done = st;
+    for i in 0..2 {
+        done = apply(&plan, &done, Event::Promote, at(10 + i));
+    }
+    assert_eq!((done.phase, done.mirror_percent), (Phase::Promoted, 0.0));
+}
+
+#[test]
+fn a_canary_whose_copies_mismatch_is_aborted_before_any_user_reaches_it() {
+    let plan = with_strategy(
+        "    steps:\n      - setMirror: { percent: 20 }\n      - pause: { duration: 10m }\n      \
+         - setWeight: 50\n    analysis:\n      interval: 1s\n      minRequests: 20\n      \
+         metrics: [ { name: shadow-mismatch, max: 0.05 } ]\n",
+    );
+    let st = start(&plan).status;
+    assert_eq!((st.mirror_percent, st.canary_weight), (20.0, 0.0));
+    let analysis = plan.analysis.as_ref().unwrap();
+    // The copies' answers, as the judge measures them: a tenth differ from stable's.
+    let delta = crate::analysis::CanaryCounters {
+        shadow_answers: 200.0,
+        shadow_mismatch: 20.0,
+        ..Default::default()
+    };
+    let measurement = crate::analysis::measure(analysis, &delta, at(1));
+    let t = step(
+        &plan,
+        &st,
+        Event::Analysis {
+            attempt: st.attempt,
+            measurement,
+        },
+        at(1),
+    )
+    .unwrap();
+    let st = t.status;
+    assert_eq!(st.phase, Phase::Aborted);
+    assert_eq!((st.canary_weight, st.mirror_percent), (0.0, 0.0));
+    assert!(
+        st.message.contains("shadow-mismatch 0.1 > max 0.05"),
+        "{}",
+        st.message
+    );
 }

@@ -137,9 +137,22 @@ pub struct Step {
     /// Send requests matching a rule to the canary (`{}` removes the header route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_header_route: Option<HeaderRoute>,
+    /// Copy this percentage of the requests on stable to the canary, answers compared and
+    /// discarded (shadow traffic); `{percent: 0}` stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror: Option<SetMirror>,
     /// Call a URL; go on when it answers 2xx, abort otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+}
+
+/// A mirror step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetMirror {
+    /// Percent of the release route's requests copied (0–100, at most two decimals).
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: f64,
 }
 
 /// A pause step.
@@ -199,14 +212,15 @@ pub struct Analysis {
 /// Names: `success-rate` (share of responses that are not 5xx, 0–1), `error-rate` (share
 /// that are 5xx), `network-error-rate` (share of network errors), `latency-pNN` (the NN-th
 /// percentile of latency, e.g. `latency-p99`, `latency-p99.9`; bounds are durations like
-/// `500ms`, or bare numbers of milliseconds).
+/// `500ms`, or bare numbers of milliseconds), `shadow-mismatch` (share of the canary's answers
+/// to mirrored copies whose status class differs from stable's answer to the same request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("minProperties" = 2))]
 pub struct Metric {
     /// Which figure; `minProperties: 2` in the schema: a bound (`min` or `max`) is required.
     #[schemars(regex(
-        pattern = r"^(success-rate|error-rate|network-error-rate|latency-p[0-9]+(\.[0-9]+)?)$"
+        pattern = r"^(success-rate|error-rate|network-error-rate|shadow-mismatch|latency-p[0-9]+(\.[0-9]+)?)$"
     ))]
     pub name: String,
     /// The figure must be at least this.

@@ -344,18 +344,22 @@ fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
             s.set_weight.is_some(),
             s.pause.is_some(),
             s.set_header_route.is_some(),
+            s.set_mirror.is_some(),
             s.webhook.is_some(),
         ];
         match set.iter().filter(|b| **b).count() {
             0 => {
-                errs.push(at, "needs one of setWeight, pause, setHeaderRoute, webhook");
+                errs.push(
+                    at,
+                    "needs one of setWeight, pause, setHeaderRoute, setMirror, webhook",
+                );
                 continue;
             }
             1 => {}
             _ => {
                 errs.push(
                     at,
-                    "has more than one of setWeight, pause, setHeaderRoute, webhook: \
+                    "has more than one of setWeight, pause, setHeaderRoute, setMirror, webhook: \
                      a step does one thing",
                 );
                 continue;
@@ -405,6 +409,20 @@ fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
                 }
             }
             out.push(PlanStep::SetHeaderRoute(h.rule.clone()));
+        } else if let Some(m) = &s.set_mirror {
+            let p = m.percent;
+            if !(0.0..=100.0).contains(&p) {
+                errs.push(
+                    format!("{at}.setMirror.percent"),
+                    format!("must be between 0 and 100, got {p}"),
+                );
+            } else if ((p * 100.0).round() - p * 100.0).abs() > 1e-6 {
+                errs.push(
+                    format!("{at}.setMirror.percent"),
+                    format!("at most two decimals, got {p}"),
+                );
+            }
+            out.push(PlanStep::SetMirror(p));
         } else if let Some(w) = &s.webhook {
             if let Err(e) = HttpUrl::parse(&w.url) {
                 errs.push(format!("{at}.webhook.url"), e);

@@ -210,3 +210,71 @@ fn every_worker_decides_alike() {
         );
     }
 }
+
+/// Shadow traffic through the real filter: the copy is sent from the root context, so its
+/// answer still counts when it comes after the request is over (a copy sent from the request's
+/// own context would have its answer dropped by the SDK at that point).
+#[test]
+fn a_mirror_copy_answered_after_its_request_is_compared_with_the_primary() {
+    use rollgate_wasmhost::{CalloutReply, Metric, Response};
+    let policy = r#"{"name":"flask","variants":{"stable":"k8s-flask","canary":"k8s-flask-canary"},
+        "default":"stable","routes":[{"match":"Host(`pro.coding`)","variant":"stable",
+        "mirror":{"variant":"canary","percent":100,"max_body":16}}]}"#;
+    let host = Host::new();
+    let plugin = host
+        .start(
+            common::filter(),
+            PluginConfig::new(policy)
+                .workers(1)
+                .cluster("k8s-flask-canary", |_| CalloutReply::Pending),
+        )
+        .expect("the filter accepts the policy");
+    let ex = plugin
+        .run(
+            HttpRequest::new("POST", "pro.coding:8080", "/orders?id=7")
+                .header("x-user-id", "alice")
+                .header("x-rollgate-cluster", "forged")
+                .body("abc")
+                .body("def"),
+        )
+        .unwrap();
+    assert!(ex.forwarded);
+    let calls = plugin.pending_http_calls();
+    assert_eq!(calls.len(), 1, "one copy, sent once the body was complete");
+    let call = &calls[0];
+    assert_eq!(call.cluster, "k8s-flask-canary");
+    assert_eq!(call.body, b"abcdef");
+    let h = &call.headers;
+    assert_eq!(
+        h.get_str(":authority").as_deref(),
+        Some("pro.coding-shadow:8080")
+    );
+    assert_eq!(h.get_str(":path").as_deref(), Some("/orders?id=7"));
+    assert_eq!(h.get_str(":method").as_deref(), Some("POST"));
+    assert_eq!(h.get_str("x-user-id").as_deref(), Some("alice"));
+    assert_eq!(h.get_str("x-rollgate-shadow").as_deref(), Some("1"));
+    assert!(!h.contains("x-rollgate-cluster") && !h.contains("x-rollgate-variant"));
+    let counter = |name: &str| match host.metric(&format!("rollgate.flask.variant.canary.{name}")) {
+        Some(Metric::Counter(n)) => n,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(counter("shadow_rq_total"), 1);
+    assert_eq!(counter("shadow_rs_5xx"), 0);
+    // The request is long over (the primary answered 200); the copy's 503 arrives now.
+    plugin
+        .respond_http_call(
+            call.worker,
+            call.token,
+            CalloutReply::Respond(Response::new(503)),
+        )
+        .unwrap();
+    assert_eq!(counter("shadow_rs_5xx"), 1);
+    assert_eq!(counter("shadow_mismatch"), 1);
+    // A body over max_body is not copied, and counted.
+    plugin
+        .run(HttpRequest::new("PUT", "pro.coding", "/big").body(vec![b'x'; 17]))
+        .unwrap();
+    assert_eq!(plugin.pending_http_calls().len(), 0);
+    assert_eq!(counter("shadow_skipped"), 1);
+    assert_eq!(plugin.failure(0), None);
+}

@@ -3,12 +3,13 @@
 use super::check::{request_sources, valid_header_name};
 use super::errors::{Errors, PolicyError, PolicyErrors};
 use super::number;
-use super::spec::{PolicySpec, RouteSpec, StickySpec};
-use super::{Action, Policy, Route, Split, Sticky, Variant};
+use super::spec::{MirrorSpec, PolicySpec, RouteSpec, StickySpec};
+use super::{Action, Mirror, Policy, Route, Split, Sticky, Variant};
+use crate::duration::parse_duration;
 use crate::excerpt::{excerpt, list};
 use crate::limits::{
-    MAX_BREAKERS, MAX_NAME_BYTES, MAX_POLICY_BYTES, MAX_RATE_LIMITS, MAX_REGEXES, MAX_ROUTES,
-    MAX_VARIANTS,
+    MAX_BREAKERS, MAX_MIRROR_BODY, MAX_MIRROR_BYTES, MAX_MIRROR_IN_FLIGHT, MAX_MIRROR_TIMEOUT_NS,
+    MAX_NAME_BYTES, MAX_POLICY_BYTES, MAX_RATE_LIMITS, MAX_REGEXES, MAX_ROUTES, MAX_VARIANTS,
 };
 use crate::rule;
 use crate::sticky::{KeySource, BUCKETS};
@@ -284,7 +285,99 @@ fn compile_route(
             return None;
         }
     };
-    Some(Route { matcher, action })
+    let mirror = r.mirror.as_ref().and_then(|m| {
+        let v = lookup(at("mirror.variant"), &m.variant, errs);
+        if r.variant.as_deref() == Some(m.variant.as_str()) {
+            errs.push(
+                at("mirror.variant"),
+                "is the variant the route sends every request to: nothing to compare",
+            );
+        }
+        compile_mirror(m, v, &at("mirror"), errs)
+    });
+    Some(Route {
+        matcher,
+        action,
+        mirror,
+    })
+}
+
+fn compile_mirror(m: &MirrorSpec, variant: usize, path: &str, errs: &mut Errors) -> Option<Mirror> {
+    let n = errs.count();
+    let p = m.percent;
+    let buckets = (p * 100.0).round();
+    if !(0.0..=100.0).contains(&p) || p.is_nan() {
+        errs.push(
+            format!("{path}.percent"),
+            format!("must be between 0 and 100, got {}", number::text(p)),
+        );
+    } else if (buckets - p * 100.0).abs() > 1e-6 {
+        errs.push(
+            format!("{path}.percent"),
+            format!("at most two decimals, got {}", number::text(p)),
+        );
+    }
+    if m.max_body > MAX_MIRROR_BODY {
+        errs.push(
+            format!("{path}.max_body"),
+            format!("may be at most {MAX_MIRROR_BODY} bytes, got {}", m.max_body),
+        );
+    }
+    if m.max_in_flight == 0 || m.max_in_flight > MAX_MIRROR_IN_FLIGHT {
+        errs.push(
+            format!("{path}.max_in_flight"),
+            format!(
+                "must be between 1 and {MAX_MIRROR_IN_FLIGHT}, got {}",
+                m.max_in_flight
+            ),
+        );
+    } else if u64::from(m.max_body) * u64::from(m.max_in_flight) > MAX_MIRROR_BYTES {
+        errs.push(
+            format!("{path}.max_in_flight"),
+            format!(
+                "max_in_flight × max_body may be at most {MAX_MIRROR_BYTES} bytes (the bodies one worker holds), got {}",
+                u64::from(m.max_body) * u64::from(m.max_in_flight)
+            ),
+        );
+    }
+    errs.check_len(format!("{path}.host_suffix"), &m.host_suffix);
+    // It becomes part of a host name: the characters a DNS label or a registered name may hold.
+    if !m
+        .host_suffix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        errs.push(
+            format!("{path}.host_suffix"),
+            format!(
+                "may hold letters, digits, '-', '.', '_' and '~' only, got '{}'",
+                excerpt(&m.host_suffix)
+            ),
+        );
+    }
+    let timeout_ns = match parse_duration(&m.timeout) {
+        Ok(0) => {
+            errs.push(format!("{path}.timeout"), "must be longer than 0");
+            0
+        }
+        Ok(ns) if ns > MAX_MIRROR_TIMEOUT_NS => {
+            errs.push(format!("{path}.timeout"), "may be at most 1m");
+            0
+        }
+        Ok(ns) => ns,
+        Err(e) => {
+            errs.push(format!("{path}.timeout"), e);
+            0
+        }
+    };
+    (errs.count() == n).then(|| Mirror {
+        variant,
+        buckets: buckets as u32,
+        max_body: m.max_body as usize,
+        max_in_flight: m.max_in_flight,
+        host_suffix: m.host_suffix.clone(),
+        timeout_ns,
+    })
 }
 
 fn compile_sticky(

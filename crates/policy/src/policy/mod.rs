@@ -67,6 +67,24 @@ pub struct Policy {
 struct Route {
     matcher: Option<Matcher>,
     action: Action,
+    mirror: Option<Mirror>,
+}
+
+/// A route's shadow traffic, compiled (`routes[].mirror`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Index of the variant copies go to.
+    pub variant: usize,
+    /// Buckets (of [`crate::sticky::BUCKETS`]) mirrored: `percent × 100`.
+    pub buckets: u32,
+    /// Largest body copied, in bytes.
+    pub max_body: usize,
+    /// Copies in flight on one worker beyond which copies are dropped.
+    pub max_in_flight: u32,
+    /// Appended to the copy's host.
+    pub host_suffix: String,
+    /// How long a copy may take, in nanoseconds.
+    pub timeout_ns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +123,36 @@ pub struct Decision<'p> {
     pub set_cookie: Option<(&'p str, String)>,
 }
 
+/// Seed of the mirror's hash of a split bucket: independent of the split, so that the users
+/// copied are not the ones a split already sends to the canary.
+const MIRROR_SEED: u32 = 0x6d69_7272;
+
+impl Mirror {
+    /// Whether a request is copied: by its split `bucket` when the route has one (a user is
+    /// mirrored consistently), else by `random`.
+    pub fn selects(&self, bucket: Option<u32>, random: u64) -> bool {
+        let b = match bucket {
+            Some(b) => {
+                crate::murmur3::murmur3_x86_32(&b.to_le_bytes(), MIRROR_SEED)
+                    % crate::sticky::BUCKETS
+            }
+            None => (random % u64::from(crate::sticky::BUCKETS)) as u32,
+        };
+        b < self.buckets
+    }
+}
+
 impl Policy {
+    /// The mirror of route `route`, if it has one.
+    pub fn mirror(&self, route: usize) -> Option<&Mirror> {
+        self.routes.get(route).and_then(|r| r.mirror.as_ref())
+    }
+
+    /// Every route's mirror, in route order.
+    pub fn mirrors(&self) -> impl Iterator<Item = &Mirror> {
+        self.routes.iter().filter_map(|r| r.mirror.as_ref())
+    }
+
     /// A connection-limit policy with nothing to route (`tcp` and no variants): it runs only in
     /// a network filter, and a filter's kind is fixed by its configuration.
     pub fn network_only(&self) -> bool {

@@ -34,6 +34,31 @@ fn is_local(s: &String) -> bool {
     s == SCOPE_LOCAL
 }
 
+/// Largest request body a mirror copies unless it says otherwise (64 KiB).
+pub const DEFAULT_MIRROR_MAX_BODY: u32 = 64 << 10;
+/// Mirrors one worker keeps in flight unless the mirror says otherwise.
+pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: u32 = 50;
+/// What a mirror appends to the copy's host, as Envoy's own request mirror does.
+pub const DEFAULT_MIRROR_HOST_SUFFIX: &str = "-shadow";
+/// How long a mirror copy may take unless the mirror says otherwise.
+pub const DEFAULT_MIRROR_TIMEOUT: &str = "5s";
+
+fn is_default_max_body(n: &u32) -> bool {
+    *n == DEFAULT_MIRROR_MAX_BODY
+}
+
+fn is_default_max_in_flight(n: &u32) -> bool {
+    *n == DEFAULT_MIRROR_MAX_IN_FLIGHT
+}
+
+fn is_default_host_suffix(s: &String) -> bool {
+    s == DEFAULT_MIRROR_HOST_SUFFIX
+}
+
+fn is_default_mirror_timeout(s: &String) -> bool {
+    s == DEFAULT_MIRROR_TIMEOUT
+}
+
 /// Declares spec types from one line per field:
 /// `name [as "key"]: Type [= default] [, omit if predicate];`. A field without a default is
 /// required; the key is the field's name unless given. Generates the struct, `Default` (the
@@ -222,6 +247,30 @@ spec_types! {
         default: Option<String> = None, omit if Option::is_none;
         /// `v3` or `v2` for this `match`; absent: the policy's `rule_syntax`.
         rule_syntax: Option<String> = None, omit if Option::is_none;
+        /// Also send a share of the matching requests to a variant, answers compared and
+        /// discarded (shadow traffic).
+        mirror: Option<MirrorSpec> = None, omit if Option::is_none;
+    }
+
+    /// Shadow traffic: a copy of `percent` of a route's requests goes to `variant` too; the
+    /// client's answer comes from the route's own variant alone.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MirrorSpec {
+        /// The variant the copies go to.
+        variant: String;
+        /// Percent of the route's requests copied, 0–100, at most two decimals; sticky by the
+        /// route's key when it is a split.
+        percent: f64;
+        /// Largest request body copied, in bytes; a larger request is not mirrored. Default
+        /// 64 KiB.
+        max_body: u32 = DEFAULT_MIRROR_MAX_BODY, omit if is_default_max_body;
+        /// Copies one worker keeps in flight; beyond it copies are dropped. Default 50.
+        max_in_flight: u32 = DEFAULT_MIRROR_MAX_IN_FLIGHT, omit if is_default_max_in_flight;
+        /// Appended to the copy's host (before a port), as Envoy's request mirror does.
+        /// Default `-shadow`; empty: the host as sent.
+        host_suffix: String = DEFAULT_MIRROR_HOST_SUFFIX.to_string(), omit if is_default_host_suffix;
+        /// How long a copy may take before it counts as failed. Default `5s`.
+        timeout: String = DEFAULT_MIRROR_TIMEOUT.to_string(), omit if is_default_mirror_timeout;
     }
 
     /// One share of a split.

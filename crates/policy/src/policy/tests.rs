@@ -435,7 +435,7 @@ fn decoding_errors_name_the_path_and_all_are_reported() {
         unknown,
         [
             "routes[0].wieght: unknown field `wieght`, expected one of `match`, `variant`, \
-          `split`, `sticky`, `default`, `rule_syntax`"
+          `split`, `sticky`, `default`, `rule_syntax`, `mirror`"
         ]
     );
     // A syntax error names where, in the document and in the text.
@@ -454,7 +454,9 @@ const EVERY_FIELD: &str = r#"{
     {"split": [{"variant": "b", "weight": 12.5}], "default": "a",
      "sticky": {"header": "x-u", "salt": "s2", "assign_cookie": "rg"}},
     {"split": [], "sticky": {"cookie": "c"}}, {"split": [], "sticky": {"query": "q"}},
-    {"split": [], "sticky": {"source_ip": {"xff_depth": 2}}}
+    {"split": [], "sticky": {"source_ip": {"xff_depth": 2}}},
+    {"variant": "a", "mirror": {"variant": "b", "percent": 12.5, "max_body": 1024,
+     "max_in_flight": 7, "host_suffix": "", "timeout": "2s"}}
   ],
   "cluster_header": "x-c", "variant_header": "x-v", "expose_variant": true,
   "rule_syntax": "v2",
@@ -694,4 +696,104 @@ fn global_limits_are_validated_with_every_error_at_once() {
     // And serializes back to what it read (the CLI and the controller print specs).
     let spec = p.spec.rate_limits[0].clone();
     assert_eq!((spec.scope.as_str(), spec.shadow), ("global", true));
+}
+
+fn with_mirror(mirror: &str) -> String {
+    SEED.replace(
+        r#""sticky": { "header": "x-user-id" } }"#,
+        &format!(r#""sticky": {{ "header": "x-user-id" }}, "mirror": {mirror} }}"#),
+    )
+}
+
+#[test]
+fn a_mirror_takes_its_defaults() {
+    let p = policy(&with_mirror(r#"{"variant": "dev", "percent": 10}"#));
+    let m = p.mirror(2).unwrap();
+    assert_eq!(p.variants[m.variant].name, "dev");
+    assert_eq!(m.buckets, 1000);
+    assert_eq!((m.max_body, m.max_in_flight), (64 << 10, 50));
+    assert_eq!(m.host_suffix, "-shadow");
+    assert_eq!(m.timeout_ns, 5_000_000_000);
+    assert!(p.mirror(0).is_none() && p.mirror(1).is_none() && p.mirror(9).is_none());
+    assert_eq!(p.mirrors().count(), 1);
+    // Old policies keep their meaning: no mirror anywhere, and none serialized.
+    let seed = policy(SEED);
+    assert_eq!(seed.mirrors().count(), 0);
+    assert!(!serde_json::to_string(&seed.spec)
+        .unwrap()
+        .contains("mirror"));
+}
+
+#[test]
+fn mirror_errors_name_their_path() {
+    let e = errors(&with_mirror(
+        r#"{"variant": "nope", "percent": 100.5, "max_body": 2000000, "max_in_flight": 0,
+            "host_suffix": "-a b", "timeout": "0"}"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "routes[2].mirror.variant: unknown variant 'nope' (known: canary, dev, stable)",
+            "routes[2].mirror.percent: must be between 0 and 100, got 100.5",
+            "routes[2].mirror.max_body: may be at most 1048576 bytes, got 2000000",
+            "routes[2].mirror.max_in_flight: must be between 1 and 1000, got 0",
+            "routes[2].mirror.host_suffix: may hold letters, digits, '-', '.', '_' and '~' only, got '-a b'",
+            "routes[2].mirror.timeout: must be longer than 0",
+        ]
+    );
+    assert_eq!(
+        errors(&with_mirror(r#"{"variant": "dev", "percent": 1.005}"#)),
+        ["routes[2].mirror.percent: at most two decimals, got 1.005"]
+    );
+    assert_eq!(
+        errors(&with_mirror(
+            r#"{"variant": "dev", "percent": 1, "max_body": 1048576, "max_in_flight": 100}"#
+        )),
+        ["routes[2].mirror.max_in_flight: max_in_flight × max_body may be at most 67108864 bytes (the bodies one worker holds), got 104857600"]
+    );
+    assert_eq!(
+        errors(&with_mirror(
+            r#"{"variant": "dev", "percent": 1, "timeout": "2m"}"#
+        )),
+        ["routes[2].mirror.timeout: may be at most 1m"]
+    );
+    // Unknown and missing fields are refused, with the path.
+    let e = errors(&with_mirror(r#"{"variant": "dev", "pecent": 1}"#));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "routes[2].mirror.pecent: unknown field `pecent`, expected one of `variant`, `percent`"
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e[1], "routes[2].mirror: missing field `percent`");
+    // A route that sends everything to the mirror's variant has nothing to compare.
+    let json = SEED.replace(
+        r#""variant": "dev" }"#,
+        r#""variant": "dev", "mirror": {"variant": "dev", "percent": 5} }"#,
+    );
+    assert_eq!(
+        errors(&json),
+        ["routes[0].mirror.variant: is the variant the route sends every request to: nothing to compare"]
+    );
+}
+
+#[test]
+fn a_mirror_selects_its_share_and_sticks_to_the_bucket() {
+    let p = policy(&with_mirror(r#"{"variant": "dev", "percent": 20}"#));
+    let m = p.mirror(2).unwrap();
+    let by_bucket = (0..10_000).filter(|&b| m.selects(Some(b), 0)).count();
+    assert!((1_800..=2_200).contains(&by_bucket), "{by_bucket}");
+    // Independent of the split: of the buckets a 20 % canary split owns, about a fifth.
+    let in_split = (0..2_000).filter(|&b| m.selects(Some(b), 0)).count();
+    assert!((300..=500).contains(&in_split), "{in_split}");
+    // A bucket's answer never depends on the random draw.
+    for b in [0, 17, 4_242, 9_999] {
+        let first = m.selects(Some(b), 0);
+        assert!((1..50).all(|r| m.selects(Some(b), r * 7_919) == first));
+    }
+    let by_random = (0..10_000u64).filter(|&r| m.selects(None, r)).count();
+    assert_eq!(by_random, 2_000);
+    let none = policy(&with_mirror(r#"{"variant": "dev", "percent": 0}"#));
+    assert!((0..10_000).all(|b| !none.mirror(2).unwrap().selects(Some(b), u64::from(b))));
 }

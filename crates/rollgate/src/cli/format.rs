@@ -64,6 +64,13 @@ pub fn block(v: &RolloutView, tty: bool) -> String {
     if let Some(rule) = &s.header_route {
         let _ = writeln!(out, "  header    {rule} → canary");
     }
+    if s.mirror_percent > 0.0 {
+        let _ = writeln!(
+            out,
+            "  mirror    {}% of requests copied to the canary (answers compared, discarded)",
+            s.mirror_percent
+        );
+    }
     if !s.message.is_empty() {
         let _ = writeln!(out, "  message   {}", s.message);
     }
@@ -190,6 +197,17 @@ mod tests {
              \x20 analysis  passed at 1970-01-01T00:00:00.000Z (0 failed so far): \
              success-rate 1 (min 0.99) (120 canary responses)\n"
         );
+    }
+
+    #[test]
+    fn a_mirror_is_shown_while_on() {
+        let mut v = view();
+        v.status.mirror_percent = 12.5;
+        assert!(block(&v, false).contains(
+            "\n  mirror    12.5% of requests copied to the canary (answers compared, discarded)\n"
+        ));
+        v.status.mirror_percent = 0.0;
+        assert!(!block(&v, false).contains("mirror"));
     }
 
     #[test]

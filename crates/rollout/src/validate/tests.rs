@@ -170,6 +170,25 @@ fn step_errors() {
         ),
         "spec.strategy.steps[1].webhook.timeout: must be positive",
     );
+    assert_error(
+        &edit("- setWeight: 50", "- setMirror: { percent: 101 }"),
+        "spec.strategy.steps[2].setMirror.percent: must be between 0 and 100, got 101",
+    );
+    assert_error(
+        &edit("- setWeight: 50", "- setMirror: { percent: 1.005 }"),
+        "spec.strategy.steps[2].setMirror.percent: at most two decimals",
+    );
+    assert_error(
+        &edit(
+            "- setWeight: 50",
+            "- setMirror: { percent: 5, variant: canary }",
+        ),
+        "unknown field `variant`",
+    );
+    assert_error(
+        &edit("- setWeight: 50", "- { setMirror: { percent: 5 }, setWeight: 50 }"),
+        "spec.strategy.steps[2]: has more than one of setWeight, pause, setHeaderRoute, setMirror, webhook",
+    );
 }
 
 #[test]
