@@ -57,12 +57,19 @@ impl RateLimiter {
             url: url.to_string(),
             message: e.to_string(),
         };
-        let manager = redis::aio::ConnectionManager::new(redis::Client::open(url).map_err(fail)?)
-            .await
-            .map_err(fail)?;
+        // Short reconnect attempts (20 ms, then 40 ms, then give up): the default backoff
+        // grows to 6.4 s, so a Redis back after a few seconds down would wait that long.
+        let manager = redis::aio::ConnectionManager::new_with_backoff(
+            redis::Client::open(url).map_err(fail)?,
+            2,
+            10,
+            2,
+        )
+        .await
+        .map_err(fail)?;
         // The connection manager reconnects only after a command failed on the old
         // connection, so the first requests after Redis comes back would fail. A ping every
-        // 200 ms makes that failure ours, not a gateway's.
+        // 200 ms makes that failure ours, not a gateway's, and starts the next attempt.
         let mut probe = manager.clone();
         tokio::spawn(async move {
             loop {
