@@ -44,22 +44,34 @@ fn view(e: &Entry) -> RolloutView {
     }
 }
 
-/// Answers one request: the long-poll waits as a future, the rest answers at once.
-pub async fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    if let ("GET", ["v1", "policies", name]) = (req.method.as_str(), segments.as_slice()) {
-        let resp = policy(shared, name, req).await;
+/// Answers one request: the long-poll waits as a future; the rest runs on the runtime's
+/// blocking threads, since a command may compile a large policy (seconds) and the runtime's
+/// one thread serves every connection.
+pub async fn handle(shared: &Arc<Shared>, req: Request) -> Response {
+    let polled = match (req.method.as_str(), segments(&req.path).as_slice()) {
+        ("GET", ["v1", "policies", name]) => Some(name.to_string()),
+        _ => None,
+    };
+    if let Some(name) = polled {
+        let resp = policy(shared, &name, &req).await;
         shared.metrics.count_policy_answer(resp.status);
         return resp;
     }
-    answer(shared, req, &segments)
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || answer(&shared, &req))
+        .await
+        .unwrap_or_else(|_| Response::error(500, "internal error"))
 }
 
-fn answer(shared: &Arc<Shared>, req: &Request, segments: &[&str]) -> Response {
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_matches('/').split('/').collect()
+}
+
+fn answer(shared: &Arc<Shared>, req: &Request) -> Response {
     if let Some(refusal) = super::auth::refuse(req, shared.config.token.as_ref()) {
         return refusal;
     }
-    match (req.method.as_str(), segments) {
+    match (req.method.as_str(), segments(&req.path).as_slice()) {
         ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
         ("GET", ["metrics"]) => {
             let text = super::exposition::render(&shared.metrics, &shared.lock());

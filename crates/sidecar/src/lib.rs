@@ -280,7 +280,7 @@ fn serving(shared: &Arc<Shared>, tls: Option<Arc<rustls::ServerConfig>>) -> conn
     conn::Serving {
         handler: Arc::new(move |req| {
             let shared = s1.clone();
-            Box::pin(async move { api::handle(&shared, &req).await })
+            Box::pin(async move { api::handle(&shared, req).await })
         }),
         limits: shared.config.limits.clone(),
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
