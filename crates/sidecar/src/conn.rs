@@ -1,6 +1,6 @@
 //! The API's connections, served by hyper's HTTP/1.1 server on the sidecar's tokio runtime:
 //! at most [`Limits::max_connections`] at once (one more is answered 503 and closed), TLS
-//! through tokio-rustls, and the time limits hyper leaves to its user ([`Deadlines`]): a
+//! through tokio-rustls, and the time limits hyper leaves to its user (`Deadlines`, below): a
 //! request head must arrive whole within the head timeout (408, then close), a kept-alive
 //! connection idles at most the idle timeout, a client that takes no answer is dropped.
 //! hyper bounds the head's size ([`MAX_HEAD`]), [`crate::http`] the body's.

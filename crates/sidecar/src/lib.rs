@@ -2,15 +2,16 @@
 //! their policies to every gateway. It drives the engine of `rollgate-rollout` and links no
 //! wasm runtime.
 //!
-//! The API ([`api`]) is served by hyper on a tokio runtime of its own thread ([`conn`],
-//! [`http`]); its long-polls are futures that wake on [`registry::Shared::changed`] and
-//! answer within milliseconds of a new version. Threads: a control loop that re-reads the
-//! directory ([`watch`]) and ticks timed pauses; the analysis loop reading the gateways'
-//! stats ([`scrape`], judged by [`rollgate_rollout::judge`]); one thread per webhook call
-//! ([`rollgate_rollout::webhook`]). All of them change rollouts only through
-//! [`registry::Shared::apply`], under one lock, held only to read and swap state: parsing,
-//! validating and compiling run outside it, so no file or policy, however large, stalls the
-//! API.
+//! The API ([`api`]) is served by hyper on a current-thread tokio runtime of its own thread
+//! ([`conn`], [`http`]); its long-polls are futures that wake on
+//! [`registry::Shared::changed`] and answer within milliseconds of a new version, every other
+//! answer runs on the runtime's blocking threads (a command may compile a large policy).
+//! Threads besides: a control loop that re-reads the directory ([`watch`]) and ticks timed
+//! pauses; the analysis loop reading the gateways' stats ([`scrape`], judged by
+//! [`rollgate_rollout::judge`]); one thread per webhook call ([`rollgate_rollout::webhook`]).
+//! All of them change rollouts only through [`registry::Shared::apply`], under one lock,
+//! held only to read and swap state: parsing, validating and compiling run outside it, so no
+//! file or policy, however large, stalls the API.
 
 pub mod api;
 pub mod auth;
