@@ -22,9 +22,6 @@ use tokio::time::{Instant, Sleep};
 use crate::http::{read_request, ReadError, Request, Response, MAX_HEAD};
 use crate::Limits;
 
-/// A client that does not take an answer within this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What answers a request.
 pub type Handler =
     Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
@@ -167,7 +164,7 @@ pub async fn serve_io<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let phase = Arc::new(Mutex::new(Phase::Head(deadline)));
-    let io = Deadlines::new(io, phase.clone(), serving.limits.head_timeout);
+    let io = Deadlines::new(io, phase.clone(), &serving.limits);
     let svc = {
         let serving = serving.clone();
         hyper::service::service_fn(move |req| {
@@ -234,24 +231,49 @@ enum Phase {
 }
 
 /// The connection's byte stream under the phase's deadline: a read that would wait past it
-/// fails (a head gets a 408 written first), and a write the client does not take within
-/// [`WRITE_TIMEOUT`] fails.
+/// fails (a head gets a 408 written first), and a write or flush the client does not take
+/// within the write timeout fails.
 struct Deadlines<T> {
     io: T,
     phase: Arc<Mutex<Phase>>,
     head_timeout: Duration,
+    write_timeout: Duration,
     read_timer: Pin<Box<Sleep>>,
     write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Deadlines<T> {
-    fn new(io: T, phase: Arc<Mutex<Phase>>, head_timeout: Duration) -> Deadlines<T> {
+    fn new(io: T, phase: Arc<Mutex<Phase>>, limits: &Limits) -> Deadlines<T> {
         Deadlines {
             io,
             phase,
-            head_timeout,
+            head_timeout: limits.head_timeout,
+            write_timeout: limits.write_timeout,
             read_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             write_timer: None,
+        }
+    }
+
+    /// `progress` of a write, flush or shutdown; an error once it has waited the write
+    /// timeout in all.
+    fn stall<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match progress {
+            Poll::Ready(r) => {
+                self.write_timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
         }
     }
 
@@ -324,28 +346,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.write_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timer = this
-                    .write_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
-                ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
-            }
-        }
+        let progress = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.stall(cx, progress)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        // TLS takes a write into its buffer at once; the stall shows in the flush.
+        let progress = Pin::new(&mut self.io).poll_flush(cx);
+        self.stall(cx, progress)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let progress = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.stall(cx, progress)
     }
 }
 
@@ -353,6 +366,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Deadlines<T> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// The size of `/big`'s answer: more than the sockets buffer.
+    const BIG: usize = 64 << 20;
 
     /// A server whose handler echoes the method, path and body.
     fn echo(
@@ -376,6 +392,9 @@ mod tests {
                     // Long enough for the client's end to arrive while the answer is pending.
                     if req.path == "/slow" {
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    if req.path == "/big" {
+                        return Response::new(200, "text/plain", vec![b'x'; BIG]);
                     }
                     let text = format!(
                         "{} {} {}",
@@ -503,6 +522,25 @@ POST /v1/rollouts/flask/promote HTTP/1.1\r\ncontent-length: 2\r\nConnection: clo
             "{:?}",
             idle.elapsed()
         );
+        stop.send_replace(true);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_that_takes_no_answer_is_dropped() {
+        let (addr, stop, t) = echo(Limits {
+            write_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\n\r\n").unwrap();
+        // Not reading: the answer fills both sockets' buffers, then the server gives up.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.starts_with(b"HTTP/1.1 200"));
+        assert!(out.len() < BIG, "{} bytes: the whole answer", out.len());
         stop.send_replace(true);
         t.join().unwrap();
     }

@@ -52,6 +52,8 @@ pub struct Limits {
     /// A kept-alive connection idle this long between requests is closed (clients
     /// reconnect; Envoy's long-poll sends its next request at once).
     pub idle_timeout: Duration,
+    /// A client that does not take an answer for this long is dropped.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +62,7 @@ impl Default for Limits {
             max_connections: 256,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
