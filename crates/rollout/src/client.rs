@@ -1,8 +1,8 @@
 //! The HTTP client of the CLI, the analysis (Envoy admin, Prometheus) and webhook steps:
 //! hyper 1 over tokio, one request per connection (`connection: close`), `https://` through
-//! rustls with the ring provider. [`send`] is the request as a future; [`request`] and
-//! [`request_with`] run it to completion for the threads that call it (the sidecar's
-//! analysis and webhook threads, the CLI).
+//! rustls with the ring provider. [`send`] and [`fetch`] are the request as a future (the
+//! controller awaits them); [`request`] and [`request_with`] run it to completion for the
+//! threads that call it (the sidecar's analysis and webhook threads, the CLI).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -109,8 +109,24 @@ pub fn system_roots() -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// Sends `method url` with an optional JSON `body`, giving up after `timeout` in total; an
-/// `https://` URL is trusted through the system's certificate authorities.
+/// `https://` URL is trusted through the system's certificate authorities. Blocking
+/// ([`block_on`]); [`fetch`] is the future.
 pub fn request(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse, ClientError> {
+    block_on(fetch(method, url, body, timeout)).unwrap_or_else(|source| {
+        Err(ClientError::Io {
+            url: url.to_string(),
+            source,
+        })
+    })
+}
+
+/// [`request`] as a future: what webhooks, the analysis and Prometheus queries send.
+pub async fn fetch(
     method: &str,
     url: &str,
     body: Option<&[u8]>,
@@ -120,14 +136,12 @@ pub fn request(
         true => Some(system_roots().map_err(ClientError::Url)?),
         false => None,
     };
-    request_with(method, url, &[], body, timeout, tls.as_ref())
+    send(method, url, &[], body, timeout, tls.as_ref()).await
 }
 
 /// [`request`] with extra `headers`, and for an `https://` URL the TLS configuration to
 /// trust the server with (none: an `https://` URL is refused, never sent in clear).
-///
-/// Blocking: [`send`] runs on a runtime of its own, on this thread, or on a helper thread
-/// when this one already runs a runtime (which cannot be blocked in).
+/// Blocking ([`block_on`]); [`send`] is the future.
 pub fn request_with(
     method: &str,
     url: &str,
@@ -136,24 +150,34 @@ pub fn request_with(
     timeout: Duration,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<HttpResponse, ClientError> {
-    let run = || {
+    block_on(send(method, url, headers, body, timeout, tls)).unwrap_or_else(|source| {
+        Err(ClientError::Io {
+            url: url.to_string(),
+            source,
+        })
+    })
+}
+
+/// Runs `work` to completion for a thread that is not async (the sidecar's analysis and
+/// webhook threads, the CLI): on a current-thread runtime of its own, made for the call,
+/// on this thread, or on a helper thread when this one already runs a runtime (which
+/// cannot be blocked in). An error only when no runtime or thread could be made.
+pub fn block_on<F>(work: F) -> std::io::Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let run = move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| ClientError::Io {
-                url: url.to_string(),
-                source,
-            })?
-            .block_on(send(method, url, headers, body, timeout, tls))
+            .map(|rt| rt.block_on(work))
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         std::thread::scope(|s| {
-            s.spawn(run).join().unwrap_or_else(|_| {
-                Err(ClientError::Io {
-                    url: url.to_string(),
-                    source: std::io::Error::other("the client thread failed"),
-                })
-            })
+            s.spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the client thread failed")))
         })
     } else {
         run()

@@ -429,7 +429,8 @@ impl Shared {
                 let shared = shared.clone();
                 let call = call.clone();
                 move || {
-                    let outcome = call.send();
+                    let outcome = rollgate_rollout::client::block_on(call.send())
+                        .unwrap_or_else(|e| Err(format!("{}: {e}", call.url)));
                     shared.finish_webhook(&key, &call, outcome);
                 }
             });
