@@ -22,7 +22,7 @@ use crate::targets::excerpt;
 /// How long the sidecar may take to answer and close once the client has sent everything.
 /// Long-polls are asked not to wait (`wait=0ms` is put first in every query), so every answer
 /// is immediate; the margin is for a loaded machine.
-const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// A served version above this is one a client chose, not one the sidecar counted to.
 const VERSION_CEILING: u64 = 1 << 32;
@@ -143,8 +143,10 @@ pub fn responses(mut bytes: &[u8]) -> Result<Vec<u16>, String> {
             .map_err(|_| "a response head that is not UTF-8".to_string())?;
         let mut lines = head.split("\r\n");
         let status = lines.next().unwrap_or_default();
+        // hyper answers an HTTP/1.0 request in HTTP/1.0 (the hand-written server said 1.1).
         let code = status
             .strip_prefix("HTTP/1.1 ")
+            .or_else(|| status.strip_prefix("HTTP/1.0 "))
             .and_then(|s| s.get(..3))
             .and_then(|c| c.parse::<u16>().ok())
             .filter(|c| (100..600).contains(c))
@@ -161,7 +163,13 @@ pub fn responses(mut bytes: &[u8]) -> Result<Vec<u16>, String> {
                 );
             }
         }
-        let length = length.ok_or("a response without content-length")?;
+        // A 304 (or 204) has no body whatever its headers say (RFC 9112 §6.3), and hyper
+        // sends no length with it.
+        let length = match (length, code) {
+            (Some(n), _) => n,
+            (None, 204 | 304) => 0,
+            (None, _) => return Err("a response without content-length".into()),
+        };
         let body_end = end + 4 + length;
         if bytes.len() < body_end {
             return Err(format!(
@@ -245,12 +253,10 @@ fn check_on(sidecar: &Sidecar, input: &[u8]) -> Result<String, String> {
     let raw = exchange(addr, &sent)?;
     let codes = responses(&raw)?;
     if pending::BROWSER_REQUESTS_REFUSED {
-        // Answers come in request order: pair them with the requests as the sidecar read them.
-        let mut r = std::io::BufReader::new(&sent[..]);
-        for code in &codes {
-            let Ok(Some(req)) = rollgate::serve::http::read_request(&mut r) else {
-                break;
-            };
+        // Answers come in request order: pair them with the requests as the sidecar's
+        // connection layer reads them (the same hyper server, in memory).
+        let requests = crate::http::serve(&sent)?.requests;
+        for (code, req) in codes.iter().zip(&requests) {
             let header = |n: &str| {
                 req.headers
                     .iter()

@@ -3,8 +3,8 @@
 //! report and the next person can see what is not yet enforced.
 
 /// The sidecar's HTTP reader refuses an over-long head as the bytes arrive, not when a line
-/// ends (issue 11: a 300 MB request line without a newline grew memory without bound). Work of
-/// the "server" change to `host/src/serve/http.rs`.
+/// ends (issue 11: a 300 MB request line without a newline grew memory without bound). Landed
+/// in the hand-written reader; since issue 12, hyper's read buffer cap (`max_buf_size`).
 pub const HEAD_LIMIT_AS_BYTES_ARRIVE: bool = true;
 
 /// A client's `?version=` only compares: no request moves the served version backwards, wraps

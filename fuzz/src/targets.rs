@@ -1,13 +1,12 @@
 //! The fuzz targets and the properties each input must satisfy beyond "no panic".
 //!
 //! Every target calls public entry points by function (the acceptance functions, the parsers,
-//! the sidecar's reader and a real sidecar on loopback), so the harness keeps working while
+//! the sidecar's connection layer and a real sidecar on loopback), so the harness keeps working while
 //! their insides change. A check returns `Ok(signature)`, a short description of what the
 //! input did (the loop keeps inputs with a new signature, a stand-in for coverage feedback),
 //! or `Err(violation)`.
 
 use std::borrow::Cow;
-use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 
 use fastrand::Rng;
@@ -103,7 +102,7 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "http",
         generate: gen::http_session,
-        check: check_http,
+        check: crate::http::check,
         dict: HTTP_DICT,
         stack: HOST_STACK,
     },
@@ -760,79 +759,4 @@ fn yaml_depth(input: &[u8]) -> usize {
         max = max.max(depth).max(indent.unwrap_or(0));
     }
     max
-}
-
-/// Counts the bytes a reader hands out.
-struct Counting<'a> {
-    data: &'a [u8],
-    taken: usize,
-}
-
-impl Read for Counting<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.data[self.taken..].len().min(buf.len());
-        buf[..n].copy_from_slice(&self.data[self.taken..self.taken + n]);
-        self.taken += n;
-        Ok(n)
-    }
-}
-
-/// Head limit of the sidecar's reader (16 KiB) plus a read buffer's worth of slack.
-const HEAD_BUDGET: usize = (16 << 10) + (8 << 10);
-
-/// The sidecar's HTTP request reader, in process: any bytes give requests or an error, and an
-/// error comes before the reader has taken much more than the head limit.
-pub fn check_http(input: &[u8]) -> Result<String, String> {
-    let mut r = BufReader::with_capacity(
-        8 << 10,
-        Counting {
-            data: input,
-            taken: 0,
-        },
-    );
-    let mut sig = Vec::new();
-    for _ in 0..8 {
-        let before = r.get_ref().taken - r.buffer().len();
-        match rollgate::serve::http::read_request(&mut r) {
-            Ok(None) => break,
-            Ok(Some(req)) => {
-                // An empty path (`GET ?x HTTP/1.1`) is lenient but harmless: no route has it.
-                if req.method.is_empty() {
-                    return Err(format!("a request without a method: {req:?}"));
-                }
-                if let Some((n, _)) = req.headers.iter().find(|(n, _)| n.contains([':', '\n'])) {
-                    return Err(format!("a header name with ':' or a newline: {n:?}"));
-                }
-                sig.push(format!(
-                    "{} {}",
-                    req.method.len().min(5),
-                    req.query.len().min(3)
-                ));
-            }
-            Err(e) => {
-                let used = r.get_ref().taken - r.buffer().len() - before;
-                if pending::HEAD_LIMIT_AS_BYTES_ARRIVE && used > HEAD_BUDGET {
-                    return Err(format!(
-                        "the reader took {used} bytes before refusing ({e:?}); the head limit is 16 KiB"
-                    ));
-                }
-                // Debug: the reader's error type may change (an io::Error today); its Debug
-                // form carries the message either way.
-                let m = format!("{e:?}");
-                if m.chars().count() > MAX_ERROR_CHARS {
-                    return Err(format!(
-                        "an error of {} characters: {:?}",
-                        m.chars().count(),
-                        excerpt(&m, 200)
-                    ));
-                }
-                sig.push(shape(&m));
-                break;
-            }
-        }
-        if r.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-            break;
-        }
-    }
-    Ok(sig.join(" / "))
 }

@@ -90,10 +90,12 @@ fn rule_and_expression_errors_quote_short_excerpts() {
 fn the_sidecar_quotes_a_bad_request_line_as_a_short_excerpt() {
     let input = include_bytes!("regressions/http-16k-request-line-echo");
     passes("http", input);
-    let mut r = std::io::BufReader::new(&input[..]);
-    let e = rollgate::serve::http::read_request(&mut r).unwrap_err();
-    // Debug carries the message whatever the error type (io::Error here).
-    assert!(format!("{e:?}").len() < 160, "{e:?}");
+    // Now hyper reads heads: it answers a bad head without a body (this one, cut by the
+    // client's end, without an answer), so nothing of the line comes back.
+    let served = rollgate_fuzz::http::serve(input).unwrap();
+    let answer = String::from_utf8_lossy(&served.answer);
+    assert!(answer.len() < 300 && !answer.contains("aaaa"), "{answer}");
+    assert!(served.requests.is_empty());
 }
 
 /// Policy target: a bad `source` beside a policy with over 100 problems gave 102 errors: the

@@ -53,14 +53,11 @@ impl Analyzer {
         if self.source == Source::None || !status.phase.is_active() {
             return Vec::new();
         }
-        // The HTTP client blocks: off the async thread.
-        let (source, policy) = (self.source.clone(), plan.name.clone());
-        let samples = tokio::task::spawn_blocking(move || match source {
-            Source::EnvoyAdmin(admins) => scrape(&admins),
-            Source::Prometheus(url) => prometheus::query(&url, &policy),
+        let samples = match &self.source {
+            Source::EnvoyAdmin(admins) => scrape(admins).await,
+            Source::Prometheus(url) => prometheus::query(url, &plan.name).await,
             Source::None => Ok(Samples::default()),
-        })
-        .await;
+        };
         let Ok(mut trackers) = self.trackers.lock() else {
             return Vec::new();
         };
@@ -69,7 +66,7 @@ impl Analyzer {
             .or_insert_with(|| Tracker::new(status.attempt));
         tr.follow(status.attempt);
         match samples {
-            Ok(Ok(s)) => tr.judge(&watch, &s, Instant::now(), Timestamp::now()),
+            Ok(s) => tr.judge(&watch, &s, Instant::now(), Timestamp::now()),
             _ => {
                 // The next interval starts from the next good reading.
                 tr.lost_reading();

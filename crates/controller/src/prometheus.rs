@@ -48,14 +48,15 @@ pub fn to_exposition(answer: &serde_json::Value) -> Result<String, String> {
 }
 
 /// Reads policy `policy`'s series, summed over every gateway Prometheus scrapes.
-pub fn query(base: &str, policy: &str) -> Result<Samples, String> {
+pub async fn query(base: &str, policy: &str) -> Result<Samples, String> {
     let url = format!(
         "{}/api/v1/query?query={}",
         base.trim_end_matches('/'),
         encode(&selector(policy))
     );
-    let resp =
-        client::request("GET", &url, None, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let resp = client::fetch("GET", &url, None, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
     if resp.status != 200 {
         return Err(format!("{url}: answered {}", resp.status));
     }

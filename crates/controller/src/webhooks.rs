@@ -1,5 +1,5 @@
 //! Webhook steps under `serve --kubernetes`: the sidecar's call
-//! ([`rollgate_rollout::webhook::Call`]) made on tokio's blocking pool, its answer kept here for
+//! ([`rollgate_rollout::webhook::Call`]) made as a task of the controller's runtime, its answer kept here for
 //! the reconciles that feed it to the engine ([`rollgate_rollout::Event::Webhook`]).
 //!
 //! Level-triggered like the rest of the controller: every reconcile of a rollout that waits
@@ -30,7 +30,7 @@ struct Slot {
 /// attempts counting from 1 again) does not inherit the old answers.
 #[derive(Default)]
 pub struct Webhooks {
-    // Shared with the blocking task of each call, which stores the answer.
+    // Shared with the task of each call, which stores the answer.
     slots: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
@@ -90,9 +90,8 @@ impl Webhooks {
             },
         );
         let (slots, key) = (self.slots.clone(), key.to_string());
-        // The sidecar's HTTP client blocks: off the async thread.
-        drop(runtime.spawn_blocking(move || {
-            let outcome = call.send();
+        drop(runtime.spawn(async move {
+            let outcome = call.send().await;
             if let Ok(mut slots) = slots.lock() {
                 // Dropped if a later call of the rollout replaced this one meanwhile.
                 if let Some(slot) = slots.get_mut(&key).filter(|s| s.call == call) {

@@ -38,7 +38,8 @@ trait Analysis {
 impl Analysis for Prometheus {
     /// The canary's counters, as the controller reads them through Prometheus.
     fn canary(&self) -> CanaryCounters {
-        prometheus::query(&self.url, "flask")
+        rollgate::rollout::client::block_on(prometheus::query(&self.url, "flask"))
+            .unwrap_or_else(|e| panic!("no runtime: {e}"))
             .unwrap_or_else(|e| panic!("query: {e}\n{}", self.log()))
             .canary("flask", "canary")
     }

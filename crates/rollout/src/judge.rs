@@ -191,11 +191,12 @@ impl Samples {
 }
 
 /// Reads every gateway; the sum, or the first failure.
-pub fn scrape(admins: &[String]) -> Result<Samples, String> {
+pub async fn scrape(admins: &[String]) -> Result<Samples, String> {
     let mut all = Samples::default();
     for admin in admins {
         let url = format!("{}/stats/prometheus", admin.trim_end_matches('/'));
-        let resp = client::request("GET", &url, None, Duration::from_secs(3))
+        let resp = client::fetch("GET", &url, None, Duration::from_secs(3))
+            .await
             .map_err(|e| e.to_string())?;
         if resp.status != 200 {
             return Err(format!("{url}: answered {}", resp.status));

@@ -1,14 +1,14 @@
-//! `http://host[:port]/path?query` URLs: what webhooks, `--server` and `--envoy-admin` take.
-//! The `url` crate parses; this module keeps rollgate's rules on top of it: visible ASCII only
-//! (with the position of the first other character), the scheme written out as `http://`
-//! (or `https://` where TLS is available: only the CLI's client has it, so webhooks and
-//! Envoy admin URLs stay `http://`), a host, no user information, a port above 0.
+//! `http(s)://host[:port]/path?query` URLs: what webhooks, `--server`, `--envoy-admin` and
+//! `--prometheus` take. The `url` crate parses; this module keeps rollgate's rules on top of
+//! it: visible ASCII only (with the position of the first other character), the scheme
+//! written out as `http://` or `https://` (every client has TLS, [`crate::client`]), a host,
+//! no user information, a port above 0.
 
 use std::fmt;
 
 use super::excerpt::excerpt;
 
-/// A parsed `http://` (or, through [`HttpUrl::parse_with_tls`], `https://`) URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     /// Whether the scheme is `https`.
@@ -22,18 +22,8 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path][?query]`: what a webhook step and `--envoy-admin`
-    /// take (their client has no TLS).
+    /// Parses `http(s)://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
-        let u = Self::parse_with_tls(url)?;
-        if u.https {
-            return Err(format!("'{}': only http:// is supported", excerpt(url)));
-        }
-        Ok(u)
-    }
-
-    /// [`HttpUrl::parse`], also taking `https://` (for a client that has a TLS configuration).
-    pub fn parse_with_tls(url: &str) -> Result<HttpUrl, String> {
         let quoted = excerpt(url);
         // The URL goes into a request line and a `Host` header: CR/LF would inject headers, a
         // space split the request line. The `url` crate would drop tabs and newlines and
@@ -52,7 +42,9 @@ impl HttpUrl {
         }
         // Written out: `url` also reads `http:host` and `http:\\host` as `http://host/`.
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("'{quoted}': expected http://host[:port]/path"));
+            return Err(format!(
+                "'{quoted}': expected http://host[:port]/path or https://…"
+            ));
         }
         let u = url::Url::parse(url).map_err(|e| format!("'{quoted}': {e}"))?;
         if !u.username().is_empty() || u.password().is_some() {
@@ -119,19 +111,16 @@ mod tests {
             HttpUrl::parse("http://h?x=1").unwrap().path,
             "/?x=1".to_string()
         );
-        let u = HttpUrl::parse_with_tls("https://[::1]/x").unwrap();
+        let u = HttpUrl::parse("https://[::1]/x").unwrap();
         assert_eq!((u.https, u.authority()), (true, "[::1]:443".to_string()));
-        assert_eq!(
-            HttpUrl::parse_with_tls("https://h:8443/").unwrap().port,
-            8443
-        );
+        assert_eq!(HttpUrl::parse("https://h:8443/").unwrap().port, 8443);
     }
 
     #[test]
     fn refuses_what_we_cannot_speak() {
-        assert!(HttpUrl::parse("https://x/")
+        assert!(HttpUrl::parse("ftp://x/")
             .unwrap_err()
-            .contains("only http://"));
+            .contains("expected http://"));
         assert!(HttpUrl::parse("x:80").is_err());
         assert!(HttpUrl::parse("http://:80/").is_err());
         assert!(HttpUrl::parse("http://h:0/").is_err());

@@ -60,15 +60,15 @@ impl Call {
         })
     }
 
-    /// Makes the call (blocking, at most `timeout_ms`): the HTTP status, or why there was
-    /// none.
-    pub fn send(&self) -> Result<u16, String> {
-        client::request(
+    /// Makes the call (at most `timeout_ms`): the HTTP status, or why there was none.
+    pub async fn send(&self) -> Result<u16, String> {
+        client::fetch(
             "POST",
             &self.url,
             Some(self.body().to_string().as_bytes()),
             Duration::from_millis(self.timeout_ms),
         )
+        .await
         .map(|r| r.status)
         .map_err(|e| e.to_string())
     }

@@ -14,7 +14,9 @@
 //! | `GET /metrics` | Prometheus text |
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::http::{Request, Response};
 use super::registry::{CommandError, Entry, Shared};
@@ -42,22 +44,38 @@ fn view(e: &Entry) -> RolloutView {
     }
 }
 
-/// Answers one request.
-pub fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
+/// Answers one request: the long-poll waits as a future; the rest runs on the runtime's
+/// blocking threads, since a command may compile a large policy (seconds) and the runtime's
+/// one thread serves every connection.
+pub async fn handle(shared: &Arc<Shared>, req: Request) -> Response {
+    let polled = match (req.method.as_str(), segments(&req.path).as_slice()) {
+        ("GET", ["v1", "policies", name]) => Some(name.to_string()),
+        _ => None,
+    };
+    if let Some(name) = polled {
+        let resp = policy(shared, &name, &req).await;
+        shared.metrics.count_policy_answer(resp.status);
+        return resp;
+    }
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || answer(&shared, &req))
+        .await
+        .unwrap_or_else(|_| Response::error(500, "internal error"))
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_matches('/').split('/').collect()
+}
+
+fn answer(shared: &Arc<Shared>, req: &Request) -> Response {
     if let Some(refusal) = super::auth::refuse(req, shared.config.token.as_ref()) {
         return refusal;
     }
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    match (req.method.as_str(), segments.as_slice()) {
+    match (req.method.as_str(), segments(&req.path).as_slice()) {
         ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
         ("GET", ["metrics"]) => {
             let text = super::exposition::render(&shared.metrics, &shared.lock());
             Response::new(200, super::exposition::CONTENT_TYPE, text)
-        }
-        ("GET", ["v1", "policies", name]) => {
-            let resp = policy(shared, name, req);
-            shared.metrics.count_policy_answer(resp.status);
-            resp
         }
         ("GET", ["v1", "rollouts"]) => {
             let st = shared.lock();
@@ -110,8 +128,17 @@ fn command_body(req: &Request) -> Result<Expect, String> {
         .map_err(|e| format!("body: {e}"))
 }
 
+/// Counts a waiting long-poll until it answers or its client leaves (the future is dropped).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.polls_waiting.dec();
+    }
+}
+
 /// The long-poll.
-fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
+async fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
     let known = match req.param("version").map(str::parse::<u64>) {
         None => 0,
         Some(Ok(v)) => v,
@@ -123,42 +150,49 @@ fn policy(shared: &Arc<Shared>, name: &str, req: &Request) -> Response {
         Some(Err(e)) => return Response::error(400, &format!("wait: {e}")),
     };
     let deadline = Instant::now() + wait;
-    let mut st = shared.lock();
+    // Subscribed before the first look: a change after it wakes the wait below.
+    let mut changes = shared.changed.subscribe();
     shared.metrics.polls_waiting.inc();
-    let resp = loop {
-        let now = Instant::now();
-        let over = st.stopping || now >= deadline;
-        if let Some(entry) = st.renumber_after(name, known) {
-            shared.persist(entry);
-            shared.log(&format!(
-                "{name}: a gateway runs policy v{known}, newer than this sidecar's; \
-                 serving the current policy as v{}",
-                entry.status.policy_version
-            ));
-            shared.changed.notify_all();
+    let _waiting = Waiting(shared);
+    loop {
+        if let Some(resp) = look(shared, name, known, Instant::now() >= deadline) {
+            return resp;
         }
-        match st.policy_of(name) {
-            Some((version, json)) if version > known => {
-                break Response::new(200, "application/json", json.as_bytes().to_vec())
-                    .with_header("x-rollgate-version", version.to_string())
-                    .with_header("etag", format!("\"{version}\""));
-            }
-            Some((version, _)) if over => {
-                break Response::new(304, "application/json", Vec::new())
-                    .with_header("x-rollgate-version", version.to_string())
-                    .with_header("etag", format!("\"{version}\""));
-            }
-            // An unknown name is held too: a gateway configured before its rollout file is
-            // written gets the policy the moment it appears, instead of backing off.
-            None if over => break Response::error(404, &format!("no policy named '{name}'")),
-            _ => {}
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) | Err(_) => {}
+            // The sender lives as long as `shared`; never seen, but not a busy loop.
+            Ok(Err(_)) => tokio::time::sleep_until(deadline).await,
         }
-        st = shared
-            .changed
-            .wait_timeout(st, deadline - now)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    };
-    shared.metrics.polls_waiting.dec();
-    resp
+    }
+}
+
+/// The long-poll's answer now, if it has one (`over`: its wait is over).
+fn look(shared: &Shared, name: &str, known: u64, over: bool) -> Option<Response> {
+    let mut st = shared.lock();
+    let over = over || st.stopping;
+    if let Some(entry) = st.renumber_after(name, known) {
+        shared.persist(entry);
+        shared.log(&format!(
+            "{name}: a gateway runs policy v{known}, newer than this sidecar's; \
+             serving the current policy as v{}",
+            entry.status.policy_version
+        ));
+        shared.changed.notify_all();
+    }
+    match st.policy_of(name) {
+        Some((version, json)) if version > known => Some(
+            Response::new(200, "application/json", json.as_bytes().to_vec())
+                .with_header("x-rollgate-version", version.to_string())
+                .with_header("etag", format!("\"{version}\"")),
+        ),
+        Some((version, _)) if over => Some(
+            Response::new(304, "application/json", Vec::new())
+                .with_header("x-rollgate-version", version.to_string())
+                .with_header("etag", format!("\"{version}\"")),
+        ),
+        // An unknown name is held too: a gateway configured before its rollout file is
+        // written gets the policy the moment it appears, instead of backing off.
+        None if over => Some(Response::error(404, &format!("no policy named '{name}'"))),
+        _ => None,
+    }
 }

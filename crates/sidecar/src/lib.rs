@@ -2,16 +2,20 @@
 //! their policies to every gateway. It drives the engine of `rollgate-rollout` and links no
 //! wasm runtime.
 //!
-//! Threads (std only): an acceptor with one thread per connection ([`api`] over [`http`]);
-//! a control loop that re-reads the directory ([`watch`]) and ticks timed pauses; the
-//! analysis loop reading the gateways' stats ([`scrape`], judged by
-//! [`rollgate_rollout::judge`]); one thread per webhook call ([`rollgate_rollout::webhook`]). All of them change rollouts only through [`registry::Shared::apply`],
-//! under one lock, held only to read and swap state: parsing, validating and compiling run
-//! outside it, so no file or policy, however large, stalls the API. Long-polls wait on its
-//! condition variable and answer within milliseconds of a new version.
+//! The API ([`api`]) is served by hyper on a current-thread tokio runtime of its own thread
+//! ([`conn`], [`http`]); its long-polls are futures that wake on
+//! [`registry::Shared::changed`] and answer within milliseconds of a new version, every other
+//! answer runs on the runtime's blocking threads (a command may compile a large policy).
+//! Threads besides: a control loop that re-reads the directory ([`watch`]) and ticks timed
+//! pauses; the analysis loop reading the gateways' stats ([`scrape`], judged by
+//! [`rollgate_rollout::judge`]); one thread per webhook call ([`rollgate_rollout::webhook`]).
+//! All of them change rollouts only through [`registry::Shared::apply`], under one lock,
+//! held only to read and swap state: parsing, validating and compiling run outside it, so no
+//! file or policy, however large, stalls the API.
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod exposition;
 pub mod files;
 pub mod http;
@@ -21,14 +25,11 @@ pub mod scrape;
 pub mod tls;
 pub mod watch;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use registry::{Logger, Shared, State};
 
@@ -36,23 +37,23 @@ use rollgate_rollout::{Event, Timestamp};
 
 /// Default `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8181";
-/// A client that does not take an answer within this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one client may hold of the server.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Connections served at once; one more is answered 503 and closed. Each costs a
-    /// thread and two descriptors: 256 stay far below a default `ulimit -n` of 1024
-    /// (before, without a cap, about 340 idle connections exhausted it and every endpoint
-    /// was reset).
+    /// descriptor and a task: 256 stay far below a default `ulimit -n` of 1024 (before,
+    /// without a cap, about 340 idle connections exhausted it and every endpoint was
+    /// reset).
     pub max_connections: usize,
     /// A request head (and its body) must arrive within this long of its first byte, or of
-    /// the connection's opening (408, then close): slow clients cannot hold threads.
+    /// the connection's opening (408, then close): slow clients cannot hold connections.
     pub head_timeout: Duration,
     /// A kept-alive connection idle this long between requests is closed (clients
     /// reconnect; Envoy's long-poll sends its next request at once).
     pub idle_timeout: Duration,
+    /// A client that does not take an answer for this long is dropped.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +62,7 @@ impl Default for Limits {
             max_connections: 256,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -161,7 +163,8 @@ pub enum ServeError {
 pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    /// Tells the API's accept loop and connections to stop.
+    stop: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -192,7 +195,7 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
     let log = config.log.clone();
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
-        changed: Condvar::new(),
+        changed: registry::Wake::default(),
         admins: Mutex::new(config.envoy_admin.clone()),
         config,
         metrics: metrics::Metrics::default(),
@@ -218,16 +221,36 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
             )
         }
     ));
-    let conns = Arc::new(Mutex::new(HashMap::new()));
-    let mut threads = Vec::new();
+    let listen_error = |source| ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(listen_error)?;
+    let listener = {
+        let _in_runtime = runtime.enter();
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(listen_error)?
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = Arc::new(serving(&shared, tls));
+    let mut server = Server {
+        shared: shared.clone(),
+        addr,
+        stop,
+        threads: Vec::new(),
+    };
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         thread::Builder::new().name(name.to_string()).spawn(f)
     };
-    let (s, c) = (shared.clone(), conns.clone());
     let results = [
         spawn(
-            "rollgate-accept",
-            Box::new(move || accept(&s, &listener, &c, tls.as_ref())),
+            "rollgate-http",
+            Box::new(move || runtime.block_on(conn::accept(listener, serving, stopped))),
         ),
         spawn("rollgate-control", {
             let s = shared.clone();
@@ -238,27 +261,39 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
             Box::new(move || scrape::run(&s))
         }),
     ];
-    let mut server = Server {
-        shared,
-        addr,
-        conns,
-        threads: Vec::new(),
-    };
     for r in results {
         match r {
-            Ok(t) => threads.push(t),
+            Ok(t) => server.threads.push(t),
             Err(source) => {
-                server.threads = threads;
                 server.stop();
-                return Err(ServeError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                });
+                return Err(listen_error(source));
             }
         }
     }
-    server.threads = threads;
     Ok(server)
+}
+
+/// What the API's connections need of the sidecar.
+fn serving(shared: &Arc<Shared>, tls: Option<Arc<rustls::ServerConfig>>) -> conn::Serving {
+    let (s1, s2, s3, s4) = (
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+    );
+    conn::Serving {
+        handler: Arc::new(move |req| {
+            let shared = s1.clone();
+            Box::pin(async move { api::handle(&shared, req).await })
+        }),
+        limits: shared.config.limits.clone(),
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        log: Arc::new(move |line| s2.log(line)),
+        refused: Arc::new(move || {
+            s3.metrics.refused_connections.inc();
+        }),
+        stopping: Arc::new(move || s4.lock().stopping),
+    }
 }
 
 impl Server {
@@ -295,14 +330,9 @@ impl Server {
     pub fn stop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.changed.notify_all();
-        // Wake the acceptor blocked in accept().
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        self.stop.send_replace(true);
         for t in self.threads.drain(..) {
             let _ = t.join();
-        }
-        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
-        for c in conns.values() {
-            let _ = c.shutdown(Shutdown::Both);
         }
     }
 }
@@ -310,216 +340,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Counts a connection being served until dropped (also when its thread never starts).
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn accept(
-    shared: &Arc<Shared>,
-    listener: &TcpListener,
-    conns: &Arc<Mutex<HashMap<u64, TcpStream>>>,
-    tls: Option<&Arc<rustls::ServerConfig>>,
-) {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let active = Arc::new(AtomicUsize::new(0));
-    let max = shared.config.limits.max_connections;
-    let mut last_error: Option<Instant> = None;
-    for stream in listener.incoming() {
-        if shared.lock().stopping {
-            return;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors or memory: pause instead of spinning on the error, and
-                // say so once a minute rather than once per attempt.
-                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    shared.log(&format!("accepting a connection failed: {e}"));
-                    last_error = Some(Instant::now());
-                }
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if active.load(Ordering::SeqCst) >= max {
-            shared.metrics.refused_connections.inc();
-            refuse_busy(stream, max);
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(active.clone());
-        let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, clone);
-        }
-        let (shared, conns2, tls) = (shared.clone(), conns.clone(), tls.cloned());
-        let spawned = thread::Builder::new()
-            .name("rollgate-conn".into())
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(&shared, stream, tls);
-                conns2.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            });
-        if spawned.is_err() {
-            // Out of threads: the connection (and its slot) went with the closure.
-            conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        }
-    }
-}
-
-/// Answers a connection over the cap with a 503 and closes it, on the acceptor's thread
-/// without waiting for the client.
-fn refuse_busy(stream: TcpStream, max: usize) {
-    let resp = http::Response::error(
-        503,
-        &format!("too many connections ({max} open); retry shortly"),
-    )
-    .with_header("retry-after", "1");
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let mut w = &stream;
-    let _ = http::write_response(&mut w, &resp, true);
-    // What the client already sent is read and dropped, so closing does not reset the
-    // connection before the client reads the 503.
-    if stream.set_nonblocking(true).is_ok() {
-        let mut sink = [0u8; 4096];
-        let mut r = &stream;
-        for _ in 0..4 {
-            if !matches!(std::io::Read::read(&mut r, &mut sink), Ok(n) if n > 0) {
-                break;
-            }
-        }
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-}
-
-/// A socket whose reads give up at a deadline for the whole request, not per read (a client
-/// sending one byte every few seconds cannot hold a thread forever).
-struct Timed {
-    sock: TcpStream,
-    deadline: Option<Instant>,
-}
-
-impl std::io::Read for Timed {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let timeout = match self.deadline {
-            None => None,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(std::io::ErrorKind::TimedOut.into());
-                }
-                Some(left)
-            }
-        };
-        self.sock.set_read_timeout(timeout)?;
-        self.sock.read(buf)
-    }
-}
-
-impl std::io::Write for Timed {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.sock.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.sock.flush()
-    }
-}
-
-/// A connection whose request reads give up at a deadline.
-trait Conn: Read + Write {
-    fn set_deadline(&mut self, deadline: Option<Instant>);
-    /// Ends the connection cleanly before it is dropped.
-    fn finish(&mut self) {}
-}
-
-impl Conn for Timed {
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
-    }
-}
-
-impl Conn for rustls::StreamOwned<rustls::ServerConnection, Timed> {
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.sock.deadline = deadline;
-    }
-    /// `close_notify`, so a client reading to the end can tell the end from a truncation.
-    fn finish(&mut self) {
-        self.conn.send_close_notify();
-        let _ = self.flush();
-    }
-}
-
-fn serve_connection(shared: &Arc<Shared>, sock: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
-    let _ = sock.set_nodelay(true);
-    let _ = sock.set_write_timeout(Some(WRITE_TIMEOUT));
-    let timed = Timed {
-        sock,
-        deadline: None,
-    };
-    match tls {
-        None => serve_on(shared, timed),
-        // The handshake runs inside the first read, under the head timeout.
-        Some(config) => match rustls::ServerConnection::new(config) {
-            Ok(c) => serve_on(shared, rustls::StreamOwned::new(c, timed)),
-            Err(e) => shared.log(&format!("TLS: {e}")),
-        },
-    }
-}
-
-fn serve_on(shared: &Arc<Shared>, conn: impl Conn) {
-    let mut conn = BufReader::new(conn);
-    serve_requests(shared, &mut conn);
-    conn.get_mut().finish();
-}
-
-fn serve_requests(shared: &Arc<Shared>, conn: &mut BufReader<impl Conn>) {
-    let limits = &shared.config.limits;
-    let opened = Instant::now();
-    let mut first = true;
-    loop {
-        // A new connection has the head timeout from its opening; a kept-alive one may
-        // idle, then has the head timeout from the request's first byte.
-        conn.get_mut().set_deadline(Some(if first {
-            opened + limits.head_timeout
-        } else {
-            Instant::now() + limits.idle_timeout
-        }));
-        match conn.fill_buf() {
-            Ok(b) if !b.is_empty() => {}
-            _ => return,
-        }
-        if !first {
-            conn.get_mut()
-                .set_deadline(Some(Instant::now() + limits.head_timeout));
-        }
-        first = false;
-        let req = match http::read_request(conn) {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(http::ReadError::Io(_)) => return,
-            Err(http::ReadError::Refuse(status, why)) => {
-                conn.get_mut().set_deadline(None);
-                let resp = http::Response::error(status, &why);
-                let _ = http::write_response(conn.get_mut(), &resp, true);
-                return;
-            }
-        };
-        conn.get_mut().set_deadline(None);
-        let resp = api::handle(shared, &req);
-        let close = req.close || shared.lock().stopping;
-        if http::write_response(conn.get_mut(), &resp, close).is_err() || close {
-            return;
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rollgate_policy::policy::spec::PolicySpec;
 use serde::{Deserialize, Serialize};
@@ -166,12 +166,35 @@ pub enum CommandError {
     Refused(#[from] Refused),
 }
 
-/// State shared by the server's threads.
+/// Wakes the long-polls, which are futures on the server's runtime: a counter they watch
+/// (a change made between a poll's look at the state and its wait is still seen).
+#[derive(Debug)]
+pub struct Wake(tokio::sync::watch::Sender<u64>);
+
+impl Default for Wake {
+    fn default() -> Wake {
+        Wake(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl Wake {
+    /// Wakes every waiting long-poll.
+    pub fn notify_all(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every later [`Wake::notify_all`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// State shared by the server's threads and tasks.
 pub struct Shared {
     /// The entries.
     pub state: Mutex<State>,
     /// Signalled whenever a served policy changes (or the server stops).
-    pub changed: Condvar,
+    pub changed: Wake,
     /// How the server was started.
     pub config: Config,
     /// Envoy admin URLs the analysis reads (from `config`, replaceable while running).
@@ -406,7 +429,8 @@ impl Shared {
                 let shared = shared.clone();
                 let call = call.clone();
                 move || {
-                    let outcome = call.send();
+                    let outcome = rollgate_rollout::client::block_on(call.send())
+                        .unwrap_or_else(|e| Err(format!("{}: {e}", call.url)));
                     shared.finish_webhook(&key, &call, outcome);
                 }
             });

@@ -68,7 +68,8 @@ fn tick(
         return;
     }
     shared.metrics.scrapes.inc();
-    let samples = match scrape(&admins) {
+    let read = rollgate_rollout::client::block_on(scrape(&admins));
+    let samples = match read.unwrap_or_else(|e| Err(format!("analysis: {e}"))) {
         Ok(s) => {
             if last_error.take().is_some() {
                 shared.log("analysis: gateways readable again");
