@@ -56,6 +56,9 @@ pub enum Error {
     /// The Rollout has no namespace or name (never from the API server).
     #[error("rollout without namespace or name")]
     Unnamed,
+    /// The gateway resource the Rollout names cannot take the policy as it is.
+    #[error("{0}")]
+    Target(String),
 }
 
 impl Error {
@@ -128,6 +131,71 @@ pub fn wasmplugin_resource() -> ApiResource {
 /// The WasmPlugin a Rollout writes to: `spec.wasmPlugin`, else the Rollout's name.
 pub fn wasmplugin_name(ro: &Rollout) -> String {
     ro.spec.wasm_plugin.clone().unwrap_or_else(|| ro.name_any())
+}
+
+/// The Envoy Gateway EnvoyExtensionPolicy resource (no Rust types: only one `config` is written).
+pub fn envoyextensionpolicy_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk("gateway.envoyproxy.io", "v1alpha1", "EnvoyExtensionPolicy");
+    ApiResource::from_gvk_with_plural(&gvk, "envoyextensionpolicies")
+}
+
+/// The `wasm` entry of an EnvoyExtensionPolicy the controller writes.
+pub const EEP_WASM_NAME: &str = "rollgate";
+
+/// Writes `policy` into the rendered Rollout's gateway: its EnvoyExtensionPolicy when it
+/// names one, else its WasmPlugin.
+pub async fn apply_to_gateway(
+    client: &Client,
+    ns: &str,
+    ro: &Rollout,
+    policy: &serde_json::Value,
+) -> Result<(), Error> {
+    match &ro.spec.envoy_extension_policy {
+        Some(eep) => apply_policy_eep(client, ns, eep, policy).await,
+        None => apply_policy(client, ns, &wasmplugin_name(ro), policy).await,
+    }
+}
+
+/// Replaces the `config` of the EnvoyExtensionPolicy's `wasm` entry named `rollgate`.
+///
+/// A JSON patch, not server-side apply: `spec.wasm` is a list without merge keys, so an
+/// apply would have to own the whole entry (its `code`, `failOpen`, …), which the user
+/// writes. The patch's `test` of the entry's name makes a concurrent reorder a 422, retried
+/// by the next reconcile, rather than a write into another filter's config.
+pub async fn apply_policy_eep(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    policy: &serde_json::Value,
+) -> Result<(), Error> {
+    let what = format!("envoyextensionpolicy {ns}/{name}");
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &envoyextensionpolicy_resource());
+    let eep = api
+        .get(name)
+        .await
+        .map_err(|e| Error::from_kube(&what, e))?;
+    let entries = eep.data["spec"]["wasm"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let Some(i) = entries
+        .iter()
+        .position(|w| w["name"].as_str() == Some(EEP_WASM_NAME))
+    else {
+        return Err(Error::Target(format!(
+            "{what} has no wasm entry named '{EEP_WASM_NAME}'"
+        )));
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": format!("/spec/wasm/{i}/name"), "value": EEP_WASM_NAME },
+        { "op": "add", "path": format!("/spec/wasm/{i}/config"), "value": policy },
+    ]))
+    .map_err(|e| Error::Target(format!("{what}: {e}")))?;
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(|e| Error::from_kube(&what, e))?;
+    Ok(())
 }
 
 /// Server-side-applies `policy` (JSON text) as the WasmPlugin's `pluginConfig`.
@@ -261,7 +329,7 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     // so a restart or a fail-over neither re-applies nor bumps the version.
     let digest = fingerprint(policy.to_string().as_bytes());
     if old.applied_policy.as_deref() != Some(digest.as_str()) {
-        apply_policy(&ctx.client, &ns, &wasmplugin_name(&ro), &policy).await?;
+        apply_to_gateway(&ctx.client, &ns, &ro, &policy).await?;
         status.policy_version = old.policy_version.max(status.policy_version) + 1;
         status.applied_policy = Some(digest);
     }

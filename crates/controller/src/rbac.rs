@@ -40,6 +40,13 @@ pub const CONTROLLER: &[Permission] = &[
         resource: "wasmplugins",
         verbs: &["patch"],
     },
+    // Or into an Envoy Gateway EnvoyExtensionPolicy's `wasm` entry: read to find the entry,
+    // then a JSON patch of its `config`.
+    Permission {
+        group: "gateway.envoyproxy.io",
+        resource: "envoyextensionpolicies",
+        verbs: &["get", "patch"],
+    },
     // kube's event Recorder creates an Event, and patches it when the same one repeats.
     Permission {
         group: "events.k8s.io",

@@ -339,3 +339,81 @@ async fn aborts_a_failing_canary(source: Source) {
     assert_eq!(forget.forget_all_but(&[("shop/flask".into(), uid)]), 1);
     assert_eq!(forget.forget_all_but(&[]), 0);
 }
+
+/// A Rollout naming an Envoy Gateway EnvoyExtensionPolicy: the controller reads it, finds the
+/// `rollgate` wasm entry (here the second) and JSON-patches only that entry's `config`,
+/// guarded by a `test` of the entry's name; the user's `code`, `failOpen` and the other
+/// filter are never written.
+#[tokio::test]
+async fn an_envoy_extension_policy_gets_the_policy_in_its_rollgate_wasm_entry() {
+    let (client, seen) = kube_support::api_server("default", |s: &Seen| {
+        if s.path.contains("/envoyextensionpolicies/") {
+            Reply::Json(200, kube_support::eep("flask-gw"))
+        } else if s.uri.contains("/rollouts/") {
+            let mut ro = serde_json::to_value(rollout()).unwrap();
+            ro["status"] = s.body["status"].clone();
+            Reply::Json(200, ro)
+        } else {
+            Reply::Json(200, s.body.clone())
+        }
+    });
+    let mut ro = rollout();
+    ro.spec.envoy_extension_policy = Some("flask-gw".into());
+    let ctx = Context::new(client, None);
+    controller::reconcile(Arc::new(ro.clone()), ctx)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(
+        seen[0].uri,
+        "/apis/gateway.envoyproxy.io/v1alpha1/namespaces/shop/envoyextensionpolicies/flask-gw"
+    );
+    let patch = &seen[1];
+    assert_eq!(patch.method, "PATCH");
+    assert_eq!(
+        patch.uri,
+        "/apis/gateway.envoyproxy.io/v1alpha1/namespaces/shop/envoyextensionpolicies/flask-gw?"
+    );
+    let status: rollgate_rollout::RolloutStatus =
+        serde_json::from_value(seen[2].body["status"].clone()).unwrap();
+    let plan = validate::plan(&ro).unwrap();
+    let expected = serde_json::to_value(render(&plan.name, &plan.spec, &status)).unwrap();
+    assert_eq!(
+        patch.body,
+        json!([
+            {"op": "test", "path": "/spec/wasm/1/name", "value": "rollgate"},
+            {"op": "add", "path": "/spec/wasm/1/config", "value": expected},
+        ])
+    );
+    assert!(
+        !seen.iter().any(|s| s.uri.contains("wasmplugins")),
+        "{seen:#?}"
+    );
+}
+
+/// An EnvoyExtensionPolicy without a `rollgate` wasm entry is not written at all, and the
+/// reconcile fails naming it.
+#[tokio::test]
+async fn an_envoy_extension_policy_without_a_rollgate_entry_is_left_alone() {
+    let (client, seen) = kube_support::api_server("default", |s: &Seen| {
+        let mut eep = kube_support::eep("flask-gw");
+        eep["spec"]["wasm"][1]["name"] = json!("other");
+        if s.method == "GET" {
+            Reply::Json(200, eep)
+        } else {
+            Reply::Json(200, s.body.clone())
+        }
+    });
+    let mut ro = rollout();
+    ro.spec.envoy_extension_policy = Some("flask-gw".into());
+    let ctx = Context::new(client, None);
+    let err = controller::reconcile(Arc::new(ro), ctx).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has no wasm entry named 'rollgate'"),
+        "{err}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.method == "GET"), "{seen:#?}");
+}

@@ -109,11 +109,19 @@ fn controller_api() -> impl FnMut(&Seen) -> Reply + Send + 'static {
                 lease = Some(l.clone());
                 Reply::Json(200, l)
             }
-            ("rollouts", "list") => Reply::Json(
-                200,
-                json!({"apiVersion": "rollgate.dev/v1alpha1", "kind": "RolloutList",
-                       "metadata": {"resourceVersion": "7"}, "items": [rollout("7")]}),
-            ),
+            ("rollouts", "list") => {
+                // A second Rollout writes into an Envoy Gateway EnvoyExtensionPolicy.
+                let mut eg = rollout("7");
+                eg.metadata.name = Some("flask-eg".into());
+                eg.metadata.uid = Some("0b5c0a6e-1111-2222-3333-444455556667".into());
+                eg.spec.envoy_extension_policy = Some("flask".into());
+                Reply::Json(
+                    200,
+                    json!({"apiVersion": "rollgate.dev/v1alpha1", "kind": "RolloutList",
+                           "metadata": {"resourceVersion": "7"}, "items": [rollout("7"), eg]}),
+                )
+            }
+            ("envoyextensionpolicies", _) => Reply::Json(200, kube_support::eep("flask")),
             ("rollouts", "watch") => Reply::Hold,
             ("rollouts/status", _) => Reply::Json(200, with_status(&s.body)),
             ("events", verb) => {

@@ -62,6 +62,8 @@ fn every_manifest_has_a_known_kind_and_api_version() {
         ("networking.istio.io/v1", "VirtualService"),
         ("networking.istio.io/v1", "DestinationRule"),
         ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"),
     ];
     let mut files = Vec::new();
     yaml_files(&manifests(), &mut files);
@@ -100,7 +102,12 @@ fn kustomization(dir: &Path) -> Vec<PathBuf> {
 fn kustomize_base_resources_exist_and_cover_every_manifest() {
     let root = manifests();
     let mut listed = BTreeSet::new();
-    let mut dirs = vec![root.clone()];
+    // The base (Istio), and the Gateway API and Envoy Gateway installs, each applied on its own.
+    let mut dirs = vec![
+        root.clone(),
+        root.join("gateway-api"),
+        root.join("envoy-gateway"),
+    ];
     while let Some(dir) = dirs.pop() {
         for r in kustomization(&dir) {
             assert!(
@@ -251,4 +258,39 @@ fn istio_wasmplugin_is_explicit_and_routing_matches_subsets() {
             assert_eq!(variant, subset);
         }
     }
+}
+
+/// The EnvoyExtensionPolicy loads the filter on the HTTPRoute, fails closed, and starts from
+/// a policy the filter accepts, routing on the variant header the HTTPRoute matches.
+#[test]
+fn envoy_gateway_policy_targets_the_httproute_with_a_valid_policy() {
+    let root = manifests();
+    let eep = &documents(&root.join("envoy-gateway/envoyextensionpolicy.yaml"))[0];
+    let route = &documents(&root.join("gateway-api/httproute.yaml"))[0];
+    let target = &eep["spec"]["targetRefs"][0];
+    assert_eq!(str_of(target, "kind"), "HTTPRoute");
+    assert_eq!(str_of(target, "name"), str_of(&route["metadata"], "name"));
+    let wasm = eep["spec"]["wasm"].as_sequence().unwrap();
+    let entry = wasm
+        .iter()
+        .find(|w| str_of(w, "name") == "rollgate")
+        .expect("a wasm entry named rollgate (the controller writes its config)");
+    assert_eq!(entry["failOpen"].as_bool(), Some(false));
+    let config = serde_json::to_vec(&entry["config"]).unwrap();
+    let policy = rollgate_policy::policy::accept_policy(&config).unwrap_or_else(|e| panic!("{e}"));
+    // Every variant but the default has a rule on the header the filter writes.
+    let header = policy.variant_header.clone();
+    let matched: BTreeSet<String> = route["spec"]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["matches"].as_sequence().cloned().unwrap_or_default())
+        .flat_map(|m| m["headers"].as_sequence().cloned().unwrap_or_default())
+        .filter(|h| str_of(h, "name") == header)
+        .map(|h| str_of(&h, "value").to_string())
+        .collect();
+    assert_eq!(
+        matched,
+        BTreeSet::from(["canary".to_string(), "dev".to_string()])
+    );
 }

@@ -70,6 +70,10 @@ pub struct RolloutSpec {
     /// rendered policy into; default: the Rollout's own name. Unused by `serve --dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm_plugin: Option<String>,
+    /// Write the policy into this Envoy Gateway `EnvoyExtensionPolicy` (same namespace)
+    /// instead: the `config` of its `wasm` entry named `rollgate`. Not with `wasmPlugin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_extension_policy: Option<String>,
     /// The variant serving everyone not moved to the canary (default `stable`).
     #[serde(default = "default_stable")]
     pub stable_variant: String,

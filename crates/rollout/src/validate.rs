@@ -248,6 +248,12 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
     if spec.stable_variant == spec.canary_variant {
         errs.push("spec.canaryVariant", "must differ from stableVariant");
     }
+    if spec.wasm_plugin.is_some() && spec.envoy_extension_policy.is_some() {
+        errs.push(
+            "spec.envoyExtensionPolicy",
+            "give wasmPlugin (Istio) or envoyExtensionPolicy (Envoy Gateway), not both",
+        );
+    }
     if let Some(rule) = &spec.rule {
         if let Err(e) = compile_rule(rule, spec.rule_syntax) {
             errs.push("spec.match", e.to_string());

@@ -158,3 +158,22 @@ pub fn read_message(r: &mut impl std::io::BufRead) -> std::io::Result<(String, V
     r.read_exact(&mut body)?;
     Ok((line.trim().to_string(), body))
 }
+
+/// An Envoy Gateway EnvoyExtensionPolicy `name` in `shop` loading rollgate (a `wasm` entry
+/// named `rollgate` after another filter's), as a user writes it.
+pub fn eep(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+        "kind": "EnvoyExtensionPolicy",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "3"},
+        "spec": {
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "flask"}],
+            "wasm": [
+                {"name": "auth", "rootID": "auth", "code": {"type": "HTTP", "http": {"url": "https://example.com/auth.wasm"}}},
+                {"name": "rollgate", "rootID": "rollgate", "failOpen": false,
+                 "code": {"type": "HTTP", "http": {"url": "https://example.com/rollgate.wasm", "sha256": "00"}},
+                 "config": {"name": "flask"}}
+            ]
+        }
+    })
+}

@@ -519,3 +519,14 @@ fn header_route_and_match_must_share_a_syntax() {
         "spec.strategy.steps[0].setHeaderRoute.match: joined with spec.match, as the filter gets it",
     );
 }
+
+#[test]
+fn one_gateway_resource_at_most() {
+    assert_error(
+        &edit(
+            "canaryVariant: canary",
+            "canaryVariant: canary\n  wasmPlugin: flask\n  envoyExtensionPolicy: flask",
+        ),
+        "spec.envoyExtensionPolicy: give wasmPlugin (Istio) or envoyExtensionPolicy (Envoy Gateway), not both",
+    );
+}
