@@ -25,6 +25,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use rollgate_rollout::notify;
 use rollgate_rollout::plan::fingerprint;
 use rollgate_rollout::webhook::Call;
 use rollgate_rollout::{
@@ -269,6 +270,26 @@ pub async fn publish(
     Ok(())
 }
 
+/// Delivers each of `told` to the receivers that want it, each on a task of its own.
+fn send_notices(
+    receivers: &[rollgate_rollout::types::Notify],
+    name: &str,
+    told: &[notify::Notice],
+    status: &rollgate_rollout::RolloutStatus,
+) {
+    for n in told {
+        for r in receivers.iter().filter(|r| notify::wants(r, n.kind)) {
+            let (url, body) = (r.url.clone(), notify::body(name, n, status));
+            let rollout = name.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = notify::deliver(&url, &body).await {
+                    tracing::warn!(%rollout, %url, error = %e, "notification not delivered");
+                }
+            });
+        }
+    }
+}
+
 /// One reconcile of one Rollout (level-triggered: reads only the object and the clock).
 pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (Some(ns), Some(name)) = (ro.namespace(), ro.metadata.name.clone()) else {
@@ -294,24 +315,28 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     };
     let now = Timestamp::now();
     // Tick and SpecChanged are never refused; keep the status if one ever is.
-    let t = step(&plan, &old, event, now).unwrap_or_else(|_| rollgate_rollout::Transition {
-        status: old.clone(),
-        effects: Vec::new(),
-    });
+    let t =
+        step(&plan, &old, event.clone(), now).unwrap_or_else(|_| rollgate_rollout::Transition {
+            status: old.clone(),
+            effects: Vec::new(),
+        });
+    let mut told = notify::notices(&plan.name, &old, &t.status, &event);
     let mut status = t.status;
     let mut effects = t.effects;
     // The answer of the webhook the rollout waits at, through the same engine: 2xx goes on,
     // anything else aborts.
     let uid = ro.uid().unwrap_or_else(|| key.clone());
     if let Some(ev) = ctx.webhooks.answer(&uid, &status) {
-        if let Ok(next) = step(&plan, &status, ev, now) {
+        if let Ok(next) = step(&plan, &status, ev.clone(), now) {
+            told.extend(notify::notices(&plan.name, &status, &next.status, &ev));
             status = next.status;
             effects.extend(next.effects);
         }
     }
     // The analysis events due (measurements, canary breaker trips), through the same engine.
     for ev in ctx.analyzer.events(&key, &plan, &status).await {
-        if let Ok(next) = step(&plan, &status, ev, now) {
+        if let Ok(next) = step(&plan, &status, ev.clone(), now) {
+            told.extend(notify::notices(&plan.name, &status, &next.status, &ev));
             status = next.status;
             effects.extend(next.effects);
         }
@@ -343,6 +368,9 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
         )
         .await?;
     }
+    // Only now that the status is stored: the notifications, in the background (a slow or
+    // dead receiver never holds the rollout; a failed status write sends none).
+    send_notices(&ro.spec.notify, &plan.name, &told, &status);
     // Only now that the status is stored: its webhook call (the engine's `Resumed`
     // re-issues the call a status waits on, which also covers a restart or a new leader;
     // the first call per attempt and step is the only one made).

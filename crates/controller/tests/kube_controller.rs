@@ -417,3 +417,65 @@ async fn an_envoy_extension_policy_without_a_rollgate_entry_is_left_alone() {
     let seen = seen.lock().unwrap().clone();
     assert!(seen.iter().all(|s| s.method == "GET"), "{seen:#?}");
 }
+
+/// `spec.notify`: the reconcile that pauses the rollout POSTs a notice with a `text` to the
+/// receiver, after the status is stored, in the background.
+#[tokio::test]
+async fn a_transition_is_notified_after_the_status_is_stored() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let mut w = stream;
+            let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    let (client, seen) = api_server(ok);
+    let mut ro = rollout();
+    ro.spec.notify = vec![rollgate_rollout::types::Notify {
+        url: format!("http://127.0.0.1:{port}/hook"),
+        events: Some(vec!["paused".into()]),
+    }];
+    let ctx = Context::new(client, None);
+    controller::reconcile(Arc::new(ro), ctx).await.unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(b) = rx.try_recv() {
+            got = Some(b);
+            break;
+        }
+    }
+    let body: serde_json::Value = serde_json::from_str(&got.expect("a notice within 5 s")).unwrap();
+    assert_eq!(body["event"], "paused");
+    assert_eq!(body["rollout"], "flask");
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("flask: paused at step"),
+        "{body}"
+    );
+    // The status was written before (the notice follows the stored transition).
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.uri.contains("/status")));
+}

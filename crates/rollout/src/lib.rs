@@ -16,6 +16,7 @@ pub mod analysis;
 pub mod client;
 pub mod excerpt;
 pub mod judge;
+pub mod notify;
 pub mod parts;
 pub mod plan;
 pub mod render;

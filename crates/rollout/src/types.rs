@@ -112,6 +112,22 @@ pub struct RolloutSpec {
     pub expose_variant: bool,
     /// How the canary is brought in.
     pub strategy: Strategy,
+    /// Who hears of transitions: a JSON `POST` with a `text` field (what a Slack or Teams
+    /// incoming webhook shows as is) on each event named, retried with back-off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
+}
+
+/// One notification receiver.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notify {
+    /// `http://` or `https://` URL (e.g. a Slack incoming webhook).
+    pub url: String,
+    /// Which transitions: `promoted`, `paused`, `aborted`, `analysisFailed`,
+    /// `breakerTripped`; absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
 }
 
 /// Steps in order, and the analysis that runs in the background while they do.

@@ -248,6 +248,29 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
     if spec.stable_variant == spec.canary_variant {
         errs.push("spec.canaryVariant", "must differ from stableVariant");
     }
+    for (i, n) in spec.notify.iter().enumerate() {
+        if let Err(e) = HttpUrl::parse(&n.url) {
+            errs.push(format!("spec.notify[{i}].url"), e);
+        }
+        for (j, ev) in n.events.iter().flatten().enumerate() {
+            if crate::notify::NoticeKind::parse(ev).is_none() {
+                errs.push(
+                    format!("spec.notify[{i}].events[{j}]"),
+                    format!(
+                        "unknown event '{}' (known: {})",
+                        excerpt(ev),
+                        crate::notify::NoticeKind::NAMES.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if spec.notify.len() > crate::notify::MAX_RECEIVERS {
+        errs.push(
+            "spec.notify",
+            format!("at most {} receivers", crate::notify::MAX_RECEIVERS),
+        );
+    }
     if spec.wasm_plugin.is_some() && spec.envoy_extension_policy.is_some() {
         errs.push(
             "spec.envoyExtensionPolicy",

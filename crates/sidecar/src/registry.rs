@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::Metrics;
 use super::{files, Config};
 use rollgate_policy::policy::PolicyErrors;
+use rollgate_rollout::notify;
 use rollgate_rollout::view::Expect;
 use rollgate_rollout::webhook;
 use rollgate_rollout::{
@@ -323,7 +324,7 @@ impl Shared {
             } else {
                 None
             };
-            self.commit(entry, key, t, policy, json);
+            self.commit(entry, key, t, policy, json, &event);
             return Ok(());
         }
     }
@@ -337,11 +338,13 @@ impl Shared {
         t: Transition,
         policy: PolicySpec,
         json: Option<Result<String, PolicyErrors>>,
+        event: &Event,
     ) {
         let name = entry
             .plan
             .as_ref()
             .map_or_else(|| entry.display_name(), |p| p.name.clone());
+        let told = notify::notices(&name, &entry.status, &t.status, event);
         let mut status = t.status;
         status.policy_version = entry.status.policy_version;
         match json {
@@ -398,6 +401,30 @@ impl Shared {
         }
         if dirty {
             self.persist(entry);
+        }
+        if let Some(plan) = &entry.plan {
+            for n in &told {
+                for r in plan.spec.notify.iter().filter(|r| notify::wants(r, n.kind)) {
+                    self.spawn_notice(&name, &r.url, notify::body(&name, n, &entry.status));
+                }
+            }
+        }
+    }
+
+    /// Delivers one notification on a thread of its own: retried with back-off
+    /// ([`notify::deliver`]), never holding the rollout.
+    fn spawn_notice(self: &Arc<Self>, name: &str, url: &str, body: serde_json::Value) {
+        let thread = format!("notify-{name}");
+        let (shared, name, url) = (self.clone(), name.to_string(), url.to_string());
+        let spawned = std::thread::Builder::new().name(thread).spawn(move || {
+            let outcome = rollgate_rollout::client::block_on(notify::deliver(&url, &body))
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = outcome {
+                shared.log(&format!("{name}: notification to {url} not delivered: {e}"));
+            }
+        });
+        if let Err(e) = spawned {
+            self.log(&format!("cannot start a notification thread: {e}"));
         }
     }
 
