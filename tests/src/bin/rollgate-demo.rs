@@ -155,14 +155,27 @@ impl Drop for Sidecar {
     }
 }
 
-/// The seed Rollout at demo speed: analysis every 2 s instead of 10 s.
+/// The seed Rollout at demo speed (analysis every 2 s instead of 10 s), with a shadow step
+/// first: 20 % of users' requests copied to v2 until a promote.
 fn demo_rollout() -> String {
     let seed = std::fs::read_to_string(workspace_root().join("examples/rollout.yaml"))
         .expect("examples/rollout.yaml");
-    seed.replace("interval: 10s", "interval: 2s")
+    seed.replace("interval: 10s", "interval: 2s").replacen(
+        "    steps:\n",
+        "    steps:\n      # Shadow: copies of 20 % of users' requests go to v2; v1 answers all.\n      \
+         - setMirror: { percent: 20 }\n      - pause: {}\n      - setMirror: { percent: 0 }\n",
+        1,
+    )
 }
 
-/// Step 8: the same filter as a network filter in front of `tcp_proxy` to a real MariaDB.
+/// A counter of the filter's in Envoy (0 when absent).
+fn filter_stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy
+        .stat(&format!("wasmcustom.rollgate.flask.{name}"))
+        .unwrap_or(0)
+}
+
+/// Step 9: the same filter as a network filter in front of `tcp_proxy` to a real MariaDB.
 fn mysql_step() {
     let db = MariaDb::start();
     let policy = r#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#;
@@ -282,7 +295,40 @@ fn main() {
     wait_applied(&envoy, sidecar_port, "Envoy to apply it");
     let mut c = envoy.client();
 
-    step(1, "dev.coding reaches the dev environment");
+    step(
+        1,
+        "Shadow traffic: 20 % of users' requests are copied to v2; v1 answers every user",
+    );
+    let shadowed = place(&mut c, "shadow", 500, 400, &[]);
+    wait_for("the copies' answers", Duration::from_secs(10), || {
+        filter_stat(&envoy, "variant.canary.shadow_rs_2xx") > 0
+    });
+    thread::sleep(Duration::from_millis(500));
+    let copies = upstreams[1]
+        .received()
+        .iter()
+        .filter(|r| {
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "x-rollgate-shadow" && v == b"1")
+        })
+        .count();
+    println!("   500 users -> answered by {}", counts(&shadowed));
+    println!(
+        "   v2 received {copies} copies marked x-rollgate-shadow: 1 ({:.1} %; the step says 20 %)",
+        copies as f64 / 5.0
+    );
+    println!(
+        "   Envoy: {} copies, {} answered 2xx, {} answers whose class differed from v1's",
+        filter_stat(&envoy, "variant.canary.shadow_rq_total"),
+        filter_stat(&envoy, "variant.canary.shadow_rs_2xx"),
+        filter_stat(&envoy, "variant.canary.shadow_mismatch")
+    );
+    println!("   $ rollgate promote flask");
+    print!("{}", indent(&rollgate(&server, &["promote", "flask"])));
+    wait_applied(&envoy, sidecar_port, "the A/B policy in Envoy");
+
+    step(2, "dev.coding reaches the dev environment");
     let r = c.get("dev.coding", "/", &[]);
     println!(
         "   GET http://dev.coding/ -> served by {}",
@@ -290,7 +336,7 @@ fn main() {
     );
 
     step(
-        2,
+        3,
         "A/B test: `location: shenzhen` reaches the canary, everyone else stable",
     );
     let sz = place(&mut c, "sz", 200, 400, &[("location", b"shenzhen")]);
@@ -298,14 +344,14 @@ fn main() {
     println!("   200 users from shenzhen -> {}", counts(&sz));
     println!("   200 other users         -> {}", counts(&others));
 
-    step(3, "Manual gate: the rollout waits for a human");
+    step(4, "Manual gate: the rollout waits for a human");
     print!("{}", indent(&rollgate(&server, &["status", "flask"])));
     println!("   $ rollgate promote flask");
     print!("{}", indent(&rollgate(&server, &["promote", "flask"])));
     wait_applied(&envoy, sidecar_port, "the 50 % policy in Envoy");
 
     step(
-        4,
+        5,
         "Canary at 50 %: distinct users, the observed split, each user stays on one side",
     );
     let first = place(&mut c, "split", 1000, 400, &[]);
@@ -319,7 +365,7 @@ fn main() {
     let moved = first.iter().zip(&again).filter(|(a, b)| a != b).count();
     println!("   the same 1000 users again: {moved} changed side");
 
-    step(5, "Full promotion: everyone on v2");
+    step(6, "Full promotion: everyone on v2");
     println!("   $ rollgate promote flask");
     print!("{}", indent(&rollgate(&server, &["promote", "flask"])));
     wait_applied(&envoy, sidecar_port, "the 100 % policy in Envoy");
@@ -329,7 +375,7 @@ fn main() {
     );
 
     step(
-        6,
+        7,
         "Rate limit: a burst from one client against average 500/s, burst 1000",
     );
     thread::sleep(Duration::from_secs(2)); // let the bucket refill after the steps above
@@ -354,7 +400,7 @@ fn main() {
     );
 
     step(
-        7,
+        8,
         "Circuit breaker: v2 turns slow; traffic falls back to v1; the rollout aborts itself",
     );
     thread::sleep(Duration::from_secs(2));
@@ -413,7 +459,7 @@ fn main() {
     drop(upstreams);
     let _ = std::fs::remove_dir_all(&dir);
 
-    step(8, "MySQL behind the gateway: connection limit");
+    step(9, "MySQL behind the gateway: connection limit");
     mysql_step();
     println!(
         "\nDone in {:.0} s; nothing left running.",
