@@ -21,6 +21,23 @@ fn hidden(c: char) -> bool {
         || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
+/// Appends `c` as an error message may show it: control and bidirectional characters
+/// escaped (`\n`, `\u{202e}`), anything else as is. The one escaping rule of every excerpt
+/// (the Rollout's and the sidecar's bound theirs differently).
+pub fn escape_into(out: &mut String, c: char) {
+    // `escape_unicode`, not `escape_debug`: the latter links Unicode tables into the filter.
+    if hidden(c) {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ => out.extend(c.escape_unicode()),
+        }
+    } else {
+        out.push(c);
+    }
+}
+
 /// `s` as an error message may quote it: control and bidirectional characters escaped
 /// (`\n`, `\u{202e}`), at most [`MAX_EXCERPT_CHARS`] characters, `…` where it was cut.
 /// Ordinary text, quotes and backslashes included, is unchanged.
@@ -29,17 +46,7 @@ pub fn excerpt(s: &str) -> String {
     let mut used = 0;
     for c in s.chars() {
         let before = out.len();
-        // `escape_unicode`, not `escape_debug`: the latter links Unicode tables into the filter.
-        if hidden(c) {
-            match c {
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                _ => out.extend(c.escape_unicode()),
-            }
-        } else {
-            out.push(c);
-        }
+        escape_into(&mut out, c);
         used += out[before..].chars().count();
         if used > MAX_EXCERPT_CHARS {
             out.truncate(before);

@@ -12,24 +12,20 @@ pub const MAX_MESSAGE: usize = 240;
 /// Problems listed in one report; the rest are counted.
 pub const MAX_PROBLEMS: usize = 20;
 
-/// At most `max` characters of `s`, control characters escaped (`\n`, `\u{1b}`), `…` where
-/// it was cut.
+/// At most `max` characters of `s`, control and bidirectional characters escaped as the
+/// policy's errors escape them (`\n`, `\u{1b}`, `\u{202e}`), `…` where it was cut.
 pub fn bounded(s: &str, max: usize) -> String {
     // One character more than fits tells whether it was cut; nothing past that is looked at.
     let mut head: Vec<char> = Vec::with_capacity(max + 1);
+    let mut escaped = String::new();
     'chars: for c in s.chars() {
-        let mut push = |e: char| {
+        escaped.clear();
+        rollgate_policy::excerpt::escape_into(&mut escaped, c);
+        for e in escaped.chars() {
             head.push(e);
-            head.len() > max
-        };
-        if c.is_control() {
-            for e in c.escape_debug() {
-                if push(e) {
-                    break 'chars;
-                }
+            if head.len() > max {
+                break 'chars;
             }
-        } else if push(c) {
-            break;
         }
     }
     if head.len() <= max {
@@ -61,5 +57,7 @@ mod tests {
         assert_eq!(bounded("abcd", 3), "ab…");
         assert_eq!(bounded("", 3), "");
         assert!(bounded(&"\n".repeat(100), 10).chars().count() <= 10);
+        // Bidirectional overrides too, as in the policy's errors.
+        assert_eq!(excerpt("a\u{202e}b"), "a\\u{202e}b");
     }
 }

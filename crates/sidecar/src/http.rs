@@ -101,14 +101,10 @@ impl Response {
     }
 }
 
-/// At most 64 characters of client text, escaped, for an error message.
+/// At most 64 characters of client text, escaped as every error escapes
+/// ([`rollgate_rollout::excerpt::bounded`]), for an error message.
 pub fn excerpt(b: &[u8]) -> String {
-    let t = String::from_utf8_lossy(b);
-    let mut s: String = t.chars().take(64).flat_map(char::escape_default).collect();
-    if t.chars().count() > 64 {
-        s.push('…');
-    }
-    s
+    rollgate_rollout::excerpt::bounded(&String::from_utf8_lossy(b), 64)
 }
 
 /// Why a request could not be read whole.
