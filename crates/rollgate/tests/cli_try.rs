@@ -347,3 +347,122 @@ fn a_grpc_call_to_a_cluster_url_reaches_the_filter() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tcp_mode_answers_each_connection_admitted_or_refused() {
+    let dir = std::env::temp_dir().join(format!("rollgate-try-tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("mysql.json");
+    std::fs::write(
+        &policy,
+        r#"{"name":"mysql","tcp":{"allow":["10.0.0.0/8"],"in_flight":{"per_source":2},
+            "rate":{"average":10,"period":"1s","burst":4}}}"#,
+    )
+    .unwrap();
+    let events = [
+        r#"{"open": "10.0.0.1:5000"}"#,
+        r#"{"open": "10.0.0.1:5001"}"#,
+        r#"{"open": "10.0.0.1:5002"}"#,
+        r#"{"close": 1}"#,
+        r#"{"open": "10.0.0.1:5003", "worker": 1}"#,
+        r#"{"open": "192.168.0.1:5000"}"#,
+        r#"{"open": "10.0.0.2:5000"}"#,
+        r#"{"open": "10.0.0.2:5001"}"#,
+        r#"{"open": "10.0.0.2:5002"}"#,
+        r#"{"close": 3}"#,
+        r#"{"advance": "1s"}"#,
+        r#"{"open": "10.0.0.2:5003"}"#,
+        r#"{"open": "10.0.0.2", "close": 2}"#,
+    ]
+    .join("\n");
+    let out = rollgate(
+        &[
+            "try",
+            "--tcp",
+            "--workers",
+            "2",
+            "--policy",
+            &policy.display().to_string(),
+            "--requests",
+            "-",
+        ],
+        &events,
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(1), "bad lines make the exit 1");
+    let lines = json_lines(&out);
+    let admitted: Vec<Value> = lines.iter().map(|l| l["admitted"].clone()).collect();
+    let t = Value::Bool(true);
+    let f = Value::Bool(false);
+    let n = Value::Null;
+    assert_eq!(
+        admitted,
+        [
+            // in_flight 2 per source: the third is refused, a close lets the next in
+            &t, &t, &f, &n, &t, //
+            // allow: 192.168/16 is not listed
+            &f, //
+            // rate, burst 4 per source: 10.0.0.1 took 3, so 10.0.0.2's bucket is its own
+            &t, &t, &f, // in_flight again
+            // 10.0.0.2 still holds two: time does not release them
+            &n, &n, &f, &n,
+        ]
+        .map(Clone::clone)
+    );
+    assert_eq!(lines[2]["closed_by"], "filter");
+    assert_eq!(lines[4]["worker"], 1);
+    assert_eq!(lines[5]["closed_by"], "filter");
+    assert_eq!(lines[3]["event"], "close");
+    assert_eq!(lines[3]["connection"], 1);
+    assert_eq!(
+        lines[9]["error"], "line 10: no open connection 3",
+        "a refused connection is closed already"
+    );
+    assert_eq!(lines[10]["elapsed_ms"], 1000);
+    assert!(lines[12]["error"].as_str().unwrap().contains("exactly one"));
+}
+
+#[test]
+fn tcp_mode_rate_refuses_past_the_burst() {
+    let dir = std::env::temp_dir().join(format!("rollgate-try-rate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("rate.json");
+    std::fs::write(
+        &policy,
+        r#"{"name":"db","tcp":{"rate":{"average":1,"period":"1s","burst":2}}}"#,
+    )
+    .unwrap();
+    let mut events = vec![];
+    for i in 0..3 {
+        events.push(format!(r#"{{"open": "10.0.0.1:{}"}}"#, 6000 + i));
+        events.push(format!(r#"{{"close": {}}}"#, i + 1));
+    }
+    events.push(r#"{"advance": "1s"}"#.into());
+    events.push(r#"{"open": "10.0.0.1:7000"}"#.into());
+    let out = rollgate(
+        &[
+            "try",
+            "--tcp",
+            "--policy",
+            &policy.display().to_string(),
+            "--requests",
+            "-",
+        ],
+        &events.join("\n"),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let lines = json_lines(&out);
+    let opens: Vec<bool> = lines
+        .iter()
+        .filter(|l| l["event"] == "open")
+        .map(|l| l["admitted"] == true)
+        .collect();
+    // Closing does not give a token back; a second does.
+    assert_eq!(opens, [true, true, false, true]);
+    // The refused third cannot be closed: it is closed already.
+    assert!(lines[5]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no open connection 3"));
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -423,7 +423,16 @@ pub(crate) fn close_stream(c: &mut Caller<'_, VmState>, stream_type: i32) -> R<(
             }
             Ok(())
         }
-        2 | 3 => Ok(()),
+        // Downstream: Envoy closes the connection (`Context::closeStream`, FlushWrite) when
+        // the context is a network filter's; an HTTP context has no read-filter callbacks
+        // there and the call does nothing.
+        2 => {
+            if let Some(s) = c.data_mut().stream() {
+                s.downstream_closed = true;
+            }
+            Ok(())
+        }
+        3 => Ok(()),
         _ => Err(Status::BadArgument.into()),
     }
 }

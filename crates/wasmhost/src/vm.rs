@@ -68,6 +68,8 @@ pub(crate) struct StreamState {
     pub continue_request: bool,
     pub continue_response: bool,
     pub closed: bool,
+    /// A network filter's connection the filter closed (`proxy_close_stream(Downstream)`).
+    pub downstream_closed: bool,
     pub route_cache_clears: u32,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     pub start_ns: u64,
@@ -242,6 +244,9 @@ pub(crate) struct Exports {
     pub on_done: Option<F1R>,
     pub on_log: Option<F1>,
     pub on_delete: Option<F1>,
+    /// Network-filter callbacks (a filter in Envoy's TCP filter chain).
+    pub on_new_connection: Option<F1R>,
+    pub on_downstream_connection_close: Option<F2>,
 }
 
 /// A running VM.
@@ -347,6 +352,14 @@ impl Vm {
             on_done: typed(&mut store, &instance, "proxy_on_done").map_err(inst_err)?,
             on_log: typed(&mut store, &instance, "proxy_on_log").map_err(inst_err)?,
             on_delete: typed(&mut store, &instance, "proxy_on_delete").map_err(inst_err)?,
+            on_new_connection: typed(&mut store, &instance, "proxy_on_new_connection")
+                .map_err(inst_err)?,
+            on_downstream_connection_close: typed(
+                &mut store,
+                &instance,
+                "proxy_on_downstream_connection_close",
+            )
+            .map_err(inst_err)?,
         };
         let init = match typed::<(), ()>(&mut store, &instance, "_initialize").map_err(inst_err)? {
             Some(f) => Some(("_initialize", f)),
