@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::wasmhost::{
-    Exchange, FailurePolicy, Headers, Host, HostError, HttpRequest, LogLevel, Plugin, PluginConfig,
-    Response, Wasm,
+    Exchange, FailurePolicy, Headers, Host, HostError, HttpCallRecord, HttpRequest, LogLevel,
+    Plugin, PluginConfig, Response, Wasm,
 };
 
 /// Most bytes of `--requests` read: far above any hand-written or generated test set, far
@@ -39,7 +39,8 @@ in \"trap\", and the next requests get what Envoy's --failure-policy gives them 
 the exit status is then 1.
 
 Output: {\"variant\", \"cluster\", \"request_headers\", \"request_body\", \"local_response\",
-\"response\" (status, headers, body as the client got them), \"worker\", \"logs\"
+\"response\" (status, headers, body as the client got them), \"worker\", \"mirror\" (the copy a
+route's mirror sent: cluster, authority, headers, body_size, sent or refused), \"http_calls\", \"logs\"
 ([[level, message], …] from --log-level up)} and \"trap\" when the VM failed on that request.
 
 --requests reads one JSON request per line:
@@ -525,6 +526,55 @@ pub fn exchange_fields(
     ]
 }
 
+/// One HTTP call the filter made while a request ran: where it went, what it carried, and
+/// what became of it (`sent` with the answer's status, or `refused` with the status Envoy's
+/// `proxy_http_call` returns, BadArgument for a cluster it does not have).
+pub fn http_call_json(r: &HttpCallRecord) -> String {
+    let c = &r.call;
+    let header = |name: &str| opt_str(c.headers.get_str(name));
+    object(&[
+        ("cluster", jstr(&c.cluster)),
+        ("method", header(":method")),
+        ("path", header(":path")),
+        ("authority", header(":authority")),
+        ("headers", headers_json(&c.headers)),
+        ("body_size", c.body.len().to_string()),
+        (
+            "timeout_ms",
+            c.timeout
+                .map_or_else(|| "null".into(), |t| t.as_millis().to_string()),
+        ),
+        ("sent", r.refused.is_none().to_string()),
+        (
+            "refused",
+            r.refused
+                .map_or_else(|| "null".into(), |s| jstr(&format!("{s:?}"))),
+        ),
+        (
+            "answer_status",
+            r.answer_status
+                .map_or_else(|| "null".into(), |s| s.to_string()),
+        ),
+    ])
+}
+
+/// `mirror` (the copy of this request the filter sent for its route's `mirror`, recognised by
+/// its `x-rollgate-shadow` header, or null: not copied) and `http_calls` (every call made
+/// while the request ran).
+pub fn call_fields(ex: &Exchange) -> Vec<(&'static str, String)> {
+    let shadow = rollgate_policy::shadow::SHADOW_HEADER;
+    let mirror = ex
+        .http_calls
+        .iter()
+        .find(|r| r.call.headers.contains(shadow))
+        .map_or_else(|| "null".into(), http_call_json);
+    let all: Vec<String> = ex.http_calls.iter().map(http_call_json).collect();
+    vec![
+        ("mirror", mirror),
+        ("http_calls", format!("[{}]", all.join(","))),
+    ]
+}
+
 /// How long a call-out may take when the filter gives no timeout (Envoy's async client has
 /// none; a stuck `try` helps nobody).
 const CALLOUT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -930,6 +980,7 @@ impl Runner {
             Err(e) => return Err(e.into()),
         };
         let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
+        fields.extend(call_fields(&ex));
         fields.push(("logs", logs_field(&ex, self.log_level)));
         Ok((fields, None))
     }

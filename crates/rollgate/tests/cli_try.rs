@@ -466,3 +466,96 @@ fn tcp_mode_rate_refuses_past_the_burst() {
         .contains("no open connection 3"));
     assert_eq!(out.status.code(), Some(1));
 }
+
+const MIRROR_POLICY: &str = r#"{"name":"flask","variants":{"stable":"k8s-flask","canary":"k8s-flask-canary"},
+ "default":"stable","routes":[{"match":"Host(`pro.coding`)","variant":"stable",
+ "mirror":{"variant":"canary","percent":100,"host_suffix":"-copy"}}]}"#;
+
+const MIRROR_REQUESTS: &str = r#"{"authority":"pro.coding:8080","method":"POST","path":"/a?b=1","headers":{"x-user-id":"alice"},"body":["hello ","world"]}
+{"authority":"other.coding","path":"/"}"#;
+
+fn mirror_try(extra: &[&str]) -> Vec<Value> {
+    let dir = std::env::temp_dir().join(format!(
+        "rollgate-try-mirror-{}-{}",
+        std::process::id(),
+        extra.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("mirror.json");
+    std::fs::write(&policy, MIRROR_POLICY).unwrap();
+    let policy = policy.display().to_string();
+    let mut args = vec!["try", "--policy", &policy, "--requests", "-"];
+    args.extend_from_slice(extra);
+    let out = rollgate(&args, MIRROR_REQUESTS);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(out.status.success(), "{out:?}");
+    json_lines(&out)
+}
+
+#[test]
+fn a_mirrored_request_shows_its_copy_refused_without_the_cluster() {
+    let lines = mirror_try(&[]);
+    let copy = &lines[0]["mirror"];
+    assert_eq!(copy["cluster"], "k8s-flask-canary");
+    assert_eq!(copy["method"], "POST");
+    assert_eq!(copy["path"], "/a?b=1");
+    assert_eq!(copy["authority"], "pro.coding-copy:8080");
+    assert_eq!(copy["headers"]["x-rollgate-shadow"], "1");
+    assert_eq!(copy["headers"]["x-user-id"], "alice");
+    assert!(copy["headers"].get("x-rollgate-variant").is_none());
+    assert_eq!(copy["body_size"], 11);
+    // Envoy has no such cluster: proxy_http_call answers BadArgument and nothing is sent.
+    assert_eq!(copy["sent"], false);
+    assert_eq!(copy["refused"], "BadArgument");
+    assert_eq!(lines[0]["http_calls"].as_array().unwrap().len(), 1);
+    // The client's answer does not depend on the copy.
+    assert_eq!(lines[0]["response"]["status"], 200);
+    assert_eq!(lines[1]["mirror"], Value::Null);
+    assert_eq!(lines[1]["http_calls"], serde_json::json!([]));
+}
+
+#[test]
+fn a_mirrored_request_with_the_cluster_is_sent_there() {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = Vec::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            head.push(line.trim_end().to_string());
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        std::io::Write::write_all(
+            &mut stream,
+            b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        (head, body)
+    });
+    let cluster = format!("k8s-flask-canary=http://127.0.0.1:{port}");
+    let lines = mirror_try(&["--cluster", &cluster]);
+    let copy = &lines[0]["mirror"];
+    assert_eq!(copy["sent"], true);
+    assert_eq!(copy["refused"], Value::Null);
+    assert_eq!(copy["answer_status"], 201);
+    let (head, body) = server.join().unwrap();
+    assert_eq!(head[0], "POST /a?b=1 HTTP/1.1");
+    assert!(
+        head.iter()
+            .any(|h| h.eq_ignore_ascii_case("x-rollgate-shadow: 1")),
+        "{head:?}"
+    );
+    assert_eq!(body, b"hello world");
+}

@@ -69,8 +69,8 @@ pub use metrics::{Metric, MetricKind, CUSTOM_NAMESPACE};
 pub use stream::http_to_grpc_status;
 pub use tcp::ConnectionEvent;
 pub use types::{
-    CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpRequest, LocalResponse, LogEntry,
-    LogLevel, Phase, Response, Status, DEFAULT_SOURCE,
+    CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpCallRecord, HttpRequest,
+    LocalResponse, LogEntry, LogLevel, Phase, Response, Status, DEFAULT_SOURCE, MAX_CALL_RECORDS,
 };
 
 use plugin::PluginInner;

@@ -19,9 +19,31 @@ pub(crate) struct PluginShared {
     pub id: u64,
     pub config: PluginConfig,
     pub logs: Mutex<Vec<LogEntry>>,
+    /// The HTTP calls made since the current request began (see `Exchange::http_calls`).
+    pub calls: Mutex<Vec<super::HttpCallRecord>>,
 }
 
 impl PluginShared {
+    pub(crate) fn record_call(&self, record: super::HttpCallRecord) {
+        let mut calls = lock(&self.calls);
+        if calls.len() >= super::MAX_CALL_RECORDS {
+            calls.remove(0);
+        }
+        calls.push(record);
+    }
+
+    /// The answer to `worker`'s call `token` arrived with `status`.
+    pub(crate) fn call_answered(&self, worker: usize, token: u32, status: Option<u32>) {
+        let mut calls = lock(&self.calls);
+        if let Some(r) = calls
+            .iter_mut()
+            .rev()
+            .find(|r| r.refused.is_none() && r.call.worker == worker && r.call.token == token)
+        {
+            r.answer_status = status;
+        }
+    }
+
     pub(crate) fn log(&self, entry: LogEntry) {
         lock(&self.logs).push(entry);
     }
