@@ -559,3 +559,23 @@ fn a_mirrored_request_with_the_cluster_is_sent_there() {
     );
     assert_eq!(body, b"hello world");
 }
+
+#[test]
+fn tcp_mode_with_an_http_policy_reports_the_failed_vm() {
+    // The root of an HTTP policy creates HTTP contexts: the SDK has no stream context for the
+    // connection and panics in proxy_on_new_connection. The line says so; the exit is 1.
+    let policy = policy_path();
+    let out = rollgate(
+        &["try", "--tcp", "--policy", &policy, "--requests", "-"],
+        "{\"open\":\"10.0.0.1:1\"}\n{\"open\":\"10.0.0.1:2\"}\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&out);
+    assert!(lines[0]["trap"]
+        .as_str()
+        .unwrap()
+        .contains("proxy_on_new_connection"));
+    assert_eq!(lines[0]["admitted"], false);
+    // fail_closed: the next connection on that worker is refused without the filter.
+    assert_eq!(lines[1]["closed_by"], "failed_vm");
+}
