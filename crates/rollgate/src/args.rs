@@ -129,6 +129,12 @@ pub struct TryArgs {
     /// One JSON request per line (see below), at most 64 MiB; - reads standard input.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["authority", "path", "method", "source", "header"])]
     pub requests: Option<String>,
+    /// Run the filter as a network filter (Envoy's `envoy.filters.network.wasm`, for a
+    /// policy with a `tcp` section): each --requests line is a connection event,
+    /// `{"open": "IP:PORT"}`, `{"close": N}` (N: the `connection` an open printed) or
+    /// `{"advance": "500ms"}` (the host's clock), answered admitted or refused.
+    #[arg(long, requires = "requests")]
+    pub tcp: bool,
     /// The single request's `:authority` [default: localhost].
     #[arg(long, value_name = "HOST")]
     pub authority: Option<String>,

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::wasmhost::{
-    Exchange, FailurePolicy, Headers, Host, HostError, HttpRequest, LogLevel, Plugin, PluginConfig,
-    Response, Wasm,
+    Exchange, FailurePolicy, Headers, Host, HostError, HttpCallRecord, HttpRequest, LogLevel,
+    Plugin, PluginConfig, Response, Wasm,
 };
 
 /// Most bytes of `--requests` read: far above any hand-written or generated test set, far
@@ -39,12 +39,18 @@ in \"trap\", and the next requests get what Envoy's --failure-policy gives them 
 the exit status is then 1.
 
 Output: {\"variant\", \"cluster\", \"request_headers\", \"request_body\", \"local_response\",
-\"response\" (status, headers, body as the client got them), \"worker\", \"logs\"
+\"response\" (status, headers, body as the client got them), \"worker\", \"mirror\" (the copy a
+route's mirror sent: cluster, authority, headers, body_size, sent or refused), \"http_calls\", \"logs\"
 ([[level, message], …] from --log-level up)} and \"trap\" when the VM failed on that request.
 
 --requests reads one JSON request per line:
 {\"authority\":…,\"path\":…,\"method\":…,\"headers\":{name: value or [values]} or [[name, value], …],
  \"body\": text or [chunks], \"response\": {\"status\", \"headers\", \"body\"}, \"source\":\"ip:port\"}
+--tcp runs the filter as a network filter (a policy with a `tcp` section); each line is a
+connection event: {\"open\": \"IP:PORT\"} (with \"worker\": N to pick a VM), {\"close\": N} (N the
+\"connection\" its open printed), or {\"advance\": \"500ms\"} (the host's clock); each answered
+{\"line\", \"event\", \"connection\", \"source\", \"worker\", \"admitted\", \"closed_by\", \"logs\"}.
+
 Envoy's codec is applied before the filter sees a request: Host becomes :authority,
 x-forwarded-proto and x-request-id are added, hop-by-hop headers are removed, and a path with
 a fragment is answered 400 without running the filter.";
@@ -56,6 +62,22 @@ pub enum Requests {
     Single(Box<RequestSpec>),
     /// JSON lines from a file, or standard input for `-`.
     Lines(String),
+    /// `--tcp`: connection events as JSON lines from a file, or standard input for `-`.
+    Connections(String),
+}
+
+/// One `--tcp` line: exactly one of `open`, `close`, `advance`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    /// A new connection from `IP:PORT` (the filter's `source.address`).
+    pub open: Option<String>,
+    /// The client closes connection N (the `connection` its open printed).
+    pub close: Option<u64>,
+    /// Moves the host's clock (ticks fire; rate limits refill), e.g. `"500ms"`.
+    pub advance: Option<String>,
+    /// The worker VM that takes an `open` (default: round-robin).
+    pub worker: Option<usize>,
 }
 
 /// What `rollgate try` was asked to do.
@@ -330,6 +352,7 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
                     "--requests cannot be combined with single-request flags".into(),
                 ))
             }
+            Some(file) if a.tcp => Requests::Connections(file),
             Some(file) => Requests::Lines(file),
             None => Requests::Single(Box::new(single)),
         };
@@ -500,6 +523,55 @@ pub fn exchange_fields(
         ("local_response", local),
         ("response", response),
         ("worker", ex.worker.to_string()),
+    ]
+}
+
+/// One HTTP call the filter made while a request ran: where it went, what it carried, and
+/// what became of it (`sent` with the answer's status, or `refused` with the status Envoy's
+/// `proxy_http_call` returns, BadArgument for a cluster it does not have).
+pub fn http_call_json(r: &HttpCallRecord) -> String {
+    let c = &r.call;
+    let header = |name: &str| opt_str(c.headers.get_str(name));
+    object(&[
+        ("cluster", jstr(&c.cluster)),
+        ("method", header(":method")),
+        ("path", header(":path")),
+        ("authority", header(":authority")),
+        ("headers", headers_json(&c.headers)),
+        ("body_size", c.body.len().to_string()),
+        (
+            "timeout_ms",
+            c.timeout
+                .map_or_else(|| "null".into(), |t| t.as_millis().to_string()),
+        ),
+        ("sent", r.refused.is_none().to_string()),
+        (
+            "refused",
+            r.refused
+                .map_or_else(|| "null".into(), |s| jstr(&format!("{s:?}"))),
+        ),
+        (
+            "answer_status",
+            r.answer_status
+                .map_or_else(|| "null".into(), |s| s.to_string()),
+        ),
+    ])
+}
+
+/// `mirror` (the copy of this request the filter sent for its route's `mirror`, recognised by
+/// its `x-rollgate-shadow` header, or null: not copied) and `http_calls` (every call made
+/// while the request ran).
+pub fn call_fields(ex: &Exchange) -> Vec<(&'static str, String)> {
+    let shadow = rollgate_policy::shadow::SHADOW_HEADER;
+    let mirror = ex
+        .http_calls
+        .iter()
+        .find(|r| r.call.headers.contains(shadow))
+        .map_or_else(|| "null".into(), http_call_json);
+    let all: Vec<String> = ex.http_calls.iter().map(http_call_json).collect();
+    vec![
+        ("mirror", mirror),
+        ("http_calls", format!("[{}]", all.join(","))),
     ]
 }
 
@@ -763,27 +835,142 @@ struct Runner {
 type Answer = (Vec<(&'static str, String)>, Option<String>);
 
 impl Runner {
+    /// Why a VM failed, in `try`'s words (a passed bound names its option).
+    fn trap_reason(&self, t: &crate::wasmhost::TrapError) -> String {
+        if t.trap.contains("interrupt") {
+            TryError::Timeout {
+                timeout: self.timeout,
+                callback: t.callback,
+            }
+            .to_string()
+        } else if t.trap.contains("forcing trap when growing memory") {
+            TryError::Memory {
+                max_memory: self.max_memory,
+                callback: t.callback,
+            }
+            .to_string()
+        } else {
+            t.to_string()
+        }
+    }
+
+    /// One `--tcp` line: its JSON fields, and why the VM failed on it, if it did. `open`
+    /// remembers each connection under the next number (from 1), which `close` takes.
+    fn connection_event(
+        &self,
+        spec: &ConnectionSpec,
+        open: &mut BTreeMap<u64, (usize, u32)>,
+        next: &mut u64,
+    ) -> Result<Answer, String> {
+        let given = [
+            spec.open.is_some(),
+            spec.close.is_some(),
+            spec.advance.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err("a --tcp line has exactly one of \"open\", \"close\", \"advance\"".into());
+        }
+        if spec.worker.is_some() && spec.open.is_none() {
+            return Err("\"worker\" goes with \"open\" only".into());
+        }
+        if let Some(d) = &spec.advance {
+            let ns = rollgate_policy::duration::parse_duration(d)
+                .map_err(|e| format!("\"advance\": {e}"))?;
+            let by = Duration::from_nanos(ns);
+            return match self.plugin.host().advance(by) {
+                Ok(()) => Ok((
+                    vec![
+                        ("event", jstr("advance")),
+                        (
+                            "elapsed_ms",
+                            self.plugin.host().elapsed().as_millis().to_string(),
+                        ),
+                    ],
+                    None,
+                )),
+                Err(HostError::Trap(t)) => {
+                    let why = self.trap_reason(&t);
+                    Ok((
+                        vec![("event", jstr("advance")), ("trap", jstr(&why))],
+                        Some(why),
+                    ))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let (event, number, source, result) = if let Some(source) = &spec.open {
+            if source.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("\"open\" takes IP:PORT, not '{source}'"));
+            }
+            *next += 1;
+            let n = *next;
+            let r = self.plugin.open_connection(source, spec.worker);
+            (
+                "open",
+                n,
+                Some(source.clone()),
+                r.inspect(|e| {
+                    if !e.closed {
+                        open.insert(n, (e.worker, e.context_id));
+                    }
+                }),
+            )
+        } else {
+            let n = spec.close.unwrap_or_default();
+            let (w, ctx) = open
+                .remove(&n)
+                .ok_or_else(|| format!("no open connection {n}"))?;
+            ("close", n, None, self.plugin.close_connection(w, ctx))
+        };
+        let mut fields = vec![("event", jstr(event)), ("connection", number.to_string())];
+        if let Some(s) = source {
+            fields.push(("source", jstr(&s)));
+        }
+        match result {
+            Ok(e) => {
+                fields.push(("worker", e.worker.to_string()));
+                if event == "open" {
+                    fields.push(("admitted", e.admitted.to_string()));
+                    let by = if e.closed_by_filter {
+                        jstr("filter")
+                    } else if e.failed_vm && !e.admitted {
+                        jstr("failed_vm")
+                    } else {
+                        "null".into()
+                    };
+                    fields.push(("closed_by", by));
+                }
+                let lines: Vec<String> = e
+                    .logs
+                    .iter()
+                    .filter(|l| !l.from_host && l.level >= self.log_level)
+                    .map(|l| format!("[{},{}]", jstr(level_name(l.level)), jstr(&l.message)))
+                    .collect();
+                fields.push(("logs", format!("[{}]", lines.join(","))));
+                Ok((fields, None))
+            }
+            Err(HostError::Trap(t)) => {
+                // The VM is failed: Envoy closes the connection whose callback trapped.
+                let why = self.trap_reason(&t);
+                fields.push(("worker", t.worker.to_string()));
+                if event == "open" {
+                    fields.push(("admitted", "false".into()));
+                    fields.push(("closed_by", jstr("failed_vm")));
+                }
+                fields.push(("trap", jstr(&why)));
+                Ok((fields, Some(why)))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Runs `spec`. A trap is not an error of `try`: the line gets what Envoy answers on that
     /// stream, and a `trap` field saying why.
     fn answer(&self, spec: &RequestSpec) -> Result<Answer, TryError> {
         let ex = match self.plugin.run(spec.to_request()) {
             Ok(ex) => ex,
             Err(HostError::Trap(t)) => {
-                let why = if t.trap.contains("interrupt") {
-                    TryError::Timeout {
-                        timeout: self.timeout,
-                        callback: t.callback,
-                    }
-                    .to_string()
-                } else if t.trap.contains("forcing trap when growing memory") {
-                    TryError::Memory {
-                        max_memory: self.max_memory,
-                        callback: t.callback,
-                    }
-                    .to_string()
-                } else {
-                    t.to_string()
-                };
+                let why = self.trap_reason(&t);
                 let ex = self.plugin.trapped_answer(t.worker, &spec.to_request());
                 let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
                 fields.push(("logs", logs_field(&ex, self.log_level)));
@@ -793,6 +980,7 @@ impl Runner {
             Err(e) => return Err(e.into()),
         };
         let mut fields = exchange_fields(&ex, &self.cluster_header, &self.variant_header);
+        fields.extend(call_fields(&ex));
         fields.push(("logs", logs_field(&ex, self.log_level)));
         Ok((fields, None))
     }
@@ -865,6 +1053,41 @@ pub fn run(
                 eprintln!("{why}");
             }
             Ok(trap.is_none())
+        }
+        Requests::Connections(file) => {
+            let text = read_source(file, stdin, MAX_REQUESTS_BYTES)?;
+            let mut all_ok = true;
+            let mut open = BTreeMap::new();
+            let mut next = 0;
+            for (i, line) in String::from_utf8_lossy(&text).lines().enumerate() {
+                let n = i + 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let answer = serde_json::from_str::<ConnectionSpec>(line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|spec| runner.connection_event(&spec, &mut open, &mut next));
+                let fields: Vec<(&str, String)> = match answer {
+                    Ok((fields, trap)) => {
+                        if let Some(why) = trap {
+                            all_ok = false;
+                            eprintln!("line {n}: {why}");
+                        }
+                        std::iter::once(("line", n.to_string()))
+                            .chain(fields)
+                            .collect()
+                    }
+                    Err(e) => {
+                        all_ok = false;
+                        vec![
+                            ("line", n.to_string()),
+                            ("error", jstr(&format!("line {n}: {e}"))),
+                        ]
+                    }
+                };
+                writeln!(out, "{}", object(&fields))?;
+            }
+            Ok(all_ok)
         }
         Requests::Lines(file) => {
             // Requests are read whole, up to a bound far above any test set.

@@ -347,3 +347,235 @@ fn a_grpc_call_to_a_cluster_url_reaches_the_filter() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tcp_mode_answers_each_connection_admitted_or_refused() {
+    let dir = std::env::temp_dir().join(format!("rollgate-try-tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("mysql.json");
+    std::fs::write(
+        &policy,
+        r#"{"name":"mysql","tcp":{"allow":["10.0.0.0/8"],"in_flight":{"per_source":2},
+            "rate":{"average":10,"period":"1s","burst":4}}}"#,
+    )
+    .unwrap();
+    let events = [
+        r#"{"open": "10.0.0.1:5000"}"#,
+        r#"{"open": "10.0.0.1:5001"}"#,
+        r#"{"open": "10.0.0.1:5002"}"#,
+        r#"{"close": 1}"#,
+        r#"{"open": "10.0.0.1:5003", "worker": 1}"#,
+        r#"{"open": "192.168.0.1:5000"}"#,
+        r#"{"open": "10.0.0.2:5000"}"#,
+        r#"{"open": "10.0.0.2:5001"}"#,
+        r#"{"open": "10.0.0.2:5002"}"#,
+        r#"{"close": 3}"#,
+        r#"{"advance": "1s"}"#,
+        r#"{"open": "10.0.0.2:5003"}"#,
+        r#"{"open": "10.0.0.2", "close": 2}"#,
+    ]
+    .join("\n");
+    let out = rollgate(
+        &[
+            "try",
+            "--tcp",
+            "--workers",
+            "2",
+            "--policy",
+            &policy.display().to_string(),
+            "--requests",
+            "-",
+        ],
+        &events,
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(1), "bad lines make the exit 1");
+    let lines = json_lines(&out);
+    let admitted: Vec<Value> = lines.iter().map(|l| l["admitted"].clone()).collect();
+    let t = Value::Bool(true);
+    let f = Value::Bool(false);
+    let n = Value::Null;
+    assert_eq!(
+        admitted,
+        [
+            // in_flight 2 per source: the third is refused, a close lets the next in
+            &t, &t, &f, &n, &t, //
+            // allow: 192.168/16 is not listed
+            &f, //
+            // rate, burst 4 per source: 10.0.0.1 took 3, so 10.0.0.2's bucket is its own
+            &t, &t, &f, // in_flight again
+            // 10.0.0.2 still holds two: time does not release them
+            &n, &n, &f, &n,
+        ]
+        .map(Clone::clone)
+    );
+    assert_eq!(lines[2]["closed_by"], "filter");
+    assert_eq!(lines[4]["worker"], 1);
+    assert_eq!(lines[5]["closed_by"], "filter");
+    assert_eq!(lines[3]["event"], "close");
+    assert_eq!(lines[3]["connection"], 1);
+    assert_eq!(
+        lines[9]["error"], "line 10: no open connection 3",
+        "a refused connection is closed already"
+    );
+    assert_eq!(lines[10]["elapsed_ms"], 1000);
+    assert!(lines[12]["error"].as_str().unwrap().contains("exactly one"));
+}
+
+#[test]
+fn tcp_mode_rate_refuses_past_the_burst() {
+    let dir = std::env::temp_dir().join(format!("rollgate-try-rate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("rate.json");
+    std::fs::write(
+        &policy,
+        r#"{"name":"db","tcp":{"rate":{"average":1,"period":"1s","burst":2}}}"#,
+    )
+    .unwrap();
+    let mut events = vec![];
+    for i in 0..3 {
+        events.push(format!(r#"{{"open": "10.0.0.1:{}"}}"#, 6000 + i));
+        events.push(format!(r#"{{"close": {}}}"#, i + 1));
+    }
+    events.push(r#"{"advance": "1s"}"#.into());
+    events.push(r#"{"open": "10.0.0.1:7000"}"#.into());
+    let out = rollgate(
+        &[
+            "try",
+            "--tcp",
+            "--policy",
+            &policy.display().to_string(),
+            "--requests",
+            "-",
+        ],
+        &events.join("\n"),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let lines = json_lines(&out);
+    let opens: Vec<bool> = lines
+        .iter()
+        .filter(|l| l["event"] == "open")
+        .map(|l| l["admitted"] == true)
+        .collect();
+    // Closing does not give a token back; a second does.
+    assert_eq!(opens, [true, true, false, true]);
+    // The refused third cannot be closed: it is closed already.
+    assert!(lines[5]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no open connection 3"));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+const MIRROR_POLICY: &str = r#"{"name":"flask","variants":{"stable":"k8s-flask","canary":"k8s-flask-canary"},
+ "default":"stable","routes":[{"match":"Host(`pro.coding`)","variant":"stable",
+ "mirror":{"variant":"canary","percent":100,"host_suffix":"-copy"}}]}"#;
+
+const MIRROR_REQUESTS: &str = r#"{"authority":"pro.coding:8080","method":"POST","path":"/a?b=1","headers":{"x-user-id":"alice"},"body":["hello ","world"]}
+{"authority":"other.coding","path":"/"}"#;
+
+fn mirror_try(extra: &[&str]) -> Vec<Value> {
+    let dir = std::env::temp_dir().join(format!(
+        "rollgate-try-mirror-{}-{}",
+        std::process::id(),
+        extra.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("mirror.json");
+    std::fs::write(&policy, MIRROR_POLICY).unwrap();
+    let policy = policy.display().to_string();
+    let mut args = vec!["try", "--policy", &policy, "--requests", "-"];
+    args.extend_from_slice(extra);
+    let out = rollgate(&args, MIRROR_REQUESTS);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(out.status.success(), "{out:?}");
+    json_lines(&out)
+}
+
+#[test]
+fn a_mirrored_request_shows_its_copy_refused_without_the_cluster() {
+    let lines = mirror_try(&[]);
+    let copy = &lines[0]["mirror"];
+    assert_eq!(copy["cluster"], "k8s-flask-canary");
+    assert_eq!(copy["method"], "POST");
+    assert_eq!(copy["path"], "/a?b=1");
+    assert_eq!(copy["authority"], "pro.coding-copy:8080");
+    assert_eq!(copy["headers"]["x-rollgate-shadow"], "1");
+    assert_eq!(copy["headers"]["x-user-id"], "alice");
+    assert!(copy["headers"].get("x-rollgate-variant").is_none());
+    assert_eq!(copy["body_size"], 11);
+    // Envoy has no such cluster: proxy_http_call answers BadArgument and nothing is sent.
+    assert_eq!(copy["sent"], false);
+    assert_eq!(copy["refused"], "BadArgument");
+    assert_eq!(lines[0]["http_calls"].as_array().unwrap().len(), 1);
+    // The client's answer does not depend on the copy.
+    assert_eq!(lines[0]["response"]["status"], 200);
+    assert_eq!(lines[1]["mirror"], Value::Null);
+    assert_eq!(lines[1]["http_calls"], serde_json::json!([]));
+}
+
+#[test]
+fn a_mirrored_request_with_the_cluster_is_sent_there() {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = Vec::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            head.push(line.trim_end().to_string());
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        std::io::Write::write_all(
+            &mut stream,
+            b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        (head, body)
+    });
+    let cluster = format!("k8s-flask-canary=http://127.0.0.1:{port}");
+    let lines = mirror_try(&["--cluster", &cluster]);
+    let copy = &lines[0]["mirror"];
+    assert_eq!(copy["sent"], true);
+    assert_eq!(copy["refused"], Value::Null);
+    assert_eq!(copy["answer_status"], 201);
+    let (head, body) = server.join().unwrap();
+    assert_eq!(head[0], "POST /a?b=1 HTTP/1.1");
+    assert!(
+        head.iter()
+            .any(|h| h.eq_ignore_ascii_case("x-rollgate-shadow: 1")),
+        "{head:?}"
+    );
+    assert_eq!(body, b"hello world");
+}
+
+#[test]
+fn tcp_mode_with_an_http_policy_reports_the_failed_vm() {
+    // The root of an HTTP policy creates HTTP contexts: the SDK has no stream context for the
+    // connection and panics in proxy_on_new_connection. The line says so; the exit is 1.
+    let policy = policy_path();
+    let out = rollgate(
+        &["try", "--tcp", "--policy", &policy, "--requests", "-"],
+        "{\"open\":\"10.0.0.1:1\"}\n{\"open\":\"10.0.0.1:2\"}\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&out);
+    assert!(lines[0]["trap"]
+        .as_str()
+        .unwrap()
+        .contains("proxy_on_new_connection"));
+    assert_eq!(lines[0]["admitted"], false);
+    // fail_closed: the next connection on that worker is refused without the filter.
+    assert_eq!(lines[1]["closed_by"], "failed_vm");
+}

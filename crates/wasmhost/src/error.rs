@@ -94,6 +94,14 @@ pub enum HostError {
         /// The token.
         token: u32,
     },
+    /// No open connection with that context id on that worker.
+    #[error("no open connection {context_id} on worker {worker}")]
+    NoSuchConnection {
+        /// The worker.
+        worker: usize,
+        /// The connection's context id.
+        context_id: u32,
+    },
     /// wasmtime refused the host functions (a bug in this host).
     #[error("setting up host functions: {0}")]
     Linker(String),

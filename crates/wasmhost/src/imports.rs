@@ -9,7 +9,7 @@ use super::maps::Headers;
 use super::metrics::{MetricKind, Refusal, ID_INCREMENT, TYPE_MASK};
 use super::shared::{lock, QueueOwner};
 use super::vm::{Callback, Callout, VmState, ROOT_CONTEXT_ID};
-use super::{HttpCall, LocalResponse, LogLevel, Status};
+use super::{HttpCall, HttpCallRecord, LocalResponse, LogLevel, Status};
 
 /// How a host function ends: a status for the guest, or a trap (the guest's allocator
 /// trapped, or the guest asked to exit).
@@ -423,7 +423,16 @@ pub(crate) fn close_stream(c: &mut Caller<'_, VmState>, stream_type: i32) -> R<(
             }
             Ok(())
         }
-        2 | 3 => Ok(()),
+        // Downstream: Envoy closes the connection (`Context::closeStream`, FlushWrite) when
+        // the context is a network filter's; an HTTP context has no read-filter callbacks
+        // there and the call does nothing.
+        2 => {
+            if let Some(s) = c.data_mut().stream() {
+                s.downstream_closed = true;
+            }
+            Ok(())
+        }
+        3 => Ok(()),
         _ => Err(Status::BadArgument.into()),
     }
 }
@@ -487,17 +496,33 @@ pub(crate) fn http_call(
     let trailers = Headers::deserialize(&read(c, tp, tl)?);
     let token = {
         let st = c.data_mut();
-        if !st.plugin.config.clusters.contains_key(&cluster) {
-            return Err(Status::BadArgument.into());
-        }
-        if [":path", ":method", ":authority"]
-            .iter()
-            .any(|h| !headers.contains(h))
-        {
-            return Err(Status::BadArgument.into());
-        }
         if !body.is_empty() {
             headers.replace("content-length", body.len().to_string());
+        }
+        // Envoy's `Context::httpCall` refuses, in this order, a cluster it does not have and a
+        // call without `:path`, `:method` or `:authority`: BadArgument, no token. Recorded, so
+        // `rollgate try` shows a call Envoy would refuse.
+        let refused = !st.plugin.config.clusters.contains_key(&cluster)
+            || [":path", ":method", ":authority"]
+                .iter()
+                .any(|h| !headers.contains(h));
+        if refused {
+            let timeout_ms = timeout_ms as u32;
+            st.plugin.record_call(HttpCallRecord {
+                call: HttpCall {
+                    worker: st.worker,
+                    token: 0,
+                    cluster,
+                    headers,
+                    body,
+                    trailers,
+                    timeout: (timeout_ms > 0)
+                        .then(|| std::time::Duration::from_millis(timeout_ms.into())),
+                },
+                refused: Some(Status::BadArgument),
+                answer_status: None,
+            });
+            return Err(Status::BadArgument.into());
         }
         // Envoy 1.40 numbers a VM's HTTP calls 4, 8, 12, … (observed:
         // crates/rollgate/tests/try_like_envoy.rs, http_call_outs_like_envoys).
@@ -516,6 +541,11 @@ pub(crate) fn http_call(
             trailers,
             timeout: (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms.into())),
         };
+        st.plugin.record_call(HttpCallRecord {
+            call: request.clone(),
+            refused: None,
+            answer_status: None,
+        });
         st.callouts.insert(
             token,
             Callout {

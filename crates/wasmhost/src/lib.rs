@@ -47,6 +47,7 @@ mod plugin;
 mod props;
 mod shared;
 mod stream;
+mod tcp;
 mod types;
 mod vm;
 mod wasi;
@@ -66,9 +67,10 @@ pub use error::{HostError, TrapError};
 pub use maps::Headers;
 pub use metrics::{Metric, MetricKind, CUSTOM_NAMESPACE};
 pub use stream::http_to_grpc_status;
+pub use tcp::ConnectionEvent;
 pub use types::{
-    CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpRequest, LocalResponse, LogEntry,
-    LogLevel, Phase, Response, Status, DEFAULT_SOURCE,
+    CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpCallRecord, HttpRequest,
+    LocalResponse, LogEntry, LogLevel, Phase, Response, Status, DEFAULT_SOURCE, MAX_CALL_RECORDS,
 };
 
 use plugin::PluginInner;
@@ -315,6 +317,35 @@ impl Plugin {
     /// [`FailurePolicy`] (by default a 503 `wasm_fail_stream` local response).
     pub fn run(&self, request: HttpRequest) -> Result<Exchange, HostError> {
         lock(&self.inner).run(request)
+    }
+
+    /// A new downstream connection from `source` (`ip:port`; the plugin's `source.address`)
+    /// through the plugin as a network filter, on `worker` (or the next, round-robin): the
+    /// context is created, `proxy_on_new_connection` runs, and a connection the filter closes
+    /// gets its close callbacks at once, as Envoy 1.40 does (see [`ConnectionEvent`]). A trap
+    /// is an error of this connection and fails the VM.
+    pub fn open_connection(
+        &self,
+        source: &str,
+        worker: Option<usize>,
+    ) -> Result<ConnectionEvent, HostError> {
+        lock(&self.inner).open_connection(Some(source.to_string()), worker)
+    }
+
+    /// The client closes an open connection (the `worker` and `context_id` its
+    /// [`Plugin::open_connection`] reported): `proxy_on_downstream_connection_close` with the
+    /// remote peer, then `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+    pub fn close_connection(
+        &self,
+        worker: usize,
+        context_id: u32,
+    ) -> Result<ConnectionEvent, HostError> {
+        lock(&self.inner).close_connection(worker, context_id)
+    }
+
+    /// Connections (and HTTP streams) open on the plugin's VMs, as `(worker, context id)`.
+    pub fn open_connections(&self) -> Vec<(usize, u32)> {
+        lock(&self.inner).open_connections()
     }
 
     /// What Envoy answers on the stream whose VM trapped (the `worker` of the [`TrapError`]

@@ -55,6 +55,7 @@ impl PluginInner {
                 id,
                 config,
                 logs: Mutex::new(Vec::new()),
+                calls: Mutex::new(Vec::new()),
             }),
             process,
             module: wasm.module.clone(),
@@ -248,6 +249,12 @@ impl PluginInner {
         if vm.store.data_mut().callouts.remove(&token).is_none() {
             return Err(HostError::NoSuchCall { worker: w, token });
         }
+        let answer = match &reply {
+            CalloutReply::Respond(r) => Some(u32::from(r.status)),
+            _ => None,
+        };
+        self.shared.call_answered(w, token, answer);
+        let vm = &mut self.vms[w];
         let counts = {
             let st = vm.store.data_mut();
             match reply {

@@ -89,6 +89,8 @@ impl PluginInner {
                 }
             }
         }
+        // The calls this request causes are reported with it (`Exchange::http_calls`).
+        lock(&self.shared.calls).clear();
         let ctx = self.vms[w].next_context_id();
         let result = self.drive(w, ctx, req, log_start);
         if result.is_err() {
@@ -233,6 +235,7 @@ impl PluginInner {
             stalled: None,
             reset: false,
             logs: Vec::new(),
+            http_calls: Vec::new(),
         };
         // Envoy's connection manager answers a path with a fragment 400 (no body) before any
         // filter's request callbacks; the filters' `on_log` still runs (observed against Envoy
@@ -286,6 +289,7 @@ impl PluginInner {
         }
         self.complete(w, ctx)?;
         ex.logs = lock(&self.shared.logs)[log_start..].to_vec();
+        ex.http_calls = std::mem::take(&mut *lock(&self.shared.calls));
         Ok(ex)
     }
 
@@ -571,6 +575,7 @@ impl PluginInner {
             stalled: None,
             reset: false,
             logs: lock(&self.shared.logs)[log_start..].to_vec(),
+            http_calls: Vec::new(),
         }
     }
 
@@ -595,6 +600,7 @@ impl PluginInner {
             stalled: None,
             reset: false,
             logs: lock(&self.shared.logs)[log_start..].to_vec(),
+            http_calls: Vec::new(),
         }
     }
 }

@@ -106,6 +106,21 @@ pub struct HttpCall {
     pub timeout: Option<Duration>,
 }
 
+/// A `proxy_http_call` the plugin made while a request ran ([`Exchange::http_calls`]): sent,
+/// or refused at once as Envoy refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCallRecord {
+    /// The call (token 0 when refused).
+    pub call: HttpCall,
+    /// The status `proxy_http_call` returned instead of a token, if it refused the call:
+    /// BadArgument for a cluster Envoy does not have, or a call without `:path`, `:method` or
+    /// `:authority` (Envoy's `Context::httpCall`, source/extensions/common/wasm/context.cc).
+    pub refused: Option<Status>,
+    /// The `:status` of the answer delivered to the plugin while the request ran, if any
+    /// (none for a reset, or an answer still pending).
+    pub answer_status: Option<u32>,
+}
+
 /// A unary `proxy_grpc_call` the plugin made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrpcCall {
@@ -413,7 +428,14 @@ pub struct Exchange {
     pub reset: bool,
     /// Log lines produced while this request ran (any context of the plugin).
     pub logs: Vec<LogEntry>,
+    /// HTTP calls any context of the plugin made while this request ran (a copy of the
+    /// request sent from the root context, say), in order, at most [`MAX_CALL_RECORDS`].
+    pub http_calls: Vec<HttpCallRecord>,
 }
+
+/// Most HTTP call records a plugin keeps between two requests (calls made from ticks while
+/// no request runs would otherwise pile up).
+pub const MAX_CALL_RECORDS: usize = 1024;
 
 impl Exchange {
     /// A forwarded request header, lossily decoded.

@@ -19,9 +19,31 @@ pub(crate) struct PluginShared {
     pub id: u64,
     pub config: PluginConfig,
     pub logs: Mutex<Vec<LogEntry>>,
+    /// The HTTP calls made since the current request began (see `Exchange::http_calls`).
+    pub calls: Mutex<Vec<super::HttpCallRecord>>,
 }
 
 impl PluginShared {
+    pub(crate) fn record_call(&self, record: super::HttpCallRecord) {
+        let mut calls = lock(&self.calls);
+        if calls.len() >= super::MAX_CALL_RECORDS {
+            calls.remove(0);
+        }
+        calls.push(record);
+    }
+
+    /// The answer to `worker`'s call `token` arrived with `status`.
+    pub(crate) fn call_answered(&self, worker: usize, token: u32, status: Option<u32>) {
+        let mut calls = lock(&self.calls);
+        if let Some(r) = calls
+            .iter_mut()
+            .rev()
+            .find(|r| r.refused.is_none() && r.call.worker == worker && r.call.token == token)
+        {
+            r.answer_status = status;
+        }
+    }
+
     pub(crate) fn log(&self, entry: LogEntry) {
         lock(&self.logs).push(entry);
     }
@@ -68,6 +90,8 @@ pub(crate) struct StreamState {
     pub continue_request: bool,
     pub continue_response: bool,
     pub closed: bool,
+    /// A network filter's connection the filter closed (`proxy_close_stream(Downstream)`).
+    pub downstream_closed: bool,
     pub route_cache_clears: u32,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     pub start_ns: u64,
@@ -242,6 +266,9 @@ pub(crate) struct Exports {
     pub on_done: Option<F1R>,
     pub on_log: Option<F1>,
     pub on_delete: Option<F1>,
+    /// Network-filter callbacks (a filter in Envoy's TCP filter chain).
+    pub on_new_connection: Option<F1R>,
+    pub on_downstream_connection_close: Option<F2>,
 }
 
 /// A running VM.
@@ -347,6 +374,14 @@ impl Vm {
             on_done: typed(&mut store, &instance, "proxy_on_done").map_err(inst_err)?,
             on_log: typed(&mut store, &instance, "proxy_on_log").map_err(inst_err)?,
             on_delete: typed(&mut store, &instance, "proxy_on_delete").map_err(inst_err)?,
+            on_new_connection: typed(&mut store, &instance, "proxy_on_new_connection")
+                .map_err(inst_err)?,
+            on_downstream_connection_close: typed(
+                &mut store,
+                &instance,
+                "proxy_on_downstream_connection_close",
+            )
+            .map_err(inst_err)?,
         };
         let init = match typed::<(), ()>(&mut store, &instance, "_initialize").map_err(inst_err)? {
             Some(f) => Some(("_initialize", f)),
