@@ -38,9 +38,14 @@ impl MariaDb {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("datadir");
         let data = dir.join("data");
+        // Its own temp dir: two bootstraps sharing /tmp collided on the names of their
+        // temporary tables ("Could not remove temporary table '/tmp/#sql-temptable-…'").
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).expect("tmpdir");
         let out = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect("run mariadb-install-db");
         assert!(
@@ -52,6 +57,7 @@ impl MariaDb {
         let child = Command::new(MARIADBD)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .arg(format!("--log-error={}", dir.join("err.log").display()))

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rollgate_e2e::{mariadb_client, query, render_tcp, wasm_path, Envoy, MariaDb};
+use rollgate_e2e::{mariadb_client, query, render_tcp, timing_lock, wasm_path, Envoy, MariaDb};
 
 fn start(policy: &str) -> (MariaDb, Envoy) {
     let db = MariaDb::start();
@@ -16,6 +16,8 @@ fn start(policy: &str) -> (MariaDb, Envoy) {
 
 #[test]
 fn in_flight_three_on_mariadb() {
+    // Real servers, one test at a time: concurrent ones share two cores and timing bounds.
+    let _t = timing_lock();
     let (db, envoy) = start(r#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#);
     query(db.port(), "FLUSH STATUS").unwrap();
     // Three sessions run queries through Envoy.
@@ -77,6 +79,8 @@ fn in_flight_three_on_mariadb() {
 
 #[test]
 fn hundred_attempts_from_ten_threads_never_a_fourth_session() {
+    // Real servers, one test at a time: concurrent ones share two cores and timing bounds.
+    let _t = timing_lock();
     let (db, envoy) = start(r#"{"name":"db","tcp":{"in_flight":{"per_source":3}}}"#);
     query(db.port(), "FLUSH STATUS").unwrap();
     let port = envoy.port();
@@ -105,6 +109,8 @@ fn hundred_attempts_from_ten_threads_never_a_fourth_session() {
 
 #[test]
 fn allow_on_mariadb() {
+    // Real servers, one test at a time: concurrent ones share two cores and timing bounds.
+    let _t = timing_lock();
     let (_db, envoy) = start(r#"{"name":"db","tcp":{"allow":["10.0.0.0/8"]}}"#);
     let err = query(envoy.port(), "SELECT 1").expect_err("admitted from outside allow");
     assert!(err.contains("Lost connection"), "{err}");
