@@ -40,6 +40,20 @@ struct Entry {
     batch: u64,
 }
 
+impl Entry {
+    /// Spends one held hit of the current window, if there is one.
+    fn take_held(&mut self, now_ns: u64) -> Option<Local> {
+        if self.tokens == 0 || now_ns >= self.until_ns {
+            return None;
+        }
+        self.tokens -= 1;
+        Some(Local::Admitted {
+            remaining: self.remaining + self.tokens,
+            reset_ms: (self.until_ns - now_ns).div_ceil(1_000_000),
+        })
+    }
+}
+
 /// What a worker can say about a request on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
@@ -64,12 +78,8 @@ impl GlobalCache {
             return Local::Ask { hits: 1 };
         };
         // Held hits first: the service counted them, even if a later ask was refused.
-        if e.tokens > 0 && now_ns < e.until_ns {
-            e.tokens -= 1;
-            return Local::Admitted {
-                remaining: e.remaining + e.tokens,
-                reset_ms: (e.until_ns - now_ns).div_ceil(1_000_000),
-            };
+        if let Some(admitted) = e.take_held(now_ns) {
+            return admitted;
         }
         if now_ns < e.over_until_ns {
             return Local::Over {
@@ -104,12 +114,8 @@ impl GlobalCache {
             // Without a reset time the refusal is not remembered: the next request asks.
             e.over_until_ns = reset_ns.map_or(0, |r| now_ns.saturating_add(r));
             // Another request's batch came back meanwhile: this one takes a held hit.
-            if e.tokens > 0 && now_ns < e.until_ns {
-                e.tokens -= 1;
-                return Local::Admitted {
-                    remaining: e.remaining + e.tokens,
-                    reset_ms: (e.until_ns - now_ns).div_ceil(1_000_000),
-                };
+            if let Some(admitted) = e.take_held(now_ns) {
+                return admitted;
             }
             return Local::Over {
                 reset_ms: answer.reset_ms.unwrap_or(0),
