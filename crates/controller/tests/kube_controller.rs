@@ -422,25 +422,16 @@ async fn an_envoy_extension_policy_without_a_rollgate_entry_is_left_alone() {
 /// receiver, after the status is stored, in the background.
 #[tokio::test]
 async fn a_transition_is_notified_after_the_status_is_stored() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut r = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
+            let Ok((_, body)) = kube_support::read_message(&mut r) else {
+                continue;
+            };
             let mut w = stream;
             let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
             let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
