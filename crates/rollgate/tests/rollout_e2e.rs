@@ -336,14 +336,45 @@ fn an_invalid_rollout_is_refused_and_a_stopped_sidecar_changes_nothing() {
 /// a canary that answers unlike stable before any user request is routed to it.
 #[test]
 fn a_mirrored_canary_answering_unlike_stable_is_aborted_before_any_user_reaches_it() {
+    aborted_on_copies(
+        |s| s.upstream(CANARY).set_status(500),
+        "{ name: shadow-mismatch, max: 0.05 }",
+        "shadow-mismatch 1 > max 0.05",
+    );
+}
+
+/// The same with the usual metrics: success rate and latency judge the copies' answers while
+/// no user reaches the canary.
+#[test]
+fn a_mirrored_canary_failing_its_copies_is_aborted_by_success_rate() {
+    aborted_on_copies(
+        |s| s.upstream(CANARY).set_status(503),
+        "{ name: success-rate, min: 0.95 }",
+        "success-rate 0 < min 0.95",
+    );
+}
+
+#[test]
+fn a_mirrored_canary_slow_on_its_copies_is_aborted_by_latency() {
+    aborted_on_copies(
+        |s| s.upstream(CANARY).set_delay(Duration::from_millis(300)),
+        "{ name: latency-p90, max: 100 }",
+        "latency-p90",
+    );
+}
+
+/// Mirrors half the requests to a canary `prepare` breaks, with analysis by `metric`; the
+/// rollout must abort with `expect` in its message before any user request reaches the canary.
+fn aborted_on_copies(prepare: impl Fn(&Stack), metric: &str, expect: &str) {
     let _serial = rollgate_e2e::timing_lock();
     let s = Stack::start();
-    s.upstream(CANARY).set_status(500);
-    let strategy = "    steps:\n      - setMirror: { percent: 50 }\n      \
-                    - pause: { duration: 10m }\n      - setWeight: 50\n    analysis:\n      \
-                    interval: 1s\n      minRequests: 5\n      metrics:\n        \
-                    - { name: shadow-mismatch, max: 0.05 }\n";
-    s.dir.write("flask.yaml", &seed_with_strategy(strategy));
+    prepare(&s);
+    let strategy = format!(
+        "    steps:\n      - setMirror: {{ percent: 50 }}\n      \
+         - pause: {{ duration: 10m }}\n      - setWeight: 50\n    analysis:\n      \
+         interval: 1s\n      minRequests: 5\n      metrics:\n        - {metric}\n"
+    );
+    s.dir.write("flask.yaml", &seed_with_strategy(&strategy));
     s.wait_applied(1, Duration::from_secs(5));
     assert_eq!(s.sidecar.rollout("flask")["status"]["mirrorPercent"], 50.0);
     let mut c = s.envoy.client();
@@ -364,10 +395,7 @@ fn a_mirrored_canary_answering_unlike_stable_is_aborted_before_any_user_reaches_
     );
     let status = &s.sidecar.rollout("flask")["status"];
     let message = status["message"].as_str().unwrap().to_string();
-    assert!(
-        message.contains("shadow-mismatch 1 > max 0.05"),
-        "{message}"
-    );
+    assert!(message.contains(expect), "{message}");
     assert_eq!(status["canaryWeight"], 0.0);
     assert!(
         status.get("mirrorPercent").is_none(),

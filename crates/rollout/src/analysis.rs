@@ -15,16 +15,25 @@ pub struct CanaryCounters {
     pub network_errors: f64,
     /// Latency histogram: (upper bound in ms, cumulative count), ascending; `+Inf` last.
     pub latency: Vec<(f64, f64)>,
-    /// Answers to mirrored copies (every class, and copies without an answer).
-    pub shadow_answers: f64,
-    /// Of those, answers whose class differed from the primary's.
+    /// Answers to mirrored copies by class: 1xx … 5xx.
+    pub shadow_classes: [f64; 5],
+    /// Mirrored copies that got no answer (timeout, connection refused or reset).
+    pub shadow_failed: f64,
+    /// Of the copies, answers whose class differed from the primary's.
     pub shadow_mismatch: f64,
+    /// Latency histogram of the copies' answers, as `latency`.
+    pub shadow_latency: Vec<(f64, f64)>,
 }
 
 impl CanaryCounters {
     /// All responses.
     pub fn responses(&self) -> f64 {
         self.classes.iter().sum()
+    }
+
+    /// Mirrored copies that ended: answered (any class) or failed.
+    pub fn shadow_answers(&self) -> f64 {
+        self.shadow_classes.iter().sum::<f64>() + self.shadow_failed
     }
 
     /// The traffic since `base`, or `None` when a counter went down (a gateway restarted:
@@ -35,23 +44,53 @@ impl CanaryCounters {
         for (i, c) in classes.iter_mut().enumerate() {
             *c = sub(self.classes[i], base.classes[i])?;
         }
-        let mut latency = Vec::with_capacity(self.latency.len());
-        for (le, count) in &self.latency {
-            let before = base
-                .latency
-                .iter()
-                .find(|(l, _)| l == le)
-                .map_or(0.0, |(_, c)| *c);
-            latency.push((*le, sub(*count, before)?));
+        let mut shadow_classes = [0.0; 5];
+        for (i, c) in shadow_classes.iter_mut().enumerate() {
+            *c = sub(self.shadow_classes[i], base.shadow_classes[i])?;
         }
+        let histogram = |now: &[(f64, f64)], before: &[(f64, f64)]| {
+            let mut out = Vec::with_capacity(now.len());
+            for (le, count) in now {
+                let was = before
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |(_, c)| *c);
+                out.push((*le, sub(*count, was)?));
+            }
+            Some(out)
+        };
         Some(CanaryCounters {
             classes,
             network_errors: sub(self.network_errors, base.network_errors)?,
-            latency,
-            shadow_answers: sub(self.shadow_answers, base.shadow_answers)?,
+            latency: histogram(&self.latency, &base.latency)?,
+            shadow_classes,
+            shadow_failed: sub(self.shadow_failed, base.shadow_failed)?,
             shadow_mismatch: sub(self.shadow_mismatch, base.shadow_mismatch)?,
+            shadow_latency: histogram(&self.shadow_latency, &base.shadow_latency)?,
         })
     }
+}
+
+/// Two cumulative histograms as one: the count at each bound of either is the sum of each
+/// one's count at its largest bound not above it (the filter's two histograms share Envoy's
+/// default bounds, so this is the plain sum; other bounds only make the merge coarser).
+fn merge_histograms(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    if a.is_empty() || b.is_empty() {
+        return if a.is_empty() { b.to_vec() } else { a.to_vec() };
+    }
+    let at = |h: &[(f64, f64)], le: f64| {
+        h.iter()
+            .take_while(|(l, _)| *l <= le)
+            .last()
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let mut bounds: Vec<f64> = a.iter().chain(b).map(|(le, _)| *le).collect();
+    bounds.sort_by(f64::total_cmp);
+    bounds.dedup();
+    bounds
+        .into_iter()
+        .map(|le| (le, at(a, le) + at(b, le)))
+        .collect()
 }
 
 /// The `q`-quantile (0–1) of a cumulative histogram, interpolating linearly inside the
@@ -83,24 +122,31 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     Some(lower)
 }
 
-/// Judges the canary's traffic in one interval (`delta`) against `plan`'s metrics. Answers to
-/// mirrored copies count towards `minRequests` with the canary's own responses: while a
-/// rollout only mirrors, they are all the canary answers.
+/// Judges the canary's traffic in one interval (`delta`) against `plan`'s metrics. The
+/// canary's answers to mirrored copies count with its answers to users, for `minRequests`,
+/// the rates and the latency: while a rollout only mirrors, they are all the canary answers
+/// (issue 16), so a canary that fails or is slow on copies is aborted before any user reaches
+/// it. A copy without an answer counts as a network error (and not a success).
 pub fn measure(plan: &AnalysisPlan, delta: &CanaryCounters, at: Timestamp) -> AnalysisStatus {
-    let responses = delta.responses();
-    let requests = (responses + delta.shadow_answers).round() as u64;
-    let ratio = |n: f64| (responses > 0.0).then(|| n / responses);
+    let shadow = delta.shadow_answers();
+    let answers = delta.responses() + shadow;
+    let requests = answers.round() as u64;
+    let errors = delta.classes[4] + delta.shadow_classes[4] + delta.shadow_failed;
+    let ratio = |n: f64| (answers > 0.0).then(|| n / answers);
     let figures: Vec<Figure> = plan
         .metrics
         .iter()
         .map(|m| {
             let value = match m.kind {
-                MetricKind::SuccessRate => ratio(responses - delta.classes[4]),
-                MetricKind::ErrorRate => ratio(delta.classes[4]),
-                MetricKind::NetworkErrorRate => ratio(delta.network_errors),
-                MetricKind::Latency(q) => quantile(q, &delta.latency),
-                MetricKind::ShadowMismatch => (delta.shadow_answers > 0.0)
-                    .then(|| delta.shadow_mismatch / delta.shadow_answers),
+                MetricKind::SuccessRate => ratio(answers - errors),
+                MetricKind::ErrorRate => ratio(errors),
+                MetricKind::NetworkErrorRate => ratio(delta.network_errors + delta.shadow_failed),
+                MetricKind::Latency(q) => {
+                    quantile(q, &merge_histograms(&delta.latency, &delta.shadow_latency))
+                }
+                MetricKind::ShadowMismatch => {
+                    (shadow > 0.0).then(|| delta.shadow_mismatch / shadow)
+                }
             };
             let passed = value.is_none_or(|v| {
                 m.min.is_none_or(|min| v >= min) && m.max.is_none_or(|max| v <= max)
@@ -260,17 +306,14 @@ mod tests {
             ],
         };
         let copies = |answers: f64, mismatch: f64| CanaryCounters {
-            shadow_answers: answers,
+            shadow_classes: [0.0, answers, 0.0, 0.0, 0.0],
             shadow_mismatch: mismatch,
             ..CanaryCounters::default()
         };
         // No user reaches the canary; its answers to copies decide.
         let m = measure(&plan, &copies(100.0, 10.0), Timestamp(1));
         assert_eq!((m.verdict, m.requests), (Verdict::Failed, 100));
-        assert_eq!(
-            m.figures[0].value, None,
-            "no user responses: no success rate"
-        );
+        assert_eq!(m.figures[0].value, Some(1.0), "the copies' success rate");
         assert_eq!(m.figures[1].value, Some(0.1));
         assert!(!m.figures[1].passed);
         assert_eq!(
@@ -284,7 +327,56 @@ mod tests {
         // Between two readings, as the judge takes them.
         let (a, b) = (copies(100.0, 1.0), copies(160.0, 31.0));
         let d = b.since(&a).unwrap();
-        assert_eq!((d.shadow_answers, d.shadow_mismatch), (60.0, 30.0));
+        assert_eq!((d.shadow_answers(), d.shadow_mismatch), (60.0, 30.0));
         assert_eq!(a.since(&b), None, "counters went down: a gateway restarted");
+    }
+
+    /// Issue 16: while only mirroring, success rate and latency judge the copies' answers.
+    #[test]
+    fn copies_failing_or_slow_fail_the_rates_and_latency() {
+        let plan = plan(20);
+        let copies = |ok: f64, errors: f64, failed: f64, latency: &[(f64, f64)]| CanaryCounters {
+            shadow_classes: [0.0, ok, 0.0, 0.0, errors],
+            shadow_failed: failed,
+            shadow_latency: latency.to_vec(),
+            ..CanaryCounters::default()
+        };
+        // 5xx answers and copies with no answer are both failures.
+        let m = measure(&plan, &copies(90.0, 5.0, 5.0, &[]), Timestamp(1));
+        assert_eq!((m.verdict, m.requests), (Verdict::Failed, 100));
+        assert_eq!(m.figures[0].value, Some(0.9));
+        // A slow canary: its copies' p99 is over 500 ms.
+        let slow = copies(
+            100.0,
+            0.0,
+            0.0,
+            &[(500.0, 10.0), (1000.0, 100.0), (INF, 100.0)],
+        );
+        let m = measure(&plan, &slow, Timestamp(1));
+        assert_eq!(m.verdict, Verdict::Failed, "{m:?}");
+        assert!(m.figures[1].value.unwrap() > 500.0, "{m:?}");
+        // Users' answers and copies' together, once some users reach the canary.
+        let mut both = counters(100.0, 0.0, &[(5.0, 100.0), (INF, 100.0)]);
+        both.shadow_classes[1] = 100.0;
+        both.shadow_latency = vec![(5.0, 99.0), (INF, 100.0)];
+        let m = measure(&plan, &both, Timestamp(1));
+        assert_eq!((m.verdict, m.requests), (Verdict::Passed, 200));
+        assert_eq!(m.figures[0].value, Some(1.0));
+        // Rank 198 of 200, 199 of them at most 5 ms: 5 × 198/199 as Prometheus interpolates.
+        assert_eq!(m.figures[1].value, Some(5.0 * 198.0 / 199.0));
+        let d = both.since(&CanaryCounters::default()).unwrap();
+        assert_eq!(d.shadow_latency, both.shadow_latency);
+    }
+
+    #[test]
+    fn histograms_merge_at_every_bound() {
+        let a = [(5.0, 1.0), (10.0, 3.0), (INF, 4.0)];
+        let b = [(10.0, 2.0), (50.0, 5.0), (INF, 6.0)];
+        assert_eq!(
+            merge_histograms(&a, &b),
+            vec![(5.0, 1.0), (10.0, 5.0), (50.0, 8.0), (INF, 10.0)]
+        );
+        assert_eq!(merge_histograms(&a, &[]), a.to_vec());
+        assert_eq!(merge_histograms(&[], &b), b.to_vec());
     }
 }

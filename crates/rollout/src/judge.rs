@@ -164,18 +164,21 @@ impl Samples {
                 .get(&format!("{base}latency_ms"))
                 .cloned()
                 .unwrap_or_default(),
-            shadow_answers: [
+            shadow_classes: [
                 "shadow_rs_1xx",
                 "shadow_rs_2xx",
                 "shadow_rs_3xx",
                 "shadow_rs_4xx",
                 "shadow_rs_5xx",
-                "shadow_failed",
             ]
-            .map(get)
-            .iter()
-            .sum(),
+            .map(get),
+            shadow_failed: get("shadow_failed"),
             shadow_mismatch: get("shadow_mismatch"),
+            shadow_latency: self
+                .buckets
+                .get(&format!("{base}shadow_latency_ms"))
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -363,11 +366,19 @@ rollgate_fl_ask_variant_can_ary_latency_ms_count{} 32
         let s = Samples::parse(
             "rollgate_p_variant_c_shadow_rs_2xx{} 40\nrollgate_p_variant_c_shadow_rs_5xx{} 7\n\
              rollgate_p_variant_c_shadow_failed{} 3\nrollgate_p_variant_c_shadow_mismatch{} 10\n\
-             rollgate_p_variant_c_shadow_rq_total{} 55\nrollgate_p_variant_c_shadow_dropped{} 9\n",
+             rollgate_p_variant_c_shadow_rq_total{} 55\nrollgate_p_variant_c_shadow_dropped{} 9\n\
+             rollgate_p_variant_c_shadow_latency_ms_bucket{le=\"5\"} 30\n\
+             rollgate_p_variant_c_shadow_latency_ms_bucket{le=\"+Inf\"} 47\n",
         );
         let c = s.canary("p", "c");
         // Answered (every class) and unanswered copies; the dropped were never sent.
-        assert_eq!((c.shadow_answers, c.shadow_mismatch), (50.0, 10.0));
+        assert_eq!((c.shadow_answers(), c.shadow_mismatch), (50.0, 10.0));
+        assert_eq!((c.shadow_classes[4], c.shadow_failed), (7.0, 3.0));
+        assert_eq!(c.shadow_latency, vec![(5.0, 30.0), (f64::INFINITY, 47.0)]);
+        assert!(
+            c.latency.is_empty(),
+            "the copies' latency is not the users'"
+        );
         assert_eq!(c.responses(), 0.0, "copies are not user responses");
     }
 

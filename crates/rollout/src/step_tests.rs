@@ -523,7 +523,7 @@ fn a_canary_whose_copies_mismatch_is_aborted_before_any_user_reaches_it() {
     let analysis = plan.analysis.as_ref().unwrap();
     // The copies' answers, as the judge measures them: a tenth differ from stable's.
     let delta = crate::analysis::CanaryCounters {
-        shadow_answers: 200.0,
+        shadow_classes: [0.0, 200.0, 0.0, 0.0, 0.0],
         shadow_mismatch: 20.0,
         ..Default::default()
     };
