@@ -48,6 +48,8 @@ struct Shared {
     name: String,
     delay_ms: AtomicU64,
     status: AtomicU16,
+    /// The response body, when not the name.
+    body: Mutex<Option<Vec<u8>>>,
     requests: AtomicU64,
     stopping: AtomicBool,
     /// The requests received, as they arrived (head and body), for tests that compare what
@@ -66,6 +68,7 @@ impl Upstream {
             name: name.to_string(),
             delay_ms: AtomicU64::new(0),
             status: AtomicU16::new(200),
+            body: Mutex::new(None),
             requests: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             received: Mutex::new(Vec::new()),
@@ -105,6 +108,11 @@ impl Upstream {
     /// Answers every later request with `status` instead of 200.
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers every later request with `body` instead of the name.
+    pub fn set_body(&self, body: &[u8]) {
+        *lock(&self.shared.body) = Some(body.to_vec());
     }
 
     /// Every request received so far, in arrival order.
@@ -189,7 +197,8 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             .filter(|(n, _)| n.starts_with(INTERNAL_HEADER_PREFIX))
             .map(|(n, v)| (format!("{ECHO_PREFIX}{n}"), v.as_slice()))
             .collect();
-        let body = shared.name.as_bytes();
+        let custom = lock(&shared.body).clone();
+        let body = custom.as_deref().unwrap_or(shared.name.as_bytes());
         let length = body.len().to_string();
         let close = head.wants_close();
         let mut headers: Vec<(&str, &[u8])> = vec![

@@ -253,6 +253,72 @@ fn a_canary_answering_500_is_counted_as_mismatch_and_bodies_over_max_body_are_sk
     );
 }
 
+/// `compare_body`: the primary's and the copy's response bodies compared by hash as they pass
+/// (20 KB: Envoy may hand the primary's to the filter in several chunks), counted in
+/// `shadow_body_compared` and `shadow_body_mismatch`; bodies over the limit are not compared.
+#[test]
+fn response_bodies_are_compared_by_hash_under_compare_body() {
+    let _serial = rollgate_e2e::timing_lock();
+    let stack = Stack::start(&policy(
+        r#"{"variant":"canary","percent":100,"compare_body":32768}"#,
+    ));
+    let (stable, canary) = (stack.upstream(STABLE), stack.upstream(CANARY));
+    let same = body(1).repeat(2);
+    let mut changed = same.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    let mut client = stack.client();
+    let mut run = |from: usize, n: usize| {
+        for i in from..from + n {
+            let user = format!("u{i}");
+            let r = client.get("pro.coding", "/", &[("x-user-id", user.as_bytes())]);
+            assert_eq!(r.status, 200, "request {i}");
+        }
+    };
+    let settled = |compared: u64| {
+        wait_until(
+            &format!("{compared} bodies compared"),
+            Duration::from_secs(10),
+            || stat(&stack, "shadow_body_compared") >= compared,
+        );
+        // No more arrive after the last join.
+        thread::sleep(Duration::from_millis(300));
+    };
+    // The same 20 KB body from both: compared, equal.
+    stable.set_body(&same);
+    canary.set_body(&same);
+    run(0, 30);
+    settled(30);
+    assert_eq!(stat(&stack, "shadow_body_compared"), 30);
+    assert_eq!(stat(&stack, "shadow_body_mismatch"), 0);
+    // The canary's last byte differs: every body a mismatch, the statuses still agree.
+    canary.set_body(&changed);
+    run(30, 30);
+    settled(60);
+    assert_eq!(stat(&stack, "shadow_body_compared"), 60);
+    assert_eq!(stat(&stack, "shadow_body_mismatch"), 30);
+    assert_eq!(stat(&stack, "shadow_mismatch"), 0);
+    // Over compare_body on the primary's side, then on the copy's: not compared, still joined.
+    stable.set_body(&body(2).repeat(4));
+    run(60, 10);
+    stable.set_body(&same);
+    canary.set_body(&body(3).repeat(4));
+    run(70, 10);
+    all_answered_n(&stack, 80);
+    assert_eq!(stat(&stack, "shadow_body_compared"), 60);
+    assert_eq!(stat(&stack, "shadow_body_mismatch"), 30);
+    assert_eq!(stat(&stack, "shadow_rs_2xx"), 80);
+}
+
+/// Waits until `n` copies were answered and no more arrive.
+fn all_answered_n(stack: &Stack, n: u64) {
+    wait_until(
+        &format!("{n} copies answered"),
+        Duration::from_secs(10),
+        || stat(stack, "shadow_rs_2xx") >= n,
+    );
+    thread::sleep(Duration::from_millis(300));
+}
+
 fn vm_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

@@ -14,7 +14,7 @@ use super::Runtime;
 use rollgate_policy::pipeline::{Exchange, HeaderOp, Plan, RlsFailure};
 use rollgate_policy::request::Request;
 use rollgate_policy::rls;
-use rollgate_policy::shadow::{copy_headers, Copy};
+use rollgate_policy::shadow::{copy_headers, BodyHash, Copy};
 
 pub(crate) struct Filter {
     rt: Option<Rc<Runtime>>,
@@ -28,6 +28,9 @@ pub(crate) struct Filter {
     /// The request headers ended the stream (no body): kept while a global limit's ask
     /// holds the request, for the copy begun after it.
     headers_end: bool,
+    /// The primary's response body, hashed as it passes when the mirror compares bodies:
+    /// (copy id, the largest body compared, the hash so far).
+    body_hash: Option<(u64, usize, BodyHash)>,
 }
 
 impl Filter {
@@ -40,6 +43,18 @@ impl Filter {
             max_body: 0,
             copy_id: None,
             headers_end: false,
+            body_hash: None,
+        }
+    }
+
+    /// The primary's body ended (`Some`: its hash, `None`: over the limit), or the stream did
+    /// without it (`None`): the book can join the copy.
+    fn finish_body_hash(&mut self, ended: bool) {
+        if let Some((id, limit, hash)) = self.body_hash.take() {
+            let hash = if ended { hash.finish(limit) } else { None };
+            if let Ok(mut book) = self.shadow.book.try_borrow_mut() {
+                book.primary_body(id, hash, &EnvoyStore);
+            }
         }
     }
 
@@ -108,6 +123,8 @@ impl Filter {
 
 impl Drop for Filter {
     fn drop(&mut self) {
+        // The response ended without its body's end (reset): not compared.
+        self.finish_body_hash(false);
         // The request ended (reset) before its body did: its copy is never sent.
         if let Some(copy) = self.copy.take() {
             if let Ok(mut book) = self.shadow.book.try_borrow_mut() {
@@ -182,9 +199,9 @@ impl Filter {
 }
 
 impl Context for Filter {
-    fn on_http_call_response(&mut self, token: u32, _: usize, _: usize, _: usize) {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         // Only without a wake-up queue are copies sent from a request's context.
-        self.shadow.answer(token);
+        self.shadow.answer(token, body_size);
     }
 
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
@@ -251,7 +268,7 @@ impl HttpContext for Filter {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let Some(rt) = self.rt.clone() else {
             return Action::Continue;
         };
@@ -266,8 +283,35 @@ impl HttpContext for Filter {
         }
         if let Some(id) = self.copy_id {
             if let Ok(mut book) = self.shadow.book.try_borrow_mut() {
+                let limit = book.compare_body(id);
+                if limit > 0 {
+                    self.body_hash = Some((id, limit, BodyHash::default()));
+                }
                 book.primary(id, response_status(), &EnvoyStore);
             }
+            if end_of_stream {
+                self.finish_body_hash(true);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // Only a mirrored request whose bodies are compared reads its response body; each
+        // chunk passes on at once (Continue), so `body_size` is this chunk's.
+        let Some((_, limit, seen)) = self.body_hash.as_ref().map(|(i, l, h)| (*i, *l, h.len()))
+        else {
+            return Action::Continue;
+        };
+        if seen <= limit && body_size > 0 {
+            // Past the limit the body is not compared: one byte over is enough to know.
+            let chunk = self.get_http_response_body(0, body_size.min(limit + 1 - seen));
+            if let (Some(chunk), Some((_, _, hash))) = (chunk, self.body_hash.as_mut()) {
+                hash.add(&chunk);
+            }
+        }
+        if end_of_stream {
+            self.finish_body_hash(true);
         }
         Action::Continue
     }

@@ -115,6 +115,8 @@ impl Runtime {
                         skipped: define(MetricType::Counter, &s.skipped),
                         dropped: define(MetricType::Counter, &s.dropped),
                         failed: define(MetricType::Counter, &s.failed),
+                        body_compared: define(MetricType::Counter, &s.body_compared),
+                        body_mismatch: define(MetricType::Counter, &s.body_mismatch),
                     })
             })
             .collect();
@@ -414,7 +416,7 @@ impl Context for Root {
     ) {
         if self.poll_token != Some(token) {
             // A copy's answer (or one the book already gave up on).
-            self.shadow.answer(token);
+            self.shadow.answer(token, body_size);
             return;
         }
         self.poll_token = None;

@@ -13,10 +13,10 @@ use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
 use super::host::{log, now_ns, EnvoyStore};
-use rollgate_policy::shadow::Book;
+use rollgate_policy::shadow::{BodyHash, Book};
 
 #[derive(Default)]
 pub(crate) struct Shadow {
@@ -90,7 +90,7 @@ impl Shadow {
     }
 
     /// The answer to call `token`, if it is a copy's: read and booked. False otherwise.
-    pub(crate) fn answer(&self, token: u32) -> bool {
+    pub(crate) fn answer(&self, token: u32, body_size: usize) -> bool {
         let Ok(mut book) = self.book.try_borrow_mut() else {
             return false;
         };
@@ -102,6 +102,18 @@ impl Shadow {
                 Ok(Some(v)) => std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()),
                 _ => None,
             };
-        book.answer(token, status, now_ns(), &EnvoyStore)
+        let limit = book.compare_body_of_call(token);
+        let body = (limit > 0 && body_size <= limit)
+            .then(|| {
+                let mut hash = BodyHash::default();
+                if body_size > 0 {
+                    let chunk =
+                        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size);
+                    hash.add(&chunk.ok().flatten().unwrap_or_default());
+                }
+                hash.finish(limit)
+            })
+            .flatten();
+        book.answer(token, status, body, now_ns(), &EnvoyStore)
     }
 }

@@ -52,6 +52,44 @@ pub struct ShadowIds {
     pub dropped: u32,
     /// Counter: copies that got no answer (reset, connection failure without a status).
     pub failed: u32,
+    /// Counter: copies whose body was compared with the primary's.
+    pub body_compared: u32,
+    /// Counter: of those, bodies that differed.
+    pub body_mismatch: u32,
+}
+
+/// Hashes a response body as it passes, chunk by chunk, up to a limit: bodies are compared by
+/// hash so neither is held. std's SipHash (`DefaultHasher::new()` has fixed keys) streams
+/// across `write` calls and is already in the filter for its maps: no code added for it.
+#[derive(Debug, Clone, Default)]
+pub struct BodyHash {
+    hasher: std::hash::DefaultHasher,
+    len: usize,
+}
+
+impl BodyHash {
+    /// Adds the next chunk.
+    pub fn add(&mut self, chunk: &[u8]) {
+        use std::hash::Hasher;
+        self.len = self.len.saturating_add(chunk.len());
+        self.hasher.write(chunk);
+    }
+
+    /// Bytes seen so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The hash, or `None` when the body had more than `limit` bytes (not compared).
+    pub fn finish(&self, limit: usize) -> Option<u64> {
+        use std::hash::Hasher;
+        (self.len <= limit).then(|| self.hasher.finish())
+    }
 }
 
 /// The copy's `:authority`: `suffix` before the port, or at the end without one, as Envoy's
@@ -126,6 +164,12 @@ struct Entry {
     primary: Option<u16>,
     /// The copy's answer, once it came: its status (`None`: no answer).
     shadow: Option<Option<u16>>,
+    /// Largest body compared (0: bodies are not compared).
+    compare_body: usize,
+    /// The primary's body hash, once its body ended (`None` inside: not comparable).
+    primary_body: Option<Option<u64>>,
+    /// The copy's body hash, with its answer (`None`: not comparable).
+    shadow_body: Option<u64>,
     /// Counted in `in_flight` (until answered, skipped, dropped or evicted).
     holds: bool,
 }
@@ -198,6 +242,9 @@ impl Book {
             sent_ns: 0,
             primary: None,
             shadow: None,
+            compare_body: mirror.compare_body,
+            primary_body: None,
+            shadow_body: None,
             holds: true,
         });
         Some(id)
@@ -259,25 +306,58 @@ impl Book {
         self.entries.iter().any(|e| e.token == Some(token))
     }
 
+    /// The largest body compared for copy `id`, 0 when its bodies are not compared (or it is
+    /// gone): the filter hashes the primary's body only when this is not 0.
+    pub fn compare_body(&self, id: u64) -> usize {
+        self.find(id)
+            .and_then(|i| self.entries.get(i))
+            .map_or(0, |e| e.compare_body)
+    }
+
+    /// The same for the copy sent as call `token`.
+    pub fn compare_body_of_call(&self, token: u32) -> usize {
+        self.entries
+            .iter()
+            .find(|e| e.token == Some(token))
+            .map_or(0, |e| e.compare_body)
+    }
+
     /// The primary's status for the request of copy `id` (0: none).
     pub fn primary(&mut self, id: u64, status: u16, host: &impl Host) {
         let Some(e) = self.find(id).and_then(|i| self.entries.get_mut(i)) else {
             return;
         };
         e.primary = Some(status);
-        if e.shadow.is_some() {
-            self.join(id, host);
-        }
+        self.join_if_complete(id, host);
     }
 
-    /// The answer to call `token`: its status, `None` when there was none (reset). Counted for
-    /// the copy's variant; compared once the primary's status is known too. False when the
-    /// token is not (or no longer) this book's.
-    pub fn answer(&mut self, token: u32, status: Option<u16>, now: u64, host: &impl Host) -> bool {
+    /// The primary's body ended: its hash, `None` when it was over `compare_body` or did not
+    /// end (the stream was reset): then it is not compared.
+    pub fn primary_body(&mut self, id: u64, hash: Option<u64>, host: &impl Host) {
+        let Some(e) = self.find(id).and_then(|i| self.entries.get_mut(i)) else {
+            return;
+        };
+        e.primary_body = Some(hash);
+        self.join_if_complete(id, host);
+    }
+
+    /// The answer to call `token`: its status, `None` when there was none (reset), and its
+    /// body's hash when bodies are compared (`None`: over the limit, or not compared). Counted
+    /// for the copy's variant; compared once the primary's status (and body, when compared) is
+    /// known too. False when the token is not (or no longer) this book's.
+    pub fn answer(
+        &mut self,
+        token: u32,
+        status: Option<u16>,
+        body: Option<u64>,
+        now: u64,
+        host: &impl Host,
+    ) -> bool {
         let Some(e) = self.entries.iter_mut().find(|e| e.token == Some(token)) else {
             return false;
         };
         e.token = None;
+        e.shadow_body = body;
         let id = e.id;
         let class = status.and_then(class_index);
         match class.and_then(|c| e.ids.classes.get(c)) {
@@ -290,20 +370,39 @@ impl Book {
             e.holds = false;
             self.in_flight = self.in_flight.saturating_sub(1);
         }
-        if e.primary.is_some() {
-            self.join(id, host);
-        }
+        self.join_if_complete(id, host);
         self.sweep(now);
         true
     }
 
-    /// Both statuses are known: counts a mismatch of classes, forgets the copy.
-    fn join(&mut self, id: u64, host: &impl Host) {
+    /// Once both statuses (and, when compared, the primary's body) are known: counts a
+    /// mismatch of classes and of bodies, and forgets the copy.
+    fn join_if_complete(&mut self, id: u64, host: &impl Host) {
+        let complete = self
+            .find(id)
+            .and_then(|i| self.entries.get(i))
+            .is_some_and(|e| {
+                e.primary.is_some()
+                    && e.shadow.is_some()
+                    && (e.compare_body == 0 || e.primary_body.is_some())
+            });
+        if !complete {
+            return;
+        }
         if let Some(e) = self.remove(id) {
             let primary = e.primary.and_then(class_index);
             let shadow = e.shadow.flatten().and_then(class_index);
             if primary != shadow {
                 host.increment(e.ids.mismatch, 1);
+            }
+            // A copy without an answer has no body to compare: it counts as failed already.
+            if let (Some(Some(p)), Some(s), Some(Some(_))) =
+                (e.primary_body, e.shadow_body, e.shadow)
+            {
+                host.increment(e.ids.body_compared, 1);
+                if p != s {
+                    host.increment(e.ids.body_mismatch, 1);
+                }
             }
         }
     }

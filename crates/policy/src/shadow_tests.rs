@@ -58,6 +58,8 @@ const IDS: ShadowIds = ShadowIds {
     skipped: 4,
     dropped: 5,
     failed: 6,
+    body_compared: 7,
+    body_mismatch: 8,
 };
 
 fn policy() -> Policy {
@@ -149,7 +151,7 @@ fn answer_and_primary_join_in_either_order() {
     assert_eq!(book.take_ready().map(|c| c.id), Some(a));
     book.sent(a, 4, S, &host);
     book.primary(a, 200, &host);
-    assert!(book.answer(4, Some(500), S + 30 * MS, &host));
+    assert!(book.answer(4, Some(500), None, S + 30 * MS, &host));
     assert_eq!(host.metric(IDS.requests), 1);
     assert_eq!(host.metric(IDS.classes[4]), 1);
     assert_eq!(host.metric(IDS.mismatch), 1);
@@ -160,7 +162,7 @@ fn answer_and_primary_join_in_either_order() {
     book.ready(copy(b));
     book.take_ready();
     book.sent(b, 8, 2 * S, &host);
-    assert!(book.answer(8, Some(201), 2 * S + MS, &host));
+    assert!(book.answer(8, Some(201), None, 2 * S + MS, &host));
     assert_eq!(book.in_flight(), 0);
     assert_eq!(book.len(), 1);
     book.primary(b, 204, &host);
@@ -173,11 +175,107 @@ fn answer_and_primary_join_in_either_order() {
     book.take_ready();
     book.sent(c, 12, 3 * S, &host);
     book.primary(c, 200, &host);
-    book.answer(12, None, 3 * S, &host);
+    book.answer(12, None, None, 3 * S, &host);
     assert_eq!(host.metric(IDS.failed), 1);
     assert_eq!(host.metric(IDS.mismatch), 2);
     // A token the book never sent is not its own.
-    assert!(!book.answer(99, Some(200), 3 * S, &host));
+    assert!(!book.answer(99, Some(200), None, 3 * S, &host));
+}
+
+fn hash(body: &[&[u8]]) -> BodyHash {
+    let mut h = BodyHash::default();
+    for chunk in body {
+        h.add(chunk);
+    }
+    h
+}
+
+#[test]
+fn bodies_hash_the_same_however_chunked_and_only_under_the_limit() {
+    let whole = hash(&[b"hello world"]);
+    assert_eq!(
+        whole.finish(11),
+        hash(&[b"hel", b"", b"lo wor", b"ld"]).finish(11)
+    );
+    assert_ne!(whole.finish(11), hash(&[b"hello worle"]).finish(11));
+    assert_ne!(hash(&[]).finish(0), hash(&[b"x"]).finish(1));
+    assert_eq!(whole.len(), 11);
+    assert_eq!(whole.finish(10), None, "over the limit: not compared");
+}
+
+#[test]
+fn bodies_are_compared_when_the_mirror_says_so() {
+    let p = Policy::from_json(
+        br#"{"name":"flask","variants":{"stable":"k8s-flask","canary":"k8s-canary"},
+        "default":"stable","routes":[{"variant":"stable","mirror":{"variant":"canary",
+        "percent":20,"compare_body":16}}]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (m, host, mut book) = (mirror(&p), Fake::default(), Book::default());
+    let send = |book: &mut Book, token: u32| {
+        let id = book.start(m, &IDS, S, &host).unwrap();
+        book.ready(copy(id));
+        book.take_ready();
+        book.sent(id, token, S, &host);
+        id
+    };
+    let same = hash(&[b"{\"a\":1}"]).finish(16);
+    let other = hash(&[b"{\"a\":2}"]).finish(16);
+    // Equal bodies, the copy's answer first: joined only once the primary's body ended.
+    let a = send(&mut book, 4);
+    assert_eq!(book.compare_body(a), 16);
+    assert_eq!(book.compare_body_of_call(4), 16);
+    book.answer(4, Some(200), same, S + MS, &host);
+    book.primary(a, 200, &host);
+    assert_eq!(book.len(), 1, "waits for the primary's body");
+    book.primary_body(a, same, &host);
+    assert!(book.is_empty());
+    assert_eq!(
+        (
+            host.metric(IDS.body_compared),
+            host.metric(IDS.body_mismatch)
+        ),
+        (1, 0)
+    );
+    // Different bodies, same status: a body mismatch only.
+    let b = send(&mut book, 8);
+    book.primary(b, 200, &host);
+    book.primary_body(b, same, &host);
+    book.answer(8, Some(200), other, S + MS, &host);
+    assert_eq!(
+        (
+            host.metric(IDS.body_compared),
+            host.metric(IDS.body_mismatch)
+        ),
+        (2, 1)
+    );
+    assert_eq!(host.metric(IDS.mismatch), 0);
+    // A body over the limit on either side, or no answer: not compared.
+    let c = send(&mut book, 12);
+    book.primary(c, 200, &host);
+    book.primary_body(c, None, &host);
+    book.answer(12, Some(200), same, S + MS, &host);
+    let d = send(&mut book, 16);
+    book.primary(d, 200, &host);
+    book.primary_body(d, same, &host);
+    book.answer(16, None, None, S + MS, &host);
+    assert!(book.is_empty());
+    assert_eq!(
+        (
+            host.metric(IDS.body_compared),
+            host.metric(IDS.body_mismatch)
+        ),
+        (2, 1)
+    );
+    assert_eq!(host.metric(IDS.mismatch), 1, "the unanswered copy");
+    // Without compare_body the primary's status alone completes the join.
+    let plain = policy();
+    assert_eq!(mirror(&plain).compare_body, 0);
+    assert!(Policy::from_json(
+        br#"{"name":"f","variants":{"s":"c","t":"d"},"default":"s","routes":[{"variant":"s",
+        "mirror":{"variant":"t","percent":1,"compare_body":2000000}}]}"#
+    )
+    .is_err_and(|e| e.to_string().contains("routes[0].mirror.compare_body")));
 }
 
 #[test]
@@ -222,13 +320,13 @@ fn nothing_outlives_its_deadline() {
     assert!(book.start(m, &IDS, S + 3 * S + MS, &host).is_some());
     assert_eq!((book.in_flight(), book.len()), (1, 1));
     // Their late answers are no longer the book's, and count nothing.
-    assert!(!book.answer(4, Some(200), 5 * S, &host));
+    assert!(!book.answer(4, Some(200), None, 5 * S, &host));
     assert_eq!(host.metric(IDS.classes[1]), 0);
     // An answered copy whose primary never reports is forgotten too.
     let (p2, mut book) = (policy(), Book::default());
     let id = book.start(mirror(&p2), &IDS, S, &host).unwrap();
     book.sent(id, 4, S, &host);
-    book.answer(4, Some(200), S + MS, &host);
+    book.answer(4, Some(200), None, S + MS, &host);
     assert_eq!(book.len(), 1);
     book.sweep(10 * S);
     assert!(book.is_empty());
@@ -248,7 +346,7 @@ fn the_book_never_holds_more_than_its_cap() {
     for i in 0..(MAX_ENTRIES as u32 + 500) {
         let id = book.start(mirror(&p), &IDS, S, &host).unwrap();
         book.sent(id, i, S, &host);
-        book.answer(i, Some(200), S, &host);
+        book.answer(i, Some(200), None, S, &host);
     }
     assert_eq!(book.len(), MAX_ENTRIES);
     assert_eq!(book.in_flight(), 0);

@@ -56,6 +56,11 @@ pub struct ShadowStats {
     pub dropped: String,
     /// Counter: copies without an answer (reset).
     pub failed: String,
+    /// Counter: copies whose response body was compared with the primary's (both at most
+    /// `compare_body` bytes).
+    pub body_compared: String,
+    /// Counter: of those, bodies that differed.
+    pub body_mismatch: String,
 }
 
 /// Stats of one breaker.
@@ -128,6 +133,8 @@ impl StatNames {
                         skipped: format!("{base}.shadow_skipped"),
                         dropped: format!("{base}.shadow_dropped"),
                         failed: format!("{base}.shadow_failed"),
+                        body_compared: format!("{base}.shadow_body_compared"),
+                        body_mismatch: format!("{base}.shadow_body_mismatch"),
                     });
                 VariantStats {
                     requests: format!("{base}.rq_total"),

@@ -323,6 +323,16 @@ fn compile_mirror(m: &MirrorSpec, variant: usize, path: &str, errs: &mut Errors)
             format!("may be at most {MAX_MIRROR_BODY} bytes, got {}", m.max_body),
         );
     }
+    // Bodies are hashed as they pass, never held: the bound is the hashing work per request.
+    if m.compare_body > MAX_MIRROR_BODY {
+        errs.push(
+            format!("{path}.compare_body"),
+            format!(
+                "may be at most {MAX_MIRROR_BODY} bytes, got {}",
+                m.compare_body
+            ),
+        );
+    }
     if m.max_in_flight == 0 || m.max_in_flight > MAX_MIRROR_IN_FLIGHT {
         errs.push(
             format!("{path}.max_in_flight"),
@@ -377,6 +387,7 @@ fn compile_mirror(m: &MirrorSpec, variant: usize, path: &str, errs: &mut Errors)
         max_in_flight: m.max_in_flight,
         host_suffix: m.host_suffix.clone(),
         timeout_ns,
+        compare_body: m.compare_body as usize,
     })
 }
 

@@ -85,6 +85,8 @@ pub struct Mirror {
     pub host_suffix: String,
     /// How long a copy may take, in nanoseconds.
     pub timeout_ns: u64,
+    /// Largest response body compared by hash (0: bodies are not compared).
+    pub compare_body: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -59,6 +59,10 @@ fn is_default_mirror_timeout(s: &String) -> bool {
     s == DEFAULT_MIRROR_TIMEOUT
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Declares spec types from one line per field:
 /// `name [as "key"]: Type [= default] [, omit if predicate];`. A field without a default is
 /// required; the key is the field's name unless given. Generates the struct, `Default` (the
@@ -271,6 +275,9 @@ spec_types! {
         host_suffix: String = DEFAULT_MIRROR_HOST_SUFFIX.to_string(), omit if is_default_host_suffix;
         /// How long a copy may take before it counts as failed. Default `5s`.
         timeout: String = DEFAULT_MIRROR_TIMEOUT.to_string(), omit if is_default_mirror_timeout;
+        /// Also compare response bodies of at most this many bytes (the primary's and the
+        /// copy's, by hash): `shadow_body_compared`, `shadow_body_mismatch`. Default 0: off.
+        compare_body: u32 = 0, omit if is_zero;
     }
 
     /// One share of a split.
