@@ -23,6 +23,10 @@ pub struct CanaryCounters {
     pub shadow_mismatch: f64,
     /// Latency histogram of the copies' answers, as `latency`.
     pub shadow_latency: Vec<(f64, f64)>,
+    /// Copies whose response body was compared with the primary's.
+    pub shadow_body_compared: f64,
+    /// Of those, bodies that differed.
+    pub shadow_body_mismatch: f64,
 }
 
 impl CanaryCounters {
@@ -67,6 +71,8 @@ impl CanaryCounters {
             shadow_failed: sub(self.shadow_failed, base.shadow_failed)?,
             shadow_mismatch: sub(self.shadow_mismatch, base.shadow_mismatch)?,
             shadow_latency: histogram(&self.shadow_latency, &base.shadow_latency)?,
+            shadow_body_compared: sub(self.shadow_body_compared, base.shadow_body_compared)?,
+            shadow_body_mismatch: sub(self.shadow_body_mismatch, base.shadow_body_mismatch)?,
         })
     }
 }
@@ -147,6 +153,8 @@ pub fn measure(plan: &AnalysisPlan, delta: &CanaryCounters, at: Timestamp) -> An
                 MetricKind::ShadowMismatch => {
                     (shadow > 0.0).then(|| delta.shadow_mismatch / shadow)
                 }
+                MetricKind::ShadowBodyMismatch => (delta.shadow_body_compared > 0.0)
+                    .then(|| delta.shadow_body_mismatch / delta.shadow_body_compared),
             };
             let passed = value.is_none_or(|v| {
                 m.min.is_none_or(|min| v >= min) && m.max.is_none_or(|max| v <= max)
@@ -366,6 +374,51 @@ mod tests {
         assert_eq!(m.figures[1].value, Some(5.0 * 198.0 / 199.0));
         let d = both.since(&CanaryCounters::default()).unwrap();
         assert_eq!(d.shadow_latency, both.shadow_latency);
+    }
+
+    #[test]
+    fn body_mismatch_is_a_share_of_the_compared_bodies() {
+        let mut plan = plan(10);
+        plan.metrics = vec![MetricPlan {
+            name: "shadow-body-mismatch".into(),
+            kind: MetricKind::parse("shadow-body-mismatch").unwrap(),
+            min: None,
+            max: Some(0.01),
+        }];
+        let mut d = CanaryCounters {
+            shadow_classes: [0.0, 100.0, 0.0, 0.0, 0.0],
+            shadow_body_compared: 80.0,
+            shadow_body_mismatch: 8.0,
+            ..CanaryCounters::default()
+        };
+        let m = measure(&plan, &d, Timestamp(1));
+        assert_eq!(
+            (m.verdict, m.figures[0].value),
+            (Verdict::Failed, Some(0.1))
+        );
+        d.shadow_body_mismatch = 0.0;
+        assert_eq!(measure(&plan, &d, Timestamp(1)).verdict, Verdict::Passed);
+        // Nothing compared (bodies over the limit): no figure, no verdict from it.
+        d.shadow_body_compared = 0.0;
+        assert_eq!(
+            measure(&plan, &d, Timestamp(1)).verdict,
+            Verdict::Inconclusive
+        );
+        let later = CanaryCounters {
+            shadow_body_compared: 90.0,
+            shadow_body_mismatch: 9.0,
+            ..CanaryCounters::default()
+        };
+        let base = CanaryCounters {
+            shadow_body_compared: 80.0,
+            shadow_body_mismatch: 8.0,
+            ..CanaryCounters::default()
+        };
+        let delta = later.since(&base).unwrap();
+        assert_eq!(
+            (delta.shadow_body_compared, delta.shadow_body_mismatch),
+            (10.0, 1.0)
+        );
     }
 
     #[test]

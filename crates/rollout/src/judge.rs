@@ -174,6 +174,8 @@ impl Samples {
             .map(get),
             shadow_failed: get("shadow_failed"),
             shadow_mismatch: get("shadow_mismatch"),
+            shadow_body_compared: get("shadow_body_compared"),
+            shadow_body_mismatch: get("shadow_body_mismatch"),
             shadow_latency: self
                 .buckets
                 .get(&format!("{base}shadow_latency_ms"))
@@ -368,7 +370,9 @@ rollgate_fl_ask_variant_can_ary_latency_ms_count{} 32
              rollgate_p_variant_c_shadow_failed{} 3\nrollgate_p_variant_c_shadow_mismatch{} 10\n\
              rollgate_p_variant_c_shadow_rq_total{} 55\nrollgate_p_variant_c_shadow_dropped{} 9\n\
              rollgate_p_variant_c_shadow_latency_ms_bucket{le=\"5\"} 30\n\
-             rollgate_p_variant_c_shadow_latency_ms_bucket{le=\"+Inf\"} 47\n",
+             rollgate_p_variant_c_shadow_latency_ms_bucket{le=\"+Inf\"} 47\n\
+             rollgate_p_variant_c_shadow_body_compared{} 20\n\
+             rollgate_p_variant_c_shadow_body_mismatch{} 2\n",
         );
         let c = s.canary("p", "c");
         // Answered (every class) and unanswered copies; the dropped were never sent.
@@ -380,6 +384,10 @@ rollgate_fl_ask_variant_can_ary_latency_ms_count{} 32
             "the copies' latency is not the users'"
         );
         assert_eq!(c.responses(), 0.0, "copies are not user responses");
+        assert_eq!(
+            (c.shadow_body_compared, c.shadow_body_mismatch),
+            (20.0, 2.0)
+        );
     }
 
     #[test]

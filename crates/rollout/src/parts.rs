@@ -87,6 +87,9 @@ pub struct Mirror {
     /// How long a copy may take (default `5s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Also compare response bodies of at most this many bytes (default: not compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_body: Option<u32>,
 }
 
 /// One share of a fixed split.
@@ -501,13 +504,13 @@ default: stable
         );
         let yaml = r#"
 variant: stable
-mirror: { variant: canary, percent: 12.5, maxBody: 1024, maxInFlight: 7, hostSuffix: "", timeout: 2s }
+mirror: { variant: canary, percent: 12.5, maxBody: 1024, maxInFlight: 7, hostSuffix: "", timeout: 2s, compareBody: 512 }
 "#;
         let r: Route = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(
             serde_json::to_value(r.to_policy()).unwrap(),
             serde_json::json!({"variant":"stable","mirror":{"variant":"canary","percent":12.5,
-                "max_body":1024,"max_in_flight":7,"host_suffix":"","timeout":"2s"}})
+                "max_body":1024,"max_in_flight":7,"host_suffix":"","timeout":"2s","compare_body":512}})
         );
     }
 }

@@ -33,8 +33,9 @@ pub enum PlanStep {
     Pause(Option<u64>),
     /// Turn the header route on with this rule, or off (`None`).
     SetHeaderRoute(Option<String>),
-    /// Copy this percentage of the release route's requests to the canary (0: stop).
-    SetMirror(f64),
+    /// Copy this percentage of the release route's requests to the canary (0: stop),
+    /// comparing response bodies up to this many bytes (0: not compared).
+    SetMirror(f64, u32),
     /// Call the URL; 2xx goes on, anything else aborts.
     Webhook {
         /// `http://…`.
@@ -52,7 +53,8 @@ impl fmt::Display for PlanStep {
             PlanStep::Pause(Some(ms)) => write!(f, "pause {}", human_ms(*ms)),
             PlanStep::SetHeaderRoute(Some(rule)) => write!(f, "setHeaderRoute {rule}"),
             PlanStep::SetHeaderRoute(None) => f.write_str("setHeaderRoute off"),
-            PlanStep::SetMirror(p) => write!(f, "setMirror {p}%"),
+            PlanStep::SetMirror(p, 0) => write!(f, "setMirror {p}%"),
+            PlanStep::SetMirror(p, b) => write!(f, "setMirror {p}% (bodies up to {b} B compared)"),
             PlanStep::Webhook { url, .. } => write!(f, "webhook {url}"),
         }
     }
@@ -97,6 +99,8 @@ pub enum MetricKind {
     Latency(f64),
     /// Share of answered mirror copies whose status class differs from the primary's.
     ShadowMismatch,
+    /// Share of compared response bodies (`setMirror.compareBody`) that differ.
+    ShadowBodyMismatch,
 }
 
 impl MetricKind {
@@ -107,11 +111,12 @@ impl MetricKind {
             "error-rate" => Ok(MetricKind::ErrorRate),
             "network-error-rate" => Ok(MetricKind::NetworkErrorRate),
             "shadow-mismatch" => Ok(MetricKind::ShadowMismatch),
+            "shadow-body-mismatch" => Ok(MetricKind::ShadowBodyMismatch),
             _ => {
                 let pct = name.strip_prefix("latency-p").ok_or_else(|| {
                     format!(
                         "unknown metric '{}' (known: success-rate, error-rate, \
-                         network-error-rate, shadow-mismatch, latency-pNN such as latency-p99)",
+                         network-error-rate, shadow-mismatch, shadow-body-mismatch, latency-pNN such as latency-p99)",
                         excerpt(name)
                     )
                 })?;
@@ -186,7 +191,11 @@ mod tests {
     #[test]
     fn steps_describe_themselves() {
         assert_eq!(PlanStep::SetWeight(12.5).to_string(), "setWeight 12.5");
-        assert_eq!(PlanStep::SetMirror(10.0).to_string(), "setMirror 10%");
+        assert_eq!(PlanStep::SetMirror(10.0, 0).to_string(), "setMirror 10%");
+        assert_eq!(
+            PlanStep::SetMirror(10.0, 512).to_string(),
+            "setMirror 10% (bodies up to 512 B compared)"
+        );
         assert_eq!(PlanStep::Pause(Some(120_000)).to_string(), "pause 2m");
         assert_eq!(PlanStep::Pause(None).to_string(), "pause (until promoted)");
         assert_eq!(

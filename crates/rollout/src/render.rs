@@ -66,6 +66,7 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
         mirror: (status.mirror_percent > 0.0).then(|| MirrorSpec {
             variant: spec.canary_variant.clone(),
             percent: status.mirror_percent,
+            compare_body: status.mirror_compare_body,
             ..MirrorSpec::default()
         }),
         ..RouteSpec::default()

@@ -41,6 +41,10 @@ impl fmt::Display for Phase {
     }
 }
 
+fn is_zero_u32(x: &u32) -> bool {
+    *x == 0
+}
+
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
@@ -61,6 +65,9 @@ pub struct RolloutStatus {
     /// Percent of the release route's requests copied to the canary (shadow traffic).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mirror_percent: f64,
+    /// Largest response body compared between stable and the canary's copies (0: none).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub mirror_compare_body: u32,
     /// Version of the policy rendered from this status; starts at 1, only grows.
     pub policy_version: u64,
     /// Fingerprint of what defines the release (the stable and canary clusters and the

@@ -266,7 +266,7 @@ impl Run<'_> {
                     self.st.header_route = rule;
                     self.next();
                 }
-                PlanStep::SetMirror(p) => {
+                PlanStep::SetMirror(p, compare) => {
                     if self.st.mirror_percent != p {
                         self.note(if p > 0.0 {
                             format!("step {n}/{total}: {p}% of requests copied to the canary")
@@ -275,6 +275,7 @@ impl Run<'_> {
                         });
                     }
                     self.st.mirror_percent = p;
+                    self.st.mirror_compare_body = if p > 0.0 { compare } else { 0 };
                     self.next();
                 }
                 PlanStep::Pause(duration) => {
@@ -324,6 +325,7 @@ impl Run<'_> {
         self.st.header_route = None;
         // The canary is what users get now: nothing left to shadow.
         self.st.mirror_percent = 0.0;
+        self.st.mirror_compare_body = 0;
         self.st.current_step = self.plan.steps.len() as u32;
         self.st.message = "promoted: the canary serves all traffic".to_string();
         self.note(self.st.message.clone());
@@ -334,6 +336,7 @@ impl Run<'_> {
         self.st.canary_weight = 0.0;
         self.st.header_route = None;
         self.st.mirror_percent = 0.0;
+        self.st.mirror_compare_body = 0;
         self.st.message = format!(
             "aborted at step {}/{}: {why}; all traffic is back on {}",
             (self.st.current_step as usize + 1).min(self.plan.steps.len()),
@@ -350,6 +353,7 @@ impl Run<'_> {
         self.st.canary_weight = 0.0;
         self.st.header_route = None;
         self.st.mirror_percent = 0.0;
+        self.st.mirror_compare_body = 0;
         self.st.failed_analyses = 0;
         self.st.analysis = None;
         self.st.phase = Phase::Progressing;

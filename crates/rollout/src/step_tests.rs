@@ -433,7 +433,7 @@ fn every_step_kind_is_covered() {
             PlanStep::SetWeight(_)
             | PlanStep::Pause(_)
             | PlanStep::SetHeaderRoute(_)
-            | PlanStep::SetMirror(_)
+            | PlanStep::SetMirror(..)
             | PlanStep::Webhook { .. } => {}
         }
     }
@@ -472,6 +472,34 @@ fn set_mirror_copies_until_a_later_step_stops_it() {
     off.mirror_percent = 0.0;
     let policy = crate::render::render("flask", &plan.spec, &off);
     assert!(policy.routes.iter().all(|r| r.mirror.is_none()));
+}
+
+#[test]
+fn set_mirror_can_compare_bodies_until_mirroring_ends() {
+    let plan = with_strategy(
+        "    steps:\n      - setMirror: { percent: 20, compareBody: 4096 }\n      - pause: {}\n      \
+         - setMirror: { percent: 0, compareBody: 4096 }\n      - pause: {}\n",
+    );
+    let st = start(&plan).status;
+    assert_eq!((st.mirror_percent, st.mirror_compare_body), (20.0, 4096));
+    let policy = crate::render::render("flask", &plan.spec, &st);
+    let mirror = policy.routes.last().unwrap().mirror.as_ref().unwrap();
+    assert_eq!(mirror.compare_body, 4096);
+    assert!(crate::render::accept_rendered(&policy).is_ok());
+    // Stopping the mirror stops comparing, whatever the step says.
+    let off = apply(&plan, &st, Event::Promote, at(1));
+    assert_eq!((off.mirror_percent, off.mirror_compare_body), (0.0, 0));
+    let aborted = apply(&plan, &st, Event::Abort, at(1));
+    assert_eq!(aborted.mirror_compare_body, 0);
+    // Validated like the filter's field.
+    let head = crate::testdata::SEED_YAML
+        .split("  strategy:\n")
+        .next()
+        .unwrap();
+    let too_big =
+        format!("{head}  strategy:\n    steps:\n      - setMirror: {{ percent: 5, compareBody: 2000000 }}\n");
+    let errs = crate::validate::load(&too_big).unwrap_err().to_string();
+    assert!(errs.contains("setMirror.compareBody"), "{errs}");
 }
 
 #[test]

@@ -173,6 +173,12 @@ pub struct SetMirror {
     /// Percent of the release route's requests copied (0–100, at most two decimals).
     #[schemars(range(min = 0, max = 100))]
     pub percent: f64,
+    /// Also compare the response bodies of stable and the canary when both are at most this
+    /// many bytes (the filter's `compare_body`; at most 1 MiB). Absent: bodies are not
+    /// compared. Needs a filter of this release or later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub compare_body: Option<u32>,
 }
 
 /// A pause step.

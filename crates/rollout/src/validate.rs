@@ -451,7 +451,17 @@ fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
                     format!("at most two decimals, got {p}"),
                 );
             }
-            out.push(PlanStep::SetMirror(p));
+            let compare = m.compare_body.unwrap_or(0);
+            if compare > rollgate_policy::limits::MAX_MIRROR_BODY {
+                errs.push(
+                    format!("{at}.setMirror.compareBody"),
+                    format!(
+                        "may be at most {} bytes, got {compare}",
+                        rollgate_policy::limits::MAX_MIRROR_BODY
+                    ),
+                );
+            }
+            out.push(PlanStep::SetMirror(p, compare));
         } else if let Some(w) = &s.webhook {
             if let Err(e) = HttpUrl::parse(&w.url) {
                 errs.push(format!("{at}.webhook.url"), e);
