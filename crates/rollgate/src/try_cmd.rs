@@ -181,6 +181,11 @@ pub struct RequestSpec {
     pub response: Option<ResponseSpec>,
     /// The client address `ip:port` (default the host's `127.0.0.1:50000`).
     pub source: Option<String>,
+    /// Properties other filters set on this request (dynamic metadata, filter state):
+    /// `{"metadata.tenant": "acme"}`, dotted paths as `--property` takes them; they hide a
+    /// `--property` at the same path for this request.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// A header value, or several for a repeated header.
@@ -224,6 +229,10 @@ impl RequestSpec {
         }
         if let Some(s) = &self.source {
             r = r.source(s);
+        }
+        for (path, value) in &self.properties {
+            let path: Vec<&str> = path.split('.').collect();
+            r = r.property(&path, value.as_bytes());
         }
         r
     }
@@ -321,6 +330,7 @@ impl TryFrom<crate::args::TryArgs> for TryOptions {
             body: None,
             response: None,
             source: a.source,
+            properties: BTreeMap::new(),
         };
         let mut properties = Vec::new();
         for p in &a.property {

@@ -237,7 +237,9 @@ fn help_and_completions() {
 #[test]
 fn any_filter_with_bodies_answers_properties_and_logs() {
     let probe = common::probe_path().to_string_lossy().into_owned();
-    let line = r#"{"authority":"p.test","method":"POST","headers":[["x-b","1"],["x-a","2"],["x-b","3"],["x-probe-op","seen,warn,props,body"]],"body":["ab","cd"],"response":{"status":201,"headers":[["x-up","1"]],"body":"made"}}"#;
+    // The second line sets a property for itself, as a filter before this one would.
+    let line = r#"{"authority":"p.test","method":"POST","headers":[["x-b","1"],["x-a","2"],["x-b","3"],["x-probe-op","seen,warn,props,body"]],"body":["ab","cd"],"response":{"status":201,"headers":[["x-up","1"]],"body":"made"}}
+{"authority":"p.test","headers":[["x-probe-op","props"]],"properties":{"xds.cluster_name":"cart"}}"#;
     let dir = std::env::temp_dir().join(format!("rollgate-try-any-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, requests) = (dir.join("config"), dir.join("requests.jsonl"));
@@ -267,9 +269,15 @@ fn any_filter_with_bodies_answers_properties_and_logs() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        json_lines(&out).remove(0)
+        json_lines(&out)
     };
-    let v = run("info");
+    let lines = run("info");
+    let v = lines[0].clone();
+    assert_eq!(
+        lines[1]["request_headers"]["x-probe-custom"], "cart",
+        "{}",
+        lines[1]
+    );
     let header = |name: &str| {
         v["request_headers"][name]
             .as_str()
@@ -284,7 +292,7 @@ fn any_filter_with_bodies_answers_properties_and_logs() {
     let logs = v["logs"].to_string();
     assert!(logs.contains(r#"["warning","probe: a warning"]"#), "{logs}");
     assert!(!logs.contains("a debug line"), "{logs}");
-    let v = run("debug");
+    let v = run("debug").remove(0);
     assert!(
         v["logs"]
             .to_string()

@@ -89,12 +89,15 @@ fn response(s: &StreamState, rest: &[&[u8]]) -> Option<Vec<u8>> {
 /// The value of the property at `path` for the current context.
 pub(crate) fn get(st: &mut VmState, path: &[&[u8]]) -> R<Vec<u8>> {
     let joined = path.join(&0u8);
+    let ctx = st.context();
+    let stream = st.streams.get(&ctx);
+    if let Some((_, v)) = stream.and_then(|s| s.given.iter().find(|(p, _)| *p == joined)) {
+        return Ok(v.clone());
+    }
     let config = &st.plugin.config;
     if let Some((_, v)) = config.properties.iter().find(|(p, _)| *p == joined) {
         return Ok(v.clone());
     }
-    let ctx = st.context();
-    let stream = st.streams.get(&ctx);
     let value = match path {
         [b"plugin_name"] => Some(config.name.clone().into_bytes()),
         [b"plugin_root_id"] => Some(config.root_id.clone().into_bytes()),

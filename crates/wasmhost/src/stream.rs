@@ -209,6 +209,7 @@ impl PluginInner {
                 source,
                 request_headers,
                 start_ns,
+                given: req.properties.clone(),
                 ..StreamState::default()
             },
         );

@@ -322,6 +322,9 @@ pub struct HttpRequest {
     /// `:scheme`, `x-forwarded-proto` and `x-request-id` added when absent, and the
     /// downstream address taken from `X-Forwarded-For`.
     pub envoy_headers: bool,
+    /// Properties other filters set on this request (dynamic metadata, filter state): path
+    /// segments joined by NUL, raw value. Read before the plugin's configured ones.
+    pub properties: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl HttpRequest {
@@ -340,6 +343,7 @@ impl HttpRequest {
             worker: None,
             response: None,
             envoy_headers: true,
+            properties: Vec::new(),
         }
     }
 
@@ -389,6 +393,14 @@ impl HttpRequest {
     /// The upstream's response for this request.
     pub fn response(mut self, response: Response) -> HttpRequest {
         self.response = Some(response);
+        self
+    }
+
+    /// A property at `path` for this request only, as a filter before this one would have set
+    /// it (e.g. `["metadata", "tenant"]`); it hides a configured property at the same path.
+    pub fn property(mut self, path: &[&str], value: impl Into<Vec<u8>>) -> HttpRequest {
+        let joined: Vec<&[u8]> = path.iter().map(|p| p.as_bytes()).collect();
+        self.properties.push((joined.join(&0u8), value.into()));
         self
     }
 

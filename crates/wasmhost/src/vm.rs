@@ -94,6 +94,8 @@ pub(crate) struct StreamState {
     pub downstream_closed: bool,
     pub route_cache_clears: u32,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// The request's own properties ([`crate::HttpRequest::property`]).
+    pub given: Vec<(Vec<u8>, Vec<u8>)>,
     pub start_ns: u64,
     pub code_details: Option<String>,
 }

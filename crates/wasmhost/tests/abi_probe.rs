@@ -188,6 +188,12 @@ fn properties_answer_like_envoy() {
         "NotFound, which the SDK maps to None"
     );
     assert_eq!(note(&ex, "custom"), "outbound|80||svc");
+    // A request's own property hides the configured one, for that request only.
+    let given = |r: HttpRequest| r.property(&["xds", "cluster_name"], "outbound|81||other");
+    let one = plugin.run(given(op("props"))).unwrap();
+    assert_eq!(note(&one, "custom"), "outbound|81||other");
+    let next = plugin.run(op("props")).unwrap();
+    assert_eq!(note(&next, "custom"), "outbound|80||svc");
     assert_eq!(note(&ex, "set"), "Ok");
     // Envoy reads a set property back only at a one-segment path (try_like_envoy.rs).
     assert_eq!(note(&ex, "mark"), "None");
