@@ -125,7 +125,7 @@ pub fn run_split(case: Case, before: [u64; 3], after: [u64; 3]) -> Result<f64> {
     ensure!(dev == 0, "case ({}): dev got traffic", case.label());
     if case.splits() {
         ensure!(
-            (0.40..=0.70).contains(&share),
+            case.canary_share().contains(&share),
             "case ({}): canary got {:.1} % of the run's traffic (stable {stable}, canary {canary})",
             case.label(),
             share * 100.0

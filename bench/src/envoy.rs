@@ -43,6 +43,11 @@ pub enum Case {
     Native,
     /// (d) rollgate: routing, sticky split, per-user rate limit, breaker armed.
     Rollgate,
+    /// (d2) (d) with the canary at 10 % instead of 50 %: the usual shape of a release.
+    Canary10,
+    /// (dm) (d) also mirroring 10 % of the requests the split keeps on stable to the canary
+    /// (issue 16): what shadow traffic adds.
+    Mirror,
     /// Profiling variants of (d): the same filter with parts of the policy left out.
     RollgateVariant(Ablation),
     /// Profiling: the probe filter making the host calls of [`PROBES`]`[i]` per request.
@@ -87,12 +92,15 @@ pub enum Ablation {
 }
 
 impl Case {
-    /// The four cases the issue asks for, in report order.
-    pub const MAIN: [Case; 4] = [
+    /// The cases of every run, in report order: the four of the performance issue, then
+    /// (d2) and (dm).
+    pub const MAIN: [Case; 6] = [
         Case::NoFilter,
         Case::Passthrough,
         Case::Native,
         Case::Rollgate,
+        Case::Canary10,
+        Case::Mirror,
     ];
     /// The profiling variants of rollgate (`--profile`).
     pub const ABLATION: [Case; 3] = [
@@ -116,6 +124,8 @@ impl Case {
             Case::Passthrough => "b",
             Case::Native => "c",
             Case::Rollgate => "d",
+            Case::Canary10 => "d2",
+            Case::Mirror => "dm",
             Case::RollgateVariant(Ablation::RoutingOnly) => "d-route",
             Case::RollgateVariant(Ablation::WithLimit) => "d-route+limit",
             Case::RollgateVariant(Ablation::WithBreaker) => "d-route+breaker",
@@ -139,6 +149,8 @@ impl Case {
                 "Envoy native: header route, weighted_clusters 50/50 + hash, local_ratelimit"
             }
             Case::Rollgate => "Envoy + rollgate (routing, split, rate limit, breaker armed)",
+            Case::Canary10 => "rollgate as (d), canary at 10 %",
+            Case::Mirror => "rollgate as (d) + 10 % of stable's requests mirrored to the canary",
             Case::RollgateVariant(Ablation::RoutingOnly) => {
                 "rollgate, seed policy only (no limit, no breaker)"
             }
@@ -152,15 +164,41 @@ impl Case {
     pub fn splits(self) -> bool {
         matches!(
             self,
-            Case::Native | Case::Rollgate | Case::RollgateVariant(_)
+            Case::Native
+                | Case::Rollgate
+                | Case::RollgateVariant(_)
+                | Case::Canary10
+                | Case::Mirror
         )
+    }
+
+    /// Whether this case runs rollgate's filter (any policy).
+    pub fn rollgate(self) -> bool {
+        matches!(
+            self,
+            Case::Rollgate | Case::RollgateVariant(_) | Case::Canary10 | Case::Mirror
+        )
+    }
+
+    /// The canary's expected share of a loaded run's upstream requests: the A/B header's
+    /// 10 % plus the split's weight of the other 90 %, the 5 % of keyless requests (all from
+    /// 127.0.0.1, so one sticky key) landing on either side, and (dm) its copies on top.
+    pub fn canary_share(self) -> std::ops::RangeInclusive<f64> {
+        match self {
+            Case::Canary10 => 0.10..=0.30,
+            _ => 0.40..=0.70,
+        }
     }
 
     /// Whether this case rate-limits per user.
     pub fn limits(self) -> bool {
         matches!(
             self,
-            Case::Native | Case::Rollgate | Case::RollgateVariant(Ablation::WithLimit)
+            Case::Native
+                | Case::Rollgate
+                | Case::RollgateVariant(Ablation::WithLimit)
+                | Case::Canary10
+                | Case::Mirror
         )
     }
 
@@ -168,7 +206,10 @@ impl Case {
     pub fn breaks(self) -> bool {
         matches!(
             self,
-            Case::Rollgate | Case::RollgateVariant(Ablation::WithBreaker)
+            Case::Rollgate
+                | Case::RollgateVariant(Ablation::WithBreaker)
+                | Case::Canary10
+                | Case::Mirror
         )
     }
 }
@@ -193,6 +234,22 @@ pub fn policy(seed: &str, case: Case) -> Result<String> {
         bail!("the seed policy does not set {variant}");
     }
     let mut p = body.trim_end().replace(variant, r#""variant_header": """#);
+    let split = r#""split": [ { "variant": "canary", "weight": 50 } ]"#;
+    if (case == Case::Canary10 || case == Case::Mirror) && !p.contains(split) {
+        bail!("the seed policy has no {split}");
+    }
+    if case == Case::Canary10 {
+        p = p.replace(
+            split,
+            r#""split": [ { "variant": "canary", "weight": 10 } ]"#,
+        );
+    }
+    if case == Case::Mirror {
+        p = p.replace(
+            split,
+            &format!(r#"{split}, "mirror": {{ "variant": "canary", "percent": 10 }}"#),
+        );
+    }
     if case.limits() {
         let _ = write!(
             p,
@@ -365,7 +422,7 @@ pub fn render(case: Case, ports: Ports, inputs: &Inputs<'_>) -> Result<String> {
             };
             (BY_CLUSTER_HEADER, wasm_filter("probe", wasm, ops))
         }
-        Case::Rollgate | Case::RollgateVariant(_) => (
+        Case::Rollgate | Case::RollgateVariant(_) | Case::Canary10 | Case::Mirror => (
             BY_CLUSTER_HEADER,
             wasm_filter(
                 "rollgate",
@@ -555,4 +612,41 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollgate_policy::policy::Policy;
+
+    const SEED: &str = include_str!("../../examples/policy.json");
+
+    #[test]
+    fn every_rollgate_case_has_its_policy() {
+        let compile = |case| {
+            Policy::from_json(policy(SEED, case).unwrap().as_bytes())
+                .unwrap_or_else(|e| panic!("({}): {e}", case.label()))
+        };
+        let weight = |p: &Policy| p.spec.routes[2].split.as_ref().unwrap()[0].weight;
+        assert_eq!(weight(&compile(Case::Rollgate)), 50.0);
+        assert_eq!(weight(&compile(Case::Canary10)), 10.0);
+        let m = compile(Case::Mirror);
+        assert_eq!(weight(&m), 50.0);
+        let mirror = m.spec.routes[2].mirror.as_ref().unwrap();
+        assert_eq!((mirror.variant.as_str(), mirror.percent), ("canary", 10.0));
+        for case in [Case::Rollgate, Case::Canary10, Case::Mirror] {
+            let p = compile(case);
+            assert_eq!(
+                (p.rate_limits.len(), p.breakers.len()),
+                (1, 1),
+                "({})",
+                case.label()
+            );
+            assert!(case.rollgate() && case.splits());
+        }
+        // The share each split case must show: 10 % A/B plus the weight of the rest.
+        assert!(Case::Canary10.canary_share().contains(&(0.10 + 0.9 * 0.10)));
+        assert!(Case::Rollgate.canary_share().contains(&(0.10 + 0.9 * 0.50)));
+        assert!(!Case::Canary10.canary_share().contains(&(0.10 + 0.9 * 0.50)));
+    }
 }

@@ -338,7 +338,7 @@ fn run(args: Args) -> Result<Results> {
             listener: ports[3 + 2 * i],
             admin: ports[4 + 2 * i],
         };
-        if matches!(case, Case::Rollgate | Case::RollgateVariant(_)) {
+        if case.rollgate() {
             let policy = envoy::policy(&seed_policy, *case)?;
             let compiled = rollgate_policy::policy::Policy::from_json(policy.as_bytes())
                 .map_err(|e| anyhow::anyhow!("bench policy of ({}): {e}", case.label()))?;

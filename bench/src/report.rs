@@ -177,13 +177,20 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(o, "| ratio | throughput | CPU |");
     let _ = writeln!(o, "|---|---|---|");
+    let (cd2, cdm) = (Case::Canary10, Case::Mirror);
     for (name, x, y) in [
         ("d/a", cd, ca),
         ("d/b", cd, cb),
         ("d/c", cd, cc),
         ("b/a", cb, ca),
         ("c/a", cc, ca),
+        ("d2/b", cd2, cb),
+        ("d2/c", cd2, cc),
+        ("dm/d", cdm, cd),
     ] {
+        if samples(r, x).is_empty() || samples(r, y).is_empty() {
+            continue;
+        }
         let _ = writeln!(
             o,
             "| {name} | {} | {} |",
@@ -242,6 +249,19 @@ pub fn markdown(r: &Results) -> String {
             signed(paired_diff(r, cb, ca, |s| light(s, |l| l.p50_us))),
             signed(paired_diff(r, cb, ca, |s| light(s, |l| l.p99_us))),
             r.args.connections
+        );
+    }
+    if !samples(r, cdm).is_empty() && !samples(r, cd).is_empty() {
+        let _ = writeln!(
+            o,
+            "\nMirroring 10 % of stable's requests (dm) over (d), per round: Envoy CPU per \
+             request {:+.1} µs [{:+.1} to {:+.1}]; at light load p50 {}, p99 {}; loaded p99 {}.",
+            paired_diff(r, cdm, cd, Sample::cpu_us_per_request).median,
+            paired_diff(r, cdm, cd, Sample::cpu_us_per_request).min,
+            paired_diff(r, cdm, cd, Sample::cpu_us_per_request).max,
+            signed(paired_diff(r, cdm, cd, |s| light(s, |l| l.p50_us))),
+            signed(paired_diff(r, cdm, cd, |s| light(s, |l| l.p99_us))),
+            signed(paired_diff(r, cdm, cd, |s| s.load.p99_us)),
         );
     }
     let _ = writeln!(
