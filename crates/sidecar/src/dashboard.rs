@@ -13,9 +13,10 @@ const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/app.css");
 
 /// Scripts and styles only from these files (no inline code, so an injected `<script>` or
-/// `on…=` attribute does not run), requests only to this origin, never framed.
+/// `on…=` attribute does not run), requests only to this origin, never framed; `data:`
+/// images for the page's empty icon (else the browser fetches `/favicon.ico`, a 404).
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
 /// The headers every dashboard file carries.

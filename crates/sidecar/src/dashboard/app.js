@@ -7,6 +7,8 @@
 
 const POLL_MS = 1000;
 const WINDOW_MS = 5 * 60 * 1000;
+// A fresh rollout's few seconds of points fill a minute, not a sliver of five.
+const MIN_WINDOW_MS = 60 * 1000;
 const TOKEN_KEY = 'rollgate-token';
 const SVG = 'http://www.w3.org/2000/svg';
 
@@ -48,12 +50,14 @@ function num(v, digits) {
 function chart(title, points, variants, pick, unit, fixedMax) {
   const W = 300, H = 120, L = 36, R = 6, T = 8, B = 18;
   const now = Date.now();
+  const first = points.length ? Date.parse(points[0].at) : now;
+  const span = now - Math.max(now - WINDOW_MS, Math.min(first, now - MIN_WINDOW_MS));
   const lines = variants.map(() => []);
   let max = fixedMax || 0;
   let count = 0;
   for (const p of points) {
     const t = Date.parse(p.at);
-    if (!(now - t <= WINDOW_MS)) continue;
+    if (!(now - t <= span)) continue;
     variants.forEach((v, i) => {
       const value = p.variants[v] ? pick(p.variants[v]) : null;
       if (value === null || value === undefined) return;
@@ -63,7 +67,7 @@ function chart(title, points, variants, pick, unit, fixedMax) {
     });
   }
   if (max <= 0) max = 1;
-  const x = (t) => L + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (W - L - R);
+  const x = (t) => L + ((t - (now - span)) / span) * (W - L - R);
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const s = svg('svg', {
     class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img',
@@ -73,7 +77,8 @@ function chart(title, points, variants, pick, unit, fixedMax) {
     s.append(svg('line', { class: 'grid', x1: L, x2: W - R, y1: y(max * f), y2: y(max * f) }));
     s.append(svg('text', { x: 2, y: y(max * f) + 3 }, num(max * f, max < 10 ? 2 : 0) + unit));
   }
-  s.append(svg('text', { x: L, y: H - 4 }, '5 min ago'));
+  const ago = span >= 120000 ? `${Math.round(span / 60000)} min ago` : `${Math.round(span / 1000)} s ago`;
+  s.append(svg('text', { x: L, y: H - 4 }, ago));
   s.append(svg('text', { x: W - R - 22, y: H - 4 }, 'now'));
   lines.forEach((line, i) => {
     if (line.length === 0) return;
@@ -88,7 +93,7 @@ function charts(series, variants) {
   const legend = el('div', { class: 'legend' },
     variants.map((v, i) => el('span', {}, el('span', { class: `swatch v${i % 3}` }), v)));
   return el('section', {},
-    el('h3', {}, 'Traffic, last 5 minutes'),
+    el('h3', {}, 'Traffic (up to the last 5 minutes)'),
     legend,
     el('div', { class: 'charts' },
       chart('Requests per second', points, variants, (p) => p.rps, '/s'),
