@@ -244,3 +244,75 @@ fn screenshot_path(name: &str) -> std::path::PathBuf {
     // CARGO_TARGET_TMPDIR is inside target/ (crates/../target/tmp).
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
+
+/// `rollgate dashboard` in front of a sidecar: the same page from a loopback port of its own,
+/// reads passed through, commands only from its own origin with the token it holds.
+#[test]
+fn rollgate_dashboard_serves_the_page_in_front_of_a_sidecar() {
+    let _serial = rollgate_e2e::timing_lock();
+    let dir = TempDir::new("dashboard-cli");
+    let sidecar = Sidecar::start_with(&dir.0, &[], |c| {
+        c.token = Some(Token::new(TOKEN, "test").unwrap());
+    });
+    dir.write("flask.yaml", &seed_fast());
+    wait_until("the rollout", Duration::from_secs(5), || {
+        sidecar.get("/v1/rollouts/flask").status == 200
+    });
+    let token_dir = TempDir::new("dashboard-token");
+    token_dir.write("token", TOKEN);
+    let proxy = rollgate::cli::dashboard::start(&rollgate::args::DashboardArgs {
+        listen: "127.0.0.1:0".into(),
+        server: sidecar.url(),
+        token_file: Some(token_dir.path("token").display().to_string()),
+        ca: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let url = format!("http://{}", proxy.addr);
+    let post = |headers: &[(&str, &str)]| {
+        rollgate::rollout::client::request_with(
+            "POST",
+            &format!("{url}/v1/rollouts/flask/promote"),
+            headers,
+            None,
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap()
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    // Another site's page, even with the token; this origin without it.
+    let r = post(&[
+        ("authorization", &bearer),
+        ("origin", "http://evil.example"),
+    ]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = post(&[("origin", &url)]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(!r.text().contains(TOKEN));
+    assert_eq!(sidecar.rollout("flask")["status"]["currentStep"], 1);
+    let traffic = rollgate::rollout::client::request(
+        "GET",
+        &format!("{url}/v1/traffic"),
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(traffic.status, 200, "{}", traffic.text());
+
+    let mut b = Browser::start();
+    b.open(&format!("{url}/"));
+    b.wait_for("the rollout on the page", Duration::from_secs(10), |b| {
+        card(b, ".phase") == "Paused" && card(b, ".step") == "2/6"
+    });
+    set_token(&mut b, TOKEN);
+    click(&mut b, "promote");
+    let seen = b.wait_for("step 4 at 50 % on the page", Duration::from_secs(10), |b| {
+        card(b, ".step") == "4/6" && card(b, ".weight") == "50 %"
+    });
+    println!("through rollgate dashboard: promote shown after {seen:?}");
+    assert_eq!(sidecar.rollout("flask")["status"]["currentStep"], 3);
+    assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+    drop(b);
+    drop(proxy);
+}
