@@ -68,8 +68,9 @@ pub enum Command {
     Retry(TargetArgs),
     /// Where rollouts stand; `--watch` follows one until it is promoted or aborted.
     Status(StatusArgs),
-    /// Serve the web dashboard of a sidecar (`--server`) on a loopback port of this machine;
-    /// `serve --dir` also serves it itself at `/`.
+    /// Serve the web dashboard of a sidecar (`--server`) or of the cluster's Rollouts
+    /// (`--kubernetes`) on a loopback port of this machine; `serve --dir` also serves it
+    /// itself at `/`.
     Dashboard(DashboardArgs),
     /// Run the global rate-limit service: Envoy's RLS v3 (`ShouldRateLimit`) over Limitador,
     /// counters in Redis, limits from the `scope: global` limits of the policies given.
@@ -256,6 +257,13 @@ pub struct DashboardArgs {
     /// How long to wait for the sidecar.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
     pub timeout: Duration,
+    /// Show the Rollouts of the cluster instead (kubeconfig, like kubectl); commands use its
+    /// credentials, and the page's must carry --token-file's token (one you choose).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The cluster namespace [default: the kubeconfig's].
+    #[arg(short = 'n', long, value_name = "NS", requires = "kubernetes")]
+    pub namespace: Option<String>,
 }
 
 /// `rollgate abort|retry NAME`.

@@ -266,6 +266,8 @@ fn rollgate_dashboard_serves_the_page_in_front_of_a_sidecar() {
         token_file: Some(token_dir.path("token").display().to_string()),
         ca: None,
         timeout: Duration::from_secs(5),
+        kubernetes: false,
+        namespace: None,
     })
     .unwrap();
     let url = format!("http://{}", proxy.addr);

@@ -3,10 +3,15 @@
 //! `--token-file`): a sidecar behind `kubectl port-forward`, or one serving HTTPS under a
 //! private CA the browser does not trust, is looked at as if it were local.
 //!
+//! With `--kubernetes [-n NS]` it shows the Rollouts of a namespace of the cluster instead,
+//! read and commanded with this command's own kubeconfig credentials, as `rollgate status`
+//! and `promote --kubernetes` do (the controller serves no page itself; its status has no
+//! per-variant history yet, so the charts stay empty).
+//!
 //! The page and its files are the sidecar's ([`crate::serve::dashboard`]); reads are passed
 //! through; a command is accepted under the sidecar's own rules ([`auth::refuse`]: the
 //! dashboard's origin, with the token the user pastes, which must be the one this command
-//! holds) and sent on with that token.
+//! holds) and sent on with that token (to the cluster: with the kubeconfig's credentials).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,25 +20,96 @@ use std::time::Duration;
 use super::CliError;
 use crate::args::DashboardArgs;
 use crate::rollout::client;
+use crate::rollout::view::{CommandBody, Expect};
+use crate::rollout::Event;
 use crate::serve::auth::{self, Token};
 use crate::serve::http::{Request, Response};
 use crate::serve::{conn, dashboard, Limits};
 
+/// Where the rollouts come from.
+pub enum Source {
+    /// A sidecar's API.
+    Sidecar {
+        /// Its URL.
+        server: String,
+        /// The TLS client configuration for an https:// sidecar with a private CA.
+        tls: Option<Arc<rustls::ClientConfig>>,
+        /// How long to wait for it.
+        timeout: Duration,
+    },
+    /// The Rollouts of namespace `ns` of a cluster.
+    Cluster {
+        /// The API client.
+        client: kube::Client,
+        /// The namespace.
+        ns: String,
+    },
+}
+
 /// What the dashboard's requests are answered with.
 struct Proxy {
-    server: String,
+    source: Source,
     token: Option<Token>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    timeout: Duration,
 }
 
 impl Proxy {
-    fn answer(&self, req: &Request) -> Response {
+    async fn answer(self: Arc<Self>, req: Request) -> Response {
         if req.method == "GET" {
             if let Some(page) = dashboard::asset(&req.path) {
                 return page;
             }
         }
+        if let Source::Cluster { client, ns } = &self.source {
+            return self.cluster(client, ns, &req).await;
+        }
+        // The sidecar's client blocks: off the runtime's one thread.
+        tokio::task::spawn_blocking(move || self.sidecar(&req))
+            .await
+            .unwrap_or_else(|_| Response::error(500, "internal error"))
+    }
+
+    async fn cluster(&self, client: &kube::Client, ns: &str, req: &Request) -> Response {
+        use crate::kube::commands::{self, CommandError};
+        let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let outcome = match (req.method.as_str(), segments.as_slice()) {
+            ("GET", ["v1", "rollouts"]) => commands::list(client, ns)
+                .await
+                .map(|rollouts| serde_json::json!({ "rollouts": rollouts })),
+            ("GET", ["v1", "rollouts", name]) => commands::get(client, ns, name)
+                .await
+                .map(|v| serde_json::json!(v)),
+            ("GET", ["v1", "traffic"]) => Ok(serde_json::json!({ "rollouts": {} })),
+            ("POST", ["v1", "rollouts", name, cmd @ ("promote" | "abort" | "retry")]) => {
+                if let Some(refusal) = auth::refuse(req, self.token.as_ref()) {
+                    return refusal;
+                }
+                let event = match *cmd {
+                    "promote" => Event::Promote,
+                    "abort" => Event::Abort,
+                    _ => Event::Retry,
+                };
+                let expect = if req.body.iter().all(u8::is_ascii_whitespace) {
+                    Expect::default()
+                } else {
+                    match serde_json::from_slice::<CommandBody>(&req.body) {
+                        Ok(b) => b.expect,
+                        Err(e) => return Response::error(400, &format!("body: {e}")),
+                    }
+                };
+                commands::command_expecting(client, ns, name, event, &expect)
+                    .await
+                    .map(|v| serde_json::json!(v))
+            }
+            _ => return Response::error(404, &format!("no such endpoint: {}", req.path)),
+        };
+        match outcome {
+            Ok(v) => Response::json(200, &v),
+            Err(CommandError::Refused(why)) => Response::error(409, &why),
+            Err(e) => Response::error(502, &format!("Kubernetes API: {e}")),
+        }
+    }
+
+    fn sidecar(&self, req: &Request) -> Response {
         let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
         match (req.method.as_str(), segments.as_slice()) {
             ("GET", ["v1", "rollouts"] | ["v1", "rollouts", _] | ["v1", "traffic"]) => {
@@ -51,7 +127,15 @@ impl Proxy {
     }
 
     fn forward(&self, method: &str, path: &str, body: Option<&[u8]>) -> Response {
-        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let Source::Sidecar {
+            server,
+            tls,
+            timeout,
+        } = &self.source
+        else {
+            return Response::error(500, "not a sidecar");
+        };
+        let url = format!("{}{path}", server.trim_end_matches('/'));
         let auth = self
             .token
             .as_ref()
@@ -63,14 +147,7 @@ impl Proxy {
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }
-        match client::request_with(
-            method,
-            &url,
-            &headers,
-            body,
-            self.timeout,
-            self.tls.as_ref(),
-        ) {
+        match client::request_with(method, &url, &headers, body, *timeout, tls.as_ref()) {
             Ok(r) => {
                 let ct = r.header("content-type").unwrap_or("application/json");
                 Response::new(r.status, ct, r.body.clone())
@@ -107,37 +184,68 @@ impl Drop for Running {
     }
 }
 
-/// Starts serving the dashboard for `a`'s sidecar.
+/// Starts serving the dashboard for `a`'s sidecar, or with `--kubernetes` its cluster.
 pub fn start(a: &DashboardArgs) -> Result<Running, CliError> {
     let token = Token::from_flag_or_env(a.token_file.as_deref(), |k| std::env::var(k).ok())
         .map_err(CliError::Usage)?;
-    let tls = match &a.ca {
-        Some(ca) if a.server.starts_with("https://") => Some(
-            crate::serve::tls::client_config(std::path::Path::new(ca)).map_err(CliError::Usage)?,
-        ),
-        _ => None,
+    let runtime = runtime()?;
+    let source = if a.kubernetes {
+        // The client's connection tasks live on the runtime that serves the page.
+        let client = runtime
+            .block_on(kube::Client::try_default())
+            .map_err(|e| CliError::Cluster(format!("connecting to Kubernetes: {e}")))?;
+        let ns = a
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        Source::Cluster { client, ns }
+    } else {
+        let tls = match &a.ca {
+            Some(ca) if a.server.starts_with("https://") => Some(
+                crate::serve::tls::client_config(std::path::Path::new(ca))
+                    .map_err(CliError::Usage)?,
+            ),
+            _ => None,
+        };
+        Source::Sidecar {
+            server: a.server.clone(),
+            tls,
+            timeout: a.timeout,
+        }
     };
-    let proxy = Arc::new(Proxy {
-        server: a.server.clone(),
-        token,
-        tls,
-        timeout: a.timeout,
-    });
-    let listen_error = |e: std::io::Error| CliError::Usage(format!("--listen {}: {e}", a.listen));
-    let listener = std::net::TcpListener::bind(&a.listen).map_err(listen_error)?;
+    serve(runtime, &a.listen, source, token)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))
+}
+
+/// Serves the dashboard of `source` on `listen`, commands guarded by `token` (the tests give
+/// a cluster client of their own).
+pub fn start_with(listen: &str, source: Source, token: Option<Token>) -> Result<Running, CliError> {
+    serve(runtime()?, listen, source, token)
+}
+
+fn serve(
+    runtime: tokio::runtime::Runtime,
+    listen: &str,
+    source: Source,
+    token: Option<Token>,
+) -> Result<Running, CliError> {
+    let proxy = Arc::new(Proxy { source, token });
+    let listen_error = |e: std::io::Error| CliError::Usage(format!("--listen {listen}: {e}"));
+    let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
     // Plain HTTP and no token of its own: it is for the person at this machine.
     if !addr.ip().is_loopback() {
         return Err(CliError::Usage(format!(
-            "--listen {}: the dashboard listens on loopback only (open it through an SSH \
-             tunnel from elsewhere, or use the sidecar's own /dashboard)",
-            a.listen
+            "--listen {listen}: the dashboard listens on loopback only (open it through an \
+             SSH tunnel from elsewhere, or use the sidecar's own /dashboard)"
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(listen_error)?;
     let listener = {
         let _in_runtime = runtime.enter();
         listener
@@ -146,15 +254,7 @@ pub fn start(a: &DashboardArgs) -> Result<Running, CliError> {
             .map_err(listen_error)?
     };
     let serving = Arc::new(conn::Serving {
-        handler: Arc::new(move |req| {
-            let proxy = proxy.clone();
-            // The sidecar's client blocks: off the runtime's one thread.
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || proxy.answer(&req))
-                    .await
-                    .unwrap_or_else(|_| Response::error(500, "internal error"))
-            })
-        }),
+        handler: Arc::new(move |req| Box::pin(proxy.clone().answer(req))),
         limits: Limits::default(),
         tls: None,
         log: Arc::new(|line| eprintln!("rollgate dashboard: {line}")),
@@ -179,7 +279,11 @@ pub fn run(a: &DashboardArgs) -> Result<(), CliError> {
     eprintln!(
         "rollgate dashboard: open http://{}/ (reading {}; commands need the token{})",
         running.addr,
-        a.server,
+        if a.kubernetes {
+            "the cluster"
+        } else {
+            a.server.as_str()
+        },
         if a.token_file.is_some() || std::env::var_os("ROLLGATE_TOKEN").is_some() {
             " this command was given"
         } else {
