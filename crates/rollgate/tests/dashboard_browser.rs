@@ -168,6 +168,19 @@ fn the_dashboard_shows_the_rollout_live_and_drives_it_in_a_real_browser() {
         b.errors
     );
     assert_eq!(card(&mut b, ".step"), "2/6");
+    let breakers = card(&mut b, ".breakers");
+    assert!(breakers.contains("canary_latency: closed"), "{breakers}");
+    // A status that lists its gateways (the acknowledgement work adds them) renders each
+    // with its fields; this sidecar's status has none yet, so the page's own function is fed.
+    let gateways = b.eval(
+        "gateways({gateways: [{name: 'gw-a', policyVersion: 7}, {name: 'gw-b', policyVersion: 6}]})\
+         .textContent",
+    );
+    let gateways = gateways.as_str().unwrap_or_default();
+    assert!(
+        gateways.contains("name: gw-a, policyVersion: 7") && gateways.contains("gw-b"),
+        "{gateways}"
+    );
 
     // A wrong token: the API refuses (401), the page says so, nothing moves.
     set_token(&mut b, "not-the-right-token-at-all");

@@ -44,7 +44,7 @@ pub struct Point {
 /// A breaker's gauges as Envoy exports them (names in Prometheus form).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Breaker {
-    /// The filter's state gauge (0 closed; see the README's breaker stats for the others).
+    /// The filter's state gauge: 0 closed, 1 open, 2 recovering.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<f64>,
     /// Trips so far.

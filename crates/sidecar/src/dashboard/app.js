@@ -120,12 +120,15 @@ function gateways(status) {
         : String(g)))));
 }
 
+// The filter's `…_breaker_<name>_state` gauge (README, Stats).
+const BREAKER_STATES = { 0: 'closed', 1: 'open', 2: 'recovering' };
+
 function breakers(series) {
   const b = series && series.breakers;
   if (!b || Object.keys(b).length === 0) return null;
   return el('section', {}, el('h3', {}, 'Breakers'),
     el('ul', { class: 'breakers' }, Object.entries(b).map(([name, g]) => el('li', {},
-      `${name}: ${g.state === undefined ? '?' : g.state === 0 ? 'closed' : `open (state ${g.state})`}`,
+      `${name}: ${BREAKER_STATES[g.state] || `state ${g.state === undefined ? '?' : g.state}`}`,
       g.trips === undefined ? '' : `, ${g.trips} trips`))));
 }
 
