@@ -293,3 +293,40 @@ pub fn run(a: &DashboardArgs) -> Result<(), CliError> {
     running.wait();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar() -> Source {
+        Source::Sidecar {
+            server: "http://127.0.0.1:9".into(),
+            tls: None,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn listens_on_loopback_only_and_answers_an_unreachable_sidecar_with_502() {
+        let err = start_with("0.0.0.0:0", sidecar(), None).err().unwrap();
+        assert!(err.to_string().contains("loopback only"), "{err}");
+        let running = start_with("127.0.0.1:0", sidecar(), None).unwrap();
+        let get = |path: &str| {
+            client::request(
+                "GET",
+                &format!("http://{}{path}", running.addr),
+                None,
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        };
+        assert_eq!(get("/dashboard/app.js").status, 200);
+        let r = get("/v1/rollouts");
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(
+            get("/v1/policies/flask").status,
+            404,
+            "not the gateways' API"
+        );
+    }
+}
