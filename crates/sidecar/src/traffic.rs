@@ -5,7 +5,7 @@
 //! are the status files and Envoy's own stats; this is for looking.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -17,6 +17,10 @@ use rollgate_rollout::{AnalysisStatus, Timestamp};
 pub const MAX_POINTS: usize = 600;
 /// Measurements kept per rollout.
 pub const MAX_ANALYSES: usize = 10;
+/// Latency quantiles cover this long: Envoy moves its histograms only at each stats flush
+/// (`stats_flush_interval`, 5 s by default), so between two one-second readings they
+/// usually did not move, and a per-interval quantile would be a gap four times in five.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(10);
 
 /// One variant's traffic between two readings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -61,9 +65,10 @@ pub struct Series {
     pub analyses: VecDeque<AnalysisStatus>,
     /// By breaker name.
     pub breakers: BTreeMap<String, Breaker>,
-    /// The previous reading of each variant, to take differences from.
+    /// Each variant's readings of the last [`LATENCY_WINDOW`], oldest first, to take
+    /// differences from.
     #[serde(skip)]
-    last: HashMap<String, (CanaryCounters, Instant)>,
+    last: HashMap<String, VecDeque<(CanaryCounters, Instant)>>,
 }
 
 /// Every rollout's history, by policy name.
@@ -73,15 +78,22 @@ pub struct Traffic {
     pub rollouts: BTreeMap<String, Series>,
 }
 
-fn variant_point(now: &CanaryCounters, before: &CanaryCounters, secs: f64) -> Option<VariantPoint> {
-    let d = now.since(before)?;
+/// The traffic between `prev` and `now` (`secs` apart); its latency since `oldest`.
+fn variant_point(
+    now: &CanaryCounters,
+    prev: &CanaryCounters,
+    oldest: &CanaryCounters,
+    secs: f64,
+) -> Option<VariantPoint> {
+    let d = now.since(prev)?;
     let n = d.responses();
     let ratio = |x: f64| (n > 0.0).then(|| ((n - x) / n).clamp(0.0, 1.0));
+    let window = now.since(oldest)?.latency;
     Some(VariantPoint {
         rps: n / secs,
         success: ratio(d.classes[4] + d.network_errors),
-        p50_ms: (n > 0.0).then(|| quantile(0.5, &d.latency)).flatten(),
-        p99_ms: (n > 0.0).then(|| quantile(0.99, &d.latency)).flatten(),
+        p50_ms: quantile(0.5, &window),
+        p99_ms: quantile(0.99, &window),
     })
 }
 
@@ -95,16 +107,27 @@ impl Traffic {
         };
         for v in variants {
             let counters = samples.canary(policy, v);
-            // A counter that went down (a gateway restarted) restarts the variant's line.
-            if let Some((before, then)) = series.last.get(*v) {
+            let readings = series.last.entry(v.to_string()).or_default();
+            // The window ends now; the last reading stays, for the rate.
+            while readings.len() > 1
+                && readings
+                    .front()
+                    .is_some_and(|(_, t)| now.duration_since(*t) > LATENCY_WINDOW)
+            {
+                readings.pop_front();
+            }
+            if let (Some((oldest, _)), Some((prev, then))) = (readings.front(), readings.back()) {
                 let secs = now.duration_since(*then).as_secs_f64();
-                if secs > 0.0 {
-                    if let Some(p) = variant_point(&counters, before, secs) {
+                // A counter that went down (a gateway restarted) restarts the variant's line.
+                match variant_point(&counters, prev, oldest, secs) {
+                    Some(p) if secs > 0.0 => {
                         point.variants.insert(v.to_string(), p);
                     }
+                    Some(_) => {}
+                    None => readings.clear(),
                 }
             }
-            series.last.insert(v.to_string(), (counters, now));
+            readings.push_back((counters, now));
         }
         if !point.variants.is_empty() {
             if series.points.len() == MAX_POINTS {
@@ -151,7 +174,6 @@ impl super::registry::Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn samples(ok: f64, errors: f64, slow: f64) -> Samples {
         Samples::parse(&format!(
@@ -204,5 +226,48 @@ mod tests {
         assert_eq!(t.rollouts["flask"].points.len(), MAX_POINTS);
         t.retain(&[]);
         assert!(t.rollouts.is_empty());
+    }
+
+    /// `ok` 2xx answers, `fast` and `slow` latency observations (Envoy flushes histograms
+    /// apart from counters).
+    fn flushed(ok: f64, fast: f64, slow: f64) -> Samples {
+        Samples::parse(&format!(
+            "rollgate_flask_variant_canary_rs_2xx {ok}\n\
+             rollgate_flask_variant_canary_latency_ms_bucket{{le=\"5\"}} {fast}\n\
+             rollgate_flask_variant_canary_latency_ms_bucket{{le=\"100\"}} {}\n\
+             rollgate_flask_variant_canary_latency_ms_bucket{{le=\"+Inf\"}} {}\n",
+            fast + slow,
+            fast + slow
+        ))
+    }
+
+    #[test]
+    fn latency_spans_the_window_across_histogram_flushes_and_a_restart_breaks_the_line() {
+        let mut t = Traffic::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        t.record("flask", &["canary"], &flushed(0.0, 0.0, 0.0), at(0));
+        // Flushed at 1 s: 100 observations, 10 of them slow.
+        t.record("flask", &["canary"], &flushed(100.0, 90.0, 10.0), at(1));
+        // Counters moved at 2 s, the histogram did not: the quantile still has the window.
+        t.record("flask", &["canary"], &flushed(200.0, 90.0, 10.0), at(2));
+        let p = &t.rollouts["flask"].points;
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].variants["canary"].rps, 100.0);
+        let p99 = p[1].variants["canary"].p99_ms.unwrap();
+        assert!(p99 > 5.0 && p99 <= 100.0, "{p99}");
+        // Past the window with no observation in it: no quantile rather than an old one.
+        t.record("flask", &["canary"], &flushed(300.0, 90.0, 10.0), at(14));
+        assert_eq!(
+            t.rollouts["flask"].points[2].variants["canary"].p99_ms,
+            None
+        );
+        // The gateway restarted: counters went down, no point; the next reading goes on.
+        t.record("flask", &["canary"], &flushed(5.0, 5.0, 0.0), at(15));
+        assert_eq!(t.rollouts["flask"].points.len(), 3);
+        t.record("flask", &["canary"], &flushed(15.0, 15.0, 0.0), at(16));
+        let last = &t.rollouts["flask"].points[3].variants["canary"];
+        assert_eq!(last.rps, 10.0);
+        assert!(last.p99_ms.unwrap() <= 5.0);
     }
 }
