@@ -22,7 +22,7 @@ export ROLLGATE_WASM := $(CURDIR)/$(WASM)
 export ROLLGATE_WASM_TEST_TRAP := $(CURDIR)/$(WASM_TEST_TRAP)
 export ROLLGATE_ABI_PROBE_WASM := $(CURDIR)/$(PROBE)
 
-.PHONY: test demo bench fuzz envoy prometheus mariadb redis protoc binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
+.PHONY: test demo bench fuzz envoy prometheus mariadb redis chromium protoc binaryen wasm wasm-test-trap abi-probe toolchain lint fmt clippy unit clean
 
 ## Toolchain: the wasm targets the filter and the host's test module build for.
 toolchain: $(TARGET_STAMP)
@@ -58,6 +58,17 @@ redis:
 	  st=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends redis-server; } || st=$$?; \
 	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
+
+## Chromium from Debian, for the web dashboard's browser test
+## (crates/rollgate/tests/dashboard_browser.rs, which fails without it); the test runs it
+## headless on a temp profile and stops it.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  rc=/usr/sbin/policy-rc.d; own=; [ -e $$rc ] || { printf '#!/bin/sh\nexit 101\n' > $$rc; chmod +x $$rc; own=1; }; \
+	  st=0; { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium; } || st=$$?; \
+	  [ -z "$$own" ] || rm -f $$rc; exit $$st; }
+	@chromium --version 2>/dev/null | head -1
 
 ## protoc from Debian, for `rollgate ratelimit`'s gRPC code (crates/ratelimit/build.rs), and
 ## OpenSSL's headers for the Redis client Limitador brings (native-tls).
@@ -125,7 +136,7 @@ lint: clippy
 	$(CARGO) fmt --all -- --check
 
 ## Everything, Envoy end to end included. Tests needing Envoy fail (never skip) without it.
-test: lint wasm wasm-test-trap abi-probe envoy prometheus mariadb redis
+test: lint wasm wasm-test-trap abi-probe envoy prometheus mariadb redis chromium
 	$(CARGO) test --workspace
 
 ## Fuzzing (fuzz/, README "Fuzzing"): every target for FUZZ_SECS seconds in all; `make test`

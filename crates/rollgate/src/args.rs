@@ -68,6 +68,10 @@ pub enum Command {
     Retry(TargetArgs),
     /// Where rollouts stand; `--watch` follows one until it is promoted or aborted.
     Status(StatusArgs),
+    /// Serve the web dashboard of a sidecar (`--server`) or of the cluster's Rollouts
+    /// (`--kubernetes`) on a loopback port of this machine; `serve --dir` also serves it
+    /// itself at `/`.
+    Dashboard(DashboardArgs),
     /// Run the global rate-limit service: Envoy's RLS v3 (`ShouldRateLimit`) over Limitador,
     /// counters in Redis, limits from the `scope: global` limits of the policies given.
     Ratelimit(RatelimitArgs),
@@ -227,6 +231,34 @@ pub struct Connection {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
     pub timeout: Duration,
     /// Act on Rollouts in the cluster (found through kubeconfig like kubectl) instead.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The cluster namespace [default: the kubeconfig's].
+    #[arg(short = 'n', long, value_name = "NS", requires = "kubernetes")]
+    pub namespace: Option<String>,
+}
+
+/// `rollgate dashboard`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dashboard")]
+pub struct DashboardArgs {
+    /// Where the dashboard listens (loopback only).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8282")]
+    pub listen: String,
+    /// The sidecar's URL.
+    #[arg(long, value_name = "URL", env = "ROLLGATE_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// The sidecar's token (else $ROLLGATE_TOKEN); the page's commands must carry it too.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<String>,
+    /// The CA that signed an https:// sidecar's certificate.
+    #[arg(long, value_name = "PATH", env = "ROLLGATE_CA")]
+    pub ca: Option<String>,
+    /// How long to wait for the sidecar.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub timeout: Duration,
+    /// Show the Rollouts of the cluster instead (kubeconfig, like kubectl); commands use its
+    /// credentials, and the page's must carry --token-file's token (one you choose).
     #[arg(long)]
     pub kubernetes: bool,
     /// The cluster namespace [default: the kubeconfig's].

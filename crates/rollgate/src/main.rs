@@ -114,6 +114,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rollgate::cli::serve(&a)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard(a) => match rollgate::cli::dashboard::run(&a) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(rollgate::cli::CliError::Usage(u)) => bail!("{u}"),
+            Err(e) => Err(e.into()),
+        },
         command @ (Command::Promote(_)
         | Command::Abort(_)
         | Command::Retry(_)

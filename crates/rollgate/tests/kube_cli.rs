@@ -170,3 +170,104 @@ async fn status_reads_the_rollout() {
     assert!(text.contains("flask") && text.contains("Paused"), "{text}");
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// `rollgate dashboard --kubernetes`: the page's reads are the namespace's Rollouts; its
+/// commands need this origin and the token, and are written as the CLI's `promote` writes.
+#[tokio::test]
+async fn the_dashboard_reads_and_commands_the_clusters_rollouts() {
+    use rollgate::cli::dashboard::{start_with, Source};
+    use rollgate::serve::auth::Token;
+
+    const TOKEN: &str = "dashboard-cluster-token-0123";
+    let (client, seen) = kube_support::api_server("shop", |s: &Seen| {
+        let ro = paused_rollout("7");
+        match s.method.as_str() {
+            "GET" if s.path.ends_with("/rollouts") => Reply::Json(
+                200,
+                serde_json::json!({"apiVersion": "rollgate.dev/v1alpha1", "kind": "RolloutList",
+                                   "metadata": {}, "items": [ro]}),
+            ),
+            "GET" => Reply::Json(200, ro),
+            _ => {
+                let mut ro = paused_rollout("8");
+                ro["status"] = s.body["status"].clone();
+                Reply::Json(200, ro)
+            }
+        }
+    });
+    let token = Token::new(TOKEN, "test").unwrap();
+    let dash = start_with(
+        "127.0.0.1:0",
+        Source::Cluster {
+            client,
+            ns: "shop".into(),
+        },
+        Some(token),
+    )
+    .unwrap();
+    let url = format!("http://{}", dash.addr);
+    // The API stand-in runs on this test's runtime: requests block on another thread.
+    let call = |method: &'static str, path: &str, headers: Vec<(String, String)>, body: &str| {
+        let (url, body) = (format!("{url}{path}"), body.as_bytes().to_vec());
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let body = (!body.is_empty()).then_some(body.as_slice());
+            let timeout = std::time::Duration::from_secs(5);
+            rollgate::rollout::client::request_with(method, &url, &h, body, timeout, None).unwrap()
+        })
+    };
+    let page = call("GET", "/", vec![], "").await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-security-policy").is_some());
+    let list = call("GET", "/v1/rollouts", vec![], "").await.unwrap();
+    assert_eq!(list.status, 200, "{}", list.text());
+    let list: Value = serde_json::from_slice(&list.body).unwrap();
+    assert_eq!(list["rollouts"][0]["name"], "flask");
+    assert_eq!(list["rollouts"][0]["status"]["currentStep"], 1);
+
+    let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let promote = "/v1/rollouts/flask/promote";
+    let body = r#"{"expect": {"step": 2, "attempt": 1}}"#;
+    let json = ("content-type", "application/json");
+    let evil = h(&[
+        ("origin", "http://evil.example"),
+        ("authorization", &bearer),
+        json,
+    ]);
+    assert_eq!(call("POST", promote, evil, body).await.unwrap().status, 403);
+    let anonymous = h(&[("origin", &url), json]);
+    assert_eq!(
+        call("POST", promote, anonymous, body).await.unwrap().status,
+        401
+    );
+    assert!(seen.lock().unwrap().iter().all(|s| s.method == "GET"));
+
+    let page_command = h(&[("origin", &url), ("authorization", &bearer), json]);
+    let r = call("POST", promote, page_command.clone(), body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let patch = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.method == "PATCH")
+        .cloned()
+        .unwrap();
+    assert_eq!(patch.path, format!("{ONE}/status"));
+    assert_eq!(patch.body["status"]["currentStep"], 3);
+    // Where the page expects the rollout no longer is: refused, nothing written.
+    let stale = r#"{"expect": {"step": 4, "attempt": 1}}"#;
+    let r = call("POST", promote, page_command, stale).await.unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    drop(dash);
+}

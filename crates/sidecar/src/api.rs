@@ -8,8 +8,11 @@
 //! | `POST /v1/rollouts/NAME/promote`, `/abort`, `/retry` | the rollout after the command; 409 when it does not apply, or when the rollout is not where the optional body `{"expect": {"step": N, "attempt": A}}` says (so a retried command acts once) |
 //!
 //! Commands carry `authorization: Bearer TOKEN` when the sidecar has a token (else 401);
-//! a request with `Origin`, a cross-site `Sec-Fetch-Site` (403) or a body other than JSON
-//! (415) is refused, token or not ([`super::auth`]).
+//! a request from a web page (`Origin`, `Sec-Fetch-Site`) is refused (403) unless it is the
+//! dashboard of this same origin carrying the token; a body other than JSON is refused (415)
+//! ([`super::auth`]).
+//! | `GET /v1/traffic` | the dashboard's charts: per rollout, recent per-variant rates, success and latency, the last measurements, the breakers' gauges ([`Traffic`](super::traffic::Traffic)) |
+//! | `GET /`, `/dashboard` | the web dashboard ([`super::dashboard`]) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 
@@ -71,7 +74,13 @@ fn answer(shared: &Arc<Shared>, req: &Request) -> Response {
     if let Some(refusal) = super::auth::refuse(req, shared.config.token.as_ref()) {
         return refusal;
     }
+    if req.method == "GET" {
+        if let Some(page) = super::dashboard::asset(&req.path) {
+            return page;
+        }
+    }
     match (req.method.as_str(), segments(&req.path).as_slice()) {
+        ("GET", ["v1", "traffic"]) => Response::json(200, &*shared.traffic()),
         ("GET", ["healthz"]) => Response::new(200, "text/plain", "ok\n"),
         ("GET", ["metrics"]) => {
             let text = super::exposition::render(&shared.metrics, &shared.lock());
@@ -112,7 +121,7 @@ fn answer(shared: &Arc<Shared>, req: &Request) -> Response {
                 Err(e) => Response::error(409, &e.to_string()),
             }
         }
-        (_, ["healthz" | "metrics"] | ["v1", "policies" | "rollouts", ..]) => {
+        (_, ["healthz" | "metrics"] | ["v1", "policies" | "rollouts" | "traffic", ..]) => {
             Response::error(405, &format!("{} not allowed here", req.method))
         }
         _ => Response::error(404, &format!("no such endpoint: {}", req.path)),

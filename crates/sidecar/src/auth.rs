@@ -1,7 +1,8 @@
 //! Who may drive a release through the API: reads are open (gateways poll policies without
 //! credentials), commands (`POST`) need the bearer token when one is configured, and requests
 //! a browser makes on a web page's behalf are refused, so a page a developer opens can never
-//! promote or abort (no CSRF), token or not.
+//! promote or abort (no CSRF), token or not; the one exception is the dashboard served by this
+//! same origin, with the token the user gives it.
 
 use std::path::Path;
 
@@ -93,6 +94,14 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Whether `origin` (`http://host:port`) names the host the request was sent to.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 /// Whether `req` changes something (every method but `GET` and `HEAD`).
 pub fn mutating(req: &Request) -> bool {
     !matches!(req.method.as_str(), "GET" | "HEAD")
@@ -103,25 +112,37 @@ pub fn refuse(req: &Request, token: Option<&Token>) -> Option<Response> {
     if !mutating(req) {
         return None;
     }
-    // The API serves no page, so no browser origin is ours: a request a browser sends for a
-    // page (it always adds `Origin` to a POST, and `Sec-Fetch-Site`) is refused outright.
-    if let Some(origin) = header(req, "origin") {
-        return Some(Response::error(
-            403,
-            &format!(
-                "requests from web pages are refused (Origin {}); use the rollgate CLI",
-                excerpt(origin.as_bytes())
-            ),
-        ));
-    }
-    if let Some(site) = header(req, "sec-fetch-site") {
-        if !matches!(site, "none" | "same-origin") {
+    // A browser adds `Origin` to every POST, and `Sec-Fetch-Site`. The one page allowed to
+    // command is the dashboard served here, from this very origin, and only with the token:
+    // without a token configured, a page on another site that DNS rebinding makes look like
+    // this origin could act, so then no page may.
+    let origin = header(req, "origin");
+    let site = header(req, "sec-fetch-site").filter(|s| *s != "none");
+    if origin.is_some() || site.is_some() {
+        if let Some(o) = origin.filter(|o| !same_origin(o, header(req, "host"))) {
+            return Some(Response::error(
+                403,
+                &format!(
+                    "requests from other web pages are refused (Origin {}); use the rollgate \
+                     CLI or the dashboard this server serves",
+                    excerpt(o.as_bytes())
+                ),
+            ));
+        }
+        if let Some(s) = site.filter(|s| *s != "same-origin") {
             return Some(Response::error(
                 403,
                 &format!(
                     "requests from web pages are refused (Sec-Fetch-Site {})",
-                    excerpt(site.as_bytes())
+                    excerpt(s.as_bytes())
                 ),
+            ));
+        }
+        if token.is_none() {
+            return Some(Response::error(
+                403,
+                "the dashboard's commands need the server to have a token (--token-file or \
+                 $ROLLGATE_TOKEN); use the rollgate CLI",
             ));
         }
     }
@@ -201,5 +222,40 @@ mod tests {
             status(&[("authorization", "bearer 0123456789abcdef")]),
             None
         );
+    }
+
+    #[test]
+    fn only_the_dashboard_of_this_origin_with_the_token_may_command() {
+        let t = Token::new("0123456789abcdef", "x").unwrap();
+        let bearer = ("authorization", "Bearer 0123456789abcdef");
+        let host = ("host", "127.0.0.1:8181");
+        let page = [
+            bearer,
+            host,
+            ("origin", "http://127.0.0.1:8181"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        let status = |h: &[(&str, &str)], t: Option<&Token>| refuse(&post(h), t).map(|r| r.status);
+        assert_eq!(status(&page, Some(&t)), None);
+        // Same page without the token, or a server without one: refused.
+        assert_eq!(status(&page[1..], Some(&t)), Some(401));
+        assert_eq!(status(&page, None), Some(403));
+        // Another origin (or a rebound name: its Host is the attacker's), or cross-site.
+        let evil = [bearer, host, ("origin", "http://evil.example")];
+        assert_eq!(status(&evil, Some(&t)), Some(403));
+        // A name rebound to this server looks same-origin, but its page has no token.
+        let rebound = [
+            ("host", "evil.example:8181"),
+            ("origin", "http://evil.example:8181"),
+        ];
+        assert_eq!(status(&rebound, Some(&t)), Some(401));
+        assert_eq!(status(&rebound, None), Some(403));
+        let cross = [
+            bearer,
+            host,
+            ("origin", "http://127.0.0.1:8181"),
+            ("sec-fetch-site", "cross-site"),
+        ];
+        assert_eq!(status(&cross, Some(&t)), Some(403));
     }
 }

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod dashboard;
 pub mod exposition;
 pub mod files;
 pub mod http;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod registry;
 pub mod scrape;
 pub mod tls;
+pub mod traffic;
 pub mod watch;
 
 use std::net::{SocketAddr, TcpListener};
@@ -200,6 +202,7 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
         config,
         metrics: metrics::Metrics::default(),
         log,
+        traffic: Mutex::default(),
     });
     watch::scan(&shared);
     if !addr.ip().is_loopback() && tls.is_none() {

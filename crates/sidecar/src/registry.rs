@@ -204,6 +204,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The test's log capture, if any (else `tracing`).
     pub log: Option<Logger>,
+    /// The dashboard's charts: recent traffic per rollout.
+    pub traffic: Mutex<super::traffic::Traffic>,
 }
 
 impl Shared {

@@ -15,6 +15,8 @@ struct Target {
     key: std::path::PathBuf,
     attempt: u32,
     watch: Watch,
+    /// The stable variant, charted beside the canary.
+    stable: String,
 }
 
 /// The analysis loop; returns when the server stops.
@@ -30,15 +32,27 @@ pub fn run(shared: &Arc<Shared>) {
             .entries
             .iter()
             .filter_map(|(key, e)| {
-                let watch = Watch::of(e.plan.as_ref()?)?;
+                let plan = e.plan.as_ref()?;
+                let watch = Watch::of(plan)?;
                 e.status.phase.is_active().then(|| Target {
                     key: key.clone(),
                     attempt: e.status.attempt,
                     watch,
+                    stable: plan.spec.stable_variant.clone(),
                 })
             })
             .collect();
         trackers.retain(|name, _| targets.iter().any(|t| t.watch.policy == *name));
+        // Charts outlive the attempt (an aborted rollout keeps its last minutes), not the file.
+        let names: Vec<String> = shared
+            .lock()
+            .entries
+            .values()
+            .map(|e| e.display_name())
+            .collect();
+        shared
+            .traffic()
+            .retain(&names.iter().map(String::as_str).collect::<Vec<_>>());
         if !targets.is_empty() {
             tick(shared, &targets, &mut trackers, &mut last_error);
         }
@@ -90,6 +104,13 @@ fn tick(
         }
     };
     let now = Instant::now();
+    {
+        let mut traffic = shared.traffic();
+        for t in targets {
+            let variants = [t.stable.as_str(), t.watch.canary.as_str()];
+            traffic.record(&t.watch.policy, &variants, &samples, now);
+        }
+    }
     let mut events = Vec::new();
     for t in targets {
         let tr = trackers
@@ -99,6 +120,7 @@ fn tick(
         for event in tr.judge(&t.watch, &samples, now, Timestamp::now()) {
             if let Event::Analysis { measurement: m, .. } = &event {
                 shared.metrics.count_analysis(m.verdict);
+                shared.traffic().analysed(&t.watch.policy, m);
                 shared.log(&format!(
                     "{}: analysis {}: {}",
                     t.watch.policy,

@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod dashboard;
 pub mod format;
 pub mod watch;
 
