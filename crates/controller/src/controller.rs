@@ -27,6 +27,7 @@ use serde_json::json;
 
 use rollgate_rollout::notify;
 use rollgate_rollout::plan::fingerprint;
+use rollgate_rollout::status::Told;
 use rollgate_rollout::webhook::Call;
 use rollgate_rollout::{
     accept_rendered, render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus,
@@ -320,7 +321,13 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
             status: old.clone(),
             effects: Vec::new(),
         });
-    let mut told = notify::notices(&plan.name, &old, &t.status, &event);
+    // Told from where the last notices left the rollout, not from the stored status: a
+    // transition the CLI wrote into the status (it patches it directly) is told now.
+    let last_told = old
+        .notified
+        .as_ref()
+        .map_or_else(|| old.clone(), |m| m.apply(&old));
+    let mut told = notify::notices(&plan.name, &last_told, &t.status, &event);
     let mut status = t.status;
     let mut effects = t.effects;
     // The answer of the webhook the rollout waits at, through the same engine: 2xx goes on,
@@ -341,6 +348,7 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
             effects.extend(next.effects);
         }
     }
+    status.notified = Some(Told::of(&status));
     let rendered = render(&plan.name, &plan.spec, &status);
     // Written only once the filter's own acceptance function accepts the very text, as the
     // sidecar serves it; else the last good policy stays and the Rollout says why.

@@ -470,3 +470,114 @@ async fn a_transition_is_notified_after_the_status_is_stored() {
         .iter()
         .any(|s| s.uri.contains("/status")));
 }
+
+/// The next notice `rx` gets within 5 s (the runtime goes on meanwhile: delivery is a task).
+async fn next_notice(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+) -> Option<serde_json::Value> {
+    for _ in 0..250 {
+        if let Ok(b) = rx.try_recv() {
+            return Some(b);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// A notification receiver on a loopback port: the bodies it got, in order.
+fn receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let Ok((_, body)) = kube_support::read_message(&mut r) else {
+                continue;
+            };
+            let mut w = stream;
+            let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
+        }
+    });
+    (format!("http://127.0.0.1:{port}/hook"), rx)
+}
+
+/// `rollgate promote --kubernetes` writes the status itself (commands.rs): the controller's
+/// next reconcile tells that transition, from where it last told the rollout stood, once.
+#[tokio::test]
+async fn a_transition_the_cli_wrote_is_notified_at_the_next_reconcile() {
+    let (url, rx) = receiver();
+    let with_notify = |status: Option<rollgate_rollout::RolloutStatus>| {
+        let mut ro = rollout();
+        ro.spec.notify = vec![rollgate_rollout::types::Notify {
+            url: url.clone(),
+            events: Some(vec!["paused".into(), "promoted".into()]),
+        }];
+        ro.status = status;
+        ro
+    };
+    // The first reconcile pauses at the first pause and tells it; the status it writes says
+    // so.
+    let (client, seen) = api_server(ok);
+    controller::reconcile(Arc::new(with_notify(None)), Context::new(client, None))
+        .await
+        .unwrap();
+    let first = next_notice(&rx).await.expect("the first pause told");
+    let written: rollgate_rollout::RolloutStatus = serde_json::from_value(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.uri.contains("/status"))
+            .unwrap()
+            .body["status"]
+            .clone(),
+    )
+    .unwrap();
+    let mark = written.notified.clone().expect("the told mark stored");
+    assert_eq!(mark, rollgate_rollout::status::Told::of(&written));
+    // The CLI's promote, as commands.rs makes it: the engine's step on the stored status.
+    let plan = validate::plan(&with_notify(None)).unwrap();
+    let promoted = rollgate_rollout::step(
+        &plan,
+        &written,
+        rollgate_rollout::Event::Promote,
+        rollgate_rollout::time::Timestamp::now(),
+    )
+    .unwrap()
+    .status;
+    assert!(promoted.current_step > written.current_step);
+    assert_eq!(
+        promoted.notified,
+        Some(mark),
+        "the CLI leaves the mark alone"
+    );
+    let (client, _) = api_server(ok);
+    controller::reconcile(
+        Arc::new(with_notify(Some(promoted.clone()))),
+        Context::new(client, None),
+    )
+    .await
+    .unwrap();
+    let second = next_notice(&rx).await.expect("the CLI's transition told");
+    assert_eq!(second["event"], first["event"]);
+    assert_ne!(second["text"], first["text"], "{second}");
+    assert!(
+        second["text"].as_str().unwrap().contains(&promoted.message),
+        "{second} / {}",
+        promoted.message
+    );
+    // Told once: with the mark moved on, the same status tells nothing more.
+    let mut settled = promoted;
+    settled.notified = Some(rollgate_rollout::status::Told::of(&settled));
+    let (client, _) = api_server(ok);
+    controller::reconcile(
+        Arc::new(with_notify(Some(settled))),
+        Context::new(client, None),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.try_recv().is_err(), "told twice");
+}

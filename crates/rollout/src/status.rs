@@ -93,6 +93,49 @@ pub struct RolloutStatus {
     /// really changed (the sidecar keeps its versions itself and leaves this out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_policy: Option<String>,
+    /// Where the controller last told `spec.notify` the rollout stood, so a transition someone
+    /// else wrote into the status (`rollgate promote --kubernetes` patches it directly) is
+    /// still told at the next reconcile (the sidecar tells each transition as it makes it and
+    /// leaves this out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified: Option<Told>,
+}
+
+/// The part of a status notifications compare ([`crate::notify::notices`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Told {
+    /// The phase.
+    pub phase: Phase,
+    /// The step.
+    pub current_step: u32,
+    /// The attempt.
+    pub attempt: u32,
+    /// Failed analyses in that attempt.
+    pub failed_analyses: u32,
+}
+
+impl Told {
+    /// Where `status` stands.
+    pub fn of(status: &RolloutStatus) -> Told {
+        Told {
+            phase: status.phase,
+            current_step: status.current_step,
+            attempt: status.attempt,
+            failed_analyses: status.failed_analyses,
+        }
+    }
+
+    /// `status` as it stood when this was told: what the next notices compare against.
+    pub fn apply(&self, status: &RolloutStatus) -> RolloutStatus {
+        RolloutStatus {
+            phase: self.phase,
+            current_step: self.current_step,
+            attempt: self.attempt,
+            failed_analyses: self.failed_analyses,
+            ..status.clone()
+        }
+    }
 }
 
 /// How a measurement came out.
