@@ -74,10 +74,15 @@ pub fn routing(envoy: &Envoy) -> Result<RoutingSample> {
             s.ab.0
         );
         let share = s.split.1 as f64 / (s.split.0 + s.split.1).max(1) as f64;
+        // Each case splits users at its own weight (d2: 10 %); within 30 % of it, at least 5
+        // points, which a sample of a few hundred users keeps to.
+        let w = case.canary_weight();
+        let slack = (0.3 * w).max(0.05);
         ensure!(
-            (0.35..=0.65).contains(&share),
-            "case ({}): the 50/50 split sent {:.0} % of users to canary (stable {}, canary {})",
+            (w - slack..=w + slack).contains(&share),
+            "case ({}): the {:.0} % split sent {:.0} % of users to canary (stable {}, canary {})",
             case.label(),
+            w * 100.0,
             share * 100.0,
             s.split.0,
             s.split.1

@@ -180,6 +180,15 @@ impl Case {
         )
     }
 
+    /// The split's canary weight, 0–1.
+    pub fn canary_weight(self) -> f64 {
+        if self == Case::Canary10 {
+            0.10
+        } else {
+            0.50
+        }
+    }
+
     /// The canary's expected share of a loaded run's upstream requests: the A/B header's
     /// 10 % plus the split's weight of the other 90 %, the 5 % of keyless requests (all from
     /// 127.0.0.1, so one sticky key) landing on either side, and (dm) its copies on top.
