@@ -11,10 +11,17 @@
 //!   a failed webhook, or by a trip of a breaker guarding the canary) sets weight 0 and the
 //!   header route off: everyone is back on stable; `retry` starts over from the first step;
 //! * a spec whose revision (stable and canary clusters, steps) differs starts over as a new
-//!   release; other edits (limits, breakers, fixed routes, analysis bounds) apply in place.
+//!   release; other edits (limits, breakers, fixed routes, analysis bounds) apply in place;
+//! * with gateways known ([`Event::Gateways`]), a step that changes the policy is applied only
+//!   once every gateway serves the version pushed for it: the rollout waits at that step
+//!   (analysis measurements are dropped meanwhile, since part of the traffic still ran the
+//!   old policy), and past `spec.acknowledge.deadline` waits on or aborts. With no gateway
+//!   known, steps apply as soon as the policy is pushed, as before.
 
 use super::plan::{Plan, PlanStep};
-use super::status::{AnalysisStatus, Phase, RolloutStatus, Verdict};
+use super::status::{
+    ack_summary, AckWait, AnalysisStatus, GatewayStatus, Phase, RolloutStatus, Verdict,
+};
 use super::time::{human_ms, Timestamp};
 
 /// Something that happened to a rollout.
@@ -57,6 +64,12 @@ pub enum Event {
     SpecChanged,
     /// The sidecar restarted with this status: re-issue what was in flight.
     Resumed,
+    /// The known gateways were read: the policy version each serves (every one of them,
+    /// each time; an empty list means no gateway is known).
+    Gateways {
+        /// Each gateway with its version.
+        gateways: Vec<GatewayStatus>,
+    },
 }
 
 /// What the caller must do besides storing the new status.
@@ -106,7 +119,10 @@ pub fn step(
     };
     let active = status.phase.is_active();
     let current = run.current().cloned();
+    let awaiting = status.awaiting_gateways.is_some();
     match event {
+        // Waiting for the gateways: only they (or the deadline) move the step on.
+        Event::Tick | Event::Resumed if active && awaiting => run.check_ack(),
         Event::Tick if active && !matches!(current, Some(PlanStep::Webhook { .. })) => {
             run.enter();
         }
@@ -148,7 +164,7 @@ pub fn step(
         Event::Analysis {
             attempt,
             measurement,
-        } if active && attempt == status.attempt => run.analysis(measurement),
+        } if active && attempt == status.attempt && !awaiting => run.analysis(measurement),
         Event::Analysis { .. } => {}
         Event::Webhook {
             attempt,
@@ -197,6 +213,13 @@ pub fn step(
             _ => run.enter(),
         },
         Event::Resumed => {}
+        Event::Gateways { gateways } => {
+            // Kept in any phase, so the status shows what each gateway serves.
+            run.st.gateways = gateways;
+            if active && awaiting {
+                run.check_ack();
+            }
+        }
     }
     Ok(Transition {
         status: run.st,
@@ -241,6 +264,10 @@ impl Run<'_> {
 
     /// Runs steps from the current one until one blocks or none are left.
     fn enter(&mut self) {
+        if self.st.awaiting_gateways.is_some() {
+            // The step stays until the gateways serve its policy (`check_ack`).
+            return;
+        }
         let total = self.plan.steps.len();
         loop {
             let n = self.st.current_step as usize + 1;
@@ -250,24 +277,33 @@ impl Run<'_> {
             };
             match step {
                 PlanStep::SetWeight(w) => {
-                    if self.st.canary_weight != w {
+                    let changed = self.st.canary_weight != w;
+                    if changed {
                         self.note(format!("step {n}/{total}: canary weight {w}%"));
                     }
                     self.st.canary_weight = w;
+                    if changed && self.await_gateways() {
+                        return;
+                    }
                     self.next();
                 }
                 PlanStep::SetHeaderRoute(rule) => {
-                    if self.st.header_route != rule {
+                    let changed = self.st.header_route != rule;
+                    if changed {
                         self.note(match &rule {
                             Some(r) => format!("step {n}/{total}: header route {r} to the canary"),
                             None => format!("step {n}/{total}: header route off"),
                         });
                     }
                     self.st.header_route = rule;
+                    if changed && self.await_gateways() {
+                        return;
+                    }
                     self.next();
                 }
                 PlanStep::SetMirror(p) => {
-                    if self.st.mirror_percent != p {
+                    let changed = self.st.mirror_percent != p;
+                    if changed {
                         self.note(if p > 0.0 {
                             format!("step {n}/{total}: {p}% of requests copied to the canary")
                         } else {
@@ -275,6 +311,9 @@ impl Run<'_> {
                         });
                     }
                     self.st.mirror_percent = p;
+                    if changed && self.await_gateways() {
+                        return;
+                    }
                     self.next();
                 }
                 PlanStep::Pause(duration) => {
@@ -318,7 +357,76 @@ impl Run<'_> {
         }
     }
 
+    /// After a step changed the policy: with gateways known, the step waits for them to
+    /// serve it (the sidecar bumps the version when it stores this status, so the version
+    /// to wait for is the one the status holds from then on).
+    fn await_gateways(&mut self) -> bool {
+        if self.st.gateways.is_empty() {
+            return false;
+        }
+        let (n, total) = (self.st.current_step + 1, self.plan.steps.len());
+        self.st.awaiting_gateways = Some(AckWait {
+            since: self.now,
+            overdue: false,
+        });
+        self.st.phase = Phase::Progressing;
+        self.st.message = format!(
+            "step {n}/{total}: waiting for {} gateways to serve the new policy",
+            self.st.gateways.len()
+        );
+        true
+    }
+
+    /// A waiting step: goes on once every gateway serves the status's version, else says who
+    /// lags and, past the deadline, waits on or aborts.
+    fn check_ack(&mut self) {
+        let Some(wait) = self.st.awaiting_gateways else {
+            return;
+        };
+        let (n, total) = (self.st.current_step + 1, self.plan.steps.len());
+        let version = self.st.policy_version;
+        let count = self.st.gateways.len();
+        if self.st.gateways.iter().all(|g| g.serves(version)) {
+            self.st.awaiting_gateways = None;
+            if count > 0 {
+                self.note(format!(
+                    "step {n}/{total} applied: all {count} gateways on v{version}"
+                ));
+            }
+            // The next step (a timed pause, the analysis) counts from now.
+            self.next();
+            self.enter();
+            return;
+        }
+        let summary = ack_summary(&self.st.gateways, version);
+        let ack = self.plan.acknowledge;
+        match ack.deadline_ms {
+            Some(d) if self.now.since(wait.since) >= d && ack.abort => {
+                self.st.awaiting_gateways = None;
+                self.abort(format!(
+                    "the gateways did not serve v{version} within {}: {summary}",
+                    human_ms(d)
+                ));
+            }
+            Some(d) if self.now.since(wait.since) >= d => {
+                self.st.message = format!(
+                    "step {n}/{total}: {summary} (past the {} deadline, waiting on)",
+                    human_ms(d)
+                );
+                if !wait.overdue {
+                    self.st.awaiting_gateways = Some(AckWait {
+                        overdue: true,
+                        ..wait
+                    });
+                    self.note(self.st.message.clone());
+                }
+            }
+            _ => self.st.message = format!("step {n}/{total}: {summary}"),
+        }
+    }
+
     fn complete(&mut self) {
+        self.st.awaiting_gateways = None;
         self.st.phase = Phase::Promoted;
         self.st.canary_weight = 100.0;
         self.st.header_route = None;
@@ -330,6 +438,7 @@ impl Run<'_> {
     }
 
     fn abort(&mut self, why: String) {
+        self.st.awaiting_gateways = None;
         self.st.phase = Phase::Aborted;
         self.st.canary_weight = 0.0;
         self.st.header_route = None;
@@ -352,6 +461,7 @@ impl Run<'_> {
         self.st.mirror_percent = 0.0;
         self.st.failed_analyses = 0;
         self.st.analysis = None;
+        self.st.awaiting_gateways = None;
         self.st.phase = Phase::Progressing;
         self.st.step_started_at = Some(self.now);
         self.st.message = why.to_string();
@@ -386,3 +496,7 @@ impl Run<'_> {
 #[cfg(test)]
 #[path = "step_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "step_ack_tests.rs"]
+mod ack_tests;
