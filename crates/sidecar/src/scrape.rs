@@ -1,20 +1,30 @@
 //! The sidecar's analysis loop: every `--scrape-interval`, read `/stats/prometheus` of each
-//! `--envoy-admin` and let the rollout engine's judge ([`rollgate_rollout::judge`], the same
-//! one the controller uses) turn the readings into events for each watched rollout.
+//! `--envoy-admin` (all at once, each on its own: [`rollgate_rollout::gateways`]) and turn the
+//! readings into events: [`Event::Gateways`] for every rollout (the version each gateway
+//! serves, which steps wait for), and for each watched rollout what the engine's judge
+//! ([`rollgate_rollout::judge`], the same one the controller uses) finds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::registry::Shared;
-use rollgate_rollout::judge::{scrape, Tracker, Watch};
+use rollgate_rollout::gateways::{self, Reading};
+use rollgate_rollout::judge::{Tracker, Watch};
 use rollgate_rollout::{Event, Timestamp};
 
-/// A rollout to watch, copied out of the state so no lock is held while scraping.
+/// How long one gateway's stats may take: a paused one holds the tick this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A rollout, copied out of the state so no lock is held while scraping.
 struct Target {
     key: std::path::PathBuf,
+    name: String,
     attempt: u32,
-    watch: Watch,
+    /// Its step waits for the gateways: what they serve is not yet all the step's policy.
+    awaiting: bool,
+    /// What to judge, for an active rollout with analysis or canary breakers.
+    watch: Option<Watch>,
 }
 
 /// The analysis loop; returns when the server stops.
@@ -30,15 +40,21 @@ pub fn run(shared: &Arc<Shared>) {
             .entries
             .iter()
             .filter_map(|(key, e)| {
-                let watch = Watch::of(e.plan.as_ref()?)?;
-                e.status.phase.is_active().then(|| Target {
+                let plan = e.plan.as_ref()?;
+                Some(Target {
                     key: key.clone(),
+                    name: plan.name.clone(),
                     attempt: e.status.attempt,
-                    watch,
+                    awaiting: e.status.awaiting_gateways.is_some(),
+                    watch: Watch::of(plan).filter(|_| e.status.phase.is_active()),
                 })
             })
             .collect();
-        trackers.retain(|name, _| targets.iter().any(|t| t.watch.policy == *name));
+        trackers.retain(|name, _| {
+            targets
+                .iter()
+                .any(|t| t.watch.as_ref().is_some_and(|w| w.policy == *name))
+        });
         if !targets.is_empty() {
             tick(shared, &targets, &mut trackers, &mut last_error);
         }
@@ -68,8 +84,50 @@ fn tick(
         return;
     }
     shared.metrics.scrapes.inc();
-    let read = rollgate_rollout::client::block_on(scrape(&admins));
-    let samples = match read.unwrap_or_else(|e| Err(format!("analysis: {e}"))) {
+    let readings: Vec<Reading> =
+        rollgate_rollout::client::block_on(gateways::read_each(&admins, READ_TIMEOUT))
+            .unwrap_or_else(|e| {
+                let why = format!("analysis: {e}");
+                admins
+                    .iter()
+                    .map(|a| Reading {
+                        gateway: gateways::gateway_name(a),
+                        samples: Err(why.clone()),
+                    })
+                    .collect()
+            });
+    let mut events = Vec::new();
+    for t in targets {
+        let versions = gateways::versions(&readings, &t.name);
+        events.push((t.key.clone(), Event::Gateways { gateways: versions }));
+    }
+    judge(
+        shared,
+        targets,
+        trackers,
+        last_error,
+        &readings,
+        &mut events,
+    );
+    for (key, event) in events {
+        // Not a command: gateway readings, measurements and trips are never refused.
+        let _ = shared.apply(&key, event, Timestamp::now());
+    }
+}
+
+/// The judge's events of the watched rollouts, from the sum of every gateway's reading.
+fn judge(
+    shared: &Arc<Shared>,
+    targets: &[Target],
+    trackers: &mut HashMap<String, Tracker>,
+    last_error: &mut Option<String>,
+    readings: &[Reading],
+    events: &mut Vec<(std::path::PathBuf, Event)>,
+) {
+    if targets.iter().all(|t| t.watch.is_none()) {
+        return;
+    }
+    let samples = match gateways::sum(readings) {
         Ok(s) => {
             if last_error.take().is_some() {
                 shared.log("analysis: gateways readable again");
@@ -90,30 +148,32 @@ fn tick(
         }
     };
     let now = Instant::now();
-    let mut events = Vec::new();
     for t in targets {
+        let Some(watch) = &t.watch else { continue };
         let tr = trackers
-            .entry(t.watch.policy.clone())
+            .entry(watch.policy.clone())
             .or_insert_with(|| Tracker::new(t.attempt));
         tr.follow(t.attempt);
-        for event in tr.judge(&t.watch, &samples, now, Timestamp::now()) {
+        let judged = tr.judge(watch, &samples, now, Timestamp::now());
+        if t.awaiting {
+            // Some gateways still run the previous step's policy: the step's first interval
+            // starts at the first reading after they all serve it.
+            tr.lost_reading();
+        }
+        for event in judged {
+            if t.awaiting && matches!(event, Event::Analysis { .. }) {
+                continue;
+            }
             if let Event::Analysis { measurement: m, .. } = &event {
                 shared.metrics.count_analysis(m.verdict);
                 shared.log(&format!(
                     "{}: analysis {}: {}",
-                    t.watch.policy,
+                    watch.policy,
                     m.verdict,
                     m.summary()
                 ));
             }
             events.push((t.key.clone(), event));
         }
-    }
-    if events.is_empty() {
-        return;
-    }
-    for (key, event) in events {
-        // Not a command: measurements and trips are never refused.
-        let _ = shared.apply(&key, event, Timestamp::now());
     }
 }
