@@ -121,8 +121,11 @@ pub fn step(
     let current = run.current().cloned();
     let awaiting = status.awaiting_gateways.is_some();
     match event {
-        // Waiting for the gateways: only they (or the deadline) move the step on.
-        Event::Tick | Event::Resumed if active && awaiting => run.check_ack(),
+        // Waiting for the gateways: only a reading of them moves the step on, and the
+        // deadline is judged at the first reading past it, so an abort names who lagged
+        // then (a paused gateway holds a reading for its timeout, longer than a deadline
+        // may be, and the last reading before it may be older than the push).
+        Event::Tick | Event::Resumed if active && awaiting => {}
         Event::Tick if active && !matches!(current, Some(PlanStep::Webhook { .. })) => {
             run.enter();
         }

@@ -179,7 +179,10 @@ fn past_the_deadline_it_aborts_naming_the_gateway() {
     let st = started(&plan);
     let st = push(&plan, &st, gateways([2, 1, 2]), at(29)).status;
     assert_eq!(st.phase, Phase::Progressing);
-    let t = push(&plan, &st, Event::Tick, at(30));
+    // The deadline is judged at a reading of the gateways, not by the clock alone.
+    let st = push(&plan, &st, Event::Tick, at(31)).status;
+    assert_eq!(st.phase, Phase::Progressing);
+    let t = push(&plan, &st, gateways([2, 1, 2]), at(32));
     assert_eq!(t.status.phase, Phase::Aborted);
     assert_eq!(
         t.status.message,
@@ -201,13 +204,13 @@ fn past_the_deadline_it_waits_on_when_told_to() {
     let plan = plan("  acknowledge: { deadline: 30s }\n");
     let st = started(&plan);
     let st = push(&plan, &st, gateways([2, 1, 2]), at(1)).status;
-    let t = push(&plan, &st, Event::Tick, at(31));
+    let t = push(&plan, &st, gateways([2, 1, 2]), at(31));
     let msg = "step 1/4: 2/3 gateways on v2; b:2 still on v1 (past the 30s deadline, waiting on)";
     assert_eq!(notes(&t), vec![msg.to_string()]);
     let st = t.status;
     assert_eq!((st.phase, st.message.as_str()), (Phase::Progressing, msg));
     // Said once.
-    let t = push(&plan, &st, Event::Tick, at(40));
+    let t = push(&plan, &st, gateways([2, 1, 2]), at(40));
     assert!(notes(&t).is_empty());
     let st = push(&plan, &t.status, gateways([2, 2, 2]), at(41)).status;
     assert_eq!((st.phase, st.current_step), (Phase::Paused, 1));

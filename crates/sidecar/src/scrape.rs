@@ -81,6 +81,17 @@ fn tick(
 ) {
     let admins = shared.admins();
     if admins.is_empty() {
+        // No gateway known (any more): an empty reading, so a step that waited for gateways
+        // since removed goes on, and the status lists none.
+        for t in targets {
+            let _ = shared.apply(
+                &t.key,
+                Event::Gateways {
+                    gateways: Vec::new(),
+                },
+                Timestamp::now(),
+            );
+        }
         return;
     }
     shared.metrics.scrapes.inc();
