@@ -180,6 +180,7 @@ fn a_step_completes_only_once_every_gateway_serves_it() {
     assert!(st["awaitingGateways"]["since"].is_string(), "{st}");
     assert_eq!(st["message"], format!("step 2/5: {lag}"));
     let shown = f.cli_status();
+    println!("{shown}");
     assert!(
         shown.contains("  gateways  2/3 on v2, the step waits for the rest\n")
             && shown.contains(&format!("{} unreachable  (behind)\n", f.name(2))),
