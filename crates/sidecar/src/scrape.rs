@@ -55,9 +55,8 @@ pub fn run(shared: &Arc<Shared>) {
                 .iter()
                 .any(|t| t.watch.as_ref().is_some_and(|w| w.policy == *name))
         });
-        if !targets.is_empty() {
-            tick(shared, &targets, &mut trackers, &mut last_error);
-        }
+        // Read even without rollouts: a rollout added later starts knowing the gateways.
+        tick(shared, &targets, &mut trackers, &mut last_error);
         sleep(shared, shared.config.scrape_interval);
     }
 }
@@ -83,6 +82,11 @@ fn tick(
     if admins.is_empty() {
         // No gateway known (any more): an empty reading, so a step that waited for gateways
         // since removed goes on, and the status lists none.
+        shared
+            .readings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for t in targets {
             let _ = shared.apply(
                 &t.key,
@@ -107,6 +111,7 @@ fn tick(
                     })
                     .collect()
             });
+    *shared.readings.lock().unwrap_or_else(|e| e.into_inner()) = readings.clone();
     let mut events = Vec::new();
     for t in targets {
         let versions = gateways::versions(&readings, &t.name);
