@@ -1,6 +1,8 @@
 //! The sidecar's analysis and webhooks against fake gateways and jobs: a healthy canary
 //! passes, a failing one is aborted with its figures, a canary breaker trip aborts, a
-//! gateway that cannot be read aborts nothing, webhook answers decide their step.
+//! gateway that cannot be read aborts nothing (a step waits for it), webhook answers decide
+//! their step, and a step's analysis counts only the traffic after every gateway serves its
+//! policy.
 
 mod rollout_support;
 
@@ -171,13 +173,23 @@ fn an_unreadable_gateway_aborts_nothing() {
         &dir.0,
         &[admin.server.url(), "http://127.0.0.1:9".to_string()],
     );
-    assert_eq!(s.post("/v1/rollouts/flask/promote").status, 200);
     wait_until("the error to be logged", WAIT, || {
         s.logged("analysis: cannot read stats: http://127.0.0.1:")
     });
+    // Gateways that cannot be read serve nothing anyone can see: the step that changes the
+    // policy waits for them, naming them, and nothing aborts.
+    assert_eq!(s.post("/v1/rollouts/flask/promote").status, 200);
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(phase(&s), "Paused");
-    assert!(s.rollout("flask")["status"]["analysis"].is_null());
+    let st = s.rollout("flask")["status"].clone();
+    assert_eq!(st["phase"], "Progressing", "{st}");
+    assert_eq!(
+        st["message"],
+        format!(
+            "step 3/6: 0/2 gateways on v2; {} unreachable, 127.0.0.1:9 unreachable",
+            admin.server.url().replace("http://", "")
+        )
+    );
+    assert!(st["analysis"].is_null());
     let m = s.get("/metrics").text();
     assert!(!m.contains("rollgate_scrape_errors_total 0\n"), "{m}");
     // Logged once, not once per reading.
@@ -189,6 +201,97 @@ fn an_unreadable_gateway_aborts_nothing() {
         .filter(|l| l.contains("cannot read stats"))
         .count();
     assert_eq!(lines, 1, "{}", s.log_text());
+}
+
+#[test]
+fn analysis_counts_only_traffic_after_every_gateway_serves_the_step() {
+    let admin = FakeAdmin::start();
+    admin.stats.lock().unwrap().version = Some(1);
+    let dir = TempDir::new("ack-analysis");
+    dir.write(
+        "flask.yaml",
+        &seed_with_strategy(
+            "    steps:
+      - pause: {}
+      - setWeight: 50
+      - pause: {}
+    analysis:
+      interval: 1s
+      minRequests: 5
+      metrics: [{ name: success-rate, min: 0.99 }]
+",
+        ),
+    );
+    let s = Sidecar::start(&dir.0, &[admin.server.url()]);
+    let on = |version: u64| {
+        move |s: &Sidecar| s.rollout("flask")["status"]["gateways"][0]["version"] == version
+    };
+    wait_until("the gateway listed on v1", WAIT, || on(1)(&s));
+    assert_eq!(s.post("/v1/rollouts/flask/promote").status, 200);
+    // The gateway still serves v1, whose canary answers fail: 2.5 s of it, measured by the
+    // judge's 1 s intervals, and none of it counts.
+    let failing = Traffic::start(&admin, 0.0, 10.0);
+    thread::sleep(Duration::from_millis(2500));
+    drop(failing);
+    thread::sleep(Duration::from_millis(200));
+    let st = s.rollout("flask")["status"].clone();
+    assert_eq!(
+        (st["phase"].as_str(), st["currentStep"].as_u64()),
+        (Some("Progressing"), Some(1)),
+        "{st}"
+    );
+    assert!(st["analysis"].is_null(), "{st}");
+    // It serves v2, and from then on the canary answers well: the step completes and the
+    // first measurement (from the first reading after that) passes. Had its interval begun
+    // at a reading taken while the gateway was on v1, it would hold up to 1 s of failures.
+    let healthy = Traffic::start(&admin, 10.0, 0.0);
+    admin.stats.lock().unwrap().version = Some(2);
+    wait_until("a measurement", WAIT, || {
+        !s.rollout("flask")["status"]["analysis"].is_null()
+    });
+    drop(healthy);
+    let st = s.rollout("flask")["status"].clone();
+    assert_eq!(st["analysis"]["verdict"], "Passed", "{st}");
+    assert_eq!(
+        (st["phase"].as_str(), st["currentStep"].as_u64()),
+        (Some("Paused"), Some(2)),
+        "{st}"
+    );
+    assert!(s.logged("flask: step 2/3 applied: all 1 gateways on v2"));
+}
+
+#[test]
+fn a_new_rollouts_first_step_waits_for_the_gateways() {
+    // The gateway fetches flask's policy before there is one: its gauge reads 0.
+    let admin = FakeAdmin::start();
+    admin.stats.lock().unwrap().version = Some(0);
+    let dir = TempDir::new("ack-new");
+    let s = Sidecar::start(&dir.0, &[admin.server.url()]);
+    wait_until("a first reading", WAIT, || {
+        s.get("/metrics")
+            .text()
+            .contains("rollgate_scrapes_total 1")
+    });
+    dir.write(
+        "flask.yaml",
+        &seed_with_strategy("    steps:\n      - setWeight: 10\n      - pause: {}\n"),
+    );
+    wait_until("the rollout", WAIT, || {
+        s.get("/v1/rollouts/flask").status == 200
+    });
+    let st = s.rollout("flask")["status"].clone();
+    assert_eq!(
+        (st["phase"].as_str(), st["currentStep"].as_u64()),
+        (Some("Progressing"), Some(0)),
+        "{st}"
+    );
+    let gateway = admin.server.url().replace("http://", "");
+    wait_until("the lag to be named", WAIT, || {
+        s.rollout("flask")["status"]["message"]
+            == format!("step 1/2: 0/1 gateways on v1; {gateway} serving no policy")
+    });
+    admin.stats.lock().unwrap().version = Some(1);
+    wait_until("the step to complete", WAIT, || phase(&s) == "Paused");
 }
 
 fn webhook_rollout(url: &str, timeout: &str) -> String {

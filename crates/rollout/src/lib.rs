@@ -15,6 +15,7 @@
 pub mod analysis;
 pub mod client;
 pub mod excerpt;
+pub mod gateways;
 pub mod judge;
 pub mod notify;
 pub mod parts;
@@ -34,7 +35,7 @@ mod testdata;
 
 pub use plan::{Plan, PlanStep};
 pub use render::{accept_rendered, render};
-pub use status::{AnalysisStatus, Figure, Phase, RolloutStatus, Verdict};
+pub use status::{AckWait, AnalysisStatus, Figure, GatewayStatus, Phase, RolloutStatus, Verdict};
 pub use step::{step, Effect, Event, Refused, Transition};
 pub use time::Timestamp;
 pub use types::{Rollout, RolloutSpec, API_VERSION, KIND};

@@ -22,6 +22,17 @@ pub struct Plan {
     pub revision: String,
     /// Breakers guarding the canary variant: a trip of one aborts the rollout.
     pub canary_breakers: Vec<String>,
+    /// How long gateways may take to serve a step's policy.
+    pub acknowledge: AckPlan,
+}
+
+/// `spec.acknowledge`, ready to run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckPlan {
+    /// Milliseconds the gateways get to serve a step's policy; `None`: no deadline.
+    pub deadline_ms: Option<u64>,
+    /// Past the deadline, abort (else keep waiting).
+    pub abort: bool,
 }
 
 /// One step, ready to run.

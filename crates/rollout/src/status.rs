@@ -99,6 +99,14 @@ pub struct RolloutStatus {
     /// leaves this out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified: Option<Told>,
+    /// The known gateways and the policy version each serves, as last read (empty when no
+    /// gateway is known: then steps apply as soon as the policy is pushed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayStatus>,
+    /// Set while the current step's policy is pushed but not yet served by every gateway:
+    /// the rollout waits at that step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_gateways: Option<AckWait>,
 }
 
 /// The part of a status notifications compare ([`crate::notify::notices`]).
@@ -136,6 +144,73 @@ impl Told {
             ..status.clone()
         }
     }
+}
+
+/// One gateway (an Envoy running the filter) and the policy version it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// How it is known: its admin address (`127.0.0.1:9901`) or Prometheus instance.
+    pub gateway: String,
+    /// The version of this rollout's policy it serves; absent when it serves none yet or
+    /// could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Its stats could not be read (paused, down, unreachable).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unreachable: bool,
+}
+
+impl GatewayStatus {
+    /// Whether it serves `version` or a later one.
+    pub fn serves(&self, version: u64) -> bool {
+        !self.unreachable && self.version.is_some_and(|v| v >= version)
+    }
+}
+
+impl fmt::Display for GatewayStatus {
+    /// `127.0.0.1:9903 on v4`, `… unreachable`, `… serving no policy`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.unreachable, self.version) {
+            (true, _) => write!(f, "{} unreachable", self.gateway),
+            (false, Some(v)) if v > 0 => write!(f, "{} on v{v}", self.gateway),
+            (false, _) => write!(f, "{} serving no policy", self.gateway),
+        }
+    }
+}
+
+/// A step waiting for the gateways to serve its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AckWait {
+    /// Since when (the deadline counts from here).
+    pub since: Timestamp,
+    /// The deadline passed and the rollout waits on (`onDeadline: wait`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub overdue: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `2/3 gateways on v5; 127.0.0.1:9903 still on v4`: who serves `version` and who lags.
+pub fn ack_summary(gateways: &[GatewayStatus], version: u64) -> String {
+    let on = gateways.iter().filter(|g| g.serves(version)).count();
+    let lagging: Vec<String> = gateways
+        .iter()
+        .filter(|g| !g.serves(version))
+        .map(|g| match (g.unreachable, g.version) {
+            (false, Some(v)) if v > 0 => format!("{} still on v{v}", g.gateway),
+            _ => g.to_string(),
+        })
+        .collect();
+    let mut s = format!("{on}/{} gateways on v{version}", gateways.len());
+    if !lagging.is_empty() {
+        s.push_str("; ");
+        s.push_str(&lagging.join(", "));
+    }
+    s
 }
 
 /// How a measurement came out.

@@ -11,11 +11,18 @@
 //!   a failed webhook, or by a trip of a breaker guarding the canary) sets weight 0 and the
 //!   header route off: everyone is back on stable; `retry` starts over from the first step;
 //! * a spec whose revision (stable and canary clusters, steps) differs starts over as a new
-//!   release; other edits (limits, breakers, fixed routes, analysis bounds) apply in place.
+//!   release; other edits (limits, breakers, fixed routes, analysis bounds) apply in place;
+//! * with gateways known ([`Event::Gateways`]), a step that changes the policy is applied only
+//!   once every gateway serves the version pushed for it: the rollout waits at that step
+//!   (analysis measurements are dropped meanwhile, since part of the traffic still ran the
+//!   old policy), and past `spec.acknowledge.deadline` waits on or aborts. With no gateway
+//!   known, steps apply as soon as the policy is pushed, as before.
 
 use super::plan::{Plan, PlanStep};
-use super::status::{AnalysisStatus, Phase, RolloutStatus, Verdict};
+use super::status::{AnalysisStatus, GatewayStatus, Phase, RolloutStatus, Verdict};
 use super::time::{human_ms, Timestamp};
+
+mod ack;
 
 /// Something that happened to a rollout.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +64,12 @@ pub enum Event {
     SpecChanged,
     /// The sidecar restarted with this status: re-issue what was in flight.
     Resumed,
+    /// The known gateways were read: the policy version each serves (every one of them,
+    /// each time; an empty list means no gateway is known).
+    Gateways {
+        /// Each gateway with its version.
+        gateways: Vec<GatewayStatus>,
+    },
 }
 
 /// What the caller must do besides storing the new status.
@@ -106,7 +119,13 @@ pub fn step(
     };
     let active = status.phase.is_active();
     let current = run.current().cloned();
+    let awaiting = status.awaiting_gateways.is_some();
     match event {
+        // Waiting for the gateways: only a reading of them moves the step on, and the
+        // deadline is judged at the first reading past it, so an abort names who lagged
+        // then (a paused gateway holds a reading for its timeout, longer than a deadline
+        // may be, and the last reading before it may be older than the push).
+        Event::Tick | Event::Resumed if active && awaiting => {}
         Event::Tick if active && !matches!(current, Some(PlanStep::Webhook { .. })) => {
             run.enter();
         }
@@ -148,7 +167,7 @@ pub fn step(
         Event::Analysis {
             attempt,
             measurement,
-        } if active && attempt == status.attempt => run.analysis(measurement),
+        } if active && attempt == status.attempt && !awaiting => run.analysis(measurement),
         Event::Analysis { .. } => {}
         Event::Webhook {
             attempt,
@@ -197,6 +216,13 @@ pub fn step(
             _ => run.enter(),
         },
         Event::Resumed => {}
+        Event::Gateways { gateways } => {
+            // Kept in any phase, so the status shows what each gateway serves.
+            run.st.gateways = gateways;
+            if active && awaiting {
+                run.check_ack();
+            }
+        }
     }
     Ok(Transition {
         status: run.st,
@@ -241,6 +267,10 @@ impl Run<'_> {
 
     /// Runs steps from the current one until one blocks or none are left.
     fn enter(&mut self) {
+        if self.st.awaiting_gateways.is_some() {
+            // The step stays until the gateways serve its policy (`check_ack`).
+            return;
+        }
         let total = self.plan.steps.len();
         loop {
             let n = self.st.current_step as usize + 1;
@@ -250,23 +280,35 @@ impl Run<'_> {
             };
             match step {
                 PlanStep::SetWeight(w) => {
-                    if self.st.canary_weight != w {
+                    let changed = self.st.canary_weight != w;
+                    if changed {
                         self.note(format!("step {n}/{total}: canary weight {w}%"));
                     }
                     self.st.canary_weight = w;
+                    if changed && self.await_gateways() {
+                        return;
+                    }
                     self.next();
                 }
                 PlanStep::SetHeaderRoute(rule) => {
-                    if self.st.header_route != rule {
+                    let changed = self.st.header_route != rule;
+                    if changed {
                         self.note(match &rule {
                             Some(r) => format!("step {n}/{total}: header route {r} to the canary"),
                             None => format!("step {n}/{total}: header route off"),
                         });
                     }
                     self.st.header_route = rule;
+                    if changed && self.await_gateways() {
+                        return;
+                    }
                     self.next();
                 }
                 PlanStep::SetMirror(p, compare) => {
+                    let compare = if p > 0.0 { compare } else { 0 };
+                    // Either changes the policy the gateways must serve before the step is done.
+                    let changed =
+                        self.st.mirror_percent != p || self.st.mirror_compare_body != compare;
                     if self.st.mirror_percent != p {
                         self.note(if p > 0.0 {
                             format!("step {n}/{total}: {p}% of requests copied to the canary")
@@ -275,7 +317,10 @@ impl Run<'_> {
                         });
                     }
                     self.st.mirror_percent = p;
-                    self.st.mirror_compare_body = if p > 0.0 { compare } else { 0 };
+                    self.st.mirror_compare_body = compare;
+                    if changed && self.await_gateways() {
+                        return;
+                    }
                     self.next();
                 }
                 PlanStep::Pause(duration) => {
@@ -320,6 +365,7 @@ impl Run<'_> {
     }
 
     fn complete(&mut self) {
+        self.st.awaiting_gateways = None;
         self.st.phase = Phase::Promoted;
         self.st.canary_weight = 100.0;
         self.st.header_route = None;
@@ -332,6 +378,7 @@ impl Run<'_> {
     }
 
     fn abort(&mut self, why: String) {
+        self.st.awaiting_gateways = None;
         self.st.phase = Phase::Aborted;
         self.st.canary_weight = 0.0;
         self.st.header_route = None;
@@ -356,6 +403,7 @@ impl Run<'_> {
         self.st.mirror_compare_body = 0;
         self.st.failed_analyses = 0;
         self.st.analysis = None;
+        self.st.awaiting_gateways = None;
         self.st.phase = Phase::Progressing;
         self.st.step_started_at = Some(self.now);
         self.st.message = why.to_string();
@@ -390,3 +438,7 @@ impl Run<'_> {
 #[cfg(test)]
 #[path = "step_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "step_ack_tests.rs"]
+mod ack_tests;

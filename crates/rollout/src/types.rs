@@ -116,6 +116,26 @@ pub struct RolloutSpec {
     /// incoming webhook shows as is) on each event named, retried with back-off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<Notify>,
+    /// How long the known gateways may take to serve a step's policy, and what happens
+    /// after; absent: they are waited for as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledge: Option<Acknowledge>,
+}
+
+/// A step that changes the policy is applied once every known gateway serves its version;
+/// the rollout waits at that step until then.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Acknowledge {
+    /// Go-style duration (`30s`, `2m`) the gateways get to serve a step's policy; absent:
+    /// no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Past the deadline: `wait` (default: keep waiting, the status says the deadline
+    /// passed) or `abort` (naming the gateways that lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(wait|abort)$"))]
+    pub on_deadline: Option<String>,
 }
 
 /// One notification receiver.

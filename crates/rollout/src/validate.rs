@@ -12,11 +12,11 @@ use rollgate_policy::policy::Policy;
 
 use super::excerpt::{bounded, excerpt, MAX_MESSAGE, MAX_PROBLEMS};
 use super::parts::RuleSyntax;
-use super::plan::{fingerprint, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanStep};
+use super::plan::{fingerprint, AckPlan, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanStep};
 use super::render::render;
 use super::status::RolloutStatus;
 use super::time::parse_ms;
-use super::types::{Analysis, Rollout, RolloutSpec, Threshold, API_VERSION, KIND};
+use super::types::{Acknowledge, Analysis, Rollout, RolloutSpec, Threshold, API_VERSION, KIND};
 use super::url::HttpUrl;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -288,6 +288,11 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
         .analysis
         .as_ref()
         .and_then(|a| plan_analysis(a, &mut errs));
+    let acknowledge = spec
+        .acknowledge
+        .as_ref()
+        .map(|a| plan_acknowledge(a, &mut errs))
+        .unwrap_or_default();
     // The policy parts, as the filter will see them.
     let policy = render(name, spec, &RolloutStatus::default());
     if let Err(pe) = Policy::compile(policy) {
@@ -342,6 +347,7 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
         steps,
         analysis,
         revision: fingerprint(identity.to_string().as_bytes()),
+        acknowledge,
         canary_breakers: spec
             .circuit_breakers
             .iter()
@@ -478,6 +484,42 @@ fn plan_steps(spec: &RolloutSpec, errs: &mut Errors) -> Vec<PlanStep> {
         }
     }
     out
+}
+
+/// `spec.acknowledge`: a deadline of at least a second (gateways apply a pushed policy within
+/// one), and `abort` only with a deadline to pass.
+fn plan_acknowledge(a: &Acknowledge, errs: &mut Errors) -> AckPlan {
+    let deadline_ms = match a.deadline.as_deref().map(parse_ms) {
+        None => None,
+        Some(Ok(ms)) if ms >= 1_000 => Some(ms),
+        Some(Ok(_)) => {
+            errs.push("spec.acknowledge.deadline", "must be at least 1s");
+            None
+        }
+        Some(Err(e)) => {
+            errs.push("spec.acknowledge.deadline", e);
+            None
+        }
+    };
+    let abort = match a.on_deadline.as_deref() {
+        None | Some("wait") => false,
+        Some("abort") if a.deadline.is_none() => {
+            errs.push(
+                "spec.acknowledge.onDeadline",
+                "abort needs a deadline (spec.acknowledge.deadline)",
+            );
+            false
+        }
+        Some("abort") => true,
+        Some(other) => {
+            errs.push(
+                "spec.acknowledge.onDeadline",
+                format!("must be wait or abort (got '{}')", excerpt(other)),
+            );
+            false
+        }
+    };
+    AckPlan { deadline_ms, abort }
 }
 
 fn plan_analysis(a: &Analysis, errs: &mut Errors) -> Option<AnalysisPlan> {

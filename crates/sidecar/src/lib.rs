@@ -199,6 +199,7 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
         state: Mutex::new(State::default()),
         changed: registry::Wake::default(),
         admins: Mutex::new(config.envoy_admin.clone()),
+        readings: Mutex::default(),
         config,
         metrics: metrics::Metrics::default(),
         log,

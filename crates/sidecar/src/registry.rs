@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use super::metrics::Metrics;
 use super::{files, Config};
 use rollgate_policy::policy::PolicyErrors;
+use rollgate_rollout::gateways::{self, Reading};
 use rollgate_rollout::notify;
 use rollgate_rollout::view::Expect;
 use rollgate_rollout::webhook;
 use rollgate_rollout::{
-    accept_rendered, render, step, Effect, Event, FieldError, Plan, Refused, RolloutErrors,
-    RolloutStatus, Timestamp, Transition,
+    accept_rendered, render, step, Effect, Event, FieldError, GatewayStatus, Plan, Refused,
+    RolloutErrors, RolloutStatus, Timestamp, Transition,
 };
 
 /// How far a gateway's claimed version may lead the served one and still renumber it
@@ -200,6 +201,8 @@ pub struct Shared {
     pub config: Config,
     /// Envoy admin URLs the analysis reads (from `config`, replaceable while running).
     pub admins: Mutex<Vec<String>>,
+    /// The last reading of each gateway, so a rollout new to the sidecar starts knowing them.
+    pub readings: Mutex<Vec<Reading>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// The test's log capture, if any (else `tracing`).
@@ -221,6 +224,12 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The gateways of policy `name` and their versions, as last read.
+    pub fn gateways_of(&self, name: &str) -> Vec<GatewayStatus> {
+        let readings = self.readings.lock().unwrap_or_else(|e| e.into_inner());
+        gateways::versions(&readings, name)
     }
 
     /// Writes a log line.

@@ -1,20 +1,30 @@
 //! The sidecar's analysis loop: every `--scrape-interval`, read `/stats/prometheus` of each
-//! `--envoy-admin` and let the rollout engine's judge ([`rollgate_rollout::judge`], the same
-//! one the controller uses) turn the readings into events for each watched rollout.
+//! `--envoy-admin` (all at once, each on its own: [`rollgate_rollout::gateways`]) and turn the
+//! readings into events: [`Event::Gateways`] for every rollout (the version each gateway
+//! serves, which steps wait for), and for each watched rollout what the engine's judge
+//! ([`rollgate_rollout::judge`], the same one the controller uses) finds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::registry::Shared;
-use rollgate_rollout::judge::{scrape, Tracker, Watch};
+use rollgate_rollout::gateways::{self, Reading};
+use rollgate_rollout::judge::{Tracker, Watch};
 use rollgate_rollout::{Event, Timestamp};
 
-/// A rollout to watch, copied out of the state so no lock is held while scraping.
+/// How long one gateway's stats may take: a paused one holds the tick this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A rollout, copied out of the state so no lock is held while scraping.
 struct Target {
     key: std::path::PathBuf,
+    name: String,
     attempt: u32,
-    watch: Watch,
+    /// Its step waits for the gateways: what they serve is not yet all the step's policy.
+    awaiting: bool,
+    /// What to judge, for an active rollout with analysis or canary breakers.
+    watch: Option<Watch>,
     /// The stable variant, charted beside the canary.
     stable: String,
 }
@@ -33,16 +43,21 @@ pub fn run(shared: &Arc<Shared>) {
             .iter()
             .filter_map(|(key, e)| {
                 let plan = e.plan.as_ref()?;
-                let watch = Watch::of(plan)?;
-                e.status.phase.is_active().then(|| Target {
+                Some(Target {
                     key: key.clone(),
+                    name: plan.name.clone(),
                     attempt: e.status.attempt,
-                    watch,
+                    awaiting: e.status.awaiting_gateways.is_some(),
+                    watch: Watch::of(plan).filter(|_| e.status.phase.is_active()),
                     stable: plan.spec.stable_variant.clone(),
                 })
             })
             .collect();
-        trackers.retain(|name, _| targets.iter().any(|t| t.watch.policy == *name));
+        trackers.retain(|name, _| {
+            targets
+                .iter()
+                .any(|t| t.watch.as_ref().is_some_and(|w| w.policy == *name))
+        });
         // Charts outlive the attempt (an aborted rollout keeps its last minutes), not the file.
         let names: Vec<String> = shared
             .lock()
@@ -53,9 +68,8 @@ pub fn run(shared: &Arc<Shared>) {
         shared
             .traffic()
             .retain(&names.iter().map(String::as_str).collect::<Vec<_>>());
-        if !targets.is_empty() {
-            tick(shared, &targets, &mut trackers, &mut last_error);
-        }
+        // Read even without rollouts: a rollout added later starts knowing the gateways.
+        tick(shared, &targets, &mut trackers, &mut last_error);
         sleep(shared, shared.config.scrape_interval);
     }
 }
@@ -79,11 +93,70 @@ fn tick(
 ) {
     let admins = shared.admins();
     if admins.is_empty() {
+        // No gateway known (any more): an empty reading, so a step that waited for gateways
+        // since removed goes on, and the status lists none.
+        shared
+            .readings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for t in targets {
+            let _ = shared.apply(
+                &t.key,
+                Event::Gateways {
+                    gateways: Vec::new(),
+                },
+                Timestamp::now(),
+            );
+        }
         return;
     }
     shared.metrics.scrapes.inc();
-    let read = rollgate_rollout::client::block_on(scrape(&admins));
-    let samples = match read.unwrap_or_else(|e| Err(format!("analysis: {e}"))) {
+    let readings: Vec<Reading> =
+        rollgate_rollout::client::block_on(gateways::read_each(&admins, READ_TIMEOUT))
+            .unwrap_or_else(|e| {
+                let why = format!("analysis: {e}");
+                admins
+                    .iter()
+                    .map(|a| Reading {
+                        gateway: gateways::gateway_name(a),
+                        samples: Err(why.clone()),
+                    })
+                    .collect()
+            });
+    *shared.readings.lock().unwrap_or_else(|e| e.into_inner()) = readings.clone();
+    let mut events = Vec::new();
+    for t in targets {
+        let versions = gateways::versions(&readings, &t.name);
+        events.push((t.key.clone(), Event::Gateways { gateways: versions }));
+    }
+    judge(
+        shared,
+        targets,
+        trackers,
+        last_error,
+        &readings,
+        &mut events,
+    );
+    for (key, event) in events {
+        // Not a command: gateway readings, measurements and trips are never refused.
+        let _ = shared.apply(&key, event, Timestamp::now());
+    }
+}
+
+/// The judge's events of the watched rollouts, from the sum of every gateway's reading.
+fn judge(
+    shared: &Arc<Shared>,
+    targets: &[Target],
+    trackers: &mut HashMap<String, Tracker>,
+    last_error: &mut Option<String>,
+    readings: &[Reading],
+    events: &mut Vec<(std::path::PathBuf, Event)>,
+) {
+    if targets.iter().all(|t| t.watch.is_none()) {
+        return;
+    }
+    let samples = match gateways::sum(readings) {
         Ok(s) => {
             if last_error.take().is_some() {
                 shared.log("analysis: gateways readable again");
@@ -107,35 +180,38 @@ fn tick(
     {
         let mut traffic = shared.traffic();
         for t in targets {
-            let variants = [t.stable.as_str(), t.watch.canary.as_str()];
-            traffic.record(&t.watch.policy, &variants, &samples, now);
+            let Some(watch) = &t.watch else { continue };
+            let variants = [t.stable.as_str(), watch.canary.as_str()];
+            traffic.record(&watch.policy, &variants, &samples, now);
         }
     }
-    let mut events = Vec::new();
     for t in targets {
+        let Some(watch) = &t.watch else { continue };
         let tr = trackers
-            .entry(t.watch.policy.clone())
+            .entry(watch.policy.clone())
             .or_insert_with(|| Tracker::new(t.attempt));
         tr.follow(t.attempt);
-        for event in tr.judge(&t.watch, &samples, now, Timestamp::now()) {
+        let judged = tr.judge(watch, &samples, now, Timestamp::now());
+        if t.awaiting {
+            // Some gateways still run the previous step's policy: the step's first interval
+            // starts at the first reading after they all serve it.
+            tr.lost_reading();
+        }
+        for event in judged {
+            if t.awaiting && matches!(event, Event::Analysis { .. }) {
+                continue;
+            }
             if let Event::Analysis { measurement: m, .. } = &event {
                 shared.metrics.count_analysis(m.verdict);
-                shared.traffic().analysed(&t.watch.policy, m);
+                shared.traffic().analysed(&watch.policy, m);
                 shared.log(&format!(
                     "{}: analysis {}: {}",
-                    t.watch.policy,
+                    watch.policy,
                     m.verdict,
                     m.summary()
                 ));
             }
             events.push((t.key.clone(), event));
         }
-    }
-    if events.is_empty() {
-        return;
-    }
-    for (key, event) in events {
-        // Not a command: measurements and trips are never refused.
-        let _ = shared.apply(&key, event, Timestamp::now());
     }
 }

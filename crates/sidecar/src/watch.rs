@@ -247,7 +247,15 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
         }
     });
     if !st.entries.contains_key(file) {
-        let entry = restore(st, file, &result, saved);
+        let mut entry = restore(st, file, &result, saved);
+        if let Ok(plan) = &result {
+            if entry.status.gateways.is_empty() {
+                // From the last reading, so the first step of a rollout new to the sidecar
+                // waits for the gateways as every later one does (before the sidecar's first
+                // reading, at its start, none are known yet).
+                entry.status.gateways = shared.gateways_of(&plan.name);
+            }
+        }
         st.entries.insert(file.to_path_buf(), entry);
     }
     let entry = st.entries.get_mut(file)?;

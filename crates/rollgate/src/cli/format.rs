@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::rollout::view::RolloutView;
-use crate::rollout::Phase;
+use crate::rollout::{Phase, RolloutStatus};
 
 /// Width of the progress bars, in cells.
 const BAR: usize = 24;
@@ -74,6 +74,7 @@ pub fn block(v: &RolloutView, tty: bool) -> String {
     if !s.message.is_empty() {
         let _ = writeln!(out, "  message   {}", s.message);
     }
+    gateways(&mut out, s);
     if let Some(a) = &s.analysis {
         let _ = writeln!(
             out,
@@ -88,6 +89,30 @@ pub fn block(v: &RolloutView, tty: bool) -> String {
         let _ = writeln!(out, "  error     {e}");
     }
     out
+}
+
+/// The gateways and the version each serves, under a line saying how many serve the
+/// status's version (the one a waiting step waits for).
+fn gateways(out: &mut String, s: &RolloutStatus) {
+    if s.gateways.is_empty() {
+        return;
+    }
+    let v = s.policy_version;
+    let on = s.gateways.iter().filter(|g| g.serves(v)).count();
+    let waiting = if s.awaiting_gateways.is_some() {
+        ", the step waits for the rest"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "  gateways  {on}/{} on v{v}{waiting}",
+        s.gateways.len()
+    );
+    for g in &s.gateways {
+        let behind = if g.serves(v) { "" } else { "  (behind)" };
+        let _ = writeln!(out, "            {g}{behind}");
+    }
 }
 
 /// Every rollout's block, or `no rollouts`: `rollgate status` without a NAME.
@@ -148,7 +173,7 @@ impl Redraw {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{AnalysisStatus, Figure, RolloutStatus, Timestamp, Verdict};
+    use crate::rollout::{AckWait, AnalysisStatus, Figure, GatewayStatus, Timestamp, Verdict};
 
     fn view() -> RolloutView {
         RolloutView {
@@ -196,6 +221,36 @@ mod tests {
              \x20 message   paused at step 4/4: run `rollgate promote flask` to go on\n\
              \x20 analysis  passed at 1970-01-01T00:00:00.000Z (0 failed so far): \
              success-rate 1 (min 0.99) (120 canary responses)\n"
+        );
+    }
+
+    #[test]
+    fn gateways_are_listed_with_their_versions() {
+        let mut v = view();
+        assert!(!block(&v, false).contains("gateways"));
+        let gw = |name: &str, version: Option<u64>, unreachable: bool| GatewayStatus {
+            gateway: name.into(),
+            version,
+            unreachable,
+        };
+        v.status.gateways = vec![
+            gw("127.0.0.1:9901", Some(4), false),
+            gw("127.0.0.1:9902", Some(3), false),
+            gw("127.0.0.1:9903", None, true),
+        ];
+        v.status.awaiting_gateways = Some(AckWait {
+            since: Timestamp(0),
+            overdue: false,
+        });
+        assert!(
+            block(&v, false).contains(
+                "\n  gateways  1/3 on v4, the step waits for the rest\n\
+                 \x20           127.0.0.1:9901 on v4\n\
+                 \x20           127.0.0.1:9902 on v3  (behind)\n\
+                 \x20           127.0.0.1:9903 unreachable  (behind)\n"
+            ),
+            "{}",
+            block(&v, false)
         );
     }
 

@@ -265,6 +265,8 @@ pub struct FakeStats {
     pub ok: f64,
     pub errors: f64,
     pub trips: f64,
+    /// The policy version the gateway reports serving (no gauge while `None`).
+    pub version: Option<u64>,
 }
 
 /// A fake Envoy admin endpoint for policy `flask` whose counters the test moves.
@@ -284,8 +286,13 @@ impl FakeAdmin {
             assert_eq!(path, "/stats/prometheus");
             let s = s.lock().unwrap();
             let total = s.ok + s.errors;
-            let text = format!(
-                "# TYPE envoy_server_live gauge\nenvoy_server_live{{}} 1\n\
+            let version = s
+                .version
+                .map(|v| format!("rollgate_flask_policy_version{{}} {v}\n"))
+                .unwrap_or_default();
+            let text = version
+                + &format!(
+                    "# TYPE envoy_server_live gauge\nenvoy_server_live{{}} 1\n\
                  # TYPE rollgate_flask_variant_canary_rq_total counter\n\
                  rollgate_flask_variant_canary_rq_total{{}} {total}\n\
                  rollgate_flask_variant_canary_rs_2xx{{}} {}\n\
@@ -298,8 +305,8 @@ impl FakeAdmin {
                  rollgate_flask_variant_canary_latency_ms_bucket{{le=\"+Inf\"}} {total}\n\
                  rollgate_flask_variant_canary_latency_ms_sum{{}} 0\n\
                  rollgate_flask_variant_canary_latency_ms_count{{}} {total}\n",
-                s.ok, s.errors, s.trips
-            );
+                    s.ok, s.errors, s.trips
+                );
             (code.load(Ordering::SeqCst), text)
         });
         FakeAdmin {

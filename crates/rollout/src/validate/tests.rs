@@ -229,6 +229,45 @@ fn analysis_errors() {
 }
 
 #[test]
+fn acknowledge_errors() {
+    let with = |ack: &str| format!("{SEED_YAML}  acknowledge: {ack}\n");
+    assert_error(
+        &with("{ deadline: soon }"),
+        "spec.acknowledge.deadline: invalid duration 'soon'",
+    );
+    assert_error(
+        &with("{ deadline: 500ms }"),
+        "spec.acknowledge.deadline: must be at least 1s",
+    );
+    assert_error(
+        &with("{ onDeadline: abort }"),
+        "spec.acknowledge.onDeadline: abort needs a deadline (spec.acknowledge.deadline)",
+    );
+    assert_error(
+        &with("{ deadline: 30s, onDeadline: rollback }"),
+        "spec.acknowledge.onDeadline: must be wait or abort (got 'rollback')",
+    );
+    assert_error(&with("{ timeout: 30s }"), "timeout");
+    let p = load(&with("{ deadline: 2m, onDeadline: abort }")).unwrap();
+    assert_eq!(
+        p.acknowledge,
+        AckPlan {
+            deadline_ms: Some(120_000),
+            abort: true
+        }
+    );
+    assert_eq!(
+        seed().acknowledge,
+        AckPlan::default(),
+        "absent: wait, no deadline"
+    );
+    let wait = load(&with("{ deadline: 30s, onDeadline: wait }")).unwrap();
+    assert!(!wait.acknowledge.abort);
+    // An edit, not a new release.
+    assert_eq!(wait.revision, seed().revision);
+}
+
+#[test]
 fn policy_errors_map_to_rollout_fields() {
     assert_error(
         &edit(
