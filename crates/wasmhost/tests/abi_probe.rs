@@ -585,7 +585,8 @@ fn grpc_calls_are_answered_by_the_grpc_cluster_handler() {
 fn grpc_streams_are_served_by_the_stream_cluster_handler() {
     use rollgate_wasmhost::{GrpcStreamCall, GrpcStreamReply, GrpcStreamSent, Headers};
     let host = Host::new();
-    let asked: Arc<Mutex<Vec<(u32, Vec<GrpcStreamSent>)>>> = Arc::default();
+    type Asked = Arc<Mutex<Vec<(u32, Vec<GrpcStreamSent>)>>>;
+    let asked: Asked = Arc::default();
     let log = Arc::clone(&asked);
     let plugin = start(
         &host,
