@@ -126,8 +126,9 @@ pub struct TryArgs {
     /// `--property metadata.tenant=acme` is read at path ["metadata", "tenant"].
     #[arg(long, value_name = "PATH=VALUE")]
     pub property: Vec<String>,
-    /// A cluster the filter calls out to (`proxy_http_call`, and unary `proxy_grpc_call` over
-    /// HTTP/2), served by URL for real (repeatable): e.g. `--cluster auth=http://127.0.0.1:9000`.
+    /// A cluster the filter calls out to (`proxy_http_call`, and `proxy_grpc_call` and gRPC
+    /// streams over HTTP/2), served by URL for real (repeatable): e.g. `--cluster
+    /// auth=http://127.0.0.1:9000`.
     #[arg(long, value_name = "NAME=URL")]
     pub cluster: Vec<String>,
     /// One JSON request per line (see below), at most 64 MiB; - reads standard input.

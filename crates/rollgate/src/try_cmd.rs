@@ -99,8 +99,8 @@ pub struct TryOptions {
     pub log_level: LogLevel,
     /// Properties other filters would have set (`--property PATH=VALUE`): path segments, value.
     pub properties: Vec<(Vec<String>, String)>,
-    /// Call-out clusters (`--cluster NAME=URL`): the filter's `proxy_http_call`s and unary
-    /// `proxy_grpc_call`s to NAME are sent to URL for real.
+    /// Call-out clusters (`--cluster NAME=URL`): the filter's `proxy_http_call`s, unary
+    /// `proxy_grpc_call`s and gRPC streams to NAME are sent to URL for real.
     pub clusters: Vec<(String, String)>,
     /// The requests.
     pub requests: Requests,
@@ -808,6 +808,381 @@ async fn grpc_request(
     }
 }
 
+/// How long `rollgate try` waits for more from a gRPC stream's server after the filter acted
+/// on it, while the filter's side is still open (Envoy would keep listening; the host asks
+/// again after the filter's next action on the stream).
+const GRPC_STREAM_QUIET: Duration = Duration::from_millis(200);
+
+/// Most bytes of one message a gRPC stream's server may send (the host's bound).
+pub const MAX_GRPC_STREAM_MESSAGE: usize = 16 << 20;
+
+/// A gRPC cluster served by the server at `base` (`http://HOST:PORT`, plain-text HTTP/2 with
+/// prior knowledge, as Envoy's gRPC client talks to a cluster with `http2_protocol_options`),
+/// for the filter's gRPC streams (`proxy_grpc_stream`): `POST /SERVICE/METHOD`,
+/// `content-type: application/grpc`, `te: trailers` and the filter's metadata, each message the
+/// filter sends in a gRPC frame as it sends it, the end of the request when it closes its side,
+/// a reset when it cancels. What the server sends is read as Envoy's `Grpc::AsyncStreamImpl`
+/// reads it (source/common/grpc/async_client_impl.cc, `onHeaders`, `onData`, `onTrailers`,
+/// `streamError`): the response headers as initial metadata, each message, the trailers as
+/// trailing metadata, and a close with `grpc-status` (2 UNKNOWN when missing) and `grpc-message`
+/// followed by `{via_upstream}` (`via_upstream` alone for no message); a trailers-only answer gives
+/// empty initial metadata, a non-200 without `grpc-status` the mapped status (`httpToGrpcStatus`)
+/// after empty metadata. After the filter acted on a stream, the server's answers are read until
+/// the stream ends (the filter closed its side: up to 30 s) or nothing more comes for 200 ms
+/// (its side still open); later ones wait for the filter's next action on the stream. A refused
+/// connection gets [`GrpcStreamReply::refused`](crate::wasmhost::GrpcStreamReply::refused)
+/// (Envoy's, observed). The response headers carry `x-envoy-upstream-service-time` (the
+/// milliseconds until they came), as Envoy's router adds it. Other failures 14 UNAVAILABLE with words of our own (not compared with
+/// Envoy's).
+pub fn grpc_stream_url_cluster(
+    base: &str,
+) -> impl Fn(&crate::wasmhost::GrpcStreamCall) -> UrlGrpcStream + Send + Sync + 'static {
+    let base = base.trim_end_matches('/').to_string();
+    move |call| UrlGrpcStream {
+        base: base.clone(),
+        call: call.clone(),
+        rt: None,
+        state: UrlStreamState::Idle,
+    }
+}
+
+type StreamFrame = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+type BodyTx = tokio::sync::mpsc::UnboundedSender<StreamFrame>;
+type Pending =
+    tokio::task::JoinHandle<Result<hyper::Response<hyper::body::Incoming>, hyper::Error>>;
+
+/// One gRPC stream `rollgate try` runs against a real server ([`grpc_stream_url_cluster`]).
+pub struct UrlGrpcStream {
+    base: String,
+    call: crate::wasmhost::GrpcStreamCall,
+    /// The stream's own runtime: its connection makes progress while the host asks.
+    rt: Option<tokio::runtime::Runtime>,
+    state: UrlStreamState,
+}
+
+enum UrlStreamState {
+    Idle,
+    Waiting {
+        tx: Option<BodyTx>,
+        response: Pending,
+        started: std::time::Instant,
+    },
+    Reading {
+        tx: Option<BodyTx>,
+        body: hyper::body::Incoming,
+        buf: Vec<u8>,
+    },
+    Done,
+}
+
+impl crate::wasmhost::GrpcStreamHandler for UrlGrpcStream {
+    fn exchange(
+        &mut self,
+        sent: &[crate::wasmhost::GrpcStreamSent],
+    ) -> Vec<crate::wasmhost::GrpcStreamReply> {
+        use crate::wasmhost::{GrpcStreamReply, GrpcStreamSent};
+        if matches!(self.state, UrlStreamState::Done) {
+            return Vec::new();
+        }
+        if sent.contains(&GrpcStreamSent::Cancel) {
+            // Dropping the runtime drops the request: hyper resets the HTTP/2 stream.
+            self.state = UrlStreamState::Done;
+            self.rt = None;
+            return Vec::new();
+        }
+        if matches!(self.state, UrlStreamState::Idle) {
+            if let Err(replies) = self.open() {
+                self.state = UrlStreamState::Done;
+                return replies;
+            }
+        }
+        let tx = match &mut self.state {
+            UrlStreamState::Waiting { tx, .. } | UrlStreamState::Reading { tx, .. } => tx,
+            _ => return Vec::new(),
+        };
+        for event in sent {
+            match event {
+                GrpcStreamSent::Message(m) => {
+                    if let Some(t) = tx {
+                        let _ = t.send(Ok(hyper::body::Frame::data(grpc_frame(m).into())));
+                    }
+                }
+                // Dropping the sender ends the request body (END_STREAM).
+                GrpcStreamSent::Close => *tx = None,
+                GrpcStreamSent::Cancel => {}
+            }
+        }
+        let wait = if tx.is_none() {
+            CALLOUT_TIMEOUT
+        } else {
+            GRPC_STREAM_QUIET
+        };
+        let Some(rt) = self.rt.take() else {
+            self.state = UrlStreamState::Done;
+            return vec![
+                GrpcStreamReply::TrailingMetadata(crate::wasmhost::Headers::new()),
+                GrpcStreamReply::Close {
+                    status: 14,
+                    message: "rollgate try: the stream's runtime is gone".into(),
+                },
+            ];
+        };
+        let replies = rt.block_on(self.read(wait));
+        self.rt = Some(rt);
+        if replies
+            .iter()
+            .any(|r| matches!(r, GrpcStreamReply::Close { .. }))
+        {
+            self.state = UrlStreamState::Done;
+        }
+        replies
+    }
+}
+
+impl UrlGrpcStream {
+    /// Connects and sends the request headers; on failure, what the filter gets instead.
+    fn open(&mut self) -> Result<(), Vec<crate::wasmhost::GrpcStreamReply>> {
+        use crate::wasmhost::{GrpcStreamReply, Headers};
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            vec![
+                GrpcStreamReply::TrailingMetadata(Headers::new()),
+                GrpcStreamReply::Close {
+                    status: 14,
+                    message: format!("rollgate try: gRPC stream to {}: {what}: {e}", self.base),
+                },
+            ]
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail("no async runtime", &e))?;
+        let uri: hyper::Uri = format!("{}/{}/{}", self.base, self.call.service, self.call.method)
+            .parse()
+            .map_err(|e| fail("the cluster URL", &e))?;
+        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let mut req = hyper::Request::post(uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in self.call.metadata.pairs() {
+            req = req.header(k.as_slice(), v.as_slice());
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<StreamFrame>();
+        let body = http_body_util::StreamBody::new(Box::pin(futures::stream::unfold(
+            rx,
+            |mut rx| async { rx.recv().await.map(|f| (f, rx)) },
+        )));
+        let req = req.body(body).map_err(|e| fail("the request", &e))?;
+        let response = rt.block_on(async {
+            let tcp = tokio::time::timeout(
+                CALLOUT_TIMEOUT,
+                tokio::net::TcpStream::connect((host.as_str(), port)),
+            )
+            .await;
+            let tcp = match tcp {
+                Ok(Ok(tcp)) => tcp,
+                _ => return Err(GrpcStreamReply::refused()),
+            };
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .map_err(|e| fail("HTTP/2 handshake", &e))?;
+            tokio::spawn(conn);
+            Ok(tokio::spawn(sender.send_request(req)))
+        })?;
+        self.rt = Some(rt);
+        self.state = UrlStreamState::Waiting {
+            tx: Some(tx),
+            response,
+            started: std::time::Instant::now(),
+        };
+        Ok(())
+    }
+
+    /// What the server sends until the stream ends or nothing comes for `wait`.
+    async fn read(&mut self, wait: Duration) -> Vec<crate::wasmhost::GrpcStreamReply> {
+        use crate::wasmhost::{GrpcStreamReply, Headers};
+        use http_body_util::BodyExt;
+        let mut out = Vec::new();
+        // Envoy's words after a server's status: its message, then the response code details.
+        let enhanced = |m: &str| {
+            if m.is_empty() {
+                "via_upstream".to_string()
+            } else {
+                format!("{m}{{via_upstream}}")
+            }
+        };
+        let map = |status: Option<u16>, h: &hyper::HeaderMap| {
+            let mut m = Headers::new();
+            if let Some(s) = status {
+                m.add(":status", s.to_string());
+            }
+            for (k, v) in h {
+                m.add(k.as_str(), v.as_bytes());
+            }
+            m
+        };
+        let grpc_status = |h: &hyper::HeaderMap| {
+            h.get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let grpc_message = |h: &hyper::HeaderMap| {
+            h.get("grpc-message")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        // `AsyncStreamImpl::streamError`: empty trailing metadata, then the close.
+        let error = |out: &mut Vec<GrpcStreamReply>, status: u32, message: String| {
+            out.push(GrpcStreamReply::TrailingMetadata(Headers::new()));
+            out.push(GrpcStreamReply::Close { status, message });
+        };
+        loop {
+            match std::mem::replace(&mut self.state, UrlStreamState::Done) {
+                UrlStreamState::Waiting {
+                    tx,
+                    mut response,
+                    started,
+                } => {
+                    let resp = match tokio::time::timeout(wait, &mut response).await {
+                        Err(_) => {
+                            self.state = UrlStreamState::Waiting {
+                                tx,
+                                response,
+                                started,
+                            };
+                            return out;
+                        }
+                        Ok(Ok(Ok(resp))) => resp,
+                        Ok(Ok(Err(e))) => {
+                            error(&mut out, 14, format!("rollgate try: gRPC stream: {e}"));
+                            return out;
+                        }
+                        Ok(Err(e)) => {
+                            error(&mut out, 14, format!("rollgate try: gRPC stream: {e}"));
+                            return out;
+                        }
+                    };
+                    let (parts, body) = resp.into_parts();
+                    let status = parts.status.as_u16();
+                    let end = hyper::body::Body::is_end_stream(&body);
+                    let code = grpc_status(&parts.headers);
+                    if status != 200 && !(end && code.is_some()) {
+                        out.push(GrpcStreamReply::InitialMetadata(Headers::new()));
+                        let code = crate::wasmhost::http_to_grpc_status(status.into());
+                        error(&mut out, code, enhanced(""));
+                        return out;
+                    }
+                    if end {
+                        // Trailers-only: the headers are the trailing metadata.
+                        out.push(GrpcStreamReply::InitialMetadata(Headers::new()));
+                        out.push(GrpcStreamReply::TrailingMetadata(map(
+                            Some(status),
+                            &parts.headers,
+                        )));
+                        out.push(GrpcStreamReply::Close {
+                            status: code.unwrap_or(2),
+                            message: enhanced(&grpc_message(&parts.headers)),
+                        });
+                        return out;
+                    }
+                    // Envoy's router adds the upstream's time to the headers it passes on.
+                    let mut headers = map(Some(status), &parts.headers);
+                    headers.add(
+                        "x-envoy-upstream-service-time",
+                        started.elapsed().as_millis().to_string(),
+                    );
+                    out.push(GrpcStreamReply::InitialMetadata(headers));
+                    self.state = UrlStreamState::Reading {
+                        tx,
+                        body,
+                        buf: Vec::new(),
+                    };
+                }
+                UrlStreamState::Reading {
+                    tx,
+                    mut body,
+                    mut buf,
+                } => {
+                    let frame = match tokio::time::timeout(wait, body.frame()).await {
+                        Err(_) => {
+                            self.state = UrlStreamState::Reading { tx, body, buf };
+                            return out;
+                        }
+                        Ok(f) => f,
+                    };
+                    match frame {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => {
+                                buf.extend_from_slice(&data);
+                                while buf.len() >= 5 {
+                                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]])
+                                        as usize;
+                                    if len > MAX_GRPC_STREAM_MESSAGE {
+                                        error(
+                                            &mut out,
+                                            8,
+                                            format!(
+                                                "rollgate try: a gRPC message of {len} bytes, more \
+                                                 than {MAX_GRPC_STREAM_MESSAGE}"
+                                            ),
+                                        );
+                                        return out;
+                                    }
+                                    if buf.len() < 5 + len {
+                                        break;
+                                    }
+                                    if len > 0 && buf[0] != 0 {
+                                        // Compressed or unknown flags (`onData`): 13 INTERNAL.
+                                        error(&mut out, 13, String::new());
+                                        return out;
+                                    }
+                                    let message: Vec<u8> = buf.drain(..5 + len).skip(5).collect();
+                                    out.push(GrpcStreamReply::Message(message));
+                                }
+                                self.state = UrlStreamState::Reading { tx, body, buf };
+                            }
+                            Err(frame) => {
+                                let trailers = frame.into_trailers().unwrap_or_default();
+                                out.push(GrpcStreamReply::TrailingMetadata(map(None, &trailers)));
+                                out.push(GrpcStreamReply::Close {
+                                    status: grpc_status(&trailers).unwrap_or(2),
+                                    message: enhanced(&grpc_message(&trailers)),
+                                });
+                                return out;
+                            }
+                        },
+                        // The body ended without trailers (`onData` with end_stream): 2 UNKNOWN.
+                        None => {
+                            error(&mut out, 2, enhanced(""));
+                            return out;
+                        }
+                        Some(Err(e)) => {
+                            error(&mut out, 13, format!("rollgate try: gRPC stream: {e}"));
+                            return out;
+                        }
+                    }
+                }
+                state => {
+                    self.state = state;
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+/// gRPC's length-prefixed message: not compressed, 4-byte big-endian length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
 /// The plugin's own log lines at `level` and above, as `[[level, message], …]` (Envoy's level
 /// names, as its log writes them).
 pub fn logs_field(ex: &Exchange, level: LogLevel) -> String {
@@ -1033,7 +1408,8 @@ pub fn run(
     for (name, url) in &opts.clusters {
         config = config
             .cluster(name, url_cluster(url))
-            .grpc_cluster(name, grpc_url_cluster(url));
+            .grpc_cluster(name, grpc_url_cluster(url))
+            .grpc_stream_cluster(name, grpc_stream_url_cluster(url));
     }
     let plugin = match Host::new().start(&wasm, config) {
         Ok(p) => p,

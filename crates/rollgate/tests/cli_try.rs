@@ -302,9 +302,9 @@ fn any_filter_with_bodies_answers_properties_and_logs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--cluster NAME=URL` also serves the filter's gRPC calls to NAME: here URL refuses, and
-/// the filter gets Envoy's 14 UNAVAILABLE (the answered case is compared with Envoy in
-/// try_grpc_like_envoy.rs).
+/// `--cluster NAME=URL` also serves the filter's gRPC calls and streams to NAME: here URL
+/// refuses, and the filter gets Envoy's 14 UNAVAILABLE (the answered cases are compared with
+/// Envoy in try_grpc_like_envoy.rs and try_grpc_stream_like_envoy.rs).
 #[test]
 fn a_grpc_call_to_a_cluster_url_reaches_the_filter() {
     let probe = common::probe_path().to_string_lossy().into_owned();
@@ -318,7 +318,8 @@ fn a_grpc_call_to_a_cluster_url_reaches_the_filter() {
     std::fs::write(&config, "").unwrap();
     std::fs::write(
         &requests,
-        r#"{"authority":"p.test","headers":[["x-probe-op","grpc"]]}"#,
+        "{\"authority\":\"p.test\",\"headers\":[[\"x-probe-op\",\"grpc\"]]}\n\
+         {\"authority\":\"p.test\",\"headers\":[[\"x-probe-op\",\"grpc-stream\"]]}\n",
     )
     .unwrap();
     let out = rollgate(
@@ -351,6 +352,16 @@ fn a_grpc_call_to_a_cluster_url_reaches_the_filter() {
             .as_str()
             .unwrap_or_default()
             .starts_with("14:upstream connect error or disconnect/reset before headers"),
+        "{v}"
+    );
+    let v = json_lines(&out).remove(1);
+    let stream = v["request_headers"]["x-probe-grpc-stream"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        stream.starts_with("open 6 | sent Ok Ok close Ok | initial 6 0 [] | trailing 6 4 [")
+            && stream.contains("| close 6 14 status 14:upstream connect error"),
         "{v}"
     );
     let _ = std::fs::remove_dir_all(&dir);

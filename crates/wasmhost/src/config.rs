@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::maps::Headers;
-use super::{CalloutReply, GrpcCall, GrpcReply, HttpCall, LogLevel, Response, Status};
+use super::{
+    CalloutReply, GrpcCall, GrpcReply, GrpcStreamCall, GrpcStreamHandler, HttpCall, LogLevel,
+    Response, Status,
+};
 
 /// What Envoy does with a plugin's streams once its VM failed (`failure_policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,6 +27,10 @@ pub enum FailurePolicy {
 
 /// Answers unary gRPC calls to one cluster.
 pub type GrpcHandler = Arc<dyn Fn(&GrpcCall) -> GrpcReply + Send + Sync>;
+
+/// Opens the server side of each gRPC stream to one cluster.
+pub type GrpcStreamOpener =
+    Arc<dyn Fn(&GrpcStreamCall) -> Box<dyn GrpcStreamHandler> + Send + Sync>;
 
 /// Answers HTTP callouts to one cluster.
 pub type CalloutHandler = Arc<dyn Fn(&HttpCall) -> CalloutReply + Send + Sync>;
@@ -50,6 +57,7 @@ pub struct PluginConfig {
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) clusters: BTreeMap<String, CalloutHandler>,
     pub(crate) grpc_clusters: BTreeMap<String, GrpcHandler>,
+    pub(crate) grpc_stream_clusters: BTreeMap<String, GrpcStreamOpener>,
     pub(crate) foreign_functions: BTreeMap<String, ForeignFunction>,
     pub(crate) upstream: Option<UpstreamHandler>,
     pub(crate) seed: u64,
@@ -68,6 +76,10 @@ impl fmt::Debug for PluginConfig {
             .field(
                 "grpc_clusters",
                 &self.grpc_clusters.keys().collect::<Vec<_>>(),
+            )
+            .field(
+                "grpc_stream_clusters",
+                &self.grpc_stream_clusters.keys().collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -92,6 +104,7 @@ impl PluginConfig {
             failure_policy: FailurePolicy::FailClosed,
             clusters: BTreeMap::new(),
             grpc_clusters: BTreeMap::new(),
+            grpc_stream_clusters: BTreeMap::new(),
             foreign_functions: BTreeMap::new(),
             upstream: None,
             seed: 0x5eed,
@@ -209,6 +222,30 @@ impl PluginConfig {
         handler: impl Fn(&GrpcCall) -> GrpcReply + Send + Sync + 'static,
     ) -> PluginConfig {
         self.grpc_clusters.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// Declares cluster `name` for gRPC streams (`proxy_grpc_stream`): `open` makes the server
+    /// side of each stream, a [`GrpcStreamHandler`] (any `FnMut(&[GrpcStreamSent]) ->
+    /// Vec<GrpcStreamReply> + Send`), asked right after each callback in which the plugin
+    /// opened the stream or acted on it. Streams to clusters declared by none of this,
+    /// [`PluginConfig::grpc_cluster`] and [`PluginConfig::cluster`] get ParseFailure, as in
+    /// Envoy 1.40; a stream to a cluster declared only by those two gets
+    /// [`GrpcStreamReply::refused`](super::GrpcStreamReply::refused).
+    pub fn grpc_stream_cluster<H>(
+        mut self,
+        name: impl Into<String>,
+        open: impl Fn(&GrpcStreamCall) -> H + Send + Sync + 'static,
+    ) -> PluginConfig
+    where
+        H: GrpcStreamHandler + 'static,
+    {
+        self.grpc_stream_clusters.insert(
+            name.into(),
+            Arc::new(move |call: &GrpcStreamCall| -> Box<dyn GrpcStreamHandler> {
+                Box::new(open(call))
+            }),
+        );
         self
     }
 

@@ -104,6 +104,15 @@ pub(crate) fn copy_out(
 pub(crate) fn map_of(st: &mut VmState, map_type: i32, write: bool) -> Result<&mut Headers, Status> {
     match map_type {
         0..=3 => {}
+        4 | 5 => {
+            // The gRPC stream metadata being delivered (Envoy's
+            // `grpc_receive_{initial,trailing}_metadata_`, null outside their callbacks, and
+            // writable within them as the call response's maps are).
+            return match st.grpc_metadata.as_mut() {
+                Some((t, h)) if *t == map_type => Ok(h),
+                _ => Err(Status::BadArgument),
+            };
+        }
         6 | 7 => {
             let (h, _, t) = st.call_response.as_mut().ok_or(Status::BadArgument)?;
             return Ok(if map_type == 6 { h } else { t });

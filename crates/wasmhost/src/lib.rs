@@ -28,9 +28,13 @@
 //! results as pointer 0 / length 0 in guest-allocated memory, status codes (BadArgument for a
 //! map outside its phase, NotFound for a missing property), shared-data CAS, the last
 //! registrant of a queue getting `on_queue_ready`, ticks per VM, metrics (`wasmcustom.`
-//! namespace), `clear_route_cache`, HTTP callouts and unary gRPC calls answered on the root
-//! context ([`PluginConfig::cluster`], [`PluginConfig::grpc_cluster`]), and fail-closed
-//! VMs after a trap (503, details `wasm_fail_stream`).
+//! namespace), `clear_route_cache`, HTTP callouts, unary gRPC calls and gRPC streams answered
+//! on the root context ([`PluginConfig::cluster`], [`PluginConfig::grpc_cluster`],
+//! [`PluginConfig::grpc_stream_cluster`]: a [`GrpcStreamHandler`] per stream, asked after each
+//! callback that acted on it; initial metadata, messages, trailing metadata and the close
+//! delivered in Envoy's order, tokens 6, 10, …, ParseFailure for a missing cluster, at most
+//! [`MAX_GRPC_STREAMS`] open per VM), and fail-closed VMs after a trap (503, details
+//! `wasm_fail_stream`).
 //!
 //! Time only moves with [`Host::advance`]; ticks and callout timeouts fire then, in order.
 //! Asynchronous events (callout responses, `on_queue_ready`) are delivered right after the
@@ -39,6 +43,7 @@
 mod clock;
 mod config;
 mod error;
+mod grpc_stream;
 mod imports;
 mod linker;
 mod maps;
@@ -61,9 +66,14 @@ use std::time::{Duration, SystemTime};
 
 pub use clock::DEFAULT_EPOCH_SECS;
 pub use config::{
-    CalloutHandler, FailurePolicy, ForeignFunction, GrpcHandler, PluginConfig, UpstreamHandler,
+    CalloutHandler, FailurePolicy, ForeignFunction, GrpcHandler, GrpcStreamOpener, PluginConfig,
+    UpstreamHandler,
 };
 pub use error::{HostError, TrapError};
+pub use grpc_stream::{
+    GrpcStreamCall, GrpcStreamHandler, GrpcStreamReply, GrpcStreamSent, MAX_GRPC_STREAMS,
+    MAX_GRPC_STREAM_QUEUED_BYTES,
+};
 pub use maps::Headers;
 pub use metrics::{Metric, MetricKind, CUSTOM_NAMESPACE};
 pub use stream::http_to_grpc_status;

@@ -4,8 +4,8 @@
 use wasmtime::{Caller, Linker};
 
 use super::imports::*;
-use super::props;
 use super::vm::VmState;
+use super::{grpc_stream, props};
 use super::{maps, Status};
 
 type C<'a> = Caller<'a, VmState>;
@@ -235,26 +235,43 @@ pub(crate) fn add_to_linker(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             ))
         },
     )?;
-    // gRPC streams are not answered here: ParseFailure, as Envoy for a cluster it does not
-    // have, and NotFound for tokens it does not know.
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |_: C, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> Ret {
-            Ok(Status::ParseFailure as i32)
+        |mut c: C,
+         cp: i32,
+         cl: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         r: i32|
+         -> Ret {
+            finish(grpc_stream::grpc_stream(
+                &mut c,
+                (cp, cl),
+                (sp, sl),
+                (mp, ml),
+                (hp, hl),
+                r,
+            ))
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_send",
-        |_: C, _: i32, _: i32, _: i32, _: i32| -> Ret { Ok(Status::NotFound as i32) },
+        |mut c: C, t: i32, mp: i32, ml: i32, eos: i32| -> Ret {
+            finish(grpc_stream::grpc_send(&mut c, t as u32, (mp, ml), eos != 0))
+        },
     )?;
     // On a call token Envoy cancels the call either way: no answer is delivered.
     l.func_wrap("env", "proxy_grpc_cancel", |mut c: C, t: i32| -> Ret {
-        Ok(cancel_grpc_call(c.data_mut(), t as u32) as i32)
+        Ok(grpc_stream::grpc_cancel(c.data_mut(), t as u32) as i32)
     })?;
     l.func_wrap("env", "proxy_grpc_close", |mut c: C, t: i32| -> Ret {
-        Ok(cancel_grpc_call(c.data_mut(), t as u32) as i32)
+        Ok(grpc_stream::grpc_close(c.data_mut(), t as u32) as i32)
     })?;
     l.func_wrap(
         "env",

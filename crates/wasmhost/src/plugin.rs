@@ -9,8 +9,9 @@ use wasmtime::Linker;
 use super::shared::{lock, Process};
 use super::vm::{Callback, PluginShared, Vm, VmState, ROOT_CONTEXT_ID};
 use super::{
-    linker, wasi, CalloutReply, FailurePolicy, GrpcReply, HostError, HttpCall, LogEntry,
-    PluginConfig, Response, Status, Wasm,
+    linker, wasi, CalloutReply, FailurePolicy, GrpcReply, GrpcStreamCall, GrpcStreamHandler,
+    GrpcStreamReply, GrpcStreamSent, HostError, HttpCall, LogEntry, PluginConfig, Response, Status,
+    Wasm,
 };
 
 /// The state behind a [`super::Plugin`].
@@ -212,6 +213,11 @@ impl PluginInner {
                     self.deliver_grpc(w, call.token, reply)?;
                 }
             }
+            for w in 0..self.vms.len() {
+                while self.vms[w].failed.is_none() && self.exchange_grpc_stream(w)? {
+                    progressed = true;
+                }
+            }
             let ready = lock(&self.process.shared).take_ready(Some(self.shared.id));
             for r in ready {
                 progressed = true;
@@ -339,6 +345,152 @@ impl PluginInner {
         };
         let st = vm.store.data_mut();
         st.grpc_receive = None;
+        st.status = (Status::Ok as u32, String::new());
+        result
+    }
+
+    /// Asks one gRPC stream's handler about what the plugin did (a cancelled stream's first),
+    /// and delivers its answer; `false` when no stream of worker `w` had anything to ask.
+    fn exchange_grpc_stream(&mut self, w: usize) -> Result<bool, HostError> {
+        let st = self.vms[w].store.data_mut();
+        if !st.grpc_cancelled.is_empty() {
+            let c = st.grpc_cancelled.remove(0);
+            // The handler hears of the cancel; nothing it answers is delivered.
+            let mut handler = match c.handler {
+                Some(h) => h,
+                None => self.open_grpc_stream(&c.call),
+            };
+            handler.exchange(&c.outbox);
+            return Ok(true);
+        }
+        let Some(token) = st
+            .grpc_streams
+            .iter()
+            .find(|(_, s)| s.due())
+            .map(|(t, _)| *t)
+        else {
+            return Ok(false);
+        };
+        let (call, handler, outbox) = match st.grpc_streams.get_mut(&token) {
+            Some(s) => {
+                s.outbox_bytes = 0;
+                (
+                    s.call.clone(),
+                    s.handler.take(),
+                    std::mem::take(&mut s.outbox),
+                )
+            }
+            None => return Ok(false),
+        };
+        let mut handler = match handler {
+            Some(h) => h,
+            None => self.open_grpc_stream(&call),
+        };
+        let replies = handler.exchange(&outbox);
+        if let Some(s) = self.vms[w].store.data_mut().grpc_streams.get_mut(&token) {
+            s.handler = Some(handler);
+        }
+        for reply in replies {
+            if self.vms[w].failed.is_some() {
+                break;
+            }
+            // Cancelled (or closed on both sides) meanwhile: nothing more is delivered.
+            match self.vms[w].store.data().grpc_streams.get(&token) {
+                Some(s) if !s.remote_closed => {}
+                _ => break,
+            }
+            self.deliver_grpc_stream(w, token, reply)?;
+        }
+        Ok(true)
+    }
+
+    /// The server side of a new stream: its cluster's handler, or a refused connection for a
+    /// cluster declared only for HTTP or unary calls.
+    fn open_grpc_stream(&self, call: &GrpcStreamCall) -> Box<dyn GrpcStreamHandler> {
+        match self.shared.config.grpc_stream_clusters.get(&call.cluster) {
+            Some(open) => open(call),
+            None => {
+                let mut refused = Some(GrpcStreamReply::refused());
+                Box::new(move |_: &[GrpcStreamSent]| refused.take().unwrap_or_default())
+            }
+        }
+    }
+
+    /// Delivers one thing the server sent on stream `token` to the root context, as Envoy's
+    /// `GrpcStreamClientHandler` does (context.h; `Context::onGrpcReceive*Wrapper` and
+    /// `onGrpcCloseWrapper` in context.cc).
+    fn deliver_grpc_stream(
+        &mut self,
+        w: usize,
+        token: u32,
+        reply: GrpcStreamReply,
+    ) -> Result<(), HostError> {
+        let vm = &mut self.vms[w];
+        let (export, name, arg) = {
+            let st = vm.store.data_mut();
+            match reply {
+                GrpcStreamReply::InitialMetadata(h) => {
+                    let n = h.len();
+                    st.grpc_metadata = Some((4, h));
+                    (
+                        vm.exports.on_grpc_receive_initial_metadata.clone(),
+                        "proxy_on_grpc_receive_initial_metadata",
+                        n as i32,
+                    )
+                }
+                GrpcStreamReply::Message(m) => {
+                    let size = m.len();
+                    st.grpc_receive = Some(m);
+                    (
+                        vm.exports.on_grpc_receive.clone(),
+                        "proxy_on_grpc_receive",
+                        size as i32,
+                    )
+                }
+                GrpcStreamReply::TrailingMetadata(h) => {
+                    let n = h.len();
+                    st.grpc_metadata = Some((5, h));
+                    (
+                        vm.exports.on_grpc_receive_trailing_metadata.clone(),
+                        "proxy_on_grpc_receive_trailing_metadata",
+                        n as i32,
+                    )
+                }
+                GrpcStreamReply::Close { status, message } => {
+                    // The stream is forgotten once both sides are closed; until the plugin
+                    // closes its side, sends are accepted and go nowhere.
+                    if let Some(s) = st.grpc_streams.get_mut(&token) {
+                        s.remote_closed = true;
+                        s.outbox.clear();
+                        s.handler = None;
+                        if s.local_closed {
+                            st.grpc_streams.remove(&token);
+                        }
+                    }
+                    st.status = (status, message);
+                    (
+                        vm.exports.on_grpc_close.clone(),
+                        "proxy_on_grpc_close",
+                        status as i32,
+                    )
+                }
+            }
+        };
+        let result = match export {
+            Some(f) => vm
+                .invoke(
+                    &f,
+                    ROOT_CONTEXT_ID,
+                    Callback::GrpcCallResponse,
+                    name,
+                    (ROOT_CONTEXT_ID as i32, token as i32, arg),
+                )
+                .map_err(HostError::from),
+            None => Ok(()),
+        };
+        let st = vm.store.data_mut();
+        st.grpc_receive = None;
+        st.grpc_metadata = None;
         st.status = (Status::Ok as u32, String::new());
         result
     }

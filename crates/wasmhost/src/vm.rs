@@ -136,6 +136,15 @@ pub(crate) struct VmState {
     pub grpc_calls: BTreeMap<u32, super::GrpcCall>,
     /// The message being delivered to `proxy_on_grpc_receive` (GrpcReceiveBuffer).
     pub grpc_receive: Option<Vec<u8>>,
+    /// The next gRPC stream token (6, 10, 14, …).
+    pub next_grpc_stream_token: u32,
+    /// The gRPC streams the VM knows, by token.
+    pub grpc_streams: BTreeMap<u32, super::grpc_stream::OpenStream>,
+    /// Streams the plugin cancelled whose handler has not heard of it yet.
+    pub grpc_cancelled: Vec<super::grpc_stream::Cancelled>,
+    /// The metadata being delivered to `proxy_on_grpc_receive_initial_metadata` (map type 4)
+    /// or `proxy_on_grpc_receive_trailing_metadata` (map type 5).
+    pub grpc_metadata: Option<(i32, Headers)>,
     /// The response being delivered to `proxy_on_http_call_response`.
     pub call_response: Option<(Headers, Vec<u8>, Headers)>,
     /// `proxy_get_status`: code and message.
@@ -178,6 +187,10 @@ impl VmState {
             next_grpc_token: 5,
             grpc_calls: BTreeMap::new(),
             grpc_receive: None,
+            next_grpc_stream_token: 6,
+            grpc_streams: BTreeMap::new(),
+            grpc_cancelled: Vec::new(),
+            grpc_metadata: None,
             call_response: None,
             status: (0, String::new()),
             metric_ids: HashMap::new(),
@@ -222,6 +235,17 @@ impl VmState {
     }
 
     /// Records a guest log line (and keeps Critical ones as a possible panic message).
+    /// Logs a line of the host's about the plugin (a call refused by one of its bounds).
+    pub(crate) fn log_host(&mut self, message: String) {
+        self.plugin.log(LogEntry {
+            level: LogLevel::Warn,
+            message,
+            worker: self.worker,
+            context_id: self.context(),
+            from_host: true,
+        });
+    }
+
     pub(crate) fn log(&mut self, level: LogLevel, message: String) {
         if level == LogLevel::Critical {
             self.panic_text.push(message.clone());
@@ -265,6 +289,8 @@ pub(crate) struct Exports {
     pub on_http_call_response: Option<F5>,
     pub on_grpc_receive: Option<F3>,
     pub on_grpc_close: Option<F3>,
+    pub on_grpc_receive_initial_metadata: Option<F3>,
+    pub on_grpc_receive_trailing_metadata: Option<F3>,
     pub on_done: Option<F1R>,
     pub on_log: Option<F1>,
     pub on_delete: Option<F1>,
@@ -373,6 +399,18 @@ impl Vm {
             on_grpc_receive: typed(&mut store, &instance, "proxy_on_grpc_receive")
                 .map_err(inst_err)?,
             on_grpc_close: typed(&mut store, &instance, "proxy_on_grpc_close").map_err(inst_err)?,
+            on_grpc_receive_initial_metadata: typed(
+                &mut store,
+                &instance,
+                "proxy_on_grpc_receive_initial_metadata",
+            )
+            .map_err(inst_err)?,
+            on_grpc_receive_trailing_metadata: typed(
+                &mut store,
+                &instance,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )
+            .map_err(inst_err)?,
             on_done: typed(&mut store, &instance, "proxy_on_done").map_err(inst_err)?,
             on_log: typed(&mut store, &instance, "proxy_on_log").map_err(inst_err)?,
             on_delete: typed(&mut store, &instance, "proxy_on_delete").map_err(inst_err)?,

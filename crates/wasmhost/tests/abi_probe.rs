@@ -574,3 +574,84 @@ fn grpc_calls_are_answered_by_the_grpc_cluster_handler() {
     assert_eq!(note(&ex, "grpc-missing"), "4:0", "ParseFailure, no token");
     assert_eq!(answers.load(Ordering::SeqCst), 2);
 }
+
+/// gRPC streams (what Envoy 1.40 does is checked by
+/// crates/rollgate/tests/try_grpc_stream_like_envoy.rs): what the handler answers reaches the
+/// filter in order on the root context (initial metadata as map 4, messages as buffer 5,
+/// trailing metadata as map 5, the close with `proxy_get_status`), and nothing after the close;
+/// a cancelled stream gets nothing more and its token is then unknown; tokens 6, 10, … per VM,
+/// none taken by a missing cluster.
+#[test]
+fn grpc_streams_are_served_by_the_stream_cluster_handler() {
+    use rollgate_wasmhost::{GrpcStreamCall, GrpcStreamReply, GrpcStreamSent, Headers};
+    let host = Host::new();
+    type Asked = Arc<Mutex<Vec<(u32, Vec<GrpcStreamSent>)>>>;
+    let asked: Asked = Arc::default();
+    let log = Arc::clone(&asked);
+    let plugin = start(
+        &host,
+        PluginConfig::new("").grpc_stream_cluster("grpc", move |call: &GrpcStreamCall| {
+            let (token, log) = (call.token, Arc::clone(&log));
+            move |sent: &[GrpcStreamSent]| {
+                log.lock().unwrap().push((token, sent.to_vec()));
+                vec![
+                    GrpcStreamReply::InitialMetadata(Headers::from_pairs([(":status", "200")])),
+                    GrpcStreamReply::Message(b"x".to_vec()),
+                    GrpcStreamReply::TrailingMetadata(Headers::new()),
+                    GrpcStreamReply::Close {
+                        status: 7,
+                        message: "no".into(),
+                    },
+                    GrpcStreamReply::Message(b"late".to_vec()),
+                ]
+            }
+        }),
+    );
+    let ex = plugin.run(op("grpc-stream")).unwrap();
+    assert!(ex.forwarded, "resumed by the close");
+    assert_eq!(
+        note(&ex, "grpc-stream"),
+        "open 6 | sent Ok Ok close Ok | initial 6 1 [:status=200] | message 6 1 x | \
+         trailing 6 0 [] | close 6 7 status 7:no"
+    );
+    let ex = plugin.run(op("grpc-stream-missing")).unwrap();
+    assert_eq!(note(&ex, "grpc-stream"), "open Err(ParseFailure)");
+    let ex = plugin.run(op("grpc-stream-cancel")).unwrap();
+    assert_eq!(
+        note(&ex, "grpc-stream"),
+        "open 10 | sent Ok cancel Ok | after 1 1 1 | http-token close 2 | call-token send 2"
+    );
+    let both = vec![
+        GrpcStreamSent::Message(b"a".to_vec()),
+        GrpcStreamSent::Message(b"bb".to_vec()),
+        GrpcStreamSent::Close,
+    ];
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [
+            (6, both),
+            (
+                10,
+                vec![
+                    GrpcStreamSent::Message(b"a".to_vec()),
+                    GrpcStreamSent::Cancel
+                ]
+            )
+        ]
+    );
+    // Undeclared for streams but declared for unary calls: Envoy's refused connection.
+    let plugin = start(
+        &host,
+        PluginConfig::new("").grpc_cluster("grpc", |_| {
+            rollgate_wasmhost::GrpcReply::Message(Vec::new())
+        }),
+    );
+    let ex = plugin.run(op("grpc-stream")).unwrap();
+    assert!(
+        note(&ex, "grpc-stream").starts_with(
+            "open 6 | sent Ok Ok close Ok | initial 6 0 [] | trailing 6 4 [:status=200;"
+        ),
+        "{}",
+        note(&ex, "grpc-stream")
+    );
+}

@@ -6,8 +6,14 @@ mod modules;
 
 use std::time::{Duration, Instant};
 
-use modules::{hog, spin};
-use rollgate_wasmhost::{Host, HttpRequest, PluginConfig, Wasm};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use modules::{grpc_send_flood, grpc_stream_flood, hog, spin};
+use rollgate_wasmhost::{
+    GrpcStreamCall, GrpcStreamReply, GrpcStreamSent, Host, HttpRequest, PluginConfig, Wasm,
+    MAX_GRPC_STREAMS, MAX_GRPC_STREAM_QUEUED_BYTES,
+};
 
 #[test]
 fn the_host_bounds_memory_and_time_per_call() {
@@ -44,5 +50,59 @@ fn the_host_bounds_memory_and_time_per_call() {
         start.elapsed() < Duration::from_secs(10),
         "{:?}",
         start.elapsed()
+    );
+}
+
+/// A plugin opening gRPC streams without end gets InternalFailure past [`MAX_GRPC_STREAMS`]
+/// open on its VM, and one queueing messages without end past
+/// [`MAX_GRPC_STREAM_QUEUED_BYTES`] on a stream within a callback; the host logs why, and
+/// the handlers get what was accepted.
+#[test]
+fn the_host_bounds_grpc_streams() {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&opened);
+    let config = PluginConfig::new("")
+        .call_timeout(Duration::from_secs(5))
+        .grpc_stream_cluster("grpc", move |_: &GrpcStreamCall| {
+            n.fetch_add(1, Ordering::SeqCst);
+            |_: &[GrpcStreamSent]| Vec::<GrpcStreamReply>::new()
+        });
+    let wasm = Wasm::interruptible_from_bytes(&grpc_stream_flood()).unwrap();
+    let plugin = Host::new().start(&wasm, config).unwrap();
+    let ex = plugin.run(HttpRequest::get("a", "/")).unwrap();
+    assert_eq!(opened.load(Ordering::SeqCst), MAX_GRPC_STREAMS);
+    assert!(
+        ex.logs.iter().any(|l| l.from_host
+            && l.message
+                .contains("1024 gRPC streams already open on this VM")),
+        "{:?}",
+        ex.logs
+    );
+
+    let queued = Arc::new(AtomicUsize::new(0));
+    let q = Arc::clone(&queued);
+    let config = PluginConfig::new("")
+        .call_timeout(Duration::from_secs(5))
+        .grpc_stream_cluster("grpc", move |_: &GrpcStreamCall| {
+            let q = Arc::clone(&q);
+            move |sent: &[GrpcStreamSent]| {
+                for s in sent {
+                    if let GrpcStreamSent::Message(m) = s {
+                        q.fetch_add(m.len(), Ordering::SeqCst);
+                    }
+                }
+                Vec::<GrpcStreamReply>::new()
+            }
+        });
+    let wasm = Wasm::interruptible_from_bytes(&grpc_send_flood()).unwrap();
+    let plugin = Host::new().start(&wasm, config).unwrap();
+    let ex = plugin.run(HttpRequest::get("a", "/")).unwrap();
+    assert_eq!(queued.load(Ordering::SeqCst), MAX_GRPC_STREAM_QUEUED_BYTES);
+    assert!(
+        ex.logs
+            .iter()
+            .any(|l| l.from_host && l.message.contains("bytes queued on gRPC stream 6")),
+        "{:?}",
+        ex.logs
     );
 }

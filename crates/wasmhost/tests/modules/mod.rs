@@ -2,13 +2,19 @@
 //! limits tests and `rollgate try`'s (`crates/rollgate/tests/limits.rs`).
 
 use wasm_encoder::{
-    CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, MemorySection,
-    MemoryType, Module, TypeSection, ValType,
+    CodeSection, EntityType, ExportKind, ExportSection, Function, FunctionSection, ImportSection,
+    Instruction, MemArg, MemorySection, MemoryType, Module, TypeSection, ValType,
 };
 
 /// A minimal proxy-wasm module (ABI marker, memory, allocator, `on_vm_start` and
 /// `on_configure` answering true) whose `proxy_on_request_headers` runs `body`.
 fn module(body: &[Instruction<'_>]) -> Vec<u8> {
+    module_importing(&[], body)
+}
+
+/// [`module`] importing `env` functions `(name, number of i32 parameters)`, each returning an
+/// i32: functions 0, 1, … in `body`.
+fn module_importing(imported: &[(&str, usize)], body: &[Instruction<'_>]) -> Vec<u8> {
     let mut types = TypeSection::new();
     types.ty().function([ValType::I32], [ValType::I32]); // 0: malloc
     types.ty().function([], []); // 1: ABI marker
@@ -18,6 +24,14 @@ fn module(body: &[Instruction<'_>]) -> Vec<u8> {
     types
         .ty()
         .function([ValType::I32, ValType::I32], [ValType::I32]); // 3: on_vm_start, on_configure
+    let mut imports = ImportSection::new();
+    for (i, (name, params)) in imported.iter().enumerate() {
+        types
+            .ty()
+            .function(vec![ValType::I32; *params], [ValType::I32]);
+        imports.import("env", name, EntityType::Function(4 + i as u32));
+    }
+    let first = imported.len() as u32;
     let mut funcs = FunctionSection::new();
     for ty in [0, 1, 2, 3, 3] {
         funcs.function(ty);
@@ -42,7 +56,7 @@ fn module(body: &[Instruction<'_>]) -> Vec<u8> {
     .iter()
     .enumerate()
     {
-        exports.export(name, ExportKind::Func, i as u32);
+        exports.export(name, ExportKind::Func, first + i as u32);
     }
     let mut code = CodeSection::new();
     let bodies: [&[Instruction<'_>]; 5] = [
@@ -60,8 +74,11 @@ fn module(body: &[Instruction<'_>]) -> Vec<u8> {
         code.function(&f);
     }
     let mut m = Module::new();
-    m.section(&types)
-        .section(&funcs)
+    m.section(&types);
+    if !imported.is_empty() {
+        m.section(&imports);
+    }
+    m.section(&funcs)
         .section(&memory)
         .section(&exports)
         .section(&code);
@@ -93,4 +110,70 @@ pub fn hog() -> Vec<u8> {
         Instruction::I32Const(0),
         Instruction::End,
     ])
+}
+
+/// Writes `grpc` at address 0 (the cluster name the flooding modules use).
+const CLUSTER_AT_0: [Instruction<'static>; 3] = [
+    Instruction::I32Const(0),
+    Instruction::I32Const(0x6370_7267), // "grpc", little-endian
+    Instruction::I32Store(MemArg {
+        offset: 0,
+        align: 2,
+        memory_index: 0,
+    }),
+];
+
+/// `proxy_grpc_stream(cluster "grpc", service "", method "", no metadata, token at 64)`.
+const OPEN_STREAM: [Instruction<'static>; 10] = [
+    Instruction::I32Const(0),
+    Instruction::I32Const(4),
+    Instruction::I32Const(0),
+    Instruction::I32Const(0),
+    Instruction::I32Const(0),
+    Instruction::I32Const(0),
+    Instruction::I32Const(0),
+    Instruction::I32Const(0),
+    Instruction::I32Const(64),
+    Instruction::Call(0),
+];
+
+/// Opens gRPC streams to cluster `grpc` until `proxy_grpc_stream` answers anything but Ok.
+#[allow(dead_code)] // the host's limits tests only
+pub fn grpc_stream_flood() -> Vec<u8> {
+    use wasm_encoder::BlockType;
+    let mut body: Vec<Instruction<'_>> = CLUSTER_AT_0.to_vec();
+    body.push(Instruction::Loop(BlockType::Empty));
+    body.extend(OPEN_STREAM);
+    body.extend([
+        Instruction::I32Eqz,
+        Instruction::BrIf(0),
+        Instruction::End,
+        Instruction::I32Const(0),
+        Instruction::End,
+    ]);
+    module_importing(&[("proxy_grpc_stream", 9)], &body)
+}
+
+/// Opens one gRPC stream (token 6) and sends it 64 KiB messages until `proxy_grpc_send`
+/// answers anything but Ok.
+#[allow(dead_code)] // the host's limits tests only
+pub fn grpc_send_flood() -> Vec<u8> {
+    use wasm_encoder::BlockType;
+    let mut body: Vec<Instruction<'_>> = CLUSTER_AT_0.to_vec();
+    body.extend(OPEN_STREAM);
+    body.extend([
+        Instruction::Drop,
+        Instruction::Loop(BlockType::Empty),
+        Instruction::I32Const(6),
+        Instruction::I32Const(0),
+        Instruction::I32Const(65536),
+        Instruction::I32Const(0),
+        Instruction::Call(1),
+        Instruction::I32Eqz,
+        Instruction::BrIf(0),
+        Instruction::End,
+        Instruction::I32Const(0),
+        Instruction::End,
+    ]);
+    module_importing(&[("proxy_grpc_stream", 9), ("proxy_grpc_send", 4)], &body)
 }
