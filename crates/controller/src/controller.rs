@@ -10,6 +10,11 @@
 //! reconcile feeds to the engine (`Event::Webhook`). Errors back off exponentially per
 //! Rollout. No finalizer: nothing outside the Rollout needs
 //! cleaning up (the WasmPlugin keeps its last policy, the safe state).
+//!
+//! A Rollout with connection limits (`spec.tcp`) also has its TCP policy
+//! ([`render_tcp`]) server-side applied into a second WasmPlugin, `<wasmPlugin>-tcp`, with
+//! `type: NETWORK`: the policy runs only in a network filter, and the HTTP WasmPlugin's
+//! `pluginConfig` is exactly what it was without the limits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,8 +35,8 @@ use rollgate_rollout::plan::fingerprint;
 use rollgate_rollout::status::Told;
 use rollgate_rollout::webhook::Call;
 use rollgate_rollout::{
-    accept_rendered, render, step, validate, Effect, Event, Phase, Rollout, RolloutStatus,
-    Timestamp,
+    accept_rendered, render, render_tcp, step, validate, Effect, Event, Phase, Rollout,
+    RolloutStatus, Timestamp,
 };
 use rollgate_rollout::{API_VERSION, KIND};
 
@@ -133,6 +138,53 @@ pub fn wasmplugin_resource() -> ApiResource {
 /// The WasmPlugin a Rollout writes to: `spec.wasmPlugin`, else the Rollout's name.
 pub fn wasmplugin_name(ro: &Rollout) -> String {
     ro.spec.wasm_plugin.clone().unwrap_or_else(|| ro.name_any())
+}
+
+/// The WasmPlugin a Rollout's TCP policy goes to: [`wasmplugin_name`] + `-tcp`.
+pub fn tcp_wasmplugin_name(ro: &Rollout) -> String {
+    rollgate_rollout::tcp_policy_name(&wasmplugin_name(ro))
+}
+
+/// Server-side-applies a TCP policy as the `pluginConfig` of WasmPlugin `plugin`, with
+/// `type: NETWORK` (owned too: a connection-limit policy in an HTTP filter would stop its VM,
+/// so the controller never leaves one there).
+pub async fn apply_tcp_policy(
+    client: &Client,
+    ns: &str,
+    plugin: &str,
+    policy: &serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wasmplugin_resource());
+    let patch = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": { "name": plugin },
+        "spec": { "type": "NETWORK", "pluginConfig": policy },
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(plugin, &pp, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::from_kube(&format!("wasmplugin {ns}/{plugin}"), e))?;
+    Ok(())
+}
+
+/// What `status.appliedPolicy` records: the HTTP policy's fingerprint, then ` tcp:` and the
+/// TCP policy's when there is one (a Rollout without `spec.tcp` records what it always did,
+/// so an upgraded controller re-applies nothing).
+fn applied(http: &str, tcp: Option<&str>) -> String {
+    match tcp {
+        Some(t) => format!("{http} tcp:{t}"),
+        None => http.to_string(),
+    }
+}
+
+/// The two fingerprints of a recorded `appliedPolicy`.
+fn applied_parts(recorded: Option<&str>) -> (Option<&str>, Option<&str>) {
+    match recorded.map(|r| r.split_once(" tcp:").unwrap_or((r, ""))) {
+        Some((h, "")) => (Some(h), None),
+        Some((h, t)) => (Some(h), Some(t)),
+        None => (None, None),
+    }
 }
 
 /// The Envoy Gateway EnvoyExtensionPolicy resource (no Rust types: only one `config` is written).
@@ -350,21 +402,44 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     }
     status.notified = Some(Told::of(&status));
     let rendered = render(&plan.name, &plan.spec, &status);
+    let tcp = render_tcp(&plan.name, &plan.spec);
     // Written only once the filter's own acceptance function accepts the very text, as the
     // sidecar serves it; else the last good policy stays and the Rollout says why.
-    if let Err(e) = accept_rendered(&rendered) {
+    let accepted =
+        accept_rendered(&rendered).and_then(|_| tcp.as_ref().map(accept_rendered).transpose());
+    if let Err(e) = accepted {
         let why = format!("rendered policy refused by the filter: {e}");
         publish(&ctx, &reference, true, "InvalidPolicy", why).await?;
         return Ok(Action::await_change());
     }
     let policy = serde_json::to_value(rendered)?;
-    // Compared with the fingerprint stored in the status, not with memory: level-triggered,
-    // so a restart or a fail-over neither re-applies nor bumps the version.
+    let tcp_policy = tcp.map(serde_json::to_value).transpose()?;
+    // Compared with the fingerprints stored in the status, not with memory: level-triggered,
+    // so a restart or a fail-over neither re-applies nor bumps the version. Each policy is
+    // written when it changed: a step rewrites the HTTP one only, the TCP limits change with
+    // the spec alone.
     let digest = fingerprint(policy.to_string().as_bytes());
-    if old.applied_policy.as_deref() != Some(digest.as_str()) {
+    let tcp_digest = tcp_policy
+        .as_ref()
+        .map(|t| fingerprint(t.to_string().as_bytes()));
+    let (old_http, old_tcp) = applied_parts(old.applied_policy.as_deref());
+    let mut wrote = false;
+    if old_http != Some(digest.as_str()) {
         apply_to_gateway(&ctx.client, &ns, &ro, &policy).await?;
-        status.policy_version = old.policy_version.max(status.policy_version) + 1;
-        status.applied_policy = Some(digest);
+        wrote = true;
+    }
+    if let (Some(t), Some(d)) = (&tcp_policy, &tcp_digest) {
+        if old_tcp != Some(d.as_str()) {
+            apply_tcp_policy(&ctx.client, &ns, &tcp_wasmplugin_name(&ro), t).await?;
+            wrote = true;
+        }
+    }
+    let recorded = applied(&digest, tcp_digest.as_deref());
+    if wrote || old.applied_policy.as_deref() != Some(recorded.as_str()) {
+        if wrote {
+            status.policy_version = old.policy_version.max(status.policy_version) + 1;
+        }
+        status.applied_policy = Some(recorded);
     }
     if status != old {
         apply_status(

@@ -34,7 +34,7 @@ pub mod webhook;
 mod testdata;
 
 pub use plan::{Plan, PlanStep};
-pub use render::{accept_rendered, render};
+pub use render::{accept_rendered, render, render_tcp, tcp_policy_name};
 pub use status::{AckWait, AnalysisStatus, Figure, GatewayStatus, Phase, RolloutStatus, Verdict};
 pub use step::{step, Effect, Event, Refused, Transition};
 pub use time::Timestamp;

@@ -263,6 +263,52 @@ pub struct CircuitBreaker {
     pub fallback_variant: Option<String>,
 }
 
+/// Connection limits for the gateway's network filter (`envoy.filters.network.wasm` in front
+/// of `tcp_proxy`), as the policy's `tcp`: rendered into a policy of their own,
+/// `<rollout>-tcp` ([`render_tcp`](crate::render::render_tcp)), the same at every step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tcp {
+    /// Source CIDRs allowed to connect (Traefik's `ipAllowList`), IPv4 or IPv6; absent:
+    /// every source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Simultaneous connections (Traefik's `InFlightConn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<InFlight>,
+    /// New connections per source address, a token bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<TcpRate>,
+}
+
+/// Caps on open connections; at least one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InFlight {
+    /// Most open connections from one source address (Traefik's `amount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub per_source: Option<u32>,
+    /// Most open connections in all (every Envoy worker of a gateway together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub total: Option<u32>,
+}
+
+/// New connections per source address: `average` per `period`, at most `burst` at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRate {
+    /// Tokens added per `period`.
+    pub average: f64,
+    /// Refill period (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// Bucket capacity (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
 /// A Rollout part as the policy's own type: its serialized form with every key in snake_case,
 /// read by the filter's decoder. No field is copied by hand, an absent one takes the filter's
 /// default, and `mirrors_the_policy_table` below checks that both sides have the same fields.
@@ -338,6 +384,13 @@ impl CircuitBreaker {
     }
 }
 
+impl Tcp {
+    /// The connection limits in the policy's terms.
+    pub fn to_policy(&self) -> p::TcpSpec {
+        to_policy(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +423,9 @@ mod tests {
         same_fields::<Empty>(p::Empty::FIELDS);
         same_fields::<ClientIp>(p::ClientIpSpec::FIELDS);
         same_fields::<CircuitBreaker>(p::BreakerSpec::FIELDS);
+        same_fields::<Tcp>(p::TcpSpec::FIELDS);
+        same_fields::<InFlight>(p::InFlightSpec::FIELDS);
+        same_fields::<TcpRate>(p::TcpRateSpec::FIELDS);
         // The check can fail: a field the policy has and the Rollout lacks.
         let mut more = p::SourceIpSpec::FIELDS.to_vec();
         more.push("ipv6_prefix");
@@ -511,6 +567,28 @@ mirror: { variant: canary, percent: 12.5, maxBody: 1024, maxInFlight: 7, hostSuf
             serde_json::to_value(r.to_policy()).unwrap(),
             serde_json::json!({"variant":"stable","mirror":{"variant":"canary","percent":12.5,
                 "max_body":1024,"max_in_flight":7,"host_suffix":"","timeout":"2s","compare_body":512}})
+        );
+        let yaml = r#"
+allow: ["10.0.0.0/8", "::1/128"]
+inFlight: { perSource: 20, total: 200 }
+rate: { average: 50, period: 2s, burst: 20 }
+"#;
+        let t: Tcp = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(
+            serde_json::to_value(t.to_policy()).unwrap(),
+            serde_json::json!({"allow":["10.0.0.0/8","::1/128"],
+                "in_flight":{"per_source":20,"total":200},
+                "rate":{"average":50.0,"period":"2s","burst":20}})
+        );
+        // Absent parts stay absent; an absent period takes the filter's default.
+        let t: Tcp = serde_yaml::from_str("rate: { average: 5 }").unwrap();
+        assert_eq!(
+            serde_json::to_string(&t.to_policy()).unwrap(),
+            r#"{"rate":{"average":5.0,"period":"1s"}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Tcp::default().to_policy()).unwrap(),
+            "{}"
         );
     }
 }

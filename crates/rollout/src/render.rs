@@ -6,6 +6,11 @@
 //! mirror of that share to the canary). The default is the stable variant,
 //! so whatever the split leaves goes there. The split route is always present, at weight 0
 //! too, so the policy's shape never depends on the weight.
+//!
+//! A Rollout's connection limits (`spec.tcp`) are a second policy, [`render_tcp`]: a
+//! network filter runs only connection-limit policies and an HTTP filter only routing ones
+//! (README, "Connection limits (TCP)"), and a gateway's HTTP filter refuses a field it does
+//! not know, so nothing new is ever added to the HTTP policy.
 
 use rollgate_policy::policy::spec::{MirrorSpec, PolicySpec, RouteSpec, SplitSpec};
 use rollgate_policy::policy::spec::{DEFAULT_CLUSTER_HEADER, DEFAULT_VARIANT_HEADER};
@@ -96,6 +101,26 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
         // A Rollout renders the HTTP policy; TCP limits are not part of a Rollout yet.
         tcp: None,
     }
+}
+
+/// Suffix of the TCP policy's name: rollout `flask` renders `flask-tcp`.
+pub const TCP_SUFFIX: &str = "-tcp";
+
+/// The name of rollout `name`'s TCP policy: what `serve --dir` serves it as
+/// (`/v1/policies/flask-tcp`) and the gateway's stats call it.
+pub fn tcp_policy_name(name: &str) -> String {
+    format!("{name}{TCP_SUFFIX}")
+}
+
+/// The TCP policy of rollout `name`: `spec.tcp` alone, no variants (so the filter runs it as
+/// a network filter), named [`tcp_policy_name`]; `None` without `spec.tcp`. It depends on the
+/// spec only: the same limits at every step, after an abort and after promotion.
+pub fn render_tcp(name: &str, spec: &RolloutSpec) -> Option<PolicySpec> {
+    Some(PolicySpec {
+        name: tcp_policy_name(name),
+        tcp: Some(spec.tcp.as_ref()?.to_policy()),
+        ..PolicySpec::default()
+    })
 }
 
 #[cfg(test)]
@@ -222,6 +247,48 @@ mod tests {
             e.starts_with("the document may be at most 1048576 bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tcp_limits_are_a_policy_of_their_own_the_same_at_every_step() {
+        let mut spec = seed().spec;
+        assert_eq!(render_tcp("flask", &spec), None);
+        let http = render("flask", &spec, &status(10.0, None));
+        spec.tcp = Some(
+            serde_yaml::from_str(
+                "{allow: [10.0.0.0/8], inFlight: {perSource: 3}, rate: {average: 20, burst: 5}}",
+            )
+            .unwrap(),
+        );
+        // The HTTP policy is not touched: byte for byte what it was without `tcp`.
+        let with_tcp = render("flask", &spec, &status(10.0, None));
+        assert_eq!(
+            accept_rendered(&with_tcp).unwrap(),
+            accept_rendered(&http).unwrap()
+        );
+        let tcp = render_tcp("flask", &spec).unwrap();
+        let json = accept_rendered(&tcp).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"flask-tcp","variants":{},"routes":[],"cluster_header":"x-rollgate-cluster","variant_header":"x-rollgate-variant","tcp":{"allow":["10.0.0.0/8"],"in_flight":{"per_source":3},"rate":{"average":20.0,"period":"1s","burst":5}}}"#
+        );
+        // What the filter makes of it: a network filter's policy.
+        let served = accept_policy(json.as_bytes()).unwrap();
+        assert!(served.network_only());
+        assert_eq!(served.tcp.as_ref().unwrap().per_source, Some(3));
+        // Nothing in it depends on the status.
+        let aborted = RolloutStatus {
+            phase: Phase::Aborted,
+            ..status(0.0, None)
+        };
+        let promoted = RolloutStatus {
+            phase: Phase::Promoted,
+            ..status(100.0, None)
+        };
+        for st in [aborted, promoted, status(50.0, Some("Cookie(`b`)"))] {
+            assert_eq!(render("flask", &spec, &st).tcp, None);
+            assert_eq!(render_tcp("flask", &spec).as_ref(), Some(&tcp));
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use kube::CustomResource;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-use super::parts::{CircuitBreaker, RateLimit, Route, RuleSyntax, Sticky};
+use super::parts::{CircuitBreaker, RateLimit, Route, RuleSyntax, Sticky, Tcp};
 use super::status::RolloutStatus;
 
 /// `apiVersion` of a Rollout.
@@ -101,6 +101,14 @@ pub struct RolloutSpec {
     /// the rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub circuit_breakers: Vec<CircuitBreaker>,
+    /// Connection limits (as the policy's `tcp`) for the gateway's network filter in front of
+    /// `tcp_proxy`, e.g. the service's database. Rendered into a second policy,
+    /// `<rollout>-tcp`, the same at every step, on abort and after promotion: `serve --dir`
+    /// serves it at `/v1/policies/<rollout>-tcp`, `serve --kubernetes` writes it into the
+    /// WasmPlugin `<wasmPlugin>-tcp` (`type: NETWORK`). Absent: no TCP policy is rendered.
+    /// Not with `envoyExtensionPolicy` (Envoy Gateway runs Wasm as an HTTP filter only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Tcp>,
     /// Request header carrying the cluster to Envoy's router (policy default if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_header: Option<String>,

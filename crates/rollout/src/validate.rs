@@ -13,7 +13,7 @@ use rollgate_policy::policy::Policy;
 use super::excerpt::{bounded, excerpt, MAX_MESSAGE, MAX_PROBLEMS};
 use super::parts::RuleSyntax;
 use super::plan::{fingerprint, AckPlan, AnalysisPlan, MetricKind, MetricPlan, Plan, PlanStep};
-use super::render::render;
+use super::render::{render, render_tcp};
 use super::status::RolloutStatus;
 use super::time::parse_ms;
 use super::types::{Acknowledge, Analysis, Rollout, RolloutSpec, Threshold, API_VERSION, KIND};
@@ -305,6 +305,23 @@ pub fn plan(r: &Rollout) -> Result<Plan, RolloutErrors> {
                 || path.starts_with("spec (the canary split)");
             if !checked {
                 errs.push(path, e.message);
+            }
+        }
+    }
+    // The connection limits, by the filter's own compiler on the TCP policy as it is served:
+    // `tcp.in_flight.per_source` is reported as `spec.tcp.inFlight.perSource`.
+    if let Some(tcp) = render_tcp(name, spec) {
+        if spec.envoy_extension_policy.is_some() {
+            errs.push(
+                "spec.tcp",
+                "not with envoyExtensionPolicy: Envoy Gateway runs Wasm as an HTTP filter \
+                 only, and connection limits need a network filter (Istio's WasmPlugin with \
+                 type NETWORK, or serve --dir)",
+            );
+        }
+        if let Err(pe) = Policy::compile(tcp) {
+            for e in pe.0 {
+                errs.push(policy_path(&e.path, spec.routes.len()), e.message);
             }
         }
     }

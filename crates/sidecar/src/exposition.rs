@@ -175,6 +175,7 @@ mod tests {
             plan: None,
             status: Default::default(),
             policy: None,
+            tcp: None,
             error: Some("refused".into()),
             gone_since: None,
         };

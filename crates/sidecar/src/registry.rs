@@ -18,8 +18,8 @@ use rollgate_rollout::notify;
 use rollgate_rollout::view::Expect;
 use rollgate_rollout::webhook;
 use rollgate_rollout::{
-    accept_rendered, render, step, Effect, Event, FieldError, GatewayStatus, Plan, Refused,
-    RolloutErrors, RolloutStatus, Timestamp, Transition,
+    accept_rendered, render, render_tcp, step, Effect, Event, FieldError, GatewayStatus, Plan,
+    Refused, RolloutErrors, RolloutStatus, Timestamp, Transition,
 };
 
 /// How far a gateway's claimed version may lead the served one and still renumber it
@@ -46,6 +46,10 @@ pub struct StatusFile {
     /// policy at the same version, even if the rollout file turned invalid meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySpec>,
+    /// The TCP policy served beside it (`<rollout>-tcp`, same version), if the rollout has
+    /// connection limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_policy: Option<PolicySpec>,
 }
 
 /// The status file beside a rollout file: `flask.yaml` → `flask.status.json`.
@@ -68,6 +72,9 @@ pub struct Entry {
     pub status: RolloutStatus,
     /// The served policy and its JSON.
     pub policy: Option<(PolicySpec, Arc<String>)>,
+    /// The served TCP policy (`spec.tcp`, served as `<rollout>-tcp` at the same version) and
+    /// its JSON: always the one rendered from the same plan as `policy`.
+    pub tcp: Option<(PolicySpec, Arc<String>)>,
     /// Why the file is refused, if it is.
     pub error: Option<String>,
     /// Since when the file is gone from the directory, if it is (kept for the grace).
@@ -91,6 +98,7 @@ impl Entry {
             error: self.error.clone(),
             status: self.status.clone(),
             policy: self.policy.as_ref().map(|(p, _)| p.clone()),
+            tcp_policy: self.tcp.as_ref().map(|(p, _)| p.clone()),
         }
     }
 }
@@ -126,10 +134,8 @@ impl State {
     /// otherwise push the counter to its end (before: the next promote wrapped it to v0, and
     /// gateways got 304 forever). A claim beyond the lead is only compared.
     pub fn renumber_after(&mut self, name: &str, seen: u64) -> Option<&Entry> {
-        let e = self
-            .entries
-            .values_mut()
-            .find(|e| e.name.as_deref() == Some(name) && e.policy.is_some())?;
+        let (key, _) = self.serving(name)?;
+        let e = self.entries.get_mut(&key).filter(|e| e.policy.is_some())?;
         let served = e.status.policy_version;
         if served >= seen || seen - served > RENUMBER_LEAD {
             return None;
@@ -138,15 +144,49 @@ impl State {
         Some(e)
     }
 
-    /// The served policy of `name`: (version, JSON).
+    /// The entry serving policy `name` and whether `name` is its TCP policy: the rollout of
+    /// that name, else (`flask-tcp`) the rollout whose TCP policy it is (the load refuses a
+    /// rollout whose name or TCP policy's name another one's already is).
+    fn serving(&self, name: &str) -> Option<(PathBuf, bool)> {
+        let by_name = |n: &str| {
+            self.entries
+                .iter()
+                .find(|(_, e)| e.name.as_deref() == Some(n))
+        };
+        if let Some((k, _)) = by_name(name) {
+            return Some((k.clone(), false));
+        }
+        let rollout = name.strip_suffix(rollgate_rollout::render::TCP_SUFFIX)?;
+        by_name(rollout)
+            .filter(|(_, e)| e.tcp.is_some())
+            .map(|(k, _)| (k.clone(), true))
+    }
+
+    /// The served policy of `name` (a rollout's, or `<rollout>-tcp`, its TCP policy, at the
+    /// same version): (version, JSON).
     pub fn policy_of(&self, name: &str) -> Option<(u64, Arc<String>)> {
-        let e = self
-            .entries
-            .values()
-            .find(|e| e.name.as_deref() == Some(name))?;
-        let (_, json) = e.policy.as_ref()?;
+        let (key, tcp) = self.serving(name)?;
+        let e = &self.entries[&key];
+        let (_, json) = if tcp {
+            e.tcp.as_ref()?
+        } else {
+            e.policy.as_ref()?
+        };
         Some((e.status.policy_version, json.clone()))
     }
+}
+
+/// A rendered HTTP policy and the TCP policy beside it, if any.
+type Rendered = (PolicySpec, Option<PolicySpec>);
+/// Their JSON, as served.
+type Served = (String, Option<String>);
+
+/// Both policies through the filter's acceptance function; a refusal of the TCP one names
+/// its fields under `tcp.`, as the filter's errors do.
+fn accept_both((policy, tcp): &Rendered) -> Result<Served, PolicyErrors> {
+    let json = accept_rendered(policy)?;
+    let tcp = tcp.as_ref().map(accept_rendered).transpose()?;
+    Ok((json, tcp))
 }
 
 /// Why [`Shared::command`] did nothing.
@@ -307,7 +347,7 @@ impl Shared {
         now: Timestamp,
         expect: Option<(&str, &Expect)>,
     ) -> Result<(), CommandError> {
-        let mut accepted: Option<(PolicySpec, Result<String, PolicyErrors>)> = None;
+        let mut accepted: Option<(Rendered, Result<Served, PolicyErrors>)> = None;
         loop {
             let mut st = self.lock();
             let Some(entry) = st.entries.get_mut(key) else {
@@ -322,11 +362,15 @@ impl Shared {
                 }
             }
             let t = step(plan, &entry.status, event.clone(), now)?;
-            let policy = render(&plan.name, &plan.spec, &t.status);
-            let changed = entry.policy.as_ref().map(|(p, _)| p) != Some(&policy);
+            let policy = (
+                render(&plan.name, &plan.spec, &t.status),
+                render_tcp(&plan.name, &plan.spec),
+            );
+            let changed = entry.policy.as_ref().map(|(p, _)| p) != Some(&policy.0)
+                || entry.tcp.as_ref().map(|(p, _)| p) != policy.1.as_ref();
             if changed && accepted.as_ref().map(|(p, _)| p) != Some(&policy) {
                 drop(st);
-                let result = accept_rendered(&policy);
+                let result = accept_both(&policy);
                 accepted = Some((policy, result));
                 continue;
             }
@@ -347,8 +391,8 @@ impl Shared {
         entry: &mut Entry,
         key: &Path,
         t: Transition,
-        policy: PolicySpec,
-        json: Option<Result<String, PolicyErrors>>,
+        policy: Rendered,
+        json: Option<Result<Served, PolicyErrors>>,
         event: &Event,
     ) {
         let name = entry
@@ -379,10 +423,12 @@ impl Shared {
                 self.persist(entry);
                 return;
             }
-            Some(Ok(json)) => {
+            Some(Ok((json, tcp_json))) => {
                 // Saturating: a version never wraps back below what gateways run.
                 status.policy_version = status.policy_version.saturating_add(1);
+                let (policy, tcp) = policy;
                 entry.policy = Some((policy, Arc::new(json)));
+                entry.tcp = tcp.zip(tcp_json).map(|(p, j)| (p, Arc::new(j)));
                 self.log_rollout(
                     &name,
                     &status,

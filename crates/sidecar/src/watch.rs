@@ -77,6 +77,7 @@ struct Changed {
 struct Saved {
     file: StatusFile,
     policy: Option<(PolicySpec, Arc<String>)>,
+    tcp: Option<(PolicySpec, Arc<String>)>,
 }
 
 /// Reads the directory once and applies what changed.
@@ -216,11 +217,22 @@ fn read_saved(shared: &Shared, file: &Path) -> Option<Saved> {
             return None;
         }
     };
-    let policy = sf.policy.clone().and_then(|p| {
-        let json = rollgate_rollout::accept_rendered(&p).ok()?;
-        Some((p, Arc::new(json)))
-    });
-    Some(Saved { file: sf, policy })
+    let accepted = |p: Option<PolicySpec>| {
+        p.and_then(|p| {
+            let json = rollgate_rollout::accept_rendered(&p).ok()?;
+            Some((p, Arc::new(json)))
+        })
+    };
+    let policy = accepted(sf.policy.clone());
+    // Only beside the policy it was served with (one version for both).
+    let tcp = policy
+        .as_ref()
+        .and_then(|_| accepted(sf.tcp_policy.clone()));
+    Some(Saved {
+        file: sf,
+        policy,
+        tcp,
+    })
 }
 
 /// Swaps a changed file's outcome into the state; returns the event to apply to it then.
@@ -243,7 +255,7 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
                 plan.name,
                 short(&other.file)
             )),
-            None => Ok(plan),
+            None => clash(st, file, plan),
         }
     });
     if !st.entries.contains_key(file) {
@@ -287,6 +299,7 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
             ..RolloutStatus::default()
         };
         entry.policy = None;
+        entry.tcp = None;
         shared.changed.notify_all();
     }
     let first = entry.plan.is_none();
@@ -311,13 +324,40 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
     Some(event)
 }
 
+/// `plan`, unless its name or its TCP policy's (`<name>-tcp`) is already served for another
+/// file: one name, one policy.
+fn clash(st: &State, file: &Path, plan: Plan) -> Result<Plan, String> {
+    let tcp_name = rollgate_rollout::tcp_policy_name(&plan.name);
+    for other in st.entries.values().filter(|e| e.file != file) {
+        let Some(name) = other.name.as_deref() else {
+            continue;
+        };
+        let others_tcp = other.plan.as_ref().is_some_and(|p| p.spec.tcp.is_some());
+        if plan.spec.tcp.is_some() && name == tcp_name {
+            return Err(format!(
+                "spec.tcp: its policy's name '{tcp_name}' is already the name of the rollout \
+                 in {}",
+                short(&other.file)
+            ));
+        }
+        if others_tcp && rollgate_rollout::tcp_policy_name(name) == plan.name {
+            return Err(format!(
+                "metadata.name: '{}' is already the name of the TCP policy of {}",
+                plan.name,
+                short(&other.file)
+            ));
+        }
+    }
+    Ok(plan)
+}
+
 /// A new entry for `file`: from its status file if there is one (a restart resumes where it
 /// was, at the same version), else from scratch, counting versions on from a deleted
 /// rollout of the same name.
 fn restore(st: &State, file: &Path, result: &Result<Plan, String>, saved: Option<Saved>) -> Entry {
-    let (sf, policy) = match saved {
-        Some(s) => (Some(s.file), s.policy),
-        None => (None, None),
+    let (sf, policy, tcp) = match saved {
+        Some(s) => (Some(s.file), s.policy, s.tcp),
+        None => (None, None, None),
     };
     let name = result
         .as_ref()
@@ -331,6 +371,7 @@ fn restore(st: &State, file: &Path, result: &Result<Plan, String>, saved: Option
         plan: None,
         status: RolloutStatus::default(),
         policy: None,
+        tcp: None,
         error: None,
         gone_since: None,
     };
@@ -340,6 +381,7 @@ fn restore(st: &State, file: &Path, result: &Result<Plan, String>, saved: Option
         Some(sf) if sf.rollout.is_some() && sf.rollout == name => {
             entry.status = sf.status;
             entry.policy = policy;
+            entry.tcp = tcp;
         }
         Some(sf) => entry.status.policy_version = sf.status.policy_version,
         None => {}

@@ -569,3 +569,52 @@ fn one_gateway_resource_at_most() {
         "spec.envoyExtensionPolicy: give wasmPlugin (Istio) or envoyExtensionPolicy (Envoy Gateway), not both",
     );
 }
+
+#[test]
+fn tcp_limits_are_checked_by_the_policys_compiler_at_their_rollout_paths() {
+    let with = |tcp: &str| edit("  strategy:\n", &format!("  tcp: {tcp}\n  strategy:\n"));
+    let p = load(&with("{inFlight: {perSource: 3}, allow: [127.0.0.0/8]}")).unwrap();
+    assert_eq!(
+        p.spec
+            .tcp
+            .as_ref()
+            .unwrap()
+            .in_flight
+            .as_ref()
+            .unwrap()
+            .per_source,
+        Some(3)
+    );
+    // The revision follows the steps, not the limits (changing them renders a new TCP
+    // policy, the rollout keeps its place).
+    assert_eq!(p.revision, seed().revision);
+    load(&with("{}")).unwrap();
+    assert_error(
+        &with("{inFlight: {perSource: 0}}"),
+        "spec.tcp.inFlight.perSource: must be at least 1",
+    );
+    assert_error(
+        &with("{inFlight: {}}"),
+        "spec.tcp.inFlight: give 'per_source', 'total' or both",
+    );
+    assert_error(
+        &with("{allow: [10.0.0.1/8]}"),
+        "spec.tcp.allow[0]: '10.0.0.1/8' has host bits set below /8",
+    );
+    assert_error(
+        &with("{allow: [nowhere]}"),
+        "spec.tcp.allow[0]: 'nowhere' is not an IP address",
+    );
+    assert_error(
+        &with("{rate: {average: 5, period: 1x}}"),
+        "spec.tcp.rate.period:",
+    );
+    assert_error(&with("{inflight: {total: 2}}"), "unknown field `inflight`");
+    assert_error(
+        &edit(
+            "  strategy:\n",
+            "  tcp: {inFlight: {total: 2}}\n  envoyExtensionPolicy: eep\n  strategy:\n",
+        ),
+        "spec.tcp: not with envoyExtensionPolicy",
+    );
+}
