@@ -12,9 +12,11 @@
 use kube::{Api, Client, ResourceExt};
 
 use super::controller::{apply_status, Error};
-use rollgate_rollout::view::{Expect, RolloutView};
 use rollgate_rollout::plan::fingerprint;
-use rollgate_rollout::{accept_rendered, render, step, validate, Event, Refused, Rollout, Timestamp};
+use rollgate_rollout::view::{Expect, RolloutView};
+use rollgate_rollout::{
+    accept_rendered, render, step, validate, Event, Refused, Rollout, Timestamp,
+};
 
 /// How often a command retries after a conflict with the controller.
 const CONFLICT_RETRIES: usize = 3;
@@ -107,7 +109,8 @@ pub fn rendered_policy(ro: &Rollout) -> Result<RenderedPolicy, String> {
         .map_err(|e| format!("rendered policy refused by the filter: {e}"))?;
     // The fingerprint the controller stores, of the value it writes into `pluginConfig`.
     let value = serde_json::to_value(&rendered).map_err(|e| e.to_string())?;
-    let applied = status.applied_policy.as_deref() == Some(&fingerprint(value.to_string().as_bytes()));
+    let applied =
+        status.applied_policy.as_deref() == Some(&fingerprint(value.to_string().as_bytes()));
     Ok(RenderedPolicy {
         version: status.policy_version + u64::from(!applied),
         applied,

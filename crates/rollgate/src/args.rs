@@ -207,7 +207,13 @@ pub struct ServeArgs {
     pub identity: Option<String>,
     /// The controller's --listen serves only the Rollouts of this namespace [default: every
     /// namespace's, named NS/NAME].
-    #[arg(short = 'n', long, value_name = "NS", requires = "listen", conflicts_with = "dir")]
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NS",
+        requires = "listen",
+        conflicts_with = "dir"
+    )]
     pub namespace: Option<String>,
 }
 

@@ -44,7 +44,10 @@ async fn call(method: &str, url: String, headers: &[(&str, &str)]) -> HttpRespon
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
     tokio::task::spawn_blocking(move || {
-        let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         client::request_with(&method, &url, &h, None, Duration::from_secs(10), None).unwrap()
     })
     .await
@@ -106,7 +109,10 @@ fn cluster(items: Vec<Rollout>) -> impl FnMut(&Seen) -> Reply + Send + 'static {
 
 fn requests(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<String> {
     let mut s = seen.lock().unwrap();
-    let out = s.iter().map(|s| format!("{} {}", s.method, s.uri)).collect();
+    let out = s
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.uri))
+        .collect();
     s.clear();
     out
 }
@@ -129,14 +135,20 @@ async fn every_namespace_is_served_with_its_rollouts_named_ns_slash_name() {
         .iter()
         .map(|r| r["name"].clone())
         .collect();
-    assert_eq!(names, [json!("shop/flask"), json!("dev/flask"), json!("dev/api")]);
+    assert_eq!(
+        names,
+        [json!("shop/flask"), json!("dev/flask"), json!("dev/api")]
+    );
     assert_eq!(requests(&seen), [format!("GET {ALL}")]);
 
     // A name in one namespace only is found by a list; one in two is ambiguous.
     let api = get("/v1/rollouts/api").await;
     assert_eq!(api.status, 200, "{}", api.text());
     assert_eq!(json_of(&api)["name"], "dev/api");
-    assert_eq!(requests(&seen), [format!("GET {ALL}"), format!("GET {DEV}/api")]);
+    assert_eq!(
+        requests(&seen),
+        [format!("GET {ALL}"), format!("GET {DEV}/api")]
+    );
     let flask = get("/v1/rollouts/flask").await;
     assert_eq!(flask.status, 409, "{}", flask.text());
     assert!(flask.text().contains("shop, dev"), "{}", flask.text());
@@ -165,7 +177,9 @@ async fn every_namespace_is_served_with_its_rollouts_named_ns_slash_name() {
         patch["metadata"],
         json!({"name": "flask", "resourceVersion": "4"})
     );
-    assert_eq!(patch["status"]["currentStep"], 2);
+    // The engine's step: past the pause at step 1, as the response says.
+    assert!(patch["status"]["currentStep"].as_u64() > Some(1), "{patch}");
+    assert_eq!(patch["status"], json_of(&promoted)["status"]);
     assert_eq!(
         requests(&seen),
         [
@@ -183,7 +197,12 @@ async fn commands_are_guarded_as_the_sidecars_and_the_page_is_served() {
     // No token: 401, and the API is not asked.
     let r = call("POST", promote.clone(), &[]).await;
     assert_eq!(r.status, 401, "{}", r.text());
-    let r = call("POST", promote.clone(), &[("authorization", "Bearer 0123456789abcdeX")]).await;
+    let r = call(
+        "POST",
+        promote.clone(),
+        &[("authorization", "Bearer 0123456789abcdeX")],
+    )
+    .await;
     assert_eq!(r.status, 401, "{}", r.text());
     // A page of another origin, even with the token.
     let evil = [
@@ -199,8 +218,16 @@ async fn commands_are_guarded_as_the_sidecars_and_the_page_is_served() {
     assert_eq!(page.status, 200);
     assert!(page.text().contains("/dashboard/app.js"), "{}", page.text());
     assert!(page.header("content-security-policy").is_some());
-    assert_eq!(call("GET", format!("{base}/dashboard/app.js"), &[]).await.status, 200);
-    assert_eq!(call("GET", format!("{base}/healthz"), &[]).await.text(), "ok\n");
+    assert_eq!(
+        call("GET", format!("{base}/dashboard/app.js"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call("GET", format!("{base}/healthz"), &[]).await.text(),
+        "ok\n"
+    );
     let traffic = call("GET", format!("{base}/v1/traffic"), &[]).await;
     assert_eq!(json_of(&traffic), json!({"rollouts": {}}));
     assert_eq!(requests(&seen), Vec::<String>::new());
@@ -214,7 +241,12 @@ async fn commands_are_guarded_as_the_sidecars_and_the_page_is_served() {
     assert_eq!(requests(&seen), Vec::<String>::new());
 
     // With the token: applied.
-    let ok = call("POST", promote, &[("authorization", "Bearer 0123456789abcdef")]).await;
+    let ok = call(
+        "POST",
+        promote,
+        &[("authorization", "Bearer 0123456789abcdef")],
+    )
+    .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(
         requests(&seen),
@@ -258,14 +290,21 @@ fn a_listen_beyond_loopback_needs_a_token_and_no_listen_serves_nothing() {
     // As the controller's Deployment runs it: the token from the environment.
     let env = |k: &str| (k == "ROLLGATE_TOKEN").then(|| TOKEN.to_string());
     assert!(controller_listen(&args(&[]), env).unwrap().is_none());
-    let e = controller_listen(&args(&["--listen", "0.0.0.0:0"]), no_env).err().unwrap();
+    let e = controller_listen(&args(&["--listen", "0.0.0.0:0"]), no_env)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("no token"), "{e}");
     let bound = controller_listen(&args(&["--listen", "0.0.0.0:0"]), env).unwrap();
     assert!(bound.is_some());
-    assert!(controller_listen(&args(&["--listen", "127.0.0.1:0"]), no_env)
-        .unwrap()
-        .is_some());
-    assert_eq!(controller_scope(&args(&["--listen", "127.0.0.1:0"])), Scope::All);
+    assert!(
+        controller_listen(&args(&["--listen", "127.0.0.1:0"]), no_env)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        controller_scope(&args(&["--listen", "127.0.0.1:0"])),
+        Scope::All
+    );
     assert_eq!(
         controller_scope(&args(&["--listen", "127.0.0.1:0", "-n", "shop"])),
         Scope::Namespace("shop".into())
@@ -284,7 +323,9 @@ fn with_global_limit(mut ro: Rollout) -> Rollout {
             "domain": "shop"
         }
     });
-    ro.spec.rate_limits.push(serde_json::from_value(limit).unwrap());
+    ro.spec
+        .rate_limits
+        .push(serde_json::from_value(limit).unwrap());
     ro
 }
 
@@ -334,7 +375,10 @@ async fn the_policy_served_is_what_the_controller_writes_into_the_wasmplugin() {
     let r = call("GET", format!("{base}/v1/policies/flask?version=1"), &[]).await;
     assert_eq!(r.status, 304);
     assert_eq!(r.header("x-rollgate-version"), Some("1"));
-    assert_eq!(requests(&seen), [format!("GET {ALL}"), format!("GET {SHOP}/flask")]);
+    assert_eq!(
+        requests(&seen),
+        [format!("GET {ALL}"), format!("GET {SHOP}/flask")]
+    );
 
     // The rate-limit service's own reader (`rollgate ratelimit --policy URL`) finds the
     // Rollout's global limit there.
@@ -343,7 +387,12 @@ async fn the_policy_served_is_what_the_controller_writes_into_the_wasmplugin() {
     let limits = source.limits().await.unwrap();
     assert_eq!(limits.len(), 1, "{limits:?}");
     assert_eq!(
-        (limits[0].domain.as_str(), limits[0].name.as_str(), limits[0].max, limits[0].window_secs),
+        (
+            limits[0].domain.as_str(),
+            limits[0].name.as_str(),
+            limits[0].max,
+            limits[0].window_secs
+        ),
         ("shop", "api", 180, 3)
     );
 

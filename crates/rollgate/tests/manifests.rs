@@ -307,9 +307,17 @@ fn rollgate_containers_pass_arguments_the_binary_accepts() {
     yaml_files(&manifests(), &mut files);
     let mut checked = Vec::new();
     for f in files.iter().filter(|f| !not_a_resource(f)) {
-        for d in documents(f).iter().filter(|d| str_of(d, "kind") == "Deployment") {
-            let containers = d["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
-            for c in containers.iter().filter(|c| str_of(c, "image").contains("/rollgate:")) {
+        for d in documents(f)
+            .iter()
+            .filter(|d| str_of(d, "kind") == "Deployment")
+        {
+            let containers = d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .unwrap();
+            for c in containers
+                .iter()
+                .filter(|c| str_of(c, "image").contains("/rollgate:"))
+            {
                 let args: Vec<&str> = c["args"]
                     .as_sequence()
                     .unwrap()
@@ -352,7 +360,10 @@ fn ratelimit_reads_the_controllers_policy_endpoint_and_speaks_grpc() {
             .collect()
     };
     let after = |args: &[String], flag: &str| -> String {
-        let i = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("no {flag}"));
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("no {flag}"));
         args[i + 1].clone()
     };
     let port_of = |svc: &Value, name: &str| -> u64 {
@@ -366,7 +377,11 @@ fn ratelimit_reads_the_controllers_policy_endpoint_and_speaks_grpc() {
     };
     let controller = docs("controller/deployment.yaml");
     let ctl_args = args(&controller[0]);
-    let ctl_port = after(&ctl_args, "--listen").rsplit(':').next().unwrap().to_string();
+    let ctl_port = after(&ctl_args, "--listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
     let ctl_svc = &docs("controller/service.yaml")[0];
     assert_eq!(port_of(ctl_svc, "http").to_string(), ctl_port);
     let rl = docs("ratelimit/ratelimit.yaml");
@@ -377,7 +392,10 @@ fn ratelimit_reads_the_controllers_policy_endpoint_and_speaks_grpc() {
         str_of(&ctl_svc["metadata"], "name"),
         str_of(&ctl_svc["metadata"], "namespace")
     );
-    assert!(policy.starts_with(&ctl_host), "{policy} is not the controller's endpoint");
+    assert!(
+        policy.starts_with(&ctl_host),
+        "{policy} is not the controller's endpoint"
+    );
     let redis = docs("ratelimit/redis.yaml");
     let redis_svc = find(&redis, "Service", "rollgate-redis");
     assert_eq!(

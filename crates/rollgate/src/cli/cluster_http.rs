@@ -85,9 +85,10 @@ impl ClusterApi {
             ("GET", ["v1", "traffic"]) => {
                 return Response::json(200, &serde_json::json!({ "rollouts": {} }))
             }
-            ("GET", ["v1", "rollouts"]) => self.list().await.map(|rollouts| {
-                Response::json(200, &RolloutList { rollouts })
-            }),
+            ("GET", ["v1", "rollouts"]) => self
+                .list()
+                .await
+                .map(|rollouts| Response::json(200, &RolloutList { rollouts })),
             ("GET", ["v1", "rollouts", name]) => self.get(None, name).await,
             ("GET", ["v1", "rollouts", ns, name]) => self.get(Some(ns), name).await,
             ("GET", ["v1", "policies", name]) => self.policy(None, name, req).await,
@@ -98,7 +99,10 @@ impl ClusterApi {
             }
             _ => Err(Response::error(
                 404,
-                &format!("no such endpoint: {}", crate::serve::http::excerpt(req.path.as_bytes())),
+                &format!(
+                    "no such endpoint: {}",
+                    crate::serve::http::excerpt(req.path.as_bytes())
+                ),
             )),
         };
         outcome.unwrap_or_else(|refusal| refusal)
@@ -179,7 +183,10 @@ impl ClusterApi {
             _ => {
                 return Err(Response::error(
                     404,
-                    &format!("unknown command '{}'", crate::serve::http::excerpt(cmd.as_bytes())),
+                    &format!(
+                        "unknown command '{}'",
+                        crate::serve::http::excerpt(cmd.as_bytes())
+                    ),
                 ))
             }
         };
@@ -211,7 +218,11 @@ impl ClusterApi {
                 .map_err(|_| Response::error(400, "version takes a whole number"))?,
         };
         let status = if p.version > known { 200 } else { 304 };
-        let body = if status == 200 { p.json.into_bytes() } else { Vec::new() };
+        let body = if status == 200 {
+            p.json.into_bytes()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(status, "application/json", body)
             .with_header("x-rollgate-version", p.version.to_string())
             .with_header("etag", format!("\"{}\"", p.version)))

@@ -318,7 +318,10 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config, CliError> {
         .clone()
         .ok_or_else(|| CliError::Usage("serve needs --dir DIR (or --kubernetes)".into()))?;
     let mut config = Config::new(dir);
-    config.listen = a.listen.clone().unwrap_or_else(|| serve::DEFAULT_LISTEN.into());
+    config.listen = a
+        .listen
+        .clone()
+        .unwrap_or_else(|| serve::DEFAULT_LISTEN.into());
     config.envoy_admin = a.envoy_admin.clone();
     config.limits.max_connections = a.max_connections;
     config.vanished_grace = a.vanished_grace;
