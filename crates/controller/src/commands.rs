@@ -5,12 +5,18 @@
 //! it, guarded by the `resourceVersion` read: if the controller wrote in between (409), the
 //! command re-reads and tries again. The controller then sees the new status, renders the
 //! policy and writes it into the WasmPlugin.
+//!
+//! [`list_all`] and [`rendered_policy`] serve the controller's own HTTP endpoints
+//! (`serve --kubernetes --listen`, the `rollgate` crate's `cli::cluster_http`).
 
 use kube::{Api, Client, ResourceExt};
 
 use super::controller::{apply_status, Error};
+use rollgate_rollout::plan::fingerprint;
 use rollgate_rollout::view::{Expect, RolloutView};
-use rollgate_rollout::{step, validate, Event, Refused, Rollout, Timestamp};
+use rollgate_rollout::{
+    accept_rendered, render, step, validate, Event, Refused, Rollout, Timestamp,
+};
 
 /// How often a command retries after a conflict with the controller.
 const CONFLICT_RETRIES: usize = 3;
@@ -60,6 +66,56 @@ pub async fn list(client: &Client, ns: &str) -> Result<Vec<RolloutView>, Command
     let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
     let list = api.list(&Default::default()).await?;
     Ok(list.items.iter().map(view).collect())
+}
+
+/// Every Rollout of every namespace (one cluster-wide list, as the controller's watcher
+/// starts with).
+pub async fn list_all(client: &Client) -> Result<Vec<Rollout>, CommandError> {
+    let api: Api<Rollout> = Api::all(client.clone());
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+/// Reads one Rollout as it is stored.
+pub async fn read(client: &Client, ns: &str, name: &str) -> Result<Rollout, CommandError> {
+    let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    Ok(api.get(name).await?)
+}
+
+/// The policy of a Rollout, as the controller renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedPolicy {
+    /// Its version: the status's `policyVersion` when the controller has written this very
+    /// policy (its fingerprint is the status's `appliedPolicy`), else the version the
+    /// controller gives it when it writes it (a command changed the status since).
+    pub version: u64,
+    /// Whether the controller has written it into the gateway.
+    pub applied: bool,
+    /// The policy JSON, the text the filter's own acceptance function accepted.
+    pub json: String,
+}
+
+/// The policy the controller renders for `ro` from its spec and its status, with the
+/// controller's own pure functions ([`validate::plan`], [`render`], [`accept_rendered`]);
+/// `Err` says why there is none (an invalid spec, a policy the filter refuses, or a rollout
+/// the controller has not rendered yet), as the controller would say in its Events.
+pub fn rendered_policy(ro: &Rollout) -> Result<RenderedPolicy, String> {
+    let plan = validate::plan(ro).map_err(|e| format!("invalid spec: {e}"))?;
+    let status = ro.status.clone().unwrap_or_default();
+    if status.policy_version == 0 {
+        return Err("the controller has not rendered its policy yet".into());
+    }
+    let rendered = render(&plan.name, &plan.spec, &status);
+    let json = accept_rendered(&rendered)
+        .map_err(|e| format!("rendered policy refused by the filter: {e}"))?;
+    // The fingerprint the controller stores, of the value it writes into `pluginConfig`.
+    let value = serde_json::to_value(&rendered).map_err(|e| e.to_string())?;
+    let applied =
+        status.applied_policy.as_deref() == Some(&fingerprint(value.to_string().as_bytes()));
+    Ok(RenderedPolicy {
+        version: status.policy_version + u64::from(!applied),
+        applied,
+        json,
+    })
 }
 
 /// Applies `event` (promote, abort, retry) to the Rollout's status.

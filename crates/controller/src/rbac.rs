@@ -21,14 +21,16 @@ pub struct Permission {
 /// `rollgate serve --kubernetes`, cluster-wide (ClusterRole `rollgate-controller`, bound to
 /// the controller's service account).
 pub const CONTROLLER: &[Permission] = &[
-    // The controller's watcher over every namespace: a list, then a watch. No get: the
-    // controller reads Rollouts only from its watch.
+    // The controller's watcher over every namespace: a list, then a watch. Its HTTP server
+    // (`--listen`) lists them too, and reads one (get) for a rollout's page, a command and a
+    // policy; the reconciles read Rollouts only from the watch.
     Permission {
         group: "rollgate.dev",
         resource: "rollouts",
-        verbs: &["list", "watch"],
+        verbs: &["get", "list", "watch"],
     },
-    // The status, by server-side apply (a PATCH of the status subresource).
+    // The status, by server-side apply (a PATCH of the status subresource): the reconciles,
+    // and the HTTP server's commands (as `promote --kubernetes` writes it).
     Permission {
         group: "rollgate.dev",
         resource: "rollouts/status",

@@ -173,30 +173,22 @@ pub struct ServeArgs {
     /// account), writing each policy into its WasmPlugin.
     #[arg(long)]
     pub kubernetes: bool,
-    /// Where the sidecar's API listens; beyond loopback it needs a token.
-    #[arg(long, value_name = "ADDR", default_value = rollgate_sidecar::DEFAULT_LISTEN, conflicts_with = "kubernetes")]
-    pub listen: String,
+    /// Where the sidecar's API listens [default: 127.0.0.1:8181]; with --kubernetes, where
+    /// the controller serves the dashboard, the Rollouts and their policies (none without).
+    /// Beyond loopback it needs a token.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// An Envoy admin endpoint whose stats analysis reads (repeatable: summed).
     #[arg(long, value_name = "URL")]
     pub envoy_admin: Vec<String>,
     /// The token commands must carry (else $ROLLGATE_TOKEN).
-    #[arg(long, value_name = "PATH", conflicts_with = "kubernetes")]
+    #[arg(long, value_name = "PATH")]
     pub token_file: Option<String>,
     /// Serve HTTPS with this certificate chain (with --tls-key).
-    #[arg(
-        long,
-        value_name = "CHAIN.pem",
-        requires = "tls_key",
-        conflicts_with = "kubernetes"
-    )]
+    #[arg(long, value_name = "CHAIN.pem", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert.
-    #[arg(
-        long,
-        value_name = "KEY.pem",
-        requires = "tls_cert",
-        conflicts_with = "kubernetes"
-    )]
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Connections served at once; one more is answered 503.
     #[arg(long, value_name = "N", default_value = "256", value_parser = at_least_one, conflicts_with = "kubernetes")]
@@ -214,6 +206,16 @@ pub struct ServeArgs {
     /// This controller replica's identity [default: $POD_NAME, else $HOSTNAME].
     #[arg(long, value_name = "ID", conflicts_with = "dir")]
     pub identity: Option<String>,
+    /// The controller's --listen serves only the Rollouts of this namespace [default: every
+    /// namespace's, named NS/NAME].
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NS",
+        requires = "listen",
+        conflicts_with = "dir"
+    )]
+    pub namespace: Option<String>,
 }
 
 /// Where a client command goes: a sidecar (default) or the cluster (`--kubernetes`).

@@ -100,11 +100,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(async {
+                // Bound first: a wrong --listen or a missing token stops it at once.
+                let bound = rollgate::cli::controller_listen(&a, |k| std::env::var(k).ok())?;
                 // kubeconfig or the pod's service account, as kubectl finds them.
                 let client = kube::Client::try_default()
                     .await
                     .context("connecting to the Kubernetes API")?;
-                rollgate::kube::run::run(client, opts).await?;
+                let Some(bound) = bound else {
+                    rollgate::kube::run::run(client, opts).await?;
+                    return anyhow::Ok(());
+                };
+                // Every replica serves (reads from the API, not from the leader's cache);
+                // the process ends when the controller does, as without --listen.
+                let server = bound.serve(client.clone(), rollgate::cli::controller_scope(&a));
+                tokio::select! {
+                    r = rollgate::kube::run::run(client, opts) => r?,
+                    () = server => {}
+                }
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,8 @@
 //! Least privilege, derived from the code: the controller (`run`: leader election, the
 //! watcher, reconciles, Events) and every cluster command (`promote`, `abort`, `retry`,
-//! `status`, `status --watch`) run against a recording API server, each request is turned
+//! `status`, `status --watch`), and the controller's HTTP server (`serve --kubernetes
+//! --listen`: its reads, commands and policies), run against a recording API server, each
+//! request is turned
 //! into the (group, resource, verb) the API server's authorizer checks, and the sets must
 //! equal [`rollgate::kube::rbac`] — which `manifests.rs` checks `rbac.yaml` against. A new
 //! API call without its permission, or a permission no call needs, fails here.
@@ -13,11 +15,13 @@ use std::time::Duration;
 
 use kube_support::{api_server, failure, paused_rollout, rollout, Reply, Seen};
 use rollgate::cli::cluster::cli_with;
+use rollgate::cli::cluster_http::{Bound, Scope};
 use rollgate::cli::watch::follow;
 use rollgate::kube::controller::Error;
 use rollgate::kube::rbac::{triples, CLI, CONTROLLER, LEADER_ELECTION};
 use rollgate::kube::run::{run, Options};
-use rollgate::rollout::Event;
+use rollgate::rollout::{client, Event};
+use rollgate::serve::auth::Token;
 use serde_json::{json, Value};
 
 /// What RBAC authorizes for one request: group, resource (`/subresource`), verb, namespace
@@ -121,6 +125,10 @@ fn controller_api() -> impl FnMut(&Seen) -> Reply + Send + 'static {
                            "metadata": {"resourceVersion": "7"}, "items": [rollout("7"), eg]}),
                 )
             }
+            // The HTTP server's reads of one Rollout.
+            ("rollouts", "get") => {
+                Reply::Json(200, serde_json::to_value(paused_rollout("9")).unwrap())
+            }
             ("envoyextensionpolicies", _) => Reply::Json(200, kube_support::eep("flask")),
             ("rollouts", "watch") => Reply::Hold,
             ("rollouts/status", _) => Reply::Json(200, with_status(&s.body)),
@@ -136,6 +144,7 @@ fn controller_api() -> impl FnMut(&Seen) -> Reply + Send + 'static {
 #[tokio::test]
 async fn the_controller_calls_exactly_what_its_roles_grant() {
     let (client, seen) = api_server("default", controller_api());
+    let server = client.clone();
     let opts = Options {
         lease_namespace: "rollgate-system".into(),
         identity: "rollgate-0".into(),
@@ -147,9 +156,31 @@ async fn the_controller_calls_exactly_what_its_roles_grant() {
         .await
         .expect("the controller ran every call and lost the lease within 30 s");
     assert!(matches!(outcome, Err(Error::LostLease)), "{outcome:?}");
+    // Its HTTP server, on every replica: each endpoint that reaches the API.
+    let token = Token::new("0123456789abcdef", "test").unwrap();
+    let bound = Bound::bind("127.0.0.1:0", Some(token), None).unwrap();
+    let base = format!("http://{}", bound.addr());
+    tokio::spawn(bound.serve(server, Scope::All));
+    for (method, path) in [
+        ("GET", "/v1/rollouts"),
+        ("GET", "/v1/rollouts/flask"),
+        ("GET", "/v1/rollouts/shop/flask"),
+        ("GET", "/v1/policies/shop/flask"),
+        ("POST", "/v1/rollouts/shop/flask/promote"),
+    ] {
+        let url = format!("{base}{path}");
+        let resp = tokio::task::spawn_blocking(move || {
+            let auth = [("authorization", "Bearer 0123456789abcdef")];
+            client::request_with(method, &url, &auth, None, Duration::from_secs(10), None)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status, 200, "{method} {path}: {}", resp.text());
+    }
     let calls: Vec<Authz> = seen.lock().unwrap().iter().map(authz).collect();
     // The Role covers the controller's own namespace; everything else needs the
-    // ClusterRole (the Rollouts are watched in every namespace).
+    // ClusterRole (the Rollouts are watched in every namespace, and read in theirs).
     let (own, cluster): (Vec<&Authz>, Vec<&Authz>) = calls
         .iter()
         .partition(|a| a.namespace.as_deref() == Some("rollgate-system"));
@@ -157,7 +188,7 @@ async fn the_controller_calls_exactly_what_its_roles_grant() {
     assert_eq!(verbs(cluster.clone()), triples(CONTROLLER), "{calls:#?}");
     assert!(cluster
         .iter()
-        .filter(|a| a.resource == "rollouts")
+        .filter(|a| a.resource == "rollouts" && a.verb != "get")
         .all(|a| a.namespace.is_none()));
 }
 

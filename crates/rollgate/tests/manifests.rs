@@ -53,6 +53,7 @@ fn every_manifest_has_a_known_kind_and_api_version() {
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
         ("v1", "Namespace"),
         ("v1", "ServiceAccount"),
+        ("v1", "Service"),
         ("apps/v1", "Deployment"),
         ("rbac.authorization.k8s.io/v1", "ClusterRole"),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
@@ -102,11 +103,13 @@ fn kustomization(dir: &Path) -> Vec<PathBuf> {
 fn kustomize_base_resources_exist_and_cover_every_manifest() {
     let root = manifests();
     let mut listed = BTreeSet::new();
-    // The base (Istio), and the Gateway API and Envoy Gateway installs, each applied on its own.
+    // The base (Istio), and the Gateway API, Envoy Gateway and global rate-limit installs,
+    // each applied on its own.
     let mut dirs = vec![
         root.clone(),
         root.join("gateway-api"),
         root.join("envoy-gateway"),
+        root.join("ratelimit"),
     ];
     while let Some(dir) = dirs.pop() {
         for r in kustomization(&dir) {
@@ -292,5 +295,126 @@ fn envoy_gateway_policy_targets_the_httproute_with_a_valid_policy() {
     assert_eq!(
         matched,
         BTreeSet::from(["canary".to_string(), "dev".to_string()])
+    );
+}
+
+/// Every `rollgate` container's args parse with the binary's own command line (clap), so a
+/// manifest never passes a flag the binary refuses.
+#[test]
+fn rollgate_containers_pass_arguments_the_binary_accepts() {
+    use clap::Parser;
+    let mut files = Vec::new();
+    yaml_files(&manifests(), &mut files);
+    let mut checked = Vec::new();
+    for f in files.iter().filter(|f| !not_a_resource(f)) {
+        for d in documents(f)
+            .iter()
+            .filter(|d| str_of(d, "kind") == "Deployment")
+        {
+            let containers = d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .unwrap();
+            for c in containers
+                .iter()
+                .filter(|c| str_of(c, "image").contains("/rollgate:"))
+            {
+                let args: Vec<&str> = c["args"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                let parsed = rollgate::args::Cli::try_parse_from(
+                    std::iter::once("rollgate").chain(args.iter().copied()),
+                );
+                if let Err(e) = parsed {
+                    panic!("{}: rollgate {}: {e}", f.display(), args.join(" "));
+                }
+                checked.push(args[0].to_string());
+            }
+        }
+    }
+    checked.sort();
+    assert_eq!(checked, ["ratelimit", "serve"]);
+}
+
+/// The rate-limit install: the service reaches Redis by its Service, reads the policy from the
+/// controller's --listen port through the controller's Service, and is reached by the gateways
+/// over HTTP/2 under the cluster name a Rollout's global limit gives.
+#[test]
+fn ratelimit_reads_the_controllers_policy_endpoint_and_speaks_grpc() {
+    let root = manifests();
+    let docs = |f: &str| documents(&root.join(f));
+    let find = |docs: &[Value], kind: &str, name: &str| -> Value {
+        docs.iter()
+            .find(|d| str_of(d, "kind") == kind && str_of(&d["metadata"], "name") == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let args = |deploy: &Value| -> Vec<String> {
+        deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let after = |args: &[String], flag: &str| -> String {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("no {flag}"));
+        args[i + 1].clone()
+    };
+    let port_of = |svc: &Value, name: &str| -> u64 {
+        svc["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| str_of(p, "name") == name)
+            .and_then(|p| p["port"].as_u64())
+            .unwrap_or_else(|| panic!("no port {name}"))
+    };
+    let controller = docs("controller/deployment.yaml");
+    let ctl_args = args(&controller[0]);
+    let ctl_port = after(&ctl_args, "--listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let ctl_svc = &docs("controller/service.yaml")[0];
+    assert_eq!(port_of(ctl_svc, "http").to_string(), ctl_port);
+    let rl = docs("ratelimit/ratelimit.yaml");
+    let rl_args = args(&find(&rl, "Deployment", "rollgate-ratelimit"));
+    let policy = after(&rl_args, "--policy");
+    let ctl_host = format!(
+        "http://{}.{}.svc:{ctl_port}/v1/policies/",
+        str_of(&ctl_svc["metadata"], "name"),
+        str_of(&ctl_svc["metadata"], "namespace")
+    );
+    assert!(
+        policy.starts_with(&ctl_host),
+        "{policy} is not the controller's endpoint"
+    );
+    let redis = docs("ratelimit/redis.yaml");
+    let redis_svc = find(&redis, "Service", "rollgate-redis");
+    assert_eq!(
+        after(&rl_args, "--redis"),
+        format!(
+            "redis://rollgate-redis.rollgate-system.svc:{}",
+            port_of(&redis_svc, "redis")
+        )
+    );
+    let svc = find(&rl, "Service", "rollgate-ratelimit");
+    let grpc = &svc["spec"]["ports"][0];
+    assert_eq!(str_of(grpc, "appProtocol"), "grpc");
+    assert_eq!(
+        after(&rl_args, "--listen"),
+        format!("0.0.0.0:{}", grpc["port"].as_u64().unwrap())
+    );
+    let dr = &docs("ratelimit/destinationrule.yaml")[0];
+    assert_eq!(
+        str_of(&dr["spec"], "host"),
+        "rollgate-ratelimit.rollgate-system.svc.cluster.local"
     );
 }

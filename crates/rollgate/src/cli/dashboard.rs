@@ -5,8 +5,9 @@
 //!
 //! With `--kubernetes [-n NS]` it shows the Rollouts of a namespace of the cluster instead,
 //! read and commanded with this command's own kubeconfig credentials, as `rollgate status`
-//! and `promote --kubernetes` do (the controller serves no page itself; its status has no
-//! per-variant history yet, so the charts stay empty).
+//! and `promote --kubernetes` do, through [`super::cluster_http`], which the controller
+//! serves too (`serve --kubernetes --listen ADDR`, with its service account; the status has
+//! no per-variant history yet, so the charts stay empty).
 //!
 //! The page and its files are the sidecar's ([`crate::serve::dashboard`]); reads are passed
 //! through; a command is accepted under the sidecar's own rules ([`auth::refuse`]: the
@@ -17,11 +18,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cluster_http::{ClusterApi, Scope};
 use super::CliError;
 use crate::args::DashboardArgs;
 use crate::rollout::client;
-use crate::rollout::view::{CommandBody, Expect};
-use crate::rollout::Event;
 use crate::serve::auth::{self, Token};
 use crate::serve::http::{Request, Response};
 use crate::serve::{conn, dashboard, Limits};
@@ -60,53 +60,17 @@ impl Proxy {
             }
         }
         if let Source::Cluster { client, ns } = &self.source {
-            return self.cluster(client, ns, &req).await;
+            let api = ClusterApi {
+                client: client.clone(),
+                scope: Scope::Namespace(ns.clone()),
+                token: self.token.clone(),
+            };
+            return api.answer(&req).await;
         }
         // The sidecar's client blocks: off the runtime's one thread.
         tokio::task::spawn_blocking(move || self.sidecar(&req))
             .await
             .unwrap_or_else(|_| Response::error(500, "internal error"))
-    }
-
-    async fn cluster(&self, client: &kube::Client, ns: &str, req: &Request) -> Response {
-        use crate::kube::commands::{self, CommandError};
-        let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-        let outcome = match (req.method.as_str(), segments.as_slice()) {
-            ("GET", ["v1", "rollouts"]) => commands::list(client, ns)
-                .await
-                .map(|rollouts| serde_json::json!({ "rollouts": rollouts })),
-            ("GET", ["v1", "rollouts", name]) => commands::get(client, ns, name)
-                .await
-                .map(|v| serde_json::json!(v)),
-            ("GET", ["v1", "traffic"]) => Ok(serde_json::json!({ "rollouts": {} })),
-            ("POST", ["v1", "rollouts", name, cmd @ ("promote" | "abort" | "retry")]) => {
-                if let Some(refusal) = auth::refuse(req, self.token.as_ref()) {
-                    return refusal;
-                }
-                let event = match *cmd {
-                    "promote" => Event::Promote,
-                    "abort" => Event::Abort,
-                    _ => Event::Retry,
-                };
-                let expect = if req.body.iter().all(u8::is_ascii_whitespace) {
-                    Expect::default()
-                } else {
-                    match serde_json::from_slice::<CommandBody>(&req.body) {
-                        Ok(b) => b.expect,
-                        Err(e) => return Response::error(400, &format!("body: {e}")),
-                    }
-                };
-                commands::command_expecting(client, ns, name, event, &expect)
-                    .await
-                    .map(|v| serde_json::json!(v))
-            }
-            _ => return Response::error(404, &format!("no such endpoint: {}", req.path)),
-        };
-        match outcome {
-            Ok(v) => Response::json(200, &v),
-            Err(CommandError::Refused(why)) => Response::error(409, &why),
-            Err(e) => Response::error(502, &format!("Kubernetes API: {e}")),
-        }
     }
 
     fn sidecar(&self, req: &Request) -> Response {

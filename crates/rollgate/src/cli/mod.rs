@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod cluster_http;
 pub mod dashboard;
 pub mod format;
 pub mod watch;
@@ -317,7 +318,10 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config, CliError> {
         .clone()
         .ok_or_else(|| CliError::Usage("serve needs --dir DIR (or --kubernetes)".into()))?;
     let mut config = Config::new(dir);
-    config.listen = a.listen.clone();
+    config.listen = a
+        .listen
+        .clone()
+        .unwrap_or_else(|| serve::DEFAULT_LISTEN.into());
     config.envoy_admin = a.envoy_admin.clone();
     config.limits.max_connections = a.max_connections;
     config.vanished_grace = a.vanished_grace;
@@ -364,6 +368,42 @@ pub fn kube_options(
         envoy_admin: a.envoy_admin.clone(),
         prometheus: a.prometheus.clone(),
     }
+}
+
+/// The controller's server from `serve --kubernetes --listen ADDR [--token-file PATH]
+/// [--tls-cert C --tls-key K]`, bound; `None` without `--listen` (no server at all).
+pub fn controller_listen(
+    a: &ServeArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<cluster_http::Bound>, CliError> {
+    let Some(listen) = &a.listen else {
+        if a.token_file.is_some() || a.tls_cert.is_some() {
+            return Err(CliError::Usage(
+                "serve --kubernetes: --token-file and --tls-cert are for --listen".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let token = Token::from_flag_or_env(a.token_file.as_deref(), env).map_err(CliError::Usage)?;
+    if let Some(why) = a
+        .token_file
+        .as_deref()
+        .and_then(|f| Token::loose_permissions(f.as_ref()))
+    {
+        eprintln!("rollgate: warning: {why}");
+    }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(serve::tls::server_config(c, k).map_err(CliError::Usage)?),
+        _ => None,
+    };
+    cluster_http::Bound::bind(listen, token, tls).map(Some)
+}
+
+/// Which Rollouts the controller's server shows (`--namespace`, else every namespace's).
+pub fn controller_scope(a: &ServeArgs) -> cluster_http::Scope {
+    a.namespace
+        .clone()
+        .map_or(cluster_http::Scope::All, cluster_http::Scope::Namespace)
 }
 
 /// `rollgate serve --dir`: runs until the process is killed.
