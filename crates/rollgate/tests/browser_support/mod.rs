@@ -49,40 +49,17 @@ impl Browser {
     /// Starts Chromium headless on a free DevTools port with a fresh profile and attaches to
     /// its page.
     pub fn start() -> Browser {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let profile = std::env::temp_dir().join(format!(
-            "rollgate-chromium-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&profile);
-        std::fs::create_dir_all(&profile).unwrap();
-        // Root in a container: no sandbox. Port 0: Chromium picks one and writes it to
-        // DevToolsActivePort in the profile, so parallel runs never collide.
-        let child = Command::new(chromium_path())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                "--window-size=1280,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        // From here on, `Starting` kills it if anything below panics.
+        // A Chromium that exits or stays silent at start (seen once in a CI run: no
+        // DevToolsActivePort in 30 s, its stderr gone) is started once more with a fresh
+        // profile; what it wrote is printed either way, and a second failure fails the test.
+        let (child, profile, port) = match launch() {
+            Ok(started) => started,
+            Err(why) => {
+                eprintln!("chromium did not start, starting it again: {why}");
+                launch().unwrap_or_else(|why| panic!("chromium did not start twice: {why}"))
+            }
+        };
         let starting = Starting(Some(child), profile.clone());
-        let port = read_port(&profile.join("DevToolsActivePort"));
         let ws_url = page_socket(port);
         let (ws, _) =
             tungstenite::connect(ws_url.as_str()).expect("connect to the page's DevTools");
@@ -238,19 +215,73 @@ impl Drop for Starting {
     }
 }
 
-fn read_port(file: &Path) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Starts one Chromium headless with a fresh profile and reads its DevTools port; on failure
+/// it is killed and the answer says why, with the end of what it wrote on stderr.
+fn launch() -> Result<(Child, PathBuf, u16), String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let profile = std::env::temp_dir().join(format!(
+        "rollgate-chromium-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&profile);
+    std::fs::create_dir_all(&profile).unwrap();
+    // Beside the profile, which is removed when the browser ends.
+    let log_path = profile.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Root in a container: no sandbox. Port 0: Chromium picks one and writes it to
+    // DevToolsActivePort in the profile, so parallel runs never collide.
+    let child = Command::new(chromium_path())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start chromium");
+    // From here on, `Starting` kills it if anything below fails or panics.
+    let mut starting = Starting(Some(child), profile.clone());
+    let file = profile.join("DevToolsActivePort");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let failed = |why: String| {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(format!("{why}; its stderr ends:\n{}", tail.join("\n")))
+    };
     loop {
-        if let Ok(text) = std::fs::read_to_string(file) {
+        if let Ok(text) = std::fs::read_to_string(&file) {
             if let Some(Ok(port)) = text.lines().next().map(str::parse) {
-                return port;
+                let _ = std::fs::remove_file(&log_path);
+                return Ok((starting.disarm(), profile, port));
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "chromium wrote no DevTools port in 30 s ({})",
-            file.display()
-        );
+        if let Some(c) = starting.0.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                drop(starting);
+                return failed(format!("chromium exited at start ({status})"));
+            }
+        }
+        if Instant::now() >= deadline {
+            drop(starting);
+            return failed(format!(
+                "chromium wrote no DevTools port in 45 s ({})",
+                file.display()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
