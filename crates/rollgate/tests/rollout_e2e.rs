@@ -85,6 +85,15 @@ impl Stack {
         t
     }
 
+    /// The rollout reaches its pause step. With the gateway known (`read_stats`), the step
+    /// before it completes only once Envoy reports serving its policy (the sidecar reads that
+    /// from Envoy's stats), which can come after the route is already live.
+    fn wait_paused(&self) -> Duration {
+        wait_until("the rollout to pause", Duration::from_secs(10), || {
+            self.sidecar.rollout("flask")["status"]["phase"] == "Paused"
+        })
+    }
+
     fn sidecar_version(&self) -> u64 {
         self.sidecar.rollout("flask")["status"]["policyVersion"]
             .as_u64()
@@ -135,6 +144,8 @@ fn the_seed_rollout_drives_envoy_and_a_failing_canary_is_aborted() {
     );
     assert_eq!(s.served(&mut c, "dev.coding", "u1", &[]), DEV);
 
+    let paused = s.wait_paused();
+    println!("paused {paused:?} after the header route was live");
     // `rollgate promote` releases the pause: 50 % of distinct users, within 2 s.
     let o = rollgate(&["promote", "flask", "--server", &s.sidecar.url()]);
     assert_eq!(
@@ -288,6 +299,7 @@ fn an_invalid_rollout_is_refused_and_a_stopped_sidecar_changes_nothing() {
         200,
         "the rollout is loaded"
     );
+    s.wait_paused();
     assert_eq!(s.sidecar.post("/v1/rollouts/flask/promote").status, 200);
     let v = s.sidecar_version();
     s.wait_applied(v, Duration::from_secs(3));
