@@ -4,7 +4,8 @@
 //! tests (`crates/wasmhost/tests/abi_probe.rs`) assert on them; the probe itself decides nothing.
 //!
 //! Plugin configuration: `key=value` lines — `tick_ms=N` sets the tick period in
-//! `on_configure`, `reject=1` makes `on_configure` return false.
+//! `on_configure`, `reject=1` makes `on_configure` return false, `network=1` makes the probe a
+//! network filter (its connections log every callback and rewrite the data both ways).
 
 #[cfg(target_arch = "wasm32")]
 mod probe;

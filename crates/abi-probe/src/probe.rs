@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, PeerType, Status};
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook: a panic is logged at Critical before the trap.
@@ -137,6 +137,8 @@ struct Metrics {
 struct Root {
     metrics: std::rc::Rc<std::cell::RefCell<Metrics>>,
     queue: u32,
+    /// `network=1`: the probe is a network filter ([`Connection`]).
+    network: bool,
 }
 
 impl Context for Root {}
@@ -162,6 +164,7 @@ impl RootContext for Root {
                     let ms = ms.trim().parse().unwrap_or(0);
                     self.set_tick_period(Duration::from_millis(ms));
                 }
+                Some(("network", v)) => self.network = v.trim() == "1",
                 Some(("reject", _)) => {
                     let _ = hostcalls::log(LogLevel::Error, "probe: configuration rejected");
                     return false;
@@ -199,8 +202,85 @@ impl RootContext for Root {
         }))
     }
 
+    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(Connection { context_id }))
+    }
+
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Some(if self.network {
+            ContextType::StreamContext
+        } else {
+            ContextType::HttpContext
+        })
+    }
+}
+
+/// A connection through the probe as a network filter: every callback is logged with what
+/// it saw. Downstream data ending in `+` is held (Pause: Envoy keeps it in the connection's
+/// read buffer and calls again with more); other downstream data goes on upper-cased, and
+/// upstream data goes on with `<` prepended, so the tests see both rewrites.
+struct Connection {
+    context_id: u32,
+}
+
+fn shown(data: &[u8]) -> String {
+    String::from_utf8_lossy(data).replace('\n', "\\n")
+}
+
+fn peer(p: PeerType) -> u32 {
+    match p {
+        PeerType::Unknown => 0,
+        PeerType::Local => 1,
+        PeerType::Remote => 2,
+        _ => 99,
+    }
+}
+
+impl Context for Connection {}
+
+impl StreamContext for Connection {
+    fn on_new_connection(&mut self) -> Action {
+        info(&format!("tcp new ctx={}", self.context_id));
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let data = self.get_downstream_data(0, size).unwrap_or_default();
+        info(&format!(
+            "tcp downstream size={size} eos={end_of_stream} data={}",
+            shown(&data)
+        ));
+        if data.ends_with(b"+") && !end_of_stream {
+            return Action::Pause;
+        }
+        if !data.is_empty() {
+            self.set_downstream_data(0, size, &data.to_ascii_uppercase());
+        }
+        Action::Continue
+    }
+
+    fn on_downstream_close(&mut self, p: PeerType) {
+        info(&format!("tcp downstream close peer={}", peer(p)));
+    }
+
+    fn on_upstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let data = self.get_upstream_data(0, size).unwrap_or_default();
+        info(&format!(
+            "tcp upstream size={size} eos={end_of_stream} data={}",
+            shown(&data)
+        ));
+        if !data.is_empty() {
+            self.set_upstream_data(0, 0, b"<");
+        }
+        Action::Continue
+    }
+
+    fn on_upstream_close(&mut self, p: PeerType) {
+        info(&format!("tcp upstream close peer={}", peer(p)));
+    }
+
+    fn on_log(&mut self) {
+        info(&format!("tcp log ctx={}", self.context_id));
     }
 }
 

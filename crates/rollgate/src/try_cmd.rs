@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::wasmhost::{
-    Exchange, FailurePolicy, Headers, Host, HostError, HttpCallRecord, HttpRequest, LogLevel,
-    Plugin, PluginConfig, Response, Wasm,
+    Direction, Exchange, FailurePolicy, Headers, Host, HostError, HttpCallRecord, HttpRequest,
+    LogEntry, LogLevel, Plugin, PluginConfig, Response, Wasm,
 };
 
 /// Most bytes of `--requests` read: far above any hand-written or generated test set, far
@@ -48,8 +48,11 @@ route's mirror sent: cluster, authority, headers, body_size, sent or refused), \
  \"body\": text or [chunks], \"response\": {\"status\", \"headers\", \"body\"}, \"source\":\"ip:port\"}
 --tcp runs the filter as a network filter (a policy with a `tcp` section); each line is a
 connection event: {\"open\": \"IP:PORT\"} (with \"worker\": N to pick a VM), {\"close\": N} (N the
-\"connection\" its open printed), or {\"advance\": \"500ms\"} (the host's clock); each answered
-{\"line\", \"event\", \"connection\", \"source\", \"worker\", \"admitted\", \"closed_by\", \"logs\"}.
+\"connection\" its open printed), {\"send\": N, \"data\": text} (the client's bytes) or
+{\"reply\": N, \"data\": text} (the upstream's), either with \"end\": true for a half-close, or
+{\"advance\": \"500ms\"} (the host's clock); each answered {\"line\", \"event\", \"connection\",
+\"source\", \"worker\", \"admitted\", \"to_upstream\", \"to_client\", \"held\", \"closed_by\", \"logs\"}.
+Once both sides have ended, Envoy closes the connection (\"closed_by\": \"envoy\").
 
 Envoy's codec is applied before the filter sees a request: Host becomes :authority,
 x-forwarded-proto and x-request-id are added, hop-by-hop headers are removed, and a path with
@@ -66,7 +69,7 @@ pub enum Requests {
     Connections(String),
 }
 
-/// One `--tcp` line: exactly one of `open`, `close`, `advance`.
+/// One `--tcp` line: exactly one of `open`, `close`, `send`, `reply`, `advance`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionSpec {
@@ -74,6 +77,14 @@ pub struct ConnectionSpec {
     pub open: Option<String>,
     /// The client closes connection N (the `connection` its open printed).
     pub close: Option<u64>,
+    /// The client sends `data` on connection N.
+    pub send: Option<u64>,
+    /// The upstream sends `data` on connection N.
+    pub reply: Option<u64>,
+    /// The bytes of a `send` or `reply` (text).
+    pub data: Option<String>,
+    /// With `send` or `reply`: the sender half-closes after `data`.
+    pub end: Option<bool>,
     /// Moves the host's clock (ticks fire; rate limits refill), e.g. `"500ms"`.
     pub advance: Option<String>,
     /// The worker VM that takes an `open` (default: round-robin).
@@ -1244,19 +1255,33 @@ impl Runner {
     fn connection_event(
         &self,
         spec: &ConnectionSpec,
-        open: &mut BTreeMap<u64, (usize, u32)>,
+        open: &mut BTreeMap<u64, OpenConnection>,
         next: &mut u64,
     ) -> Result<Answer, String> {
         let given = [
             spec.open.is_some(),
             spec.close.is_some(),
+            spec.send.is_some(),
+            spec.reply.is_some(),
             spec.advance.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
-            return Err("a --tcp line has exactly one of \"open\", \"close\", \"advance\"".into());
+            return Err(
+                "a --tcp line has exactly one of \"open\", \"close\", \"send\", \"reply\", \"advance\""
+                    .into(),
+            );
         }
         if spec.worker.is_some() && spec.open.is_none() {
             return Err("\"worker\" goes with \"open\" only".into());
+        }
+        if (spec.data.is_some() || spec.end.is_some())
+            && spec.send.is_none()
+            && spec.reply.is_none()
+        {
+            return Err("\"data\" and \"end\" go with \"send\" or \"reply\" only".into());
+        }
+        if let Some(n) = spec.send.or(spec.reply) {
+            return self.data_event(spec, n, open);
         }
         if let Some(d) = &spec.advance {
             let ns = rollgate_policy::duration::parse_duration(d)
@@ -1296,16 +1321,28 @@ impl Runner {
                 Some(source.clone()),
                 r.inspect(|e| {
                     if !e.closed {
-                        open.insert(n, (e.worker, e.context_id));
+                        open.insert(
+                            n,
+                            OpenConnection {
+                                worker: e.worker,
+                                context_id: e.context_id,
+                                ..OpenConnection::default()
+                            },
+                        );
                     }
                 }),
             )
         } else {
             let n = spec.close.unwrap_or_default();
-            let (w, ctx) = open
+            let c = open
                 .remove(&n)
                 .ok_or_else(|| format!("no open connection {n}"))?;
-            ("close", n, None, self.plugin.close_connection(w, ctx))
+            (
+                "close",
+                n,
+                None,
+                self.plugin.close_connection(c.worker, c.context_id),
+            )
         };
         let mut fields = vec![("event", jstr(event)), ("connection", number.to_string())];
         if let Some(s) = source {
@@ -1349,6 +1386,99 @@ impl Runner {
         }
     }
 
+    /// A `send` or `reply` line on open connection `n`.
+    fn data_event(
+        &self,
+        spec: &ConnectionSpec,
+        n: u64,
+        open: &mut BTreeMap<u64, OpenConnection>,
+    ) -> Result<Answer, String> {
+        let (event, direction) = if spec.send.is_some() {
+            ("send", Direction::Downstream)
+        } else {
+            ("reply", Direction::Upstream)
+        };
+        let c = *open
+            .get(&n)
+            .ok_or_else(|| format!("no open connection {n}"))?;
+        let end = spec.end.unwrap_or(false);
+        let ended = match direction {
+            Direction::Downstream => c.client_ended,
+            Direction::Upstream => c.upstream_ended,
+        };
+        if ended {
+            return Err(format!(
+                "connection {n}: the {event} side has already ended"
+            ));
+        }
+        let data = spec.data.as_deref().unwrap_or("");
+        let mut fields = vec![
+            ("event", jstr(event)),
+            ("connection", n.to_string()),
+            ("worker", c.worker.to_string()),
+        ];
+        let logs = |logs: &[LogEntry]| -> Vec<String> {
+            logs.iter()
+                .filter(|l| !l.from_host && l.level >= self.log_level)
+                .map(|l| format!("[{},{}]", jstr(level_name(l.level)), jstr(&l.message)))
+                .collect()
+        };
+        match self
+            .plugin
+            .connection_data(c.worker, c.context_id, direction, data.as_bytes(), end)
+        {
+            Ok(e) => {
+                let mut lines = logs(&e.logs);
+                let mut closed_by = if e.closed_by_filter {
+                    jstr("filter")
+                } else if e.closed {
+                    jstr("failed_vm")
+                } else {
+                    "null".into()
+                };
+                if e.closed {
+                    open.remove(&n);
+                } else if let Some(c) = open.get_mut(&n) {
+                    match direction {
+                        Direction::Downstream => c.client_ended |= end,
+                        Direction::Upstream => c.upstream_ended |= end,
+                    }
+                    if c.client_ended && c.upstream_ended {
+                        // Both halves closed: Envoy closes the connection (LocalClose).
+                        let closed = self
+                            .plugin
+                            .end_connection(c.worker, c.context_id)
+                            .map_err(|e| e.to_string())?;
+                        lines.extend(logs(&closed.logs));
+                        closed_by = jstr("envoy");
+                        open.remove(&n);
+                    }
+                }
+                fields.push((
+                    "to_upstream",
+                    jstr(&String::from_utf8_lossy(&e.to_upstream)),
+                ));
+                fields.push(("to_client", jstr(&String::from_utf8_lossy(&e.to_client))));
+                fields.push(("held", e.held.to_string()));
+                if e.upstream_closed_by_filter {
+                    fields.push(("upstream_closed_by_filter", "true".into()));
+                }
+                fields.push(("closed_by", closed_by));
+                fields.push(("logs", format!("[{}]", lines.join(","))));
+                Ok((fields, None))
+            }
+            Err(HostError::Trap(t)) => {
+                // The VM is failed: Envoy closes the connection whose callback trapped.
+                open.remove(&n);
+                let why = self.trap_reason(&t);
+                fields.push(("closed_by", jstr("failed_vm")));
+                fields.push(("trap", jstr(&why)));
+                Ok((fields, Some(why)))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Runs `spec`. A trap is not an error of `try`: the line gets what Envoy answers on that
     /// stream, and a `trap` field saying why.
     fn answer(&self, spec: &RequestSpec) -> Result<Answer, TryError> {
@@ -1369,6 +1499,17 @@ impl Runner {
         fields.push(("logs", logs_field(&ex, self.log_level)));
         Ok((fields, None))
     }
+}
+
+/// A connection a `--tcp` script opened and has not closed.
+#[derive(Debug, Clone, Copy, Default)]
+struct OpenConnection {
+    worker: usize,
+    context_id: u32,
+    /// The client half-closed (`send` with `end`).
+    client_ended: bool,
+    /// The upstream half-closed (`reply` with `end`).
+    upstream_ended: bool,
 }
 
 /// Runs `opts`, reading standard input from `stdin` when asked to and writing JSON lines to

@@ -3,6 +3,9 @@
 //! sockets from 127.0.0.1) and through the wasmtime host (two VMs, `open_connection` from
 //! 127.0.0.1), must give the same admitted/refused sequence and the same filter stats.
 
+#[path = "../../wasmhost/tests/common/mod.rs"]
+mod common;
+
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -157,4 +160,244 @@ fn allow_like_envoy() {
         &[Open(0), Open(1), Close(0)],
     );
     assert_eq!(admitted, [true, true]);
+}
+
+mod data {
+    //! The host's network-filter data path against a real Envoy 1.40 (issue 17): the ABI probe as
+    //! a network filter (`network=1`: it logs every callback with the bytes it saw, holds client
+    //! bytes ending in `+`, upper-cases the client's bytes and prepends `<` to the upstream's) in
+    //! front of `tcp_proxy` to an echo server, one worker. The same conversation runs through
+    //! Envoy (real sockets) and through the host (`Plugin::connection_data`, the test playing the
+    //! echo server with whatever the host passed upstream), and must give the same bytes at the
+    //! upstream, the same bytes at the client, and the same log lines in the same order. Nothing
+    //! is ignored.
+    //!
+    //! The conversation: `hello`; `ab+` (held: nothing reaches the upstream), then `cd` (the filter
+    //! sees `ab+cd` and lets it go); the client's half-close, the echo server's close in answer.
+
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use rollgate::wasmhost::{Direction, Host, PluginConfig};
+    use rollgate_e2e::{render_tcp, Envoy, TcpUpstream};
+
+    use super::common;
+
+    const CONFIG: &str = "network=1";
+
+    /// What the client sends, in order: bytes, then (None) its half-close.
+    fn script() -> Vec<Option<&'static [u8]>> {
+        vec![Some(b"hello"), Some(b"ab+"), Some(b"cd"), None]
+    }
+
+    /// The probe's lines in Envoy's log: a connection's are prefixed with the plugin name and
+    /// root id, the root context's with the name alone (not compared: VM start and configure).
+    fn envoy_connection_logs(envoy: &Envoy) -> Vec<String> {
+        envoy
+            .log()
+            .lines()
+            .filter_map(|l| {
+                let (_, msg) = l.split_once("wasm log rollgate rollgate: ")?;
+                msg.starts_with("tcp ").then(|| msg.to_string())
+            })
+            .collect()
+    }
+
+    /// Reads what arrives within `quiet` of the last byte (or until EOF): (bytes, saw EOF).
+    fn read_for(s: &mut TcpStream, quiet: Duration) -> (Vec<u8>, bool) {
+        s.set_read_timeout(Some(quiet)).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (out, true),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+
+    /// The conversation through Envoy: per client action, what the client received after it;
+    /// and the probe's log lines.
+    fn through_envoy() -> (Vec<(Vec<u8>, bool)>, Vec<String>) {
+        let up = TcpUpstream::start();
+        let probe = common::probe_path();
+        let envoy = Envoy::start_yaml(&render_tcp(CONFIG, &probe, up.port()), 1).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", envoy.port())).unwrap();
+        let mut seen = Vec::new();
+        for step in script() {
+            match step {
+                Some(bytes) => s.write_all(bytes).unwrap(),
+                None => s.shutdown(Shutdown::Write).unwrap(),
+            }
+            seen.push(read_for(&mut s, Duration::from_millis(400)));
+        }
+        // The connection's last line is on_log's, after Envoy closed it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !envoy_connection_logs(&envoy)
+            .iter()
+            .any(|l| l.starts_with("tcp log"))
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(50));
+        }
+        (seen, envoy_connection_logs(&envoy))
+    }
+
+    /// The same through the host; the test is the echo server: what goes upstream comes back,
+    /// and the upstream's end follows the client's.
+    fn through_host() -> (Vec<(Vec<u8>, bool)>, Vec<String>) {
+        let host = Host::new();
+        let plugin = host
+            .start(
+                common::probe(),
+                PluginConfig::new(CONFIG)
+                    .name("rollgate")
+                    .root_id("rollgate"),
+            )
+            .unwrap();
+        let opened = plugin.open_connection("127.0.0.1:40000", None).unwrap();
+        assert!(opened.admitted, "{opened:?}");
+        let (w, ctx) = (opened.worker, opened.context_id);
+        let mut logs: Vec<String> = opened.logs.iter().map(|l| l.message.clone()).collect();
+        let mut seen = Vec::new();
+        for step in script() {
+            let eos = step.is_none();
+            let sent = plugin
+                .connection_data(w, ctx, Direction::Downstream, step.unwrap_or(b""), eos)
+                .unwrap();
+            logs.extend(sent.logs.iter().map(|l| l.message.clone()));
+            let mut got = (Vec::new(), false);
+            if !sent.to_upstream.is_empty() || eos {
+                let back = plugin
+                    .connection_data(w, ctx, Direction::Upstream, &sent.to_upstream, eos)
+                    .unwrap();
+                logs.extend(back.logs.iter().map(|l| l.message.clone()));
+                got.0 = back.to_client;
+            }
+            if eos {
+                // Both halves are closed: Envoy closes the connection itself (LocalClose).
+                let closed = plugin.end_connection(w, ctx).unwrap();
+                logs.extend(closed.logs.iter().map(|l| l.message.clone()));
+                got.1 = true;
+            }
+            seen.push(got);
+        }
+        let logs = logs.into_iter().filter(|l| l.starts_with("tcp ")).collect();
+        (seen, logs)
+    }
+
+    /// The same as a `rollgate try --tcp` script: the echo server's part is written out as
+    /// `reply` lines.
+    fn through_try() -> (Vec<(Vec<u8>, bool)>, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("rollgate-try-tcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("probe.cfg");
+        std::fs::write(&config, CONFIG).unwrap();
+        let mut lines = vec![r#"{"open": "127.0.0.1:40000"}"#.to_string()];
+        for step in script() {
+            match step {
+                Some(b) => {
+                    let text = String::from_utf8_lossy(b);
+                    lines.push(format!(r#"{{"send": 1, "data": "{text}"}}"#));
+                    if !text.ends_with('+') {
+                        let back = text.to_uppercase();
+                        // The held bytes went on with these.
+                        let back = if text == "cd" {
+                            "AB+CD".to_string()
+                        } else {
+                            back
+                        };
+                        lines.push(format!(r#"{{"reply": 1, "data": "{back}"}}"#));
+                    }
+                }
+                None => {
+                    lines.push(r#"{"send": 1, "end": true}"#.into());
+                    lines.push(r#"{"reply": 1, "end": true}"#.into());
+                }
+            }
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
+            .args(["try", "--tcp", "--requests", "-", "--policy"])
+            .arg(&config)
+            .arg("--wasm")
+            .arg(common::probe_path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all((lines.join("\n") + "\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mut seen = Vec::new();
+        let mut logs = Vec::new();
+        let mut pending: Option<(Vec<u8>, bool)> = None;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for l in v["logs"].as_array().unwrap() {
+                logs.push(l[1].as_str().unwrap().to_string());
+            }
+            match v["event"].as_str().unwrap() {
+                "send" => {
+                    if let Some(p) = pending.take() {
+                        seen.push(p);
+                    }
+                    pending = Some((Vec::new(), false));
+                }
+                "reply" => {
+                    let p = pending.get_or_insert((Vec::new(), false));
+                    p.0.extend_from_slice(v["to_client"].as_str().unwrap().as_bytes());
+                    p.1 |= v["closed_by"] == "envoy";
+                }
+                _ => {}
+            }
+        }
+        seen.extend(pending);
+        (seen, logs)
+    }
+
+    #[test]
+    fn network_filter_data_like_envoys() {
+        let _serial = rollgate_e2e::timing_lock();
+        let (envoy_seen, envoy_logs) = through_envoy();
+        let (host_seen, host_logs) = through_host();
+        let show = |v: &[(Vec<u8>, bool)]| -> Vec<(String, bool)> {
+            v.iter()
+                .map(|(b, eof)| (String::from_utf8_lossy(b).into_owned(), *eof))
+                .collect()
+        };
+        println!("envoy: {:?}\n{envoy_logs:#?}", show(&envoy_seen));
+        // The probe's rewrites are visible: the filter ran on both paths in Envoy.
+        assert_eq!(
+            show(&envoy_seen),
+            vec![
+                ("<HELLO".to_string(), false),
+                (String::new(), false),
+                ("<AB+CD".to_string(), false),
+                (String::new(), true),
+            ],
+            "Envoy's answers (the probe's rewrites, the held bytes, the close)"
+        );
+        assert_eq!(show(&host_seen), show(&envoy_seen), "what the client got");
+        assert_eq!(host_logs, envoy_logs, "the probe's callbacks, in order");
+        let (try_seen, try_logs) = through_try();
+        assert_eq!(
+            show(&try_seen),
+            show(&envoy_seen),
+            "what `try` says the client got"
+        );
+        assert_eq!(try_logs, envoy_logs, "the callbacks `try` printed");
+    }
 }

@@ -191,7 +191,15 @@ pub(crate) fn buffer_of(st: &mut VmState, buffer_type: i32) -> Result<Buf<'_>, S
         7 if st.callback == Callback::Configure => {
             Ok(Buf::Const(st.plugin.config.configuration.clone()))
         }
-        2 | 3 | 7 | 8 => Err(Status::NotFound),
+        2 | 3 => {
+            let s = st.stream().ok_or(Status::NotFound)?;
+            match buffer_type {
+                2 if s.open_downstream_data => Ok(Buf::Mutable(&mut s.downstream_data)),
+                3 if s.open_upstream_data => Ok(Buf::Mutable(&mut s.upstream_data)),
+                _ => Err(Status::NotFound),
+            }
+        }
+        7 | 8 => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }
@@ -416,7 +424,16 @@ pub(crate) fn continue_stream(c: &mut Caller<'_, VmState>, stream_type: i32) -> 
             }
             Ok(())
         }
-        2 => Ok(()),
+        // Downstream: Envoy's `continueReading()` (deferred) hands the held client bytes to
+        // the next filter; an HTTP context has no read-filter callbacks and nothing happens.
+        2 => {
+            if let Some(s) = c.data_mut().stream() {
+                if s.network {
+                    s.resume_downstream = true;
+                }
+            }
+            Ok(())
+        }
         3 => Err(Status::Unimplemented.into()),
         _ => Err(Status::BadArgument.into()),
     }
@@ -441,7 +458,14 @@ pub(crate) fn close_stream(c: &mut Caller<'_, VmState>, stream_type: i32) -> R<(
             }
             Ok(())
         }
-        3 => Ok(()),
+        3 => {
+            if let Some(s) = c.data_mut().stream() {
+                if s.network {
+                    s.upstream_closed = true;
+                }
+            }
+            Ok(())
+        }
         _ => Err(Status::BadArgument.into()),
     }
 }

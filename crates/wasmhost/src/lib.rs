@@ -77,7 +77,7 @@ pub use grpc_stream::{
 pub use maps::Headers;
 pub use metrics::{Metric, MetricKind, CUSTOM_NAMESPACE};
 pub use stream::http_to_grpc_status;
-pub use tcp::ConnectionEvent;
+pub use tcp::{ConnectionEvent, DataEvent, Direction};
 pub use types::{
     CalloutReply, Exchange, GrpcCall, GrpcReply, HttpCall, HttpCallRecord, HttpRequest,
     LocalResponse, LogEntry, LogLevel, Phase, Response, Status, DEFAULT_SOURCE, MAX_CALL_RECORDS,
@@ -351,6 +351,35 @@ impl Plugin {
         context_id: u32,
     ) -> Result<ConnectionEvent, HostError> {
         lock(&self.inner).close_connection(worker, context_id)
+    }
+
+    /// `bytes` arrive on an open connection (the `worker` and `context_id` its
+    /// [`Plugin::open_connection`] reported), from the client ([`Direction::Downstream`]) or
+    /// from the upstream ([`Direction::Upstream`]); `end_of_stream` is the sender's
+    /// half-close. The filter sees them as Envoy 1.40 delivers them: held bytes come again
+    /// with the next ones, and the upstream's end of stream is followed by
+    /// `proxy_on_upstream_connection_close` with peer Unknown (see [`DataEvent`]).
+    pub fn connection_data(
+        &self,
+        worker: usize,
+        context_id: u32,
+        direction: Direction,
+        bytes: &[u8],
+        end_of_stream: bool,
+    ) -> Result<DataEvent, HostError> {
+        lock(&self.inner).connection_data(worker, context_id, direction, bytes, end_of_stream)
+    }
+
+    /// Envoy closes an open connection itself: after both directions ended (the client's
+    /// and the upstream's half-close), or when `tcp_proxy`'s upstream went away.
+    /// `proxy_on_downstream_connection_close` gets the local peer; then `proxy_on_done`,
+    /// `proxy_on_log`, `proxy_on_delete`.
+    pub fn end_connection(
+        &self,
+        worker: usize,
+        context_id: u32,
+    ) -> Result<ConnectionEvent, HostError> {
+        lock(&self.inner).end_connection(worker, context_id)
     }
 
     /// Connections (and HTTP streams) open on the plugin's VMs, as `(worker, context id)`.

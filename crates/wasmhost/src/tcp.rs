@@ -12,6 +12,15 @@
 //! - `Context::onDownstreamConnectionClose` then `onCloseTCP()`: once per connection,
 //!   `onDone()`, `onLog()`, `onDelete()` — in that order, unlike an HTTP stream's log first.
 //!
+//! - `Context::onData(data, end_stream)`: `proxy_on_downstream_data(id, size, eos)` with the
+//!   connection's read buffer as `DownstreamData`; Continue hands the buffer, as the filter
+//!   left it, to `tcp_proxy`; StopIteration leaves it in the read buffer, so the next call sees
+//!   it again followed by whatever arrived since. `proxy_continue_stream(Downstream)` is
+//!   `continueReading()`: the held bytes go on without calling the filter again.
+//! - `Context::onWrite(data, end_stream)`: `proxy_on_upstream_data` the same way for bytes on
+//!   their way to the client, and on `end_stream` `proxy_on_upstream_connection_close(id, 0)`
+//!   (Unknown: Envoy calls it there rather than on an upstream connection event).
+//!
 //! A close the filter asks for during a callback is delivered after that callback returns, as
 //! this host delivers every event a callback causes (Envoy's `DeferAfterCallActions`).
 
@@ -21,8 +30,41 @@ use super::vm::{Callback, StreamState, ROOT_CONTEXT_ID};
 use super::{FailurePolicy, HostError, LogEntry};
 
 /// `proxy_on_downstream_connection_close`'s peer type (proxy-wasm ABI `PeerType`).
+const PEER_UNKNOWN: i32 = 0;
 const PEER_LOCAL: i32 = 1;
 const PEER_REMOTE: i32 = 2;
+
+/// Which way bytes travel through a network filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client towards the upstream (`proxy_on_downstream_data`).
+    Downstream,
+    /// From the upstream towards the client (`proxy_on_upstream_data`).
+    Upstream,
+}
+
+/// What one data event did ([`super::Plugin::connection_data`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataEvent {
+    /// Bytes that went on to the upstream, as the filter left them (this event's client
+    /// bytes, or held ones a `proxy_continue_stream(Downstream)` released).
+    pub to_upstream: Vec<u8>,
+    /// Bytes that went on to the client, as the filter left them.
+    pub to_client: Vec<u8>,
+    /// The filter paused: this direction's bytes are held (Envoy keeps them in the read
+    /// buffer and calls the filter again with them and the next bytes).
+    pub held: bool,
+    /// The filter closed the connection (`proxy_close_stream(Downstream)`); its close
+    /// callbacks have run.
+    pub closed_by_filter: bool,
+    /// The filter asked Envoy to close the upstream side (`proxy_close_stream(Upstream)`).
+    pub upstream_closed_by_filter: bool,
+    /// The connection is closed: by the filter, or by Envoy because the VM had failed (the
+    /// filter is not called; FAIL_OPEN passes the bytes unchanged instead).
+    pub closed: bool,
+    /// The log lines this event produced.
+    pub logs: Vec<LogEntry>,
+}
 
 /// What happened to a connection on one event ([`super::Plugin::open_connection`],
 /// [`super::Plugin::close_connection`]).
@@ -115,6 +157,7 @@ impl PluginInner {
             StreamState {
                 source,
                 start_ns,
+                network: true,
                 ..StreamState::default()
             },
         );
@@ -162,6 +205,19 @@ impl PluginInner {
         w: usize,
         ctx: u32,
     ) -> Result<ConnectionEvent, HostError> {
+        self.close_with(w, ctx, PEER_REMOTE)
+    }
+
+    /// Envoy closes connection `ctx` on worker `w` itself (`LocalClose`).
+    pub(crate) fn end_connection(
+        &mut self,
+        w: usize,
+        ctx: u32,
+    ) -> Result<ConnectionEvent, HostError> {
+        self.close_with(w, ctx, PEER_LOCAL)
+    }
+
+    fn close_with(&mut self, w: usize, ctx: u32, peer: i32) -> Result<ConnectionEvent, HostError> {
         let workers = self.vms.len();
         let vm = self
             .vms
@@ -179,7 +235,7 @@ impl PluginInner {
             self.vms[w].store.data_mut().streams.remove(&ctx);
             Ok(())
         } else {
-            self.finish_connection(w, ctx, PEER_REMOTE)
+            self.finish_connection(w, ctx, peer)
         };
         if result.is_err() {
             self.vms[w].store.data_mut().streams.remove(&ctx);
@@ -194,6 +250,150 @@ impl PluginInner {
             failed_vm: false,
             logs: self.logs_since(log_start),
         })
+    }
+
+    /// `bytes` arrive on connection `ctx` of worker `w`, travelling `dir`; `end_of_stream`
+    /// is the sender's half-close.
+    pub(crate) fn connection_data(
+        &mut self,
+        w: usize,
+        ctx: u32,
+        dir: Direction,
+        bytes: &[u8],
+        end_of_stream: bool,
+    ) -> Result<DataEvent, HostError> {
+        let workers = self.vms.len();
+        let vm = self
+            .vms
+            .get_mut(w)
+            .ok_or(HostError::NoSuchWorker { worker: w, workers })?;
+        if ctx == ROOT_CONTEXT_ID || !vm.store.data().streams.get(&ctx).is_some_and(|s| s.network) {
+            return Err(HostError::NoSuchConnection {
+                worker: w,
+                context_id: ctx,
+            });
+        }
+        let log_start = lock(&self.shared.logs).len();
+        if self.vms[w].failed.is_some() {
+            // proxy-wasm-cpp-host's CHECK_FAIL: fail open passes the bytes on; otherwise
+            // `failStream` closes the connection and the filter is not called.
+            let mut event = DataEvent::default();
+            if self.failure_policy() == FailurePolicy::FailOpen {
+                match dir {
+                    Direction::Downstream => event.to_upstream = bytes.to_vec(),
+                    Direction::Upstream => event.to_client = bytes.to_vec(),
+                }
+            } else {
+                self.vms[w].store.data_mut().streams.remove(&ctx);
+                event.closed = true;
+            }
+            event.logs = self.logs_since(log_start);
+            return Ok(event);
+        }
+        let result = self.deliver(w, ctx, dir, bytes, end_of_stream, log_start);
+        if result.is_err() {
+            self.vms[w].store.data_mut().streams.remove(&ctx);
+        }
+        result
+    }
+
+    fn deliver(
+        &mut self,
+        w: usize,
+        ctx: u32,
+        dir: Direction,
+        bytes: &[u8],
+        end_of_stream: bool,
+        log_start: usize,
+    ) -> Result<DataEvent, HostError> {
+        let size = {
+            let Some(s) = self.vms[w].store.data_mut().streams.get_mut(&ctx) else {
+                return Err(HostError::NoSuchConnection {
+                    worker: w,
+                    context_id: ctx,
+                });
+            };
+            let (buf, open) = match dir {
+                Direction::Downstream => (&mut s.downstream_data, &mut s.open_downstream_data),
+                Direction::Upstream => (&mut s.upstream_data, &mut s.open_upstream_data),
+            };
+            buf.extend_from_slice(bytes);
+            *open = true;
+            buf.len()
+        };
+        let (f, name) = match dir {
+            Direction::Downstream => (
+                self.vms[w].exports.on_downstream_data.clone(),
+                "proxy_on_downstream_data",
+            ),
+            Direction::Upstream => (
+                self.vms[w].exports.on_upstream_data.clone(),
+                "proxy_on_upstream_data",
+            ),
+        };
+        let c = ctx as i32;
+        let size = i32::try_from(size).unwrap_or(i32::MAX);
+        let action = match f {
+            Some(f) => self.vms[w].invoke(
+                &f,
+                ctx,
+                Callback::Stream,
+                name,
+                (c, size, i32::from(end_of_stream)),
+            )?,
+            None => 0,
+        };
+        self.pump()?;
+        if dir == Direction::Upstream && end_of_stream {
+            if let Some(f) = self.vms[w].exports.on_upstream_connection_close.clone() {
+                self.vms[w].invoke(
+                    &f,
+                    ctx,
+                    Callback::Stream,
+                    "proxy_on_upstream_connection_close",
+                    (c, PEER_UNKNOWN),
+                )?;
+            }
+            self.pump()?;
+        }
+        let mut event = DataEvent {
+            held: action != 0,
+            ..DataEvent::default()
+        };
+        let mut closed_by_filter = false;
+        if let Some(s) = self.vms[w].store.data_mut().streams.get_mut(&ctx) {
+            if !event.held {
+                let (buf, open, out) = match dir {
+                    Direction::Downstream => (
+                        &mut s.downstream_data,
+                        &mut s.open_downstream_data,
+                        &mut event.to_upstream,
+                    ),
+                    Direction::Upstream => (
+                        &mut s.upstream_data,
+                        &mut s.open_upstream_data,
+                        &mut event.to_client,
+                    ),
+                };
+                *out = std::mem::take(buf);
+                *open = false;
+            }
+            if std::mem::take(&mut s.resume_downstream) {
+                event
+                    .to_upstream
+                    .extend_from_slice(&std::mem::take(&mut s.downstream_data));
+                s.open_downstream_data = false;
+            }
+            event.upstream_closed_by_filter = s.upstream_closed;
+            closed_by_filter = s.downstream_closed;
+        }
+        if closed_by_filter {
+            self.finish_connection(w, ctx, PEER_LOCAL)?;
+            event.closed_by_filter = true;
+            event.closed = true;
+        }
+        event.logs = self.logs_since(log_start);
+        Ok(event)
     }
 
     /// `onDownstreamConnectionClose(peer)` then `onCloseTCP()`: `proxy_on_done`,

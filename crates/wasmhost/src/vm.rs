@@ -92,6 +92,21 @@ pub(crate) struct StreamState {
     pub closed: bool,
     /// A network filter's connection the filter closed (`proxy_close_stream(Downstream)`).
     pub downstream_closed: bool,
+    /// The filter asked to close the upstream connection (`proxy_close_stream(Upstream)`).
+    pub upstream_closed: bool,
+    /// A network filter's connection (not an HTTP stream): the data buffers below apply.
+    pub network: bool,
+    /// Client bytes the filter holds (it paused; Envoy keeps them in the connection's read
+    /// buffer and calls again with them and whatever arrives next).
+    pub downstream_data: Vec<u8>,
+    /// Upstream bytes held the same way (the upstream connection's read buffer).
+    pub upstream_data: Vec<u8>,
+    /// `proxy_get_buffer_bytes` may touch the buffer (during the data callback, and after a
+    /// pause until the data goes on, as Envoy keeps its pointer).
+    pub open_downstream_data: bool,
+    pub open_upstream_data: bool,
+    /// `proxy_continue_stream(Downstream)`: the held client bytes go on to the upstream.
+    pub resume_downstream: bool,
     pub route_cache_clears: u32,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     /// The request's own properties ([`crate::HttpRequest::property`]).
@@ -296,7 +311,10 @@ pub(crate) struct Exports {
     pub on_delete: Option<F1>,
     /// Network-filter callbacks (a filter in Envoy's TCP filter chain).
     pub on_new_connection: Option<F1R>,
+    pub on_downstream_data: Option<F3R>,
+    pub on_upstream_data: Option<F3R>,
     pub on_downstream_connection_close: Option<F2>,
+    pub on_upstream_connection_close: Option<F2>,
 }
 
 /// A running VM.
@@ -416,10 +434,20 @@ impl Vm {
             on_delete: typed(&mut store, &instance, "proxy_on_delete").map_err(inst_err)?,
             on_new_connection: typed(&mut store, &instance, "proxy_on_new_connection")
                 .map_err(inst_err)?,
+            on_downstream_data: typed(&mut store, &instance, "proxy_on_downstream_data")
+                .map_err(inst_err)?,
+            on_upstream_data: typed(&mut store, &instance, "proxy_on_upstream_data")
+                .map_err(inst_err)?,
             on_downstream_connection_close: typed(
                 &mut store,
                 &instance,
                 "proxy_on_downstream_connection_close",
+            )
+            .map_err(inst_err)?,
+            on_upstream_connection_close: typed(
+                &mut store,
+                &instance,
+                "proxy_on_upstream_connection_close",
             )
             .map_err(inst_err)?,
         };
