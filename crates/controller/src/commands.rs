@@ -63,9 +63,13 @@ pub async fn get(client: &Client, ns: &str, name: &str) -> Result<RolloutView, C
 
 /// Every Rollout of the namespace.
 pub async fn list(client: &Client, ns: &str) -> Result<Vec<RolloutView>, CommandError> {
+    Ok(list_rollouts(client, ns).await?.iter().map(view).collect())
+}
+
+/// The Rollouts of namespace `ns`, as stored.
+pub async fn list_rollouts(client: &Client, ns: &str) -> Result<Vec<Rollout>, CommandError> {
     let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
-    let list = api.list(&Default::default()).await?;
-    Ok(list.items.iter().map(view).collect())
+    Ok(api.list(&Default::default()).await?.items)
 }
 
 /// Every Rollout of every namespace (one cluster-wide list, as the controller's watcher

@@ -112,7 +112,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 // Every replica serves (reads from the API, not from the leader's cache);
                 // the process ends when the controller does, as without --listen.
-                let server = bound.serve(client.clone(), rollgate::cli::controller_scope(&a));
+                let server = bound
+                    .charts(opts.source())
+                    .serve(client.clone(), rollgate::cli::controller_scope(&a));
                 tokio::select! {
                     r = rollgate::kube::run::run(client, opts) => r?,
                     () = server => {}

@@ -414,3 +414,107 @@ async fn the_policy_served_is_what_the_controller_writes_into_the_wasmplugin() {
     let r = call("GET", format!("{base}/v1/policies/shop/flask"), &[]).await;
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// Requests through `envoy` until `stop`: every other one from Shenzhen, the header route's
+/// canary users at the paused step, so both variants carry traffic.
+fn traffic(
+    envoy: &rollgate_e2e::Envoy,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let mut c = envoy.client();
+    std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let user = format!("u{}", i % 50);
+            let mut h: Vec<(&str, &[u8])> = vec![("x-user-id", user.as_bytes())];
+            if i.is_multiple_of(2) {
+                h.push(("location", b"shenzhen"));
+            }
+            assert_eq!(c.get("pro.coding", "/", &h).status, 200);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        i
+    })
+}
+
+/// The controller page's charts (`GET /v1/traffic`) from a real Envoy's stats under
+/// traffic: the Envoy runs exactly the policy the controller renders for the paused Rollout,
+/// the server reads Envoy's admin endpoint as the analysis does (`--envoy-admin`), and the
+/// page gets points for both variants, keyed as it names the Rollout.
+#[test]
+fn the_controllers_charts_come_from_the_gateways_stats() {
+    use rollgate::kube::analysis::Source;
+    use rollgate_e2e::{Envoy, EnvoyOptions, Upstream, CANARY, DEV, STABLE};
+
+    let _serial = rollgate_e2e::timing_lock();
+    let mut ro = paused_rollout("3");
+    // At the pause after `setHeaderRoute`, the engine's status carries the route.
+    if let Some(s) = ro.status.as_mut() {
+        s.header_route = Some("Headers(`location`, `shenzhen`)".into());
+    }
+    let policy = rollgate::kube::commands::rendered_policy(&ro).unwrap().json;
+    let upstreams: Vec<Upstream> = [STABLE, CANARY, DEV]
+        .iter()
+        .map(|n| Upstream::start(n))
+        .collect();
+    let mut opts = EnvoyOptions::new(policy);
+    for u in &upstreams {
+        opts = opts.cluster(u.name(), u.port());
+    }
+    let envoy = Envoy::start(&opts).unwrap();
+    let admin = format!("http://127.0.0.1:{}", envoy.admin_port());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = traffic(&envoy, stop.clone());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (series, seen) = rt.block_on(async {
+        let (client, seen) = api_server("default", cluster(vec![ro.clone()]));
+        let bound = Bound::bind("127.0.0.1:0", token(), None)
+            .unwrap()
+            .charts(Source::EnvoyAdmin(vec![admin]));
+        let base = format!("http://{}", bound.addr());
+        tokio::spawn(bound.serve(client, Scope::Namespace("shop".into())));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = call("GET", format!("{base}/v1/traffic"), &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let series = json_of(&r)["rollouts"]["flask"].clone();
+            let fed = series["points"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    ["stable", "canary"]
+                        .iter()
+                        .all(|v| p["variants"][v]["rps"].as_f64().is_some_and(|x| x > 0.0))
+                })
+            });
+            if fed || std::time::Instant::now() > deadline {
+                return (series, requests(&seen));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    assert!(sent > 20, "{sent} requests sent");
+    let points = series["points"].as_array().cloned().unwrap_or_default();
+    let fed: Vec<&Value> = points
+        .iter()
+        .filter(|p| p["variants"]["stable"]["rps"].as_f64() > Some(0.0))
+        .filter(|p| p["variants"]["canary"]["rps"].as_f64() > Some(0.0))
+        .collect();
+    assert!(!fed.is_empty(), "no point with both variants: {series}");
+    for p in &fed {
+        // The upstreams answer 200 only.
+        assert_eq!(p["variants"]["stable"]["success"], 1.0, "{p}");
+        assert_eq!(p["variants"]["canary"]["success"], 1.0, "{p}");
+    }
+    // The recorder lists the served namespace's Rollouts, nothing else.
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|s| s.starts_with(&format!("GET {SHOP}"))),
+        "{seen:?}"
+    );
+}

@@ -100,7 +100,20 @@ fn variant_point(
 impl Traffic {
     /// Records a reading for `policy`, whose variants of interest are `variants`.
     pub fn record(&mut self, policy: &str, variants: &[&str], samples: &Samples, now: Instant) {
-        let series = self.rollouts.entry(policy.to_string()).or_default();
+        self.record_as(policy, policy, variants, samples, now);
+    }
+
+    /// [`Traffic::record`] kept under `key` (the controller's page names a Rollout
+    /// `NS/NAME` across namespaces; its policy's stats carry the name alone).
+    pub fn record_as(
+        &mut self,
+        key: &str,
+        policy: &str,
+        variants: &[&str],
+        samples: &Samples,
+        now: Instant,
+    ) {
+        let series = self.rollouts.entry(key.to_string()).or_default();
         let mut point = Point {
             at: Timestamp::now(),
             variants: BTreeMap::new(),

@@ -10,7 +10,7 @@
 //! | `GET /v1/rollouts/NAME` | one ([`RolloutView`](crate::rollout::view::RolloutView)) |
 //! | `POST /v1/rollouts/NAME/promote`, `/abort`, `/retry` | the Rollout after the command (the status patched as `promote --kubernetes` does); 409 when it does not apply |
 //! | `GET /v1/policies/NAME` | the policy the controller renders for the Rollout from its spec and status, as the sidecar serves one (`x-rollgate-version`, `etag`; `?version=N` answers 304 at once when N is current: no long-poll, the gateways of a cluster read the WasmPlugin) |
-//! | `GET /v1/traffic` | no per-variant history yet: every chart empty |
+//! | `GET /v1/traffic` | the charts: each Rollout's recent per-variant rates, success and latency, read from the analysis source ([`super::cluster_traffic`]); empty without one (`rollgate dashboard --kubernetes`) |
 //! | `GET /healthz` | `ok` |
 //!
 //! Across every namespace ([`Scope::All`], the controller without `--namespace`) a Rollout is
@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use kube::{Client, ResourceExt};
 
+use super::cluster_traffic::{self, Charts};
 use super::CliError;
+use crate::kube::analysis::Source;
 use crate::kube::commands::{self, CommandError};
 use crate::kube::controller::Error;
 use crate::rollout::view::{CommandBody, Expect, RolloutList, RolloutView};
@@ -52,6 +54,8 @@ pub struct ClusterApi {
     pub scope: Scope,
     /// The bearer token commands must carry (none: only clients that are no web page).
     pub token: Option<Token>,
+    /// The charts' history, when something records it.
+    pub charts: Option<Charts>,
 }
 
 type Answer<T> = Result<T, Response>;
@@ -83,7 +87,10 @@ impl ClusterApi {
         let outcome = match (req.method.as_str(), segments.as_slice()) {
             ("GET", ["healthz"]) => return Response::new(200, "text/plain", "ok\n"),
             ("GET", ["v1", "traffic"]) => {
-                return Response::json(200, &serde_json::json!({ "rollouts": {} }))
+                return match &self.charts {
+                    Some(c) => Response::json(200, &*c.lock()),
+                    None => Response::json(200, &serde_json::json!({ "rollouts": {} })),
+                }
             }
             ("GET", ["v1", "rollouts"]) => self
                 .list()
@@ -236,6 +243,7 @@ pub struct Bound {
     addr: SocketAddr,
     token: Option<Token>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    source: Source,
 }
 
 impl Bound {
@@ -260,7 +268,15 @@ impl Bound {
             addr,
             token,
             tls,
+            source: Source::None,
         })
+    }
+
+    /// The page's charts read `source`, the controller's analysis source (none: no charts).
+    #[must_use]
+    pub fn charts(mut self, source: Source) -> Bound {
+        self.source = source;
+        self
     }
 
     /// Where it listens.
@@ -289,11 +305,16 @@ impl Bound {
             if self.tls.is_some() { "https" } else { "http" },
             self.addr
         );
+        let charts = (self.source != Source::None).then(Charts::default);
         let api = Arc::new(ClusterApi {
             client,
             scope,
             token: self.token,
+            charts: charts.clone(),
         });
+        if let Some(charts) = charts {
+            tokio::spawn(cluster_traffic::run(api.clone(), self.source, charts));
+        }
         let serving = Arc::new(conn::Serving {
             handler: Arc::new(move |req| {
                 let api = api.clone();

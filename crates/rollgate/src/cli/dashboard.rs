@@ -64,6 +64,7 @@ impl Proxy {
                 client: client.clone(),
                 scope: Scope::Namespace(ns.clone()),
                 token: self.token.clone(),
+                charts: None,
             };
             return api.answer(&req).await;
         }

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod cluster;
 pub mod cluster_http;
+pub mod cluster_traffic;
 pub mod dashboard;
 pub mod format;
 pub mod watch;
