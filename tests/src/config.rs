@@ -1,7 +1,7 @@
 //! Rendering of the Envoy bootstrap YAML the harness runs.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What to run Envoy with: the policy, the clusters it may route to, and how.
 #[derive(Clone, Debug)]
@@ -15,6 +15,10 @@ pub struct EnvoyOptions {
     /// Cluster for requests the filter left without `x-rollgate-cluster`; `None` answers them
     /// with a direct `404 no variant`.
     pub fallback_cluster: Option<String>,
+    /// Read the filter's configuration from this file by ECDS (Envoy's extension config
+    /// discovery, as Istio delivers a WasmPlugin) instead of inline: [`write_ecds`] changes
+    /// it while Envoy runs. `policy` is ignored then.
+    pub ecds: Option<PathBuf>,
 }
 
 impl EnvoyOptions {
@@ -25,7 +29,14 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             concurrency: 2,
             fallback_cluster: None,
+            ecds: None,
         }
+    }
+
+    /// Takes the filter's configuration from the ECDS file `path` (see [`write_ecds`]).
+    pub fn ecds(mut self, path: &Path) -> EnvoyOptions {
+        self.ecds = Some(path.to_path_buf());
+        self
     }
 
     /// Adds cluster `name` with one endpoint at `127.0.0.1:port`.
@@ -116,28 +127,15 @@ static_resources:
               - match: {{ prefix: "/" }}
                 {fallback}
           http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: rollgate
-                root_id: rollgate
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {policy}
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code:
-                    local:
-                      filename: {wasm}
-                failure_policy: FAIL_CLOSED
-          - name: envoy.filters.http.router
+{filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 "#,
-        policy = yaml_quote(&opts.policy),
-        wasm = yaml_quote(&wasm.to_string_lossy()),
+        filter = match &opts.ecds {
+            Some(path) => ecds_filter(path),
+            None => wasm_filter(&opts.policy, wasm, 10),
+        },
     );
     for (name, port) in &opts.clusters {
         let name = yaml_quote(name);
@@ -156,11 +154,87 @@ static_resources:
 "#
         );
     }
+    if opts.ecds.is_some() {
+        // Envoy requires a node identity of any configuration it discovers.
+        y.push_str("node: { id: rollgate-test, cluster: rollgate-test }\n");
+    }
     if opts.clusters.is_empty() {
         // `clusters:` with no items is a null list, which Envoy accepts, but be explicit.
         y = y.replace("  clusters:\n", "  clusters: []\n");
     }
     y
+}
+
+/// Type URL of the Wasm HTTP filter's configuration.
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// `text` with every line indented by `n` spaces.
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// The Wasm filter's `typed_config` running `wasm` with `policy` (at indent 0).
+fn wasm_config(policy: &str, wasm: &Path) -> String {
+    format!(
+        r#""@type": {WASM_TYPE}
+config:
+  name: rollgate
+  root_id: rollgate
+  configuration:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: {policy}
+  vm_config:
+    runtime: envoy.wasm.runtime.v8
+    code:
+      local:
+        filename: {wasm}
+  failure_policy: FAIL_CLOSED
+"#,
+        policy = yaml_quote(policy),
+        wasm = yaml_quote(&wasm.to_string_lossy()),
+    )
+}
+
+/// The Wasm HTTP filter running `wasm` with `policy`, indented by `n` spaces.
+fn wasm_filter(policy: &str, wasm: &Path, n: usize) -> String {
+    let f = format!(
+        "- name: envoy.filters.http.wasm\n  typed_config:\n{}",
+        indent(&wasm_config(policy, wasm), 4)
+    );
+    indent(&f, n)
+}
+
+/// The filter slot whose configuration comes from the ECDS file `path` (reloaded when a file
+/// is moved into its directory, as [`write_ecds`] does).
+fn ecds_filter(path: &Path) -> String {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    format!(
+        r#"          - name: rollgate
+            config_discovery:
+              config_source:
+                path_config_source:
+                  path: {path}
+                  watched_directory: {{ path: {dir} }}
+              type_urls: [{WASM_TYPE}]
+"#,
+        path = yaml_quote(&path.to_string_lossy()),
+        dir = yaml_quote(&dir.to_string_lossy()),
+    )
+}
+
+/// Writes the ECDS file `path`: the Wasm filter running `wasm` with `policy`, as Istio's
+/// agent serves a WasmPlugin's `pluginConfig`. Written beside and moved into place, so Envoy
+/// never reads half a file and its directory watch sees the move.
+pub fn write_ecds(path: &Path, policy: &str, wasm: &Path) -> std::io::Result<()> {
+    // A discovery response whose one resource is named as the filter slot.
+    let body = format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: rollgate\n  typed_config:\n{}",
+        indent(&wasm_config(policy, wasm), 4)
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -5,11 +5,16 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::prometheus;
+use rollgate_rollout::gateways;
 use rollgate_rollout::judge::{scrape, Samples, Tracker, Watch};
+use rollgate_rollout::status::GatewayStatus;
 use rollgate_rollout::{Event, Plan, RolloutStatus, Timestamp};
+
+/// How long one gateway's admin endpoint may take (a paused one costs this, once).
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where the figures come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,23 @@ impl Analyzer {
         })
     }
 
+    /// The gateways of policy `policy` and the version each serves, read from the source
+    /// (`None` without one, or when Prometheus itself cannot be read: nothing is known then,
+    /// and the status keeps what was last known).
+    pub async fn gateways(&self, policy: &str) -> Option<Vec<GatewayStatus>> {
+        match &self.source {
+            Source::None => None,
+            Source::EnvoyAdmin(admins) => {
+                let readings = gateways::read_each(admins, READ_TIMEOUT).await;
+                Some(gateways::versions(&readings, policy))
+            }
+            Source::Prometheus(url) => {
+                let readings = prometheus::gateways(url, policy).await.ok()?;
+                Some(gateways::versions(&readings, policy))
+            }
+        }
+    }
+
     /// The analysis events due for rollout `key` now.
     pub async fn events(&self, key: &str, plan: &Plan, status: &RolloutStatus) -> Vec<Event> {
         let Some(watch) = Watch::of(plan) else {
@@ -66,6 +88,16 @@ impl Analyzer {
             .or_insert_with(|| Tracker::new(status.attempt));
         tr.follow(status.attempt);
         match samples {
+            Ok(s) if status.awaiting_gateways.is_some() => {
+                // Some gateways still run the previous step's policy: the step's first
+                // interval starts at the first reading after they all serve it (trips count).
+                let judged = tr.judge(&watch, &s, Instant::now(), Timestamp::now());
+                tr.lost_reading();
+                judged
+                    .into_iter()
+                    .filter(|e| !matches!(e, Event::Analysis { .. }))
+                    .collect()
+            }
             Ok(s) => tr.judge(&watch, &s, Instant::now(), Timestamp::now()),
             _ => {
                 // The next interval starts from the next good reading.

@@ -11,6 +11,13 @@
 //! Rollout. No finalizer: nothing outside the Rollout needs
 //! cleaning up (the WasmPlugin keeps its last policy, the safe state).
 //!
+//! A Rollout with `spec.acknowledge` waits at each step that changed the policy until every
+//! gateway serves it: the policy written is numbered (`version`, the status's
+//! `policyVersion`), the filter reports the number as a gauge, and each reconcile that pushes
+//! nothing new feeds the engine what the analysis source reads of it per gateway
+//! (`Event::Gateways`). Without `acknowledge` the policy carries no number (filters before
+//! the field refuse it).
+//!
 //! A Rollout with connection limits (`spec.tcp`) also has its TCP policy
 //! ([`render_tcp`]) server-side applied into a second WasmPlugin, `<wasmPlugin>-tcp`, with
 //! `type: NETWORK`: the policy runs only in a network filter, and the HTTP WasmPlugin's
@@ -343,6 +350,13 @@ fn send_notices(
     }
 }
 
+/// Whether `status` renders an HTTP policy other than the one `old` records as written.
+fn pushes(plan: &rollgate_rollout::Plan, status: &RolloutStatus, old: &RolloutStatus) -> bool {
+    let rendered = serde_json::to_value(render(&plan.name, &plan.spec, status));
+    let digest = rendered.map(|v| fingerprint(v.to_string().as_bytes()));
+    digest.ok().as_deref() != applied_parts(old.applied_policy.as_deref()).0
+}
+
 /// One reconcile of one Rollout (level-triggered: reads only the object and the clock).
 pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (Some(ns), Some(name)) = (ro.namespace(), ro.metadata.name.clone()) else {
@@ -392,6 +406,21 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
             effects.extend(next.effects);
         }
     }
+    // Which version each gateway serves, for a Rollout that waits for them (`acknowledge`):
+    // the step that changed the policy goes on once they all serve it. Not while this
+    // reconcile is about to push a new policy (a command or the clock moved the rollout): the
+    // version the step waits for is numbered only when it is written, and the gateways
+    // serving the last one must not count as serving it; the next reconcile reads them.
+    if ro.spec.acknowledge.is_some() && !pushes(&plan, &status, &old) {
+        if let Some(gateways) = ctx.analyzer.gateways(&plan.name).await {
+            let ev = Event::Gateways { gateways };
+            if let Ok(next) = step(&plan, &status, ev.clone(), now) {
+                told.extend(notify::notices(&plan.name, &status, &next.status, &ev));
+                status = next.status;
+                effects.extend(next.effects);
+            }
+        }
+    }
     // The analysis events due (measurements, canary breaker trips), through the same engine.
     for ev in ctx.analyzer.events(&key, &plan, &status).await {
         if let Ok(next) = step(&plan, &status, ev.clone(), now) {
@@ -425,6 +454,12 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     let (old_http, old_tcp) = applied_parts(old.applied_policy.as_deref());
     let mut wrote = false;
     if old_http != Some(digest.as_str()) {
+        // Numbered (after the fingerprint: the number is not what changed) only for a
+        // Rollout that waits for its gateways: a filter before `version` refuses it.
+        let mut policy = policy.clone();
+        if ro.spec.acknowledge.is_some() {
+            policy["version"] = json!(old.policy_version.max(status.policy_version) + 1);
+        }
         apply_to_gateway(&ctx.client, &ns, &ro, &policy).await?;
         wrote = true;
     }

@@ -505,6 +505,18 @@ impl RootContext for Root {
         }
         match config.policy {
             Some(p) => {
+                // The controller's number for a policy written into the configuration (a
+                // fetched one's comes from its source): what tells it this gateway serves it.
+                if let (None, Some(v)) = (&self.fetcher, p.spec.version) {
+                    let name = rollgate_policy::stats::sanitize(&p.spec.name);
+                    record(
+                        define(
+                            MetricType::Gauge,
+                            &format!("rollgate.{name}.policy.version"),
+                        ),
+                        v,
+                    );
+                }
                 log(
                     LogLevel::Info,
                     &format!(

@@ -5,6 +5,8 @@
 //! gateway; resumed with SIGCONT, the step completes; with `onDeadline: abort` and the
 //! deadline passed, the rollout aborts naming it.
 
+#[path = "../../controller/tests/kube_support/mod.rs"]
+mod kube_support;
 mod rollout_support;
 
 use std::process::Command;
@@ -246,4 +248,227 @@ fn past_the_deadline_the_rollout_aborts_naming_the_gateway() {
         || f.all_on(3),
     );
     assert_eq!(f.status()["phase"], "Aborted");
+}
+
+/// Under `serve --kubernetes` the gateways get the policy as Istio delivers a WasmPlugin: by
+/// ECDS (here from files, which the test rewrites with the `pluginConfig` the controller
+/// wrote, gateway by gateway, as Istio's agents would), and report the `version` the
+/// controller numbered it with. The controller (its reconcile against a mock API server,
+/// reading the two Envoys' admin endpoints as `--envoy-admin` does) holds the step until both
+/// serve it, names the one that lags, and past the deadline aborts naming it. A Rollout
+/// without `acknowledge` gets the policy it always got, unnumbered (a filter before `version`
+/// keeps loading it).
+#[test]
+fn the_controller_waits_for_every_gateway_istio_delivers_to() {
+    let _serial = rollgate_e2e::timing_lock();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(controller_waits_for_every_gateway());
+}
+
+async fn controller_waits_for_every_gateway() {
+    use std::sync::{Arc, Mutex};
+
+    use kube_support::{api_server, Reply, Seen};
+    use rollgate::kube::analysis::Source;
+    use rollgate::kube::controller::{self, Context};
+    use rollgate::rollout::{step, validate, Event, Rollout, Timestamp};
+
+    let dir = TempDir::new("ctl-ack");
+    let parse = |yaml: &str| {
+        let mut ro: Rollout = validate::parse(yaml).unwrap();
+        ro.metadata.namespace = Some("shop".into());
+        ro.metadata.uid = Some("0b5c0a6e-1111-2222-3333-444455556666".into());
+        ro.metadata.resource_version = Some("1".into());
+        ro
+    };
+    let plain = parse(&seed_with_strategy(STEPS));
+    let acked = parse(&format!(
+        "{}  acknowledge: {{ deadline: 3s, onDeadline: abort }}\n",
+        seed_with_strategy(STEPS)
+    ));
+
+    // The stand-in API server keeps the Rollout's status and the WasmPlugin's last config.
+    #[derive(Default)]
+    struct Cluster {
+        status: Option<Value>,
+        plugin: Option<Value>,
+    }
+    let cluster = Arc::new(Mutex::new(Cluster::default()));
+    let seen_by = cluster.clone();
+    let answered = serde_json::to_value(&acked).unwrap();
+    let (client, _) = api_server("shop", move |s: &Seen| {
+        let mut c = seen_by.lock().unwrap();
+        if s.path.ends_with("/status") {
+            c.status = Some(s.body["status"].clone());
+            let mut ro = answered.clone();
+            ro["status"] = s.body["status"].clone();
+            return Reply::Json(200, ro);
+        } else if s.path.contains("/wasmplugins/") {
+            c.plugin = Some(s.body["spec"]["pluginConfig"].clone());
+        }
+        Reply::Json(200, s.body.clone())
+    });
+
+    // Without `acknowledge`: the policy as before, no `version` in it.
+    let ctx = Context::new(client.clone(), None);
+    controller::reconcile(Arc::new(plain.clone()), ctx)
+        .await
+        .unwrap();
+    let first = cluster
+        .lock()
+        .unwrap()
+        .plugin
+        .take()
+        .expect("a WasmPlugin patch");
+    assert!(first.get("version").is_none(), "{first}");
+    assert_eq!(first["name"], "flask");
+
+    // Two gateways reading their filter's configuration by ECDS, on a policy of no version.
+    let upstreams: Vec<Upstream> = [STABLE, CANARY, DEV]
+        .iter()
+        .map(|n| Upstream::start(n))
+        .collect();
+    let files: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            let d = dir.path(&format!("gw{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            d.join("ecds.yaml")
+        })
+        .collect();
+    let wasm = rollgate_e2e::wasm_path();
+    let gateways: Vec<Envoy> = files
+        .iter()
+        .map(|f| {
+            rollgate_e2e::write_ecds(f, &first.to_string(), &wasm).unwrap();
+            let mut opts = EnvoyOptions::new("").ecds(f);
+            for u in &upstreams {
+                opts = opts.cluster(u.name(), u.port());
+            }
+            Envoy::start(&opts).unwrap()
+        })
+        .collect();
+    let name = |i: usize| format!("127.0.0.1:{}", gateways[i].admin_port());
+    let admins = (0..2)
+        .map(|i| format!("http://{}", name(i)))
+        .collect::<Vec<_>>();
+    assert_eq!(gateways[0].client().get("pro.coding", "/", &[]).status, 200);
+    assert_eq!(gateways[0].stat(VERSION_STAT), None, "no version, no gauge");
+
+    let ctx = Context::with_analysis(client.clone(), None, Source::EnvoyAdmin(admins));
+    let plan = validate::plan(&acked).unwrap();
+    let status = || -> rollgate::rollout::RolloutStatus {
+        serde_json::from_value(cluster.lock().unwrap().status.clone().unwrap()).unwrap()
+    };
+    let reconcile = |ro: &Rollout| {
+        let mut ro = ro.clone();
+        ro.status = cluster
+            .lock()
+            .unwrap()
+            .status
+            .clone()
+            .map(|s| serde_json::from_value(s).unwrap());
+        controller::reconcile(Arc::new(ro), ctx.clone())
+    };
+    // What Istio's agent on gateway `i` does with the WasmPlugin: serves its config.
+    let deliver = |i: usize| {
+        let config = cluster.lock().unwrap().plugin.clone().unwrap();
+        let v = config["version"].as_u64().expect("a numbered policy");
+        rollgate_e2e::write_ecds(&files[i], &config.to_string(), &wasm).unwrap();
+        wait_until("the gateway to serve the new config", WAIT, || {
+            gateways[i].stat(VERSION_STAT) == Some(v)
+        });
+    };
+    let promote = || {
+        let st = status();
+        let next = step(&plan, &st, Event::Promote, Timestamp::now()).unwrap();
+        cluster.lock().unwrap().status = Some(serde_json::to_value(next.status).unwrap());
+    };
+
+    // The first step (a pause): v1, numbered in the WasmPlugin; no gateway reports it yet.
+    cluster.lock().unwrap().status = None;
+    reconcile(&acked).await.unwrap();
+    let st = status();
+    assert_eq!(
+        (st.policy_version, st.phase.to_string().as_str()),
+        (1, "Paused")
+    );
+    assert_eq!(
+        cluster.lock().unwrap().plugin.as_ref().unwrap()["version"],
+        1
+    );
+    deliver(0);
+    deliver(1);
+    reconcile(&acked).await.unwrap();
+    let listed = |st: &rollgate::rollout::RolloutStatus| -> Vec<String> {
+        st.gateways.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(
+        listed(&status()),
+        [format!("{} on v1", name(0)), format!("{} on v1", name(1))]
+    );
+
+    // Promoted to `setWeight: 50`: v2 written; the gateways still on v1 do not count.
+    promote();
+    reconcile(&acked).await.unwrap();
+    let st = status();
+    assert_eq!((st.policy_version, st.current_step), (2, 1), "{st:?}");
+    assert!(st.awaiting_gateways.is_some(), "{st:?}");
+    reconcile(&acked).await.unwrap();
+    assert!(status().awaiting_gateways.is_some(), "v1 is not v2");
+    // Gateway 0 gets it; gateway 1 lags, and the status names it.
+    deliver(0);
+    reconcile(&acked).await.unwrap();
+    let st = status();
+    assert_eq!(
+        st.message,
+        format!("step 2/5: 1/2 gateways on v2; {} still on v1", name(1))
+    );
+    assert_eq!(st.current_step, 1);
+    // Both serve it: the step completes, the rollout stops at the next pause.
+    deliver(1);
+    reconcile(&acked).await.unwrap();
+    let st = status();
+    assert_eq!(
+        (
+            st.phase.to_string().as_str(),
+            st.current_step,
+            st.awaiting_gateways
+        ),
+        ("Paused", 2, None),
+        "{st:?}"
+    );
+    assert_eq!(gateways[1].stat(VERSION_STAT), Some(2));
+
+    // Promoted to `setWeight: 100` (v3), which gateway 1 never gets: past the 3 s deadline
+    // the rollout aborts naming it, and the abort's policy (v4) is written.
+    promote();
+    reconcile(&acked).await.unwrap();
+    assert_eq!(status().policy_version, 3);
+    deliver(0);
+    let waited = Instant::now();
+    loop {
+        reconcile(&acked).await.unwrap();
+        let st = status();
+        if st.phase.to_string() == "Aborted" {
+            assert!(waited.elapsed() >= Duration::from_secs(2), "{st:?}");
+            assert_eq!(
+                st.message,
+                format!(
+                    "aborted at step 4/5: the gateways did not serve v3 within 3s: 1/2 gateways \
+                     on v3; {} still on v2; all traffic is back on stable",
+                    name(1)
+                )
+            );
+            assert_eq!(st.policy_version, 4);
+            break;
+        }
+        assert!(waited.elapsed() < WAIT, "no abort: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let config = cluster.lock().unwrap().plugin.clone().unwrap();
+    assert_eq!(config["version"], 4);
 }

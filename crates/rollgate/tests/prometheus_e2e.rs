@@ -205,3 +205,63 @@ fn prometheus_scrapes_the_sidecars_metrics() {
     let phases = prom.instant("rollgate_rollout_phase");
     assert_eq!(phases.len(), 4, "{phases:?}");
 }
+
+/// `serve --kubernetes --prometheus URL` and Rollouts with `acknowledge`: which policy version
+/// each gateway serves, as the controller reads it from a real Prometheus scraping two real
+/// Envoys whose filter runs a numbered policy. A gateway that stops being scraped does not
+/// vanish (Prometheus ends its series at once): it reads as unreachable, so a step never goes
+/// on without it.
+#[test]
+fn prometheus_tells_the_controller_each_gateways_policy_version() {
+    use rollgate_e2e::{Envoy, EnvoyOptions};
+
+    let _serial = rollgate_e2e::timing_lock();
+    let policy = |v: u64| {
+        format!(
+            r#"{{"name":"flask","variants":{{"stable":"k8s-flask"}},"default":"stable","version":{v}}}"#
+        )
+    };
+    let mut a = Some(Envoy::start(&EnvoyOptions::new(policy(4))).unwrap());
+    let b = Envoy::start(&EnvoyOptions::new(policy(5))).unwrap();
+    let ports = [a.as_ref().unwrap().admin_port(), b.admin_port()];
+    let prom = Prometheus::with(
+        &[
+            ("gw-a", ports[0], "/stats/prometheus"),
+            ("gw-b", ports[1], "/stats/prometheus"),
+        ],
+        &[],
+    );
+    let read = || -> Vec<String> {
+        let readings =
+            rollgate::rollout::client::block_on(prometheus::gateways(&prom.url, "flask"))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}\n{}", prom.log()));
+        rollgate::rollout::gateways::versions(&readings, "flask")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let (ga, gb) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let mut want = vec![format!("{ga} on v4"), format!("{gb} on v5")];
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read() != want {
+        assert!(Instant::now() < deadline, "{:?}\n{}", read(), prom.log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Gateway a goes away: a failed scrape, and its series ends.
+    drop(a.take());
+    let mut want = vec![format!("{ga} unreachable"), format!("{gb} on v5")];
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read() != want {
+        assert!(Instant::now() < deadline, "{:?}\n{}", read(), prom.log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Not summed away either: the gauge query is per gateway.
+    let now = prom.instant("rollgate_flask_policy_version");
+    assert_eq!(now.len(), 1, "{now:?}");
+}

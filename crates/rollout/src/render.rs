@@ -100,6 +100,8 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
         source: None,
         // A Rollout renders the HTTP policy; TCP limits are not part of a Rollout yet.
         tcp: None,
+        // Numbered by the controller when it writes the policy (`with_version`).
+        version: None,
     }
 }
 
@@ -296,5 +298,100 @@ mod tests {
         assert_eq!(and_rules(None, "A"), "A");
         assert_eq!(and_rules(Some("H"), "A"), "H && A");
         assert_eq!(and_rules(Some("H || I"), "A || B"), "(H || I) && (A || B)");
+    }
+
+    /// Every key of the policy a filter of the first release knew (its `policy/spec.rs`
+    /// before the fleet, mirroring, TCP and acknowledgement fields, commit fea95a8). A
+    /// gateway's filter refuses a key it does not know and keeps its last good policy.
+    const FIRST_RELEASE_KEYS: &[&str] = &[
+        "name",
+        "variants",
+        "default",
+        "routes",
+        "cluster_header",
+        "variant_header",
+        "expose_variant",
+        "rate_limits",
+        "circuit_breakers",
+        "source",
+        "cluster",
+        "path",
+        "poll",
+        "wait",
+        "authority",
+        "match",
+        "average",
+        "period",
+        "burst",
+        "headers",
+        "slots",
+        "header",
+        "cookie",
+        "query",
+        "host",
+        "client_ip",
+        "xff_depth",
+        "variant",
+        "expression",
+        "check_period",
+        "fallback_duration",
+        "recovery_duration",
+        "window",
+        "response_code",
+        "fallback_variant",
+        "split",
+        "sticky",
+        "weight",
+        "source_ip",
+        "salt",
+        "assign_cookie",
+    ];
+
+    fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    out.push(k.clone());
+                    // Variant names are the user's, not fields.
+                    if k != "variants" {
+                        keys(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+
+    /// The upgrade order the README states: a Rollout using none of the newer features
+    /// (the seed's `examples/rollout.yaml`) renders, at every step, after promotion and after
+    /// an abort, only keys a first-release filter knows, so gateways can be upgraded after
+    /// the controller or sidecar.
+    #[test]
+    fn the_seed_rollout_renders_only_what_a_first_release_filter_knows() {
+        use crate::{step, Event, Phase, Timestamp};
+        let plan = seed();
+        let now = Timestamp::now();
+        let mut st = step(&plan, &RolloutStatus::default(), Event::SpecChanged, now)
+            .unwrap()
+            .status;
+        let mut seen = Vec::new();
+        let mut check = |st: &RolloutStatus| {
+            let v = serde_json::to_value(render("flask", &plan.spec, st)).unwrap();
+            let mut ks = Vec::new();
+            keys(&v, &mut ks);
+            for k in ks {
+                assert!(FIRST_RELEASE_KEYS.contains(&k.as_str()), "{k} in {v}");
+            }
+            seen.push(st.current_step);
+        };
+        check(&st);
+        let aborted = step(&plan, &st, Event::Abort, now).unwrap().status;
+        check(&aborted);
+        while st.phase != Phase::Promoted {
+            st = step(&plan, &st, Event::Promote, now).unwrap().status;
+            check(&st);
+        }
+        assert!(seen.len() >= 4, "{seen:?}");
     }
 }

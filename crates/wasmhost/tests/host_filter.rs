@@ -278,3 +278,43 @@ fn a_mirror_copy_answered_after_its_request_is_compared_with_the_primary() {
     assert_eq!(counter("shadow_skipped"), 1);
     assert_eq!(plugin.failure(0), None);
 }
+
+/// A policy written into the filter's configuration (Istio's `pluginConfig`) with the
+/// controller's `version` reports it as the same gauge a fetched policy's version goes to:
+/// what tells the controller which gateways serve it. Without `version`, no gauge (the
+/// policy of a filter before the field, unchanged).
+#[test]
+fn a_configured_policy_reports_the_controllers_version() {
+    use rollgate_wasmhost::Metric;
+    let policy = |extra: &str| {
+        format!(
+            r#"{{"name":"my.app","variants":{{"stable":"k8s-flask"}},"default":"stable"{extra}}}"#
+        )
+    };
+    let host = Host::new();
+    let _p = host
+        .start(
+            common::filter(),
+            PluginConfig::new(policy(r#","version":7"#)).workers(2),
+        )
+        .expect("the filter accepts a numbered policy");
+    assert_eq!(
+        host.metric("rollgate.my_app.policy.version"),
+        Some(Metric::Gauge(7)),
+        "{:?}",
+        host.metrics().keys().collect::<Vec<_>>()
+    );
+    let host = Host::new();
+    let _p = host
+        .start(common::filter(), PluginConfig::new(policy("")).workers(1))
+        .unwrap();
+    assert_eq!(host.metric("rollgate.my_app.policy.version"), None);
+    // Not a number the gauge can hold: refused with its path, nothing loaded.
+    let Err(err) = Host::new().start(
+        common::filter(),
+        PluginConfig::new(policy(r#","version":-1"#)),
+    ) else {
+        panic!("a negative version is refused");
+    };
+    assert!(err.to_string().contains("version"), "{err}");
+}

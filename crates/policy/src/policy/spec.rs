@@ -188,6 +188,13 @@ spec_types! {
         /// Connection limits when the filter runs as a network filter in front of Envoy's
         /// `tcp_proxy` (a policy with `tcp` and no `variants`). Absent: no TCP limits.
         tcp: Option<TcpSpec> = None, omit if Option::is_none;
+        /// The number the controller gave this policy (the Rollout's `status.policyVersion`).
+        /// A filter whose own configuration it is (Istio's `pluginConfig`, no `source`)
+        /// reports it as the gauge `rollgate.<name>.policy.version`, as it reports a fetched
+        /// policy's version, so the controller can tell which gateways serve it. Absent: no
+        /// gauge. Written only for Rollouts with `acknowledge` (filters before this field
+        /// refuse it).
+        version: Option<u64> = None, omit if Option::is_none;
     }
 
     /// Connection limits (`envoy.filters.network.wasm`); each part is optional.

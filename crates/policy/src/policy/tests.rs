@@ -797,3 +797,18 @@ fn a_mirror_selects_its_share_and_sticks_to_the_bucket() {
     let none = policy(&with_mirror(r#"{"variant": "dev", "percent": 0}"#));
     assert!((0..10_000).all(|b| !none.mirror(2).unwrap().selects(Some(b), u64::from(b))));
 }
+
+#[test]
+fn a_version_is_a_whole_number_kept_through_serialization() {
+    let p = policy(&minimal(r#","version":42"#));
+    assert_eq!(p.spec.version, Some(42));
+    let json = serde_json::to_string(&p.spec).unwrap();
+    assert!(json.ends_with(r#","version":42}"#), "{json}");
+    // Absent: left out, so an unnumbered policy serializes as it always did.
+    let plain = serde_json::to_string(&policy(&minimal("")).spec).unwrap();
+    assert!(!plain.contains("version"), "{plain}");
+    for bad in [r#""7""#, "-1", "1.5"] {
+        let e = errors(&minimal(&format!(r#","version":{bad}"#)));
+        assert!(e.iter().any(|m| m.starts_with("version: ")), "{bad}: {e:?}");
+    }
+}
