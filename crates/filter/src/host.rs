@@ -91,6 +91,28 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> u32;
+    fn proxy_get_status(
+        return_code: *mut u32,
+        return_message_data: *mut *mut u8,
+        return_message_size: *mut usize,
+    ) -> u32;
+}
+
+/// The message of the gRPC call status just delivered (empty when there is none). The
+/// SDK's `get_grpc_status` panics on a message that is not UTF-8 and on any host error;
+/// the message comes from the service, so it is read here as bytes.
+pub fn grpc_status_message() -> Vec<u8> {
+    let mut code: u32 = 0;
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as for `request_header_bytes`: the host allocated `size` bytes at `ptr`
+    // through our allocator and hands us ownership.
+    unsafe {
+        if proxy_get_status(&mut code, &mut ptr, &mut size) != 0 || ptr.is_null() || size == 0 {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(ptr, size, size)
+    }
 }
 
 /// The request headers in the proxy's serialized form, read in one host call. The SDK's

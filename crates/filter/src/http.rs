@@ -8,7 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use super::host::{now_ns, request_header_bytes, response_status, EnvoyStore};
+use super::host::{grpc_status_message, now_ns, request_header_bytes, response_status, EnvoyStore};
 use super::shadow::Shadow;
 use super::Runtime;
 use rollgate_policy::pipeline::{Exchange, HeaderOp, Plan, RlsFailure};
@@ -205,13 +205,19 @@ impl Context for Filter {
     }
 
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
-        // gRPC DEADLINE_EXCEEDED is how Envoy reports the call's timeout.
         let answer = match status_code {
             // One byte past the decoder's bound is enough to refuse an oversized answer.
             0 => Ok(self
                 .get_grpc_call_response_body(0, response_size.min(rls::MAX_ANSWER_BYTES + 1))
                 .unwrap_or_default()),
+            // Envoy 1.40 reports the call's own timeout as 14 UNAVAILABLE with the router's
+            // "upstream request timeout{response_timeout}" (observed in
+            // crates/rollgate/tests/try_grpc_like_envoy.rs), not DEADLINE_EXCEEDED; a
+            // service's own DEADLINE_EXCEEDED is a timeout too.
             4 => Err(RlsFailure::Timeout),
+            14 if grpc_status_message().starts_with(b"upstream request timeout") => {
+                Err(RlsFailure::Timeout)
+            }
             _ => Err(RlsFailure::Unavailable),
         };
         self.exchange

@@ -388,6 +388,39 @@ fn redis_or_the_service_down_follows_failure_mode_and_recovers() {
     let keys = redis.command(&["KEYS", "*"]);
     assert!(!keys.is_empty(), "the counter is back in Redis");
 
+    // The service alive but silent (paused): each ask outlives its 250 ms timeout. Envoy
+    // reports that as 14 UNAVAILABLE "upstream request timeout", which the filter counts as
+    // a timeout, not as the service being down.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &svc.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    let (timeouts, unavailable) = (stat(&deny, "rls_timeout"), stat(&deny, "rls_unavailable"));
+    signal("-STOP");
+    let d = burst(&deny, 20);
+    signal("-CONT");
+    // Up to a batch (a sixteenth of 180) may still be held and admitted without asking.
+    assert!(
+        d[12..].iter().all(|s| *s == 500),
+        "deny refuses while the service is silent: {d:?}"
+    );
+    let timed_out = stat(&deny, "rls_timeout") - timeouts;
+    assert!(
+        timed_out >= 8,
+        "timeouts counted as timeouts: {timed_out}, unavailable {} -> {}",
+        unavailable,
+        stat(&deny, "rls_unavailable")
+    );
+    assert_eq!(
+        stat(&deny, "rls_unavailable"),
+        unavailable,
+        "a timeout is not counted as unavailable"
+    );
+
     // The service itself down: the same.
     let port = svc.port;
     drop(svc);
