@@ -405,7 +405,7 @@ impl Exchange {
                     return GlobalStep::Verdict(global_verdict(g, true, 0, 0));
                 }
             },
-            _ => cache.spend(key, now),
+            _ => cache.spend(key, now, g.timeout_ms.saturating_mul(1_000_000)),
         };
         match local {
             GlobalLocal::Admitted {
