@@ -161,7 +161,7 @@ demo: wasm envoy mariadb protoc
 ## where the CPU goes: make bench BENCH_ARGS="--profile --light-duration 0 --no-host".
 PASSTHROUGH := target/wasm32-wasip1/release/rollgate_bench_passthrough.wasm
 PROBE_WASM := target/wasm32-wasip1/release/rollgate_bench_probe.wasm
-bench: wasm envoy protoc
+bench: wasm envoy protoc redis
 	@command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
 	$(CARGO) build -p rollgate-bench-passthrough -p rollgate-bench-probe --target wasm32-wasip1 --release

@@ -48,6 +48,9 @@ pub enum Case {
     /// (dm) (d) also mirroring 10 % of the requests the split keeps on stable to the canary
     /// (issue 16): what shadow traffic adds.
     Mirror,
+    /// (e) (d) plus one global limit, asked of `rollgate ratelimit` (RLS v3, counters in
+    /// Redis) through the filter's batches of hits (issue 15): what a fleet-wide limit adds.
+    Global,
     /// Profiling variants of (d): the same filter with parts of the policy left out.
     RollgateVariant(Ablation),
     /// Profiling: the probe filter making the host calls of [`PROBES`]`[i]` per request.
@@ -93,14 +96,15 @@ pub enum Ablation {
 
 impl Case {
     /// The cases of every run, in report order: the four of the performance issue, then
-    /// (d2) and (dm).
-    pub const MAIN: [Case; 6] = [
+    /// (d2), (dm) and (e).
+    pub const MAIN: [Case; 7] = [
         Case::NoFilter,
         Case::Passthrough,
         Case::Native,
         Case::Rollgate,
         Case::Canary10,
         Case::Mirror,
+        Case::Global,
     ];
     /// The profiling variants of rollgate (`--profile`).
     pub const ABLATION: [Case; 3] = [
@@ -126,6 +130,7 @@ impl Case {
             Case::Rollgate => "d",
             Case::Canary10 => "d2",
             Case::Mirror => "dm",
+            Case::Global => "e",
             Case::RollgateVariant(Ablation::RoutingOnly) => "d-route",
             Case::RollgateVariant(Ablation::WithLimit) => "d-route+limit",
             Case::RollgateVariant(Ablation::WithBreaker) => "d-route+breaker",
@@ -151,6 +156,9 @@ impl Case {
             Case::Rollgate => "Envoy + rollgate (routing, split, rate limit, breaker armed)",
             Case::Canary10 => "rollgate as (d), canary at 10 %",
             Case::Mirror => "rollgate as (d) + 10 % of stable's requests mirrored to the canary",
+            Case::Global => {
+                "rollgate as (d) + one global limit (RLS v3 to rollgate ratelimit, Redis)"
+            }
             Case::RollgateVariant(Ablation::RoutingOnly) => {
                 "rollgate, seed policy only (no limit, no breaker)"
             }
@@ -169,6 +177,7 @@ impl Case {
                 | Case::RollgateVariant(_)
                 | Case::Canary10
                 | Case::Mirror
+                | Case::Global
         )
     }
 
@@ -176,7 +185,11 @@ impl Case {
     pub fn rollgate(self) -> bool {
         matches!(
             self,
-            Case::Rollgate | Case::RollgateVariant(_) | Case::Canary10 | Case::Mirror
+            Case::Rollgate
+                | Case::RollgateVariant(_)
+                | Case::Canary10
+                | Case::Mirror
+                | Case::Global
         )
     }
 
@@ -208,6 +221,7 @@ impl Case {
                 | Case::RollgateVariant(Ablation::WithLimit)
                 | Case::Canary10
                 | Case::Mirror
+                | Case::Global
         )
     }
 
@@ -219,9 +233,22 @@ impl Case {
                 | Case::RollgateVariant(Ablation::WithBreaker)
                 | Case::Canary10
                 | Case::Mirror
+                | Case::Global
         )
     }
+
+    /// How many rate limits this case's policy has.
+    pub fn limit_count(self) -> usize {
+        usize::from(self.limits()) + usize::from(self == Case::Global)
+    }
 }
+
+/// The global limit of (e): one counter per host (three keys in the mix), far above what the
+/// bench reaches, so nothing is refused and each worker spends batches of 64 hits.
+pub const GLOBAL_PER_SEC: u64 = 1_000_000;
+
+/// The Envoy cluster of the rate-limit service in (e).
+pub const RLS_CLUSTER: &str = "ratelimit";
 
 /// The bench policy: the seed policy, routing on the cluster header alone, plus the parts
 /// `case` keeps: a per-user rate limit on
@@ -259,7 +286,20 @@ pub fn policy(seed: &str, case: Case) -> Result<String> {
             &format!(r#"{split}, "mirror": {{ "variant": "canary", "percent": 10 }}"#),
         );
     }
-    if case.limits() {
+    if case == Case::Global {
+        let _ = write!(
+            p,
+            r#",
+  "rate_limits": [
+    {{ "name": "per-user", "match": "HeaderRegexp(`x-user-id`, `.`)",
+       "average": {LIMIT_PER_SEC}, "period": "1s", "burst": {LIMIT_BURST},
+       "source": {{ "header": "x-user-id" }} }},
+    {{ "name": "global", "scope": "global", "average": {GLOBAL_PER_SEC}, "period": "1s",
+       "source": {{ "host": {{}} }},
+       "service": {{ "cluster": "{RLS_CLUSTER}", "domain": "bench" }} }}
+  ]"#
+        );
+    } else if case.limits() {
         let _ = write!(
             p,
             r#",
@@ -304,6 +344,8 @@ pub struct Inputs<'a> {
     pub passthrough_wasm: &'a Path,
     /// The seed policy's text.
     pub seed_policy: &'a str,
+    /// The rate-limit service's port on 127.0.0.1 (case (e)).
+    pub rls_port: Option<u16>,
 }
 
 fn wasm_filter(name: &str, wasm: &Path, configuration: &str) -> String {
@@ -431,7 +473,11 @@ pub fn render(case: Case, ports: Ports, inputs: &Inputs<'_>) -> Result<String> {
             };
             (BY_CLUSTER_HEADER, wasm_filter("probe", wasm, ops))
         }
-        Case::Rollgate | Case::RollgateVariant(_) | Case::Canary10 | Case::Mirror => (
+        Case::Rollgate
+        | Case::RollgateVariant(_)
+        | Case::Canary10
+        | Case::Mirror
+        | Case::Global => (
             BY_CLUSTER_HEADER,
             wasm_filter(
                 "rollgate",
@@ -479,6 +525,30 @@ static_resources:
     connect_timeout: 1s
     load_assignment:
       cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+"#
+        );
+    }
+    if case == Case::Global {
+        let Some(port) = inputs.rls_port else {
+            bail!("case (e) without the rate-limit service's port");
+        };
+        // gRPC: the service's cluster speaks HTTP/2.
+        let _ = write!(
+            y,
+            r#"  - name: {RLS_CLUSTER}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: {RLS_CLUSTER}
       endpoints:
       - lb_endpoints:
         - endpoint:
@@ -643,11 +713,11 @@ mod tests {
         assert_eq!(weight(&m), 50.0);
         let mirror = m.spec.routes[2].mirror.as_ref().unwrap();
         assert_eq!((mirror.variant.as_str(), mirror.percent), ("canary", 10.0));
-        for case in [Case::Rollgate, Case::Canary10, Case::Mirror] {
+        for case in [Case::Rollgate, Case::Canary10, Case::Mirror, Case::Global] {
             let p = compile(case);
             assert_eq!(
                 (p.rate_limits.len(), p.breakers.len()),
-                (1, 1),
+                (case.limit_count(), 1),
                 "({})",
                 case.label()
             );

@@ -20,6 +20,7 @@ mod load;
 mod mix;
 mod perf;
 mod report;
+mod rls;
 mod stats;
 mod sys;
 mod upstream;
@@ -200,6 +201,8 @@ pub struct Results {
     pub routing: Vec<(Case, checks::RoutingSample)>,
     /// The after-rounds checks of each case.
     pub armed: Vec<(Case, checks::Armed)>,
+    /// (e)'s calls to the rate-limit service over all its runs.
+    pub global: Option<rls::Calls>,
     /// `--profile`: Envoy's CPU by code region, for (a), (b), (d).
     pub perf: Vec<(Case, perf::Split)>,
     /// Byte sizes: rollgate, pass-through.
@@ -323,12 +326,24 @@ fn run(args: Args) -> Result<Results> {
 
     let ports = sys::free_ports(3 + 2 * cases.len())?;
     let upstream_ports = [ports[0], ports[1], ports[2]];
+    // (e)'s rate-limit service reads (e)'s policy file, so that file comes first; the
+    // service runs on the load's CPUs, taking none from Envoy.
+    let rls = if cases.contains(&Case::Global) {
+        let path = configs.join(format!("policy-{}.json", Case::Global.label()));
+        fs::write(&path, envoy::policy(&seed_policy, Case::Global)?)?;
+        let s = rls::Service::start(&path, load_pin.cpus.as_deref())?;
+        eprintln!("bench: (e) rate-limit service on 127.0.0.1:{}", s.port);
+        Some(s)
+    } else {
+        None
+    };
     let inputs = Inputs {
         upstream_ports,
         rollgate_wasm: &rollgate_wasm,
         probe_wasm: probe_wasm.as_deref(),
         passthrough_wasm: &passthrough_wasm,
         seed_policy: &seed_policy,
+        rls_port: rls.as_ref().map(|s| s.port),
     };
 
     // Configs, each checked before anything runs.
@@ -342,7 +357,7 @@ fn run(args: Args) -> Result<Results> {
             let policy = envoy::policy(&seed_policy, *case)?;
             let compiled = rollgate_policy::policy::Policy::from_json(policy.as_bytes())
                 .map_err(|e| anyhow::anyhow!("bench policy of ({}): {e}", case.label()))?;
-            if compiled.rate_limits.len() != usize::from(case.limits())
+            if compiled.rate_limits.len() != case.limit_count()
                 || compiled.breakers.len() != usize::from(case.breaks())
             {
                 bail!(
@@ -472,6 +487,32 @@ fn run(args: Args) -> Result<Results> {
         }
     }
 
+    // (e)'s calls to the service, from its Envoy's own counters, before the armed checks
+    // add their floods.
+    let global = match envoys.iter().find(|e| e.case == Case::Global) {
+        Some(e) => Some(rls::calls(e)?),
+        None => None,
+    };
+    if let Some(e) = envoys.iter().find(|e| e.case == Case::Global) {
+        // The service's cluster as Envoy saw it: resets, overflows and timeouts explain a
+        // call without an answer.
+        let cluster: Vec<_> = e
+            .stats(&format!("cluster.{}.upstream_", envoy::RLS_CLUSTER))?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        eprintln!(
+            "bench: (e) Envoy's {} cluster: {cluster:?}",
+            envoy::RLS_CLUSTER
+        );
+    }
+    if let Some(g) = &global {
+        eprintln!(
+            "bench: (e) {} service calls for {} requests ({} failed or timed out): {:?}",
+            g.calls, g.requests, g.failed, g.outcomes
+        );
+    }
+
     let mut perf_splits = Vec::new();
     if args.profile {
         if perf::available() {
@@ -501,6 +542,9 @@ fn run(args: Args) -> Result<Results> {
     }
     drop(envoys);
     drop(_nginx);
+    if let Some(s) = rls {
+        s.stop()?;
+    }
     let _ = fs::remove_dir_all(&work);
     let background_after = background_load()?;
 
@@ -537,6 +581,7 @@ fn run(args: Args) -> Result<Results> {
         cases: planned.iter().map(|(c, _, _)| *c).zip(samples).collect(),
         routing,
         armed,
+        global,
         perf: perf_splits,
         wasm_sizes: (size(&rollgate_wasm), size(&passthrough_wasm)),
         host,

@@ -187,6 +187,7 @@ pub fn markdown(r: &Results) -> String {
         ("d2/b", cd2, cb),
         ("d2/c", cd2, cc),
         ("dm/d", cdm, cd),
+        ("e/d", Case::Global, cd),
     ] {
         if samples(r, x).is_empty() || samples(r, y).is_empty() {
             continue;
@@ -262,6 +263,32 @@ pub fn markdown(r: &Results) -> String {
             signed(paired_diff(r, cdm, cd, |s| light(s, |l| l.p50_us))),
             signed(paired_diff(r, cdm, cd, |s| light(s, |l| l.p99_us))),
             signed(paired_diff(r, cdm, cd, |s| s.load.p99_us)),
+        );
+    }
+    let ce = Case::Global;
+    if !samples(r, ce).is_empty() && !samples(r, cd).is_empty() {
+        let calls = r.global.as_ref().map_or_else(
+            || "not read".to_string(),
+            |g| {
+                format!(
+                    "{} service calls for {} requests ({:.2} %), {} without a usable answer",
+                    thousands(g.calls as f64),
+                    thousands(g.requests as f64),
+                    g.share() * 100.0,
+                    g.failed
+                )
+            },
+        );
+        let _ = writeln!(
+            o,
+            "\nOne global limit (e) over (d), per round: Envoy CPU per request {:+.1} µs \
+             [{:+.1} to {:+.1}]; at light load p50 {}, p99 {}; loaded p99 {}. {calls}.",
+            paired_diff(r, ce, cd, Sample::cpu_us_per_request).median,
+            paired_diff(r, ce, cd, Sample::cpu_us_per_request).min,
+            paired_diff(r, ce, cd, Sample::cpu_us_per_request).max,
+            signed(paired_diff(r, ce, cd, |s| light(s, |l| l.p50_us))),
+            signed(paired_diff(r, ce, cd, |s| light(s, |l| l.p99_us))),
+            signed(paired_diff(r, ce, cd, |s| s.load.p99_us)),
         );
     }
     let _ = writeln!(

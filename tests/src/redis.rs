@@ -50,6 +50,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (its counters are gone with it: no persistence).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
