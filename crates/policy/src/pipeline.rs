@@ -399,10 +399,13 @@ impl Exchange {
                         _ => ids.rls_unavailable,
                     };
                     host.increment(id, 1);
-                    if g.deny {
-                        return GlobalStep::Deny;
+                    // An ask ahead fails with hits still held: the request takes one of
+                    // them, whatever the failure mode (the service counted it).
+                    match cache.take_held(key, now) {
+                        Some(admitted) => admitted,
+                        None if g.deny => return GlobalStep::Deny,
+                        None => return GlobalStep::Verdict(global_verdict(g, true, 0, 0)),
                     }
-                    return GlobalStep::Verdict(global_verdict(g, true, 0, 0));
                 }
             },
             _ => cache.spend(key, now, g.timeout_ms.saturating_mul(1_000_000)),

@@ -606,6 +606,52 @@ fn over_limit_is_a_429_remembered_until_reset_and_failures_follow_failure_mode()
 }
 
 #[test]
+fn a_failed_ask_ahead_under_deny_admits_from_the_hits_still_held() {
+    let w = worker(GLOBAL);
+    let host = Fake::new();
+    let req = [(":path", "/")];
+    let ask = |n| {
+        let mut x = Exchange::new(n);
+        let plan = x.on_request(&w, pairs(&req), &host);
+        (x, plan)
+    };
+    // First ask for one, then 96 / 16 = 6: five held after the second answer, batch 5.
+    for (n, remaining) in [(1, 96), (2, 90)] {
+        let (mut x, plan) = ask(n);
+        assert!(matches!(plan, Plan::Ask { .. }), "ask {n}");
+        x.on_rls_answer(Ok(&rls_answer(false, remaining, 3000)));
+        assert!(matches!(
+            x.on_request(&w, pairs(&req), &host),
+            Plan::Forward(_)
+        ));
+    }
+    for n in 3..6 {
+        assert!(
+            matches!(ask(n).1, Plan::Forward(_)),
+            "request {n} from the batch"
+        );
+    }
+    // Two left: this one asks ahead, and the service times out.
+    let (mut x, plan) = ask(6);
+    assert!(matches!(plan, Plan::Ask { .. }));
+    x.on_rls_answer(Err(RlsFailure::Timeout));
+    assert!(
+        matches!(x.on_request(&w, pairs(&req), &host), Plan::Forward(_)),
+        "a held hit admits it despite failure_mode deny"
+    );
+    assert_eq!(host.metric(w.limit_ids[0].rls_timeout), 1);
+    // The last held hit, then an ask that fails with none held: 500.
+    assert!(matches!(ask(7).1, Plan::Forward(_)));
+    let (mut x, plan) = ask(8);
+    assert!(matches!(plan, Plan::Ask { .. }));
+    x.on_rls_answer(Err(RlsFailure::Timeout));
+    assert!(matches!(
+        x.on_request(&w, pairs(&req), &host),
+        Plan::Reply { status: 500, .. }
+    ));
+}
+
+#[test]
 fn a_shadow_limit_counts_what_it_would_refuse_and_admits_it() {
     let w = worker(
         r#"{"name": "s", "variants": {"stable": "s"}, "default": "stable",

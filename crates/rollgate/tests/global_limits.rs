@@ -401,16 +401,17 @@ fn redis_or_the_service_down_follows_failure_mode_and_recovers() {
     };
     let (timeouts, unavailable) = (stat(&deny, "rls_timeout"), stat(&deny, "rls_unavailable"));
     signal("-STOP");
-    let d = burst(&deny, 20);
+    let d = burst(&deny, 30);
     signal("-CONT");
-    // Up to a batch (a sixteenth of 180) may still be held and admitted without asking.
+    // Hits still held are spent first, also by requests whose ask ahead timed out: at most
+    // a batch and a half (a batch is at most a sixteenth of 180, 11).
     assert!(
-        d[12..].iter().all(|s| *s == 500),
+        d[16..].iter().all(|s| *s == 500),
         "deny refuses while the service is silent: {d:?}"
     );
     let timed_out = stat(&deny, "rls_timeout") - timeouts;
     assert!(
-        timed_out >= 8,
+        timed_out >= 14,
         "timeouts counted as timeouts: {timed_out}, unavailable {} -> {}",
         unavailable,
         stat(&deny, "rls_unavailable")

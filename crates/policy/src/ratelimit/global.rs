@@ -110,6 +110,12 @@ impl GlobalCache {
         }
     }
 
+    /// Spends a hit of `key` held for the current window, if there is one (for a request
+    /// whose ask failed).
+    pub fn take_held(&mut self, key: u64, now_ns: u64) -> Option<Local> {
+        self.keys.get_mut(&key)?.take_held(now_ns)
+    }
+
     /// Records the service's `answer` to an ask of `hits` for `key` at `now_ns`; one of
     /// those hits is the asking request's. Returns what to do with that request.
     pub fn record(&mut self, key: u64, hits: u64, answer: Answer, now_ns: u64) -> Local {
@@ -251,6 +257,28 @@ mod tests {
             .count();
         // 4 + 9 = 13 held, batch 150 / 16 = 9: ask ahead once 4 are left, after 9.
         assert_eq!(admitted, 9);
+    }
+
+    #[test]
+    fn a_request_whose_ask_ahead_failed_takes_a_held_hit() {
+        let mut c = GlobalCache::default();
+        c.record(1, 3, ok(64, 3000), 0);
+        // Two held, batch 4: the first request asks ahead.
+        assert_eq!(c.spend(1, MS, T), Local::Ask { hits: 4 });
+        // Its ask failed: it takes one of the two, one is left for the others.
+        assert!(matches!(
+            c.take_held(1, 30 * MS),
+            Some(Local::Admitted { .. })
+        ));
+        let admitted = (0..5)
+            .filter(|_| matches!(c.spend(1, 30 * MS, T), Local::Admitted { .. }))
+            .count();
+        assert_eq!(admitted, 1);
+        assert_eq!(
+            c.take_held(2, 30 * MS),
+            None,
+            "an unknown key holds nothing"
+        );
     }
 
     #[test]
