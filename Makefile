@@ -157,7 +157,7 @@ demo: wasm envoy mariadb protoc
 
 ## Throughput and latency next to Envoy without a filter, with a pass-through Wasm filter and
 ## with its native filters (bench/). Never part of `make test`: timings need a quiet machine.
-## Installs wrk and nginx from Debian when missing. Options: make bench BENCH_ARGS="--rounds 3";
+## Installs wrk, nginx and Redis (case e) from Debian when missing. Options: make bench BENCH_ARGS="--rounds 3";
 ## where the CPU goes: make bench BENCH_ARGS="--profile --light-duration 0 --no-host".
 PASSTHROUGH := target/wasm32-wasip1/release/rollgate_bench_passthrough.wasm
 PROBE_WASM := target/wasm32-wasip1/release/rollgate_bench_probe.wasm
