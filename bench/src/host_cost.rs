@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rollgate::bench::routing_cost;
-use rollgate::wasmhost::{HttpRequest, Wasm};
+use rollgate::wasmhost::{Host, HttpRequest, PluginConfig, Wasm};
 
 use crate::mix;
 use crate::stats::Summary;
@@ -30,6 +30,38 @@ pub struct HostCost {
     pub passthrough_us: Summary,
     /// `Policy::decide` natively on the same requests, µs per request.
     pub native_decide_us: Summary,
+    /// Wasmtime fuel per request (about one unit per Wasm instruction the filter's own code
+    /// runs; host calls excluded): rollgate, pass-through. The same on every run, so two
+    /// builds compare on a noisy machine where timings cannot.
+    pub fuel: (f64, f64),
+}
+
+/// Fuel per request of `wasm` running `policy` over `reqs`, after one untimed pass (first
+/// requests allocate what later ones reuse).
+fn fuel_per_request(wasm: &Path, policy: &str, reqs: &[HttpRequest]) -> Result<f64> {
+    let metered = Wasm::metered_from_file(wasm)
+        .with_context(|| format!("loading {} metered", wasm.display()))?;
+    let plugin = Host::new()
+        .start(&metered, PluginConfig::new(policy))
+        .map_err(|e| anyhow::anyhow!("starting {} metered: {e}", wasm.display()))?;
+    let run = |reqs: &[HttpRequest]| -> Result<()> {
+        for r in reqs {
+            plugin
+                .run(r.clone())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+        }
+        plugin.clear_logs();
+        Ok(())
+    };
+    run(reqs)?;
+    let before = plugin
+        .fuel_consumed()
+        .context("a metered module counts fuel")?;
+    run(reqs)?;
+    let after = plugin
+        .fuel_consumed()
+        .context("a metered module counts fuel")?;
+    Ok(after.saturating_sub(before) as f64 / reqs.len().max(1) as f64)
 }
 
 fn requests() -> Vec<HttpRequest> {
@@ -72,5 +104,9 @@ pub fn measure(rollgate_wasm: &Path, passthrough_wasm: &Path, policy: &str) -> R
         rollgate_us: Summary::of(&r),
         passthrough_us: Summary::of(&p),
         native_decide_us: Summary::of(&n),
+        fuel: (
+            fuel_per_request(rollgate_wasm, policy, &reqs)?,
+            fuel_per_request(passthrough_wasm, policy, &reqs)?,
+        ),
     })
 }

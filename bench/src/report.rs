@@ -427,6 +427,14 @@ pub fn markdown(r: &Results) -> String {
                 h.rollgate_us.median - h.passthrough_us.median,
                 h.native_decide_us.fmt(3)
             );
+            let _ = writeln!(
+                o,
+                "\nWasm work per request (wasmtime fuel: about one unit per instruction the \
+                 filter's own code runs, host calls excluded; the same on every run): rollgate \
+                 {}, pass-through {}.",
+                thousands(h.fuel.0),
+                thousands(h.fuel.1)
+            );
         }
         Err(e) => {
             let _ = writeln!(o, "\nHost part (wasmtime): **not measured**: {e}");

@@ -21,6 +21,8 @@ pub(crate) struct PluginInner {
     module: wasmtime::Module,
     /// Epoch ticks each call may run (interruptible modules only).
     deadline: Option<u64>,
+    /// Counting fuel (a metered module).
+    metered: bool,
     linker: Linker<VmState>,
     pub vms: Vec<Vm>,
     /// Bumped for every VM (re)started, so events for a replaced VM are not delivered to its
@@ -52,6 +54,7 @@ impl PluginInner {
         });
         let mut plugin = PluginInner {
             deadline,
+            metered: wasm.metered,
             shared: Arc::new(PluginShared {
                 id,
                 config,
@@ -83,7 +86,13 @@ impl PluginInner {
             worker,
             self.generation,
         );
-        let mut vm = Vm::instantiate(&self.module, &self.linker, state, self.deadline)?;
+        let mut vm = Vm::instantiate(
+            &self.module,
+            &self.linker,
+            state,
+            self.deadline,
+            self.metered,
+        )?;
         let vm_id = self.shared.config.vm_id.clone();
         // From here the VM holds its vm_id's shared data alive (Envoy's VmIdHandle).
         lock(&self.process.shared).vm_started(&vm_id);
@@ -550,6 +559,11 @@ impl PluginInner {
             }
         }
         self.pump()
+    }
+
+    pub(crate) fn fuel_consumed(&self) -> Option<u64> {
+        self.metered
+            .then(|| self.vms.iter().map(Vm::fuel_consumed).sum())
     }
 
     pub(crate) fn workers(&self) -> usize {

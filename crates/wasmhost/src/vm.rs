@@ -317,6 +317,9 @@ pub(crate) struct Exports {
     pub on_upstream_connection_close: Option<F2>,
 }
 
+/// A metered VM's fuel at start: counting, not limiting (2^62 units last centuries).
+const FUEL: u64 = 1 << 62;
+
 /// A running VM.
 pub(crate) struct Vm {
     pub store: Store<VmState>,
@@ -346,6 +349,13 @@ where
 }
 
 impl Vm {
+    /// Fuel consumed since start (0 unless metered).
+    pub(crate) fn fuel_consumed(&self) -> u64 {
+        self.store
+            .get_fuel()
+            .map_or(0, |left| FUEL.saturating_sub(left))
+    }
+
     /// Instantiates the module and runs `_initialize` (or `_start`), as cpp-host does before
     /// any context exists.
     pub(crate) fn instantiate(
@@ -353,10 +363,17 @@ impl Vm {
         linker: &Linker<VmState>,
         state: VmState,
         deadline: Option<u64>,
+        metered: bool,
     ) -> Result<Vm, HostError> {
         let worker = state.worker;
         let mut store = Store::new(module.engine(), state);
         store.limiter(|st| &mut st.limits);
+        if metered {
+            store.set_fuel(FUEL).map_err(|e| HostError::Instantiate {
+                worker,
+                message: format!("setting fuel: {e:#}"),
+            })?;
+        }
         if let Some(ticks) = deadline {
             // Every entry into the guest, host-initiated allocations included, has a deadline
             // (an interruptible module's default of 0 would trap at once).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use modules::{grpc_send_flood, grpc_stream_flood, hog, spin};
+use modules::{busy, grpc_send_flood, grpc_stream_flood, hog, spin};
 use rollgate_wasmhost::{
     GrpcStreamCall, GrpcStreamReply, GrpcStreamSent, Host, HttpRequest, PluginConfig, Wasm,
     MAX_GRPC_STREAMS, MAX_GRPC_STREAM_QUEUED_BYTES,
@@ -105,4 +105,26 @@ fn the_host_bounds_grpc_streams() {
         "{:?}",
         ex.logs
     );
+}
+
+/// A metered module's fuel counts its own work per request, the same on every run: `busy(k)`
+/// costs exactly `k` more per request than `busy(0)`; an unmetered module has no count.
+#[test]
+fn a_metered_module_counts_its_work_exactly() {
+    let per_request = |k: usize| {
+        let wasm = Wasm::metered_from_bytes(&busy(k)).unwrap();
+        let plugin = Host::new().start(&wasm, PluginConfig::new("{}")).unwrap();
+        let started = plugin.fuel_consumed().unwrap();
+        for _ in 0..10 {
+            plugin.run(HttpRequest::get("a", "/")).unwrap();
+        }
+        (plugin.fuel_consumed().unwrap() - started) / 10
+    };
+    let (base, busier) = (per_request(0), per_request(1_000));
+    assert!(base > 0, "the request callbacks cost something");
+    assert_eq!(busier - base, 1_000);
+    assert_eq!(per_request(1_000), busier, "the same on every run");
+    let plain = Wasm::from_bytes(&busy(0)).unwrap();
+    let plugin = Host::new().start(&plain, PluginConfig::new("{}")).unwrap();
+    assert_eq!(plugin.fuel_consumed(), None);
 }

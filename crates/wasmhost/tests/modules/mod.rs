@@ -97,6 +97,18 @@ pub fn spin() -> Vec<u8> {
     ])
 }
 
+/// Runs `k` constant-and-drop pairs per request: `k` units of fuel more than `busy(0)`
+/// (wasmtime charges a constant 1 and a drop nothing).
+#[allow(dead_code)] // shared by test binaries that do not all use it
+pub fn busy(k: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 * k + 2);
+    for _ in 0..k {
+        body.extend([Instruction::I32Const(1), Instruction::Drop]);
+    }
+    body.extend([Instruction::I32Const(0), Instruction::End]);
+    module(&body)
+}
+
 /// Grows memory by 16 MiB at a time, forever (each grow fails once at 4 GiB).
 pub fn hog() -> Vec<u8> {
     use wasm_encoder::BlockType;
