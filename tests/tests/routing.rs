@@ -475,3 +475,33 @@ fn variant_naming_an_unknown_cluster_is_not_served() {
         CANARY
     );
 }
+
+/// `route_default`: requests decided for the default variant go out with no cluster header
+/// (Envoy's fallback route sends them to its cluster, one host call saved), a forged one is
+/// still removed, and every other variant's header is written as before.
+#[test]
+fn route_default_leaves_the_default_to_envoys_route() {
+    let written = r#""variant_header": "x-rollgate-variant""#;
+    assert!(SEED_POLICY.contains(written) && SEED_POLICY.contains(r#""default": "stable""#));
+    let policy = SEED_POLICY.replace(written, r#""variant_header": "", "route_default": true"#);
+    let stack = Stack::try_start(&policy, &SEED_CLUSTERS, Some(STABLE)).unwrap();
+    let mut c = stack.client();
+    for forged in [&[][..], &[("x-rollgate-cluster", CANARY.as_bytes())][..]] {
+        let r = c.get("other.example", "/", forged);
+        assert_eq!(served_by(&r), STABLE, "forged: {forged:?}");
+        assert!(
+            all_values(&r, "x-echo-x-rollgate-cluster").is_empty(),
+            "no cluster header reaches the default's upstream: {forged:?}"
+        );
+    }
+    let r = c.get("pro.coding", "/", &[("location", b"shenzhen")]);
+    assert_eq!(served_by(&r), CANARY);
+    assert_eq!(all_values(&r, "x-echo-x-rollgate-cluster"), [CANARY]);
+    let r = c.get(
+        "dev.coding",
+        "/",
+        &[("x-rollgate-cluster", CANARY.as_bytes())],
+    );
+    assert_eq!(served_by(&r), DEV);
+    assert_eq!(all_values(&r, "x-echo-x-rollgate-cluster"), [DEV]);
+}

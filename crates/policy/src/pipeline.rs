@@ -325,8 +325,17 @@ impl Exchange {
         // Each header is written (or removed, when forged and nothing is chosen) once: a
         // header write is among the dearest host calls.
         let mut changes = Vec::with_capacity(2);
+        // `route_default`: Envoy's route already sends a request without the cluster header
+        // to the default's cluster, so that write is saved (a forged header is still removed).
+        let routed_by_envoy =
+            policy.spec.route_default && variant.is_some() && variant == policy.default;
         for (name, value) in [
-            (&policy.cluster_header, chosen.map(|v| v.cluster.as_str())),
+            (
+                &policy.cluster_header,
+                chosen
+                    .filter(|_| !routed_by_envoy)
+                    .map(|v| v.cluster.as_str()),
+            ),
             (&policy.variant_header, chosen.map(|v| v.name.as_str())),
         ] {
             match value {

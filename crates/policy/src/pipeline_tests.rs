@@ -747,3 +747,35 @@ fn a_keyless_route_mirrors_a_random_share() {
     }
     assert!((340..=460).contains(&n), "{n}");
 }
+
+#[test]
+fn route_default_writes_no_cluster_header_for_the_default_and_still_strips_a_forged_one() {
+    let policy = |extra: &str| {
+        format!(
+            r#"{{"name": "f", "variants": {{"stable": "s", "canary": "c"}}, "default": "stable",
+                "variant_header": ""{extra},
+                "routes": [{{"match": "Host(`canary`)", "variant": "canary"}}]}}"#
+        )
+    };
+    let host = Fake::new();
+    let forward = |w: &Worker, h: &[(&str, &str)]| -> Vec<(String, Option<String>)> {
+        match Exchange::new(1).on_request(w, pairs(h), &host) {
+            Plan::Forward(ops) => ops
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
+            other => panic!("expected a forward: {other:?}"),
+        }
+    };
+    let set = |v: &str| vec![("x-rollgate-cluster".to_string(), Some(v.to_string()))];
+    let w = worker(&policy(r#", "route_default": true"#));
+    assert!(forward(&w, &[(":authority", "other")]).is_empty());
+    assert_eq!(
+        forward(&w, &[(":authority", "other"), ("x-rollgate-cluster", "c")]),
+        [("x-rollgate-cluster".to_string(), None)]
+    );
+    assert_eq!(forward(&w, &[(":authority", "canary")]), set("c"));
+    // Without the flag the default's cluster is written, as before.
+    let w = worker(&policy(""));
+    assert_eq!(forward(&w, &[(":authority", "other")]), set("s"));
+}

@@ -102,6 +102,8 @@ pub fn render(name: &str, spec: &RolloutSpec, status: &RolloutStatus) -> PolicyS
         tcp: None,
         // Numbered by the controller when it writes the policy (`with_version`).
         version: None,
+        // A Rollout's Envoy route is not known here; the header is written for every variant.
+        route_default: false,
     }
 }
 

@@ -178,6 +178,18 @@ impl Policy {
                 "needs a non-empty variant_header to return the variant in",
             );
         }
+        if spec.route_default && spec.default.is_none() {
+            errs.push(
+                "route_default",
+                "needs default: it names the variant Envoy's route sends requests without the cluster header to",
+            );
+        }
+        if spec.route_default && spec.cluster_header.is_empty() {
+            errs.push(
+                "route_default",
+                "needs a non-empty cluster_header (it saves writing that header)",
+            );
+        }
         let mut regexes_left = MAX_REGEXES;
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {

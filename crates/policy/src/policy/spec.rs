@@ -195,6 +195,12 @@ spec_types! {
         /// gauge. Written only for Rollouts with `acknowledge` (filters before this field
         /// refuse it).
         version: Option<u64> = None, omit if Option::is_none;
+        /// Envoy's route already sends a request without the cluster header to the default
+        /// variant's cluster (the shipped Envoy config's fallback route, or a VirtualService
+        /// whose default route is the stable subset): the filter then writes no cluster header
+        /// for requests decided for `default`, and only removes a forged one. Needs `default`
+        /// and a non-empty `cluster_header`. Absent: the header is written for every variant.
+        route_default: bool = false, omit if is_false;
     }
 
     /// Connection limits (`envoy.filters.network.wasm`); each part is optional.

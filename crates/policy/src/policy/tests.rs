@@ -812,3 +812,25 @@ fn a_version_is_a_whole_number_kept_through_serialization() {
         assert!(e.iter().any(|m| m.starts_with("version: ")), "{bad}: {e:?}");
     }
 }
+
+#[test]
+fn route_default_needs_a_default_and_a_cluster_header() {
+    let no_default = r#"{"name":"f","variants":{"s":"c"},"route_default":true}"#;
+    assert_eq!(
+        errors(no_default),
+        ["route_default: needs default: it names the variant Envoy's route sends requests without \
+          the cluster header to"]
+    );
+    let with_default = r#"{"name":"f","variants":{"s":"c"},"default":"s","route_default":true"#;
+    assert_eq!(
+        errors(&format!(r#"{with_default},"cluster_header":""}}"#)),
+        ["route_default: needs a non-empty cluster_header (it saves writing that header)"]
+    );
+    let p = policy(&format!("{with_default}}}"));
+    assert!(p.spec.route_default);
+    // Kept through serialization, and absent when off.
+    let json = serde_json::to_string(&p.spec).unwrap();
+    assert!(json.contains(r#""route_default":true"#), "{json}");
+    let plain = serde_json::to_string(&policy(&minimal("")).spec).unwrap();
+    assert!(!plain.contains("route_default"), "{plain}");
+}
