@@ -250,6 +250,34 @@ pub const GLOBAL_PER_SEC: u64 = 1_000_000;
 /// The Envoy cluster of the rate-limit service in (e).
 pub const RLS_CLUSTER: &str = "ratelimit";
 
+/// Appends a STATIC cluster `name` of one endpoint, 127.0.0.1:`port`; `http2` for a gRPC
+/// service.
+fn static_cluster(y: &mut String, name: &str, port: u16, http2: bool) {
+    let protocol = if http2 {
+        r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+"#
+    } else {
+        ""
+    };
+    let _ = write!(
+        y,
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+{protocol}    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+"#
+    );
+}
+
 /// The bench policy: the seed policy, routing on the cluster header alone, plus the parts
 /// `case` keeps: a per-user rate limit on
 /// `x-user-id` (generous, see [`LIMIT_PER_SEC`]) and a breaker on canary
@@ -518,44 +546,14 @@ static_resources:
         listener = ports.listener,
     );
     for ((name, _), port) in CLUSTERS.iter().zip(inputs.upstream_ports) {
-        let _ = write!(
-            y,
-            r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-"#
-        );
+        static_cluster(&mut y, name, port, false);
     }
     if case == Case::Global {
         let Some(port) = inputs.rls_port else {
             bail!("case (e) without the rate-limit service's port");
         };
         // gRPC: the service's cluster speaks HTTP/2.
-        let _ = write!(
-            y,
-            r#"  - name: {RLS_CLUSTER}
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: {RLS_CLUSTER}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-"#
-        );
+        static_cluster(&mut y, RLS_CLUSTER, port, true);
     }
     Ok(y)
 }

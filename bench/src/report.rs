@@ -94,6 +94,22 @@ fn signed(s: Summary) -> String {
     format!("{:+.0} µs [{:+.0} to {:+.0}]", s.median, s.min, s.max)
 }
 
+/// What case `x` adds over `y` in the same rounds: Envoy CPU per request, light-load p50 and
+/// p99, loaded p99.
+fn added_over(r: &Results, x: Case, y: Case) -> String {
+    let cpu = paired_diff(r, x, y, Sample::cpu_us_per_request);
+    format!(
+        "Envoy CPU per request {:+.1} µs [{:+.1} to {:+.1}]; at light load p50 {}, p99 {}; \
+         loaded p99 {}",
+        cpu.median,
+        cpu.min,
+        cpu.max,
+        signed(paired_diff(r, x, y, |s| light(s, |l| l.p50_us))),
+        signed(paired_diff(r, x, y, |s| light(s, |l| l.p99_us))),
+        signed(paired_diff(r, x, y, |s| s.load.p99_us)),
+    )
+}
+
 /// The Markdown report.
 pub fn markdown(r: &Results) -> String {
     let a = &r.args;
@@ -255,14 +271,8 @@ pub fn markdown(r: &Results) -> String {
     if !samples(r, cdm).is_empty() && !samples(r, cd).is_empty() {
         let _ = writeln!(
             o,
-            "\nMirroring 10 % of stable's requests (dm) over (d), per round: Envoy CPU per \
-             request {:+.1} µs [{:+.1} to {:+.1}]; at light load p50 {}, p99 {}; loaded p99 {}.",
-            paired_diff(r, cdm, cd, Sample::cpu_us_per_request).median,
-            paired_diff(r, cdm, cd, Sample::cpu_us_per_request).min,
-            paired_diff(r, cdm, cd, Sample::cpu_us_per_request).max,
-            signed(paired_diff(r, cdm, cd, |s| light(s, |l| l.p50_us))),
-            signed(paired_diff(r, cdm, cd, |s| light(s, |l| l.p99_us))),
-            signed(paired_diff(r, cdm, cd, |s| s.load.p99_us)),
+            "\nMirroring 10 % of stable's requests (dm) over (d), per round: {}.",
+            added_over(r, cdm, cd)
         );
     }
     let ce = Case::Global;
@@ -281,14 +291,8 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             o,
-            "\nOne global limit (e) over (d), per round: Envoy CPU per request {:+.1} µs \
-             [{:+.1} to {:+.1}]; at light load p50 {}, p99 {}; loaded p99 {}. {calls}.",
-            paired_diff(r, ce, cd, Sample::cpu_us_per_request).median,
-            paired_diff(r, ce, cd, Sample::cpu_us_per_request).min,
-            paired_diff(r, ce, cd, Sample::cpu_us_per_request).max,
-            signed(paired_diff(r, ce, cd, |s| light(s, |l| l.p50_us))),
-            signed(paired_diff(r, ce, cd, |s| light(s, |l| l.p99_us))),
-            signed(paired_diff(r, ce, cd, |s| s.load.p99_us)),
+            "\nOne global limit (e) over (d), per round: {}. {calls}.",
+            added_over(r, ce, cd)
         );
     }
     let _ = writeln!(
