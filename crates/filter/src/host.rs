@@ -98,37 +98,34 @@ extern "C" {
     ) -> u32;
 }
 
+/// A buffer the host fills for one call: `call` gets the out-pointers and returns the
+/// host's status; empty on any failure.
+fn host_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Vec<u8> {
+    let mut ptr: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    if call(&mut ptr, &mut size) != 0 || ptr.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: on success the host allocated `size` bytes at `ptr` through our allocator
+    // (`proxy_on_memory_allocate`, a `Vec<u8>` of that capacity) and hands us ownership,
+    // exactly as the SDK's own getters assume.
+    unsafe { Vec::from_raw_parts(ptr, size, size) }
+}
+
 /// The message of the gRPC call status just delivered (empty when there is none). The
 /// SDK's `get_grpc_status` panics on a message that is not UTF-8 and on any host error;
 /// the message comes from the service, so it is read here as bytes.
 pub fn grpc_status_message() -> Vec<u8> {
     let mut code: u32 = 0;
-    let mut ptr: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as for `request_header_bytes`: the host allocated `size` bytes at `ptr`
-    // through our allocator and hands us ownership.
-    unsafe {
-        if proxy_get_status(&mut code, &mut ptr, &mut size) != 0 || ptr.is_null() || size == 0 {
-            return Vec::new();
-        }
-        Vec::from_raw_parts(ptr, size, size)
-    }
+    // SAFETY: the host writes only through the three out-pointers, valid for this call.
+    host_buffer(|ptr, size| unsafe { proxy_get_status(&mut code, ptr, size) })
 }
 
 /// The request headers in the proxy's serialized form, read in one host call. The SDK's
 /// getters would allocate a `String` and a `Vec` per header; we borrow from this buffer.
 pub fn request_header_bytes() -> Vec<u8> {
-    let mut ptr: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host allocated `size` bytes at `ptr` through our allocator
-    // (`proxy_on_memory_allocate`, a `Vec<u8>` of that capacity) and hands us ownership,
-    // exactly as the SDK's own getters assume.
-    unsafe {
-        if proxy_get_header_map_pairs(0, &mut ptr, &mut size) != 0 || ptr.is_null() || size == 0 {
-            return Vec::new();
-        }
-        Vec::from_raw_parts(ptr, size, size)
-    }
+    // SAFETY: the host writes only through the two out-pointers, valid for this call.
+    host_buffer(|ptr, size| unsafe { proxy_get_header_map_pairs(0, ptr, size) })
 }
 
 /// Envoy's `source.address` (`ip:port`) as an address.
