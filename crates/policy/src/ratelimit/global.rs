@@ -48,9 +48,14 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether hits of the current window are held.
+    fn holds(&self, now_ns: u64) -> bool {
+        self.tokens > 0 && now_ns < self.until_ns
+    }
+
     /// Spends one held hit of the current window, if there is one.
     fn take_held(&mut self, now_ns: u64) -> Option<Local> {
-        if self.tokens == 0 || now_ns >= self.until_ns {
+        if !self.holds(now_ns) {
             return None;
         }
         self.tokens -= 1;
@@ -87,11 +92,7 @@ impl GlobalCache {
         };
         // Ask ahead at half a batch, one ask at a time; single-hit batches (a window nearly
         // full) are exact answers and never asked ahead.
-        if e.batch > 1
-            && e.tokens > 0
-            && e.tokens <= e.batch / 2
-            && now_ns < e.until_ns
-            && now_ns >= e.asking_until_ns
+        if e.batch > 1 && e.holds(now_ns) && e.tokens <= e.batch / 2 && now_ns >= e.asking_until_ns
         {
             e.asking_until_ns = now_ns.saturating_add(timeout_ns);
             return Local::Ask { hits: e.batch };
