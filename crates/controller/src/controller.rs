@@ -1,14 +1,14 @@
-//! `rollgate serve --kubernetes`: the same engine as `serve --dir` ([`step`], [`render`],
-//! [`validate::plan`]) driven by the API server instead of a directory.
+//! `rollgate serve --kubernetes`: the driver of `serve --dir` ([`Driver`]) over the API
+//! server instead of a directory (`KubeStore`, a [`Store`]).
 //!
-//! Per reconcile of a Rollout: validate the spec into a plan; step it (`SpecChanged` when its
-//! revision differs from the status's, else `Tick`); render the policy and server-side-apply
-//! it into the `pluginConfig` of the Rollout's WasmPlugin; server-side-apply the status
-//! (carrying the `resourceVersion` read, so a concurrent `rollgate promote` wins and this
-//! reconcile retries on the fresh object: 409); publish an Event per transition; then start
-//! the webhook call the stored status waits at ([`super::webhooks`]), whose answer a later
-//! reconcile feeds to the engine (`Event::Webhook`). Errors back off exponentially per
-//! Rollout. No finalizer: nothing outside the Rollout needs
+//! Per reconcile of a Rollout: validate the spec into a plan; one pass of the driver, started
+//! by `SpecChanged` when the spec's revision differs from the status's, else `Tick`: it
+//! renders the policy, which the store server-side-applies into the `pluginConfig` of the
+//! Rollout's WasmPlugin, then server-side-applies the status (carrying the `resourceVersion`
+//! read, so a concurrent `rollgate promote` wins and this reconcile retries on the fresh
+//! object: 409); publishes an Event per transition; then starts the webhook call the stored
+//! status waits at, whose answer a later reconcile feeds to the engine (`Event::Webhook`).
+//! Errors back off exponentially per Rollout. No finalizer: nothing outside the Rollout needs
 //! cleaning up (the WasmPlugin keeps its last policy, the safe state).
 //!
 //! A Rollout with `spec.acknowledge` waits at each step that changed the policy until every
@@ -19,7 +19,7 @@
 //! the field refuse it).
 //!
 //! A Rollout with connection limits (`spec.tcp`) also has its TCP policy
-//! ([`render_tcp`]) server-side applied into a second WasmPlugin, `<wasmPlugin>-tcp`, with
+//! ([`rollgate_rollout::render_tcp`]) server-side applied into a second WasmPlugin, `<wasmPlugin>-tcp`, with
 //! `type: NETWORK`: the policy runs only in a network filter, and the HTTP WasmPlugin's
 //! `pluginConfig` is exactly what it was without the limits.
 
@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::analysis::{Analyzer, Source};
-use super::webhooks::Webhooks;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -37,14 +36,12 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use rollgate_rollout::notify;
-use rollgate_rollout::plan::fingerprint;
-use rollgate_rollout::status::Told;
-use rollgate_rollout::webhook::Call;
-use rollgate_rollout::{
-    accept_rendered, render, render_tcp, step, validate, Effect, Event, Phase, Rollout,
-    RolloutStatus, Timestamp,
+use rollgate_policy::policy::spec::PolicySpec;
+use rollgate_rollout::driver::{
+    render_both, CommitError, Driver, Loaded, PassError, Push, Rendered, Store,
 };
+use rollgate_rollout::plan::fingerprint;
+use rollgate_rollout::{validate, Event, Phase, Plan, Rollout, RolloutStatus, Timestamp};
 use rollgate_rollout::{API_VERSION, KIND};
 
 /// The field manager of every server-side apply (what `kubectl get --show-managed-fields`
@@ -94,8 +91,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Analysis from the gateways' stats (`--envoy-admin`, `--prometheus`).
     analyzer: Analyzer,
-    /// Webhook steps: the calls in flight and their answers.
-    pub webhooks: Webhooks,
+    /// The driver (the sidecar's too): webhook steps, their calls and answers.
+    pub driver: Driver,
 }
 
 impl Context {
@@ -115,7 +112,7 @@ impl Context {
             client,
             failures: Mutex::default(),
             analyzer: Analyzer::new(source),
-            webhooks: Webhooks::default(),
+            driver: Driver::default(),
         })
     }
 }
@@ -132,7 +129,7 @@ impl Context {
             f.retain(|k, _| key_live(k));
             f.len()
         });
-        failures + self.analyzer.retain(key_live) + self.webhooks.retain(uid_live)
+        failures + self.analyzer.retain(key_live) + self.driver.webhooks.retain(uid_live)
     }
 }
 
@@ -330,41 +327,191 @@ pub async fn publish(
     Ok(())
 }
 
-/// Delivers each of `told` to the receivers that want it, each on a task of its own.
-fn send_notices(
-    receivers: &[rollgate_rollout::types::Notify],
-    name: &str,
-    told: &[notify::Notice],
-    status: &rollgate_rollout::RolloutStatus,
-) {
-    for n in told {
-        for r in receivers.iter().filter(|r| notify::wants(r, n.kind)) {
-            let (url, body) = (r.url.clone(), notify::body(name, n, status));
-            let rollout = name.to_string();
-            tokio::spawn(async move {
-                if let Err(e) = notify::deliver(&url, &body).await {
-                    tracing::warn!(%rollout, %url, error = %e, "notification not delivered");
-                }
-            });
-        }
+/// One Rollout as the driver sees it in one reconcile: the object the watch delivered (its
+/// status, and its `resourceVersion`, which the status write carries) and the API to write
+/// the policies, the status and the Events to.
+#[derive(Clone)]
+struct KubeStore {
+    ctx: Arc<Context>,
+    ro: Arc<Rollout>,
+    plan: Arc<Plan>,
+    ns: String,
+    name: String,
+    /// `ns/name`: the analysis tracker's and the back-off's key, and the log's rollout.
+    key: String,
+    reference: ObjectReference,
+}
+
+impl KubeStore {
+    fn old(&self) -> RolloutStatus {
+        self.ro.status.clone().unwrap_or_default()
     }
 }
 
-/// Whether `status` renders an HTTP policy other than the one `old` records as written.
-fn pushes(plan: &rollgate_rollout::Plan, status: &RolloutStatus, old: &RolloutStatus) -> bool {
-    let rendered = serde_json::to_value(render(&plan.name, &plan.spec, status));
-    let digest = rendered.map(|v| fingerprint(v.to_string().as_bytes()));
-    digest.ok().as_deref() != applied_parts(old.applied_policy.as_deref()).0
+/// The fingerprint of a policy as the WasmPlugin gets it.
+fn digest_of(policy: &serde_json::Value) -> String {
+    fingerprint(policy.to_string().as_bytes())
 }
 
-/// One reconcile of one Rollout (level-triggered: reads only the object and the clock).
+impl Store for KubeStore {
+    type Token = ();
+    type Error = Error;
+
+    async fn load(&self) -> Result<Option<Loaded<()>>, Error> {
+        Ok(Some(Loaded {
+            plan: self.plan.clone(),
+            status: self.old(),
+            id: self.ro.uid().unwrap_or_else(|| self.key.clone()),
+            token: (),
+        }))
+    }
+
+    /// Compared with the fingerprints stored in the status, not with memory: level-triggered,
+    /// so a restart or a fail-over neither re-applies nor bumps the version.
+    fn serves(&self, loaded: &Loaded<()>, (http, tcp): &Rendered) -> bool {
+        let (old_http, old_tcp) = applied_parts(loaded.status.applied_policy.as_deref());
+        let same = |recorded: Option<&str>, p: &PolicySpec| {
+            serde_json::to_value(p).is_ok_and(|v| recorded == Some(digest_of(&v).as_str()))
+        };
+        same(old_http, http) && tcp.as_ref().is_none_or(|t| same(old_tcp, t))
+    }
+
+    /// Which version each gateway serves, for a Rollout that waits for them (`acknowledge`):
+    /// the step that changed the policy goes on once they all serve it. Not while this
+    /// reconcile is about to push a new policy (a command or the clock moved the rollout):
+    /// the version the step waits for is numbered only when it is written, and the gateways
+    /// serving the last one must not count as serving it; the next reconcile reads them.
+    async fn observe(&self, _: &Loaded<()>, _: &RolloutStatus, pushes: bool) -> Vec<Event> {
+        if self.ro.spec.acknowledge.is_none() || pushes {
+            return Vec::new();
+        }
+        match self.ctx.analyzer.gateways(&self.plan.name).await {
+            Some(gateways) => vec![Event::Gateways { gateways }],
+            None => Vec::new(),
+        }
+    }
+
+    async fn judge(&self, _: &Loaded<()>, status: &RolloutStatus) -> Vec<Event> {
+        self.ctx
+            .analyzer
+            .events(&self.key, &self.plan, status)
+            .await
+    }
+
+    async fn refuse(&self, _: Loaded<()>, why: String) -> Result<(), CommitError<Error>> {
+        publish(&self.ctx, &self.reference, true, "InvalidPolicy", why)
+            .await
+            .map_err(CommitError::Store)
+    }
+
+    /// Each policy is written when it changed: a step rewrites the HTTP one only, the TCP
+    /// limits change with the spec alone. Then the status, carrying the `resourceVersion`
+    /// read: a concurrent `rollgate promote` wins, and this reconcile fails with a conflict
+    /// and is retried on the fresh object the watch delivers.
+    async fn commit(
+        &self,
+        loaded: Loaded<()>,
+        mut status: RolloutStatus,
+        push: Option<Push>,
+    ) -> Result<RolloutStatus, CommitError<Error>> {
+        let store = |e: Error| CommitError::Store(e);
+        let old = loaded.status;
+        let (http, tcp) = match push {
+            Some(p) => p.policy,
+            None => render_both(&self.plan, &status),
+        };
+        let policy = serde_json::to_value(http).map_err(|e| store(e.into()))?;
+        let tcp_policy = tcp
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| store(e.into()))?;
+        let digest = digest_of(&policy);
+        let tcp_digest = tcp_policy.as_ref().map(digest_of);
+        let (old_http, old_tcp) = applied_parts(old.applied_policy.as_deref());
+        let mut wrote = false;
+        if old_http != Some(digest.as_str()) {
+            // Numbered (after the fingerprint: the number is not what changed) only for a
+            // Rollout that waits for its gateways: a filter before `version` refuses it.
+            let mut policy = policy.clone();
+            if self.ro.spec.acknowledge.is_some() {
+                policy["version"] = json!(status.policy_version);
+            }
+            apply_to_gateway(&self.ctx.client, &self.ns, &self.ro, &policy)
+                .await
+                .map_err(store)?;
+            wrote = true;
+        }
+        if let (Some(t), Some(d)) = (&tcp_policy, &tcp_digest) {
+            if old_tcp != Some(d.as_str()) {
+                let plugin = tcp_wasmplugin_name(&self.ro);
+                apply_tcp_policy(&self.ctx.client, &self.ns, &plugin, t)
+                    .await
+                    .map_err(store)?;
+                wrote = true;
+            }
+        }
+        let recorded = applied(&digest, tcp_digest.as_deref());
+        if wrote || old.applied_policy.as_deref() != Some(recorded.as_str()) {
+            status.applied_policy = Some(recorded);
+        }
+        if status != old {
+            let rv = self.ro.resource_version();
+            apply_status(
+                &self.ctx.client,
+                &self.ns,
+                &self.name,
+                rv.as_deref(),
+                &status,
+            )
+            .await
+            .map_err(store)?;
+        }
+        Ok(status)
+    }
+
+    /// One Event per reconcile that moved the rollout, its reason the phase reached: kube's
+    /// Recorder folds events with the same reason and object into one series (keeping the
+    /// first note), and the object's resourceVersion (in the reference) differs per write.
+    async fn publish(
+        &self,
+        _: &Plan,
+        status: &RolloutStatus,
+        notes: Vec<String>,
+    ) -> Result<(), Error> {
+        if notes.is_empty() {
+            return Ok(());
+        }
+        let warning = status.phase == Phase::Aborted;
+        let reason = status.phase.to_string();
+        publish(
+            &self.ctx,
+            &self.reference,
+            warning,
+            &reason,
+            notes.join("; "),
+        )
+        .await
+    }
+
+    fn log(&self, _: &str, status: &RolloutStatus, line: &str) {
+        tracing::info!(
+            rollout = self.key,
+            step = status.current_step + 1,
+            version = status.policy_version,
+            "{line}"
+        );
+    }
+}
+
+/// One reconcile of one Rollout (level-triggered: reads only the object and the clock): one
+/// pass of the [`Driver`], the sidecar's too, over the Rollout as a [`Store`].
 pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (Some(ns), Some(name)) = (ro.namespace(), ro.metadata.name.clone()) else {
         return Err(Error::Unnamed);
     };
     let key = format!("{ns}/{name}");
     let mut reference = ro.object_ref(&());
-    // Part of the Recorder's series key: see the Events below.
+    // Part of the Recorder's series key: see [`KubeStore::publish`].
     reference.resource_version = ro.resource_version();
     let plan = match validate::plan(&ro) {
         Ok(p) => p,
@@ -380,142 +527,26 @@ pub async fn reconcile(ro: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Er
     } else {
         Event::Tick
     };
-    let now = Timestamp::now();
-    // Tick and SpecChanged are never refused; keep the status if one ever is.
-    let t =
-        step(&plan, &old, event.clone(), now).unwrap_or_else(|_| rollgate_rollout::Transition {
-            status: old.clone(),
-            effects: Vec::new(),
-        });
-    // Told from where the last notices left the rollout, not from the stored status: a
-    // transition the CLI wrote into the status (it patches it directly) is told now.
-    let last_told = old
-        .notified
-        .as_ref()
-        .map_or_else(|| old.clone(), |m| m.apply(&old));
-    let mut told = notify::notices(&plan.name, &last_told, &t.status, &event);
-    let mut status = t.status;
-    let mut effects = t.effects;
-    // The answer of the webhook the rollout waits at, through the same engine: 2xx goes on,
-    // anything else aborts.
-    let uid = ro.uid().unwrap_or_else(|| key.clone());
-    if let Some(ev) = ctx.webhooks.answer(&uid, &status) {
-        if let Ok(next) = step(&plan, &status, ev.clone(), now) {
-            told.extend(notify::notices(&plan.name, &status, &next.status, &ev));
-            status = next.status;
-            effects.extend(next.effects);
-        }
-    }
-    // Which version each gateway serves, for a Rollout that waits for them (`acknowledge`):
-    // the step that changed the policy goes on once they all serve it. Not while this
-    // reconcile is about to push a new policy (a command or the clock moved the rollout): the
-    // version the step waits for is numbered only when it is written, and the gateways
-    // serving the last one must not count as serving it; the next reconcile reads them.
-    if ro.spec.acknowledge.is_some() && !pushes(&plan, &status, &old) {
-        if let Some(gateways) = ctx.analyzer.gateways(&plan.name).await {
-            let ev = Event::Gateways { gateways };
-            if let Ok(next) = step(&plan, &status, ev.clone(), now) {
-                told.extend(notify::notices(&plan.name, &status, &next.status, &ev));
-                status = next.status;
-                effects.extend(next.effects);
-            }
-        }
-    }
-    // The analysis events due (measurements, canary breaker trips), through the same engine.
-    for ev in ctx.analyzer.events(&key, &plan, &status).await {
-        if let Ok(next) = step(&plan, &status, ev.clone(), now) {
-            told.extend(notify::notices(&plan.name, &status, &next.status, &ev));
-            status = next.status;
-            effects.extend(next.effects);
-        }
-    }
-    status.notified = Some(Told::of(&status));
-    let rendered = render(&plan.name, &plan.spec, &status);
-    let tcp = render_tcp(&plan.name, &plan.spec);
-    // Written only once the filter's own acceptance function accepts the very text, as the
-    // sidecar serves it; else the last good policy stays and the Rollout says why.
-    let accepted =
-        accept_rendered(&rendered).and_then(|_| tcp.as_ref().map(accept_rendered).transpose());
-    if let Err(e) = accepted {
-        let why = format!("rendered policy refused by the filter: {e}");
-        publish(&ctx, &reference, true, "InvalidPolicy", why).await?;
+    let store = KubeStore {
+        ctx: ctx.clone(),
+        ro,
+        plan: Arc::new(plan),
+        ns,
+        name,
+        key: key.clone(),
+        reference,
+    };
+    let stored = match ctx.driver.pass(&store, event, None, Timestamp::now()).await {
+        Ok(stored) => stored,
+        Err(PassError::Store(e)) => return Err(e),
+        // Tick and SpecChanged are never refused, and no expectation is given.
+        Err(PassError::Refused(_) | PassError::Moved(_)) => return Ok(Action::await_change()),
+    };
+    let Some(status) = stored else {
+        // The rendered policy was refused: the last good one stays, the Rollout says why,
+        // and the next edit triggers a reconcile.
         return Ok(Action::await_change());
-    }
-    let policy = serde_json::to_value(rendered)?;
-    let tcp_policy = tcp.map(serde_json::to_value).transpose()?;
-    // Compared with the fingerprints stored in the status, not with memory: level-triggered,
-    // so a restart or a fail-over neither re-applies nor bumps the version. Each policy is
-    // written when it changed: a step rewrites the HTTP one only, the TCP limits change with
-    // the spec alone.
-    let digest = fingerprint(policy.to_string().as_bytes());
-    let tcp_digest = tcp_policy
-        .as_ref()
-        .map(|t| fingerprint(t.to_string().as_bytes()));
-    let (old_http, old_tcp) = applied_parts(old.applied_policy.as_deref());
-    let mut wrote = false;
-    if old_http != Some(digest.as_str()) {
-        // Numbered (after the fingerprint: the number is not what changed) only for a
-        // Rollout that waits for its gateways: a filter before `version` refuses it.
-        let mut policy = policy.clone();
-        if ro.spec.acknowledge.is_some() {
-            policy["version"] = json!(old.policy_version.max(status.policy_version) + 1);
-        }
-        apply_to_gateway(&ctx.client, &ns, &ro, &policy).await?;
-        wrote = true;
-    }
-    if let (Some(t), Some(d)) = (&tcp_policy, &tcp_digest) {
-        if old_tcp != Some(d.as_str()) {
-            apply_tcp_policy(&ctx.client, &ns, &tcp_wasmplugin_name(&ro), t).await?;
-            wrote = true;
-        }
-    }
-    let recorded = applied(&digest, tcp_digest.as_deref());
-    if wrote || old.applied_policy.as_deref() != Some(recorded.as_str()) {
-        if wrote {
-            status.policy_version = old.policy_version.max(status.policy_version) + 1;
-        }
-        status.applied_policy = Some(recorded);
-    }
-    if status != old {
-        apply_status(
-            &ctx.client,
-            &ns,
-            &name,
-            ro.resource_version().as_deref(),
-            &status,
-        )
-        .await?;
-    }
-    // Only now that the status is stored: the notifications, in the background (a slow or
-    // dead receiver never holds the rollout; a failed status write sends none).
-    send_notices(&ro.spec.notify, &plan.name, &told, &status);
-    // Only now that the status is stored: its webhook call (the engine's `Resumed`
-    // re-issues the call a status waits on, which also covers a restart or a new leader;
-    // the first call per attempt and step is the only one made).
-    if let Ok(t) = step(&plan, &status, Event::Resumed, now) {
-        for fx in &t.effects {
-            if let Some(call) = Call::from_effect(&plan.name, &status, fx) {
-                if call.attempt == status.attempt && call.step == status.current_step {
-                    ctx.webhooks.start(&uid, &key, call);
-                }
-            }
-        }
-    }
-    // One Event per reconcile that moved the rollout, its reason the phase reached: kube's
-    // Recorder folds events with the same reason and object into one series (keeping the
-    // first note), and the object's resourceVersion (in the reference) differs per write.
-    let notes: Vec<String> = effects
-        .into_iter()
-        .filter_map(|fx| match fx {
-            Effect::Note(n) => Some(n),
-            _ => None,
-        })
-        .collect();
-    if !notes.is_empty() {
-        let warning = status.phase == Phase::Aborted;
-        let reason = status.phase.to_string();
-        publish(&ctx, &reference, warning, &reason, notes.join("; ")).await?;
-    }
+    };
     if let Ok(mut f) = ctx.failures.lock() {
         f.remove(&key);
     }

@@ -14,6 +14,7 @@
 
 pub mod analysis;
 pub mod client;
+pub mod driver;
 pub mod excerpt;
 pub mod gateways;
 pub mod judge;

@@ -1,19 +1,19 @@
-//! Webhook steps under `serve --kubernetes`: the sidecar's call
-//! ([`rollgate_rollout::webhook::Call`]) made as a task of the controller's runtime, its answer kept here for
-//! the reconciles that feed it to the engine ([`rollgate_rollout::Event::Webhook`]).
+//! Webhook steps, for both modes: the call ([`crate::webhook::Call`]) made as a task of the
+//! runtime the driver runs on, its answer kept here for the next pass, which feeds it to the
+//! engine ([`crate::Event::Webhook`]).
 //!
-//! Level-triggered like the rest of the controller: every reconcile of a rollout that waits
-//! at a webhook step asks for the call, and [`Webhooks::start`] makes it once per rollout,
-//! attempt and step in this process. The answer is picked up by the next reconcile: a
-//! rollout waiting at a webhook is active, so it is requeued every second; if the status
-//! write fails, the retry finds the same answer. A new leader, or a restarted controller,
-//! calls again — as a restarted sidecar does — so a webhook must tolerate a repeated call.
+//! Level-triggered: every pass over a rollout that waits at a webhook step asks for the call,
+//! and [`Webhooks::start`] makes it once per rollout, attempt and step in this process. The
+//! answer is picked up by the next pass (the sidecar ticks every 100 ms, the controller
+//! requeues an active rollout every second); if the status write fails, the retry finds the
+//! same answer. A new leader, a restarted controller or a restarted sidecar calls again, so
+//! a webhook must tolerate a repeated call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rollgate_rollout::webhook::Call;
-use rollgate_rollout::{Event, RolloutStatus};
+use crate::webhook::Call;
+use crate::{Event, RolloutStatus};
 
 /// One call made for a rollout, and its answer once it came.
 struct Slot {
@@ -56,9 +56,17 @@ impl Webhooks {
         Some(slot.call.answer(outcome))
     }
 
-    /// Makes `call` for the rollout `key` (its UID; `ns/name` in log lines) in the
-    /// background, unless this attempt's step is already called (in flight or answered).
-    pub fn start(&self, key: &str, name: &str, call: Call) {
+    /// Makes `call` for the rollout `key` (an id unique to the rollout's life: the
+    /// controller's UID) in the background, unless this attempt's step is already called (in
+    /// flight or answered). `log` gets one line when a call starts (or cannot); `answered`
+    /// gets the outcome when it comes.
+    pub fn start(
+        &self,
+        key: &str,
+        call: Call,
+        log: impl FnOnce(String),
+        answered: impl FnOnce(&Result<u16, String>) + Send + 'static,
+    ) {
         let Ok(mut slots) = self.slots.lock() else {
             return;
         };
@@ -67,21 +75,15 @@ impl Webhooks {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Reconciles call this inside the runtime; were it not, the next one retries.
-            tracing::warn!(
-                rollout = name,
-                step = call.step + 1,
-                "no async runtime to call webhook {}",
-                call.url
-            );
+            // Passes run inside the runtime; were one not to, the next one retries.
+            log(format!("no async runtime to call webhook {}", call.url));
             return;
         };
-        tracing::info!(
-            rollout = name,
-            step = call.step + 1,
-            "calling webhook {}",
-            call.url
-        );
+        log(format!(
+            "calling webhook {} (step {})",
+            call.url,
+            call.step + 1
+        ));
         slots.insert(
             key.to_string(),
             Slot {
@@ -92,6 +94,7 @@ impl Webhooks {
         let (slots, key) = (self.slots.clone(), key.to_string());
         drop(runtime.spawn(async move {
             let outcome = call.send().await;
+            answered(&outcome);
             if let Ok(mut slots) = slots.lock() {
                 // Dropped if a later call of the rollout replaced this one meanwhile.
                 if let Some(slot) = slots.get_mut(&key).filter(|s| s.call == call) {
