@@ -1,10 +1,8 @@
 //! Webhook steps: `POST` the rollout's status to the step's URL and feed the answer back to
 //! the engine as [`Event::Webhook`].
 //!
-//! [`Call::send`] and [`Call::answer`] are the one implementation of a call; the sidecar runs
-//! it on a thread of its own ([`super::registry::Shared::spawn_webhook`]), the controller on
-//! tokio's blocking pool
-//! ([`crate::kube::webhooks`]).
+//! [`Call::send`] and [`Call::answer`] are the one implementation of a call; the driver makes
+//! it, for the sidecar and the controller alike ([`crate::driver::Webhooks`]).
 
 use std::time::Duration;
 

@@ -178,6 +178,8 @@ mod tests {
             tcp: None,
             error: Some("refused".into()),
             gone_since: None,
+            id: 1,
+            generation: 0,
         };
         st.entries.insert(file, entry);
         let text = render(&Metrics::default(), &st);

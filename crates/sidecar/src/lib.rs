@@ -1,17 +1,19 @@
 //! `rollgate serve --dir DIR`: the sidecar that walks the Rollouts in a directory and pushes
-//! their policies to every gateway. It drives the engine of `rollgate-rollout` and links no
-//! wasm runtime.
+//! their policies to every gateway. It runs the driver of `rollgate-rollout`
+//! ([`rollgate_rollout::driver`], the controller's too) over each rollout file as a store
+//! ([`store::DirStore`]) and links no wasm runtime.
 //!
 //! The API ([`api`]) is served by hyper on a current-thread tokio runtime of its own thread
 //! ([`conn`], [`http`]); its long-polls are futures that wake on
 //! [`registry::Shared::changed`] and answer within milliseconds of a new version, every other
-//! answer runs on the runtime's blocking threads (a command may compile a large policy).
-//! Threads besides: a control loop that re-reads the directory ([`watch`]) and ticks timed
-//! pauses; the analysis loop reading the gateways' stats ([`scrape`], judged by
-//! [`rollgate_rollout::judge`]); one thread per webhook call ([`rollgate_rollout::webhook`]).
-//! All of them change rollouts only through [`registry::Shared::apply`], under one lock,
-//! held only to read and swap state: parsing, validating and compiling run outside it, so no
-//! file or policy, however large, stalls the API.
+//! answer runs on the runtime's blocking threads (a command may compile a large policy). The
+//! same runtime makes the driver's webhook calls and notifications. Threads besides: a
+//! control loop that re-reads the directory ([`watch`]) and ticks the rollouts (timed pauses,
+//! webhook answers); the analysis loop reading the gateways' stats ([`scrape`], judged by
+//! [`rollgate_rollout::judge`]). All of them change rollouts only through
+//! [`registry::Shared::apply`], one pass of the driver, which holds the state's lock only to
+//! load an entry and to commit onto it: parsing, validating and compiling run outside it,
+//! so no file or policy, however large, stalls the API.
 
 pub mod api;
 pub mod auth;
@@ -23,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod registry;
 pub mod scrape;
+pub mod store;
 pub mod tls;
 pub mod traffic;
 pub mod watch;
@@ -194,6 +197,14 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
     if !addr.ip().is_loopback() && config.token.is_none() {
         return Err(ServeError::NoToken(config.listen.clone()));
     }
+    let listen_error = |source| ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(listen_error)?;
     let log = config.log.clone();
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
@@ -204,6 +215,8 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
         metrics: metrics::Metrics::default(),
         log,
         traffic: Mutex::default(),
+        driver: rollgate_rollout::driver::Driver::default(),
+        runtime: runtime.handle().clone(),
     });
     watch::scan(&shared);
     if !addr.ip().is_loopback() && tls.is_none() {
@@ -225,14 +238,6 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
             )
         }
     ));
-    let listen_error = |source| ServeError::Listen {
-        addr: addr.to_string(),
-        source,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(listen_error)?;
     let listener = {
         let _in_runtime = runtime.enter();
         listener

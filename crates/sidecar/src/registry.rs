@@ -1,7 +1,8 @@
 //! The sidecar's state: one entry per Rollout file, each with its last good plan, its status,
-//! and the policy rendered from them. Every change goes through [`Shared::apply`], which runs
-//! the step engine, renders, validates the policy with the filter's compiler, bumps the
-//! version, persists the status file and wakes the long-polls.
+//! and the policy rendered from them. Every change of a rollout goes through
+//! [`Shared::apply`]: one pass of the driver (the controller's too), which steps, renders,
+//! has the filter's compiler accept the policy and numbers it; the entry as a store
+//! ([`DirStore`]) then serves it, persists the status file and wakes the long-polls.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,16 +12,12 @@ use rollgate_policy::policy::spec::PolicySpec;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
+use super::store::DirStore;
 use super::{files, Config};
-use rollgate_policy::policy::PolicyErrors;
+use rollgate_rollout::driver::{Driver, PassError};
 use rollgate_rollout::gateways::{self, Reading};
-use rollgate_rollout::notify;
 use rollgate_rollout::view::Expect;
-use rollgate_rollout::webhook;
-use rollgate_rollout::{
-    accept_rendered, render, render_tcp, step, Effect, Event, FieldError, GatewayStatus, Plan,
-    Refused, RolloutErrors, RolloutStatus, Timestamp, Transition,
-};
+use rollgate_rollout::{Event, GatewayStatus, Plan, Refused, RolloutStatus, Timestamp};
 
 /// How far a gateway's claimed version may lead the served one and still renumber it
 /// ([`State::renumber_after`]): 65,536 lost versions, years of releases of one rollout.
@@ -67,7 +64,7 @@ pub struct Entry {
     /// The rollout's name, once known (from the last good version or the status file).
     pub name: Option<String>,
     /// The last good version, if any.
-    pub plan: Option<Plan>,
+    pub plan: Option<Arc<Plan>>,
     /// Where it stands.
     pub status: RolloutStatus,
     /// The served policy and its JSON.
@@ -79,6 +76,11 @@ pub struct Entry {
     pub error: Option<String>,
     /// Since when the file is gone from the directory, if it is (kept for the grace).
     pub gone_since: Option<std::time::Instant>,
+    /// Unique to this entry in the sidecar's life: names its webhook calls
+    /// ([`rollgate_rollout::driver::Loaded::id`]).
+    pub id: u64,
+    /// Counts the changes of the entry, so a pass commits only onto the state it loaded.
+    pub generation: u64,
 }
 
 impl Entry {
@@ -112,6 +114,8 @@ pub struct State {
     pub retired: HashMap<String, u64>,
     /// Set when the server stops: long-polls answer at once.
     pub stopping: bool,
+    /// The last [`Entry::id`] given.
+    pub next_id: u64,
 }
 
 impl State {
@@ -141,6 +145,7 @@ impl State {
             return None;
         }
         e.status.policy_version = seen.saturating_add(1);
+        e.generation += 1;
         Some(e)
     }
 
@@ -174,19 +179,6 @@ impl State {
         };
         Some((e.status.policy_version, json.clone()))
     }
-}
-
-/// A rendered HTTP policy and the TCP policy beside it, if any.
-type Rendered = (PolicySpec, Option<PolicySpec>);
-/// Their JSON, as served.
-type Served = (String, Option<String>);
-
-/// Both policies through the filter's acceptance function; a refusal of the TCP one names
-/// its fields under `tcp.`, as the filter's errors do.
-fn accept_both((policy, tcp): &Rendered) -> Result<Served, PolicyErrors> {
-    let json = accept_rendered(policy)?;
-    let tcp = tcp.as_ref().map(accept_rendered).transpose()?;
-    Ok((json, tcp))
 }
 
 /// Why [`Shared::command`] did nothing.
@@ -249,6 +241,11 @@ pub struct Shared {
     pub log: Option<Logger>,
     /// The dashboard's charts: recent traffic per rollout.
     pub traffic: Mutex<super::traffic::Traffic>,
+    /// Drives the rollouts (the controller's driver too).
+    pub driver: Driver,
+    /// The runtime the API is served on, which also runs the driver's webhook calls and
+    /// notifications.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -317,14 +314,14 @@ impl Shared {
         self.apply_expecting(&key, event, Timestamp::now(), Some((name, expect)))
     }
 
-    /// Applies `event` to the entry at `key` (with a valid plan) and commits the outcome.
+    /// Applies `event` to the entry at `key` (with a valid plan): one pass of the driver
+    /// ([`Driver::pass`]) over the entry as a store ([`DirStore`]).
     ///
-    /// Called without the lock: the filter's compiler, which accepts a new policy, runs
-    /// outside it (a policy whose rules hold 60,000 arguments took seconds, during which every
-    /// endpoint, `/healthz` included, waited). The step is computed under the lock from the
-    /// state of the moment; if a new policy is needed, the lock is released to compile it and
-    /// the step computed again once it is held anew: it commits only when it renders the very
-    /// policy that was accepted (else the new one is compiled in turn).
+    /// Called without the lock, which the pass takes only to load the entry and to commit:
+    /// the filter's compiler, which accepts a new policy, runs outside it (a policy whose
+    /// rules hold 60,000 arguments took seconds, during which every endpoint, `/healthz`
+    /// included, waited). A commit finding the entry changed since its load starts the pass
+    /// over on the fresh state (keeping the verdict on a policy it renders again).
     pub fn apply(
         self: &Arc<Self>,
         key: &Path,
@@ -339,7 +336,7 @@ impl Shared {
     }
 
     /// [`Shared::apply`], only while rollout `name` stands where `expect` says: checked each
-    /// time the step is computed, under the lock it is committed under.
+    /// time the pass loads the entry, and the commit checks nothing moved it since.
     fn apply_expecting(
         self: &Arc<Self>,
         key: &Path,
@@ -347,141 +344,19 @@ impl Shared {
         now: Timestamp,
         expect: Option<(&str, &Expect)>,
     ) -> Result<(), CommandError> {
-        let mut accepted: Option<(Rendered, Result<Served, PolicyErrors>)> = None;
-        loop {
-            let mut st = self.lock();
-            let Some(entry) = st.entries.get_mut(key) else {
-                return Ok(());
-            };
-            let Some(plan) = &entry.plan else {
-                return Ok(());
-            };
-            if let Some((name, expect)) = expect {
-                if let Some(why) = expect.mismatch(name, plan.steps.len(), &entry.status) {
-                    return Err(CommandError::Moved(why));
-                }
-            }
-            let t = step(plan, &entry.status, event.clone(), now)?;
-            let policy = (
-                render(&plan.name, &plan.spec, &t.status),
-                render_tcp(&plan.name, &plan.spec),
-            );
-            let changed = entry.policy.as_ref().map(|(p, _)| p) != Some(&policy.0)
-                || entry.tcp.as_ref().map(|(p, _)| p) != policy.1.as_ref();
-            if changed && accepted.as_ref().map(|(p, _)| p) != Some(&policy) {
-                drop(st);
-                let result = accept_both(&policy);
-                accepted = Some((policy, result));
-                continue;
-            }
-            let json = if changed {
-                accepted.take().map(|(_, r)| r)
-            } else {
-                None
-            };
-            self.commit(entry, key, t, policy, json, &event);
-            return Ok(());
-        }
-    }
-
-    /// Stores a transition computed under the same lock; `json` is the acceptance of
-    /// `policy` when it differs from the one served.
-    fn commit(
-        self: &Arc<Self>,
-        entry: &mut Entry,
-        key: &Path,
-        t: Transition,
-        policy: Rendered,
-        json: Option<Result<Served, PolicyErrors>>,
-        event: &Event,
-    ) {
-        let name = entry
-            .plan
-            .as_ref()
-            .map_or_else(|| entry.display_name(), |p| p.name.clone());
-        let told = notify::notices(&name, &entry.status, &t.status, event);
-        let mut status = t.status;
-        status.policy_version = entry.status.policy_version;
-        match json {
-            None => {}
-            Some(Err(e)) => {
-                // Bounded as a Rollout's own errors are.
-                let problems = e.0.into_iter().map(|p| FieldError {
-                    path: p.path,
-                    message: p.message,
-                });
-                let why = format!(
-                    "rendered policy refused by the filter: {}",
-                    RolloutErrors(problems.collect())
-                );
-                self.log_rollout(
-                    &name,
-                    &status,
-                    &format!("{why}; the last good policy keeps serving"),
-                );
-                entry.error = Some(why);
-                self.persist(entry);
-                return;
-            }
-            Some(Ok((json, tcp_json))) => {
-                // Saturating: a version never wraps back below what gateways run.
-                status.policy_version = status.policy_version.saturating_add(1);
-                let (policy, tcp) = policy;
-                entry.policy = Some((policy, Arc::new(json)));
-                entry.tcp = tcp.zip(tcp_json).map(|(p, j)| (p, Arc::new(j)));
-                self.log_rollout(
-                    &name,
-                    &status,
-                    &format!(
-                        "policy v{} (canary weight {}%, header route {})",
-                        status.policy_version,
-                        status.canary_weight,
-                        if status.header_route.is_some() {
-                            "on"
-                        } else {
-                            "off"
-                        }
-                    ),
-                );
-                self.changed.notify_all();
-            }
-        }
-        let dirty = status != entry.status;
-        entry.status = status;
-        for fx in t.effects {
-            if let Some(call) = webhook::Call::from_effect(&name, &entry.status, &fx) {
-                self.spawn_webhook(key.to_path_buf(), call);
-            } else if let Effect::Note(n) = fx {
-                self.metrics.transitions.inc();
-                self.log_rollout(&name, &entry.status, &n.to_string());
-            }
-        }
-        if dirty {
-            self.persist(entry);
-        }
-        if let Some(plan) = &entry.plan {
-            for n in &told {
-                for r in plan.spec.notify.iter().filter(|r| notify::wants(r, n.kind)) {
-                    self.spawn_notice(&name, &r.url, notify::body(&name, n, &entry.status));
-                }
-            }
-        }
-    }
-
-    /// Delivers one notification on a thread of its own: retried with back-off
-    /// ([`notify::deliver`]), never holding the rollout.
-    fn spawn_notice(self: &Arc<Self>, name: &str, url: &str, body: serde_json::Value) {
-        let thread = format!("notify-{name}");
-        let (shared, name, url) = (self.clone(), name.to_string(), url.to_string());
-        let spawned = std::thread::Builder::new().name(thread).spawn(move || {
-            let outcome = rollgate_rollout::client::block_on(notify::deliver(&url, &body))
-                .unwrap_or_else(|e| Err(e.to_string()));
-            if let Err(e) = outcome {
-                shared.log(&format!("{name}: notification to {url} not delivered: {e}"));
-            }
-        });
-        if let Err(e) = spawned {
-            self.log(&format!("cannot start a notification thread: {e}"));
+        let store = DirStore {
+            shared: self.clone(),
+            key: key.to_path_buf(),
+        };
+        // The store's futures never wait (it is memory and files under a lock), so the pass
+        // runs on the calling thread; the runtime runs what it spawns (webhook calls,
+        // notifications), on the API's thread.
+        let pass = self.driver.pass(&store, event, expect, now);
+        match self.runtime.block_on(pass) {
+            Ok(_) => Ok(()),
+            Err(PassError::Refused(r)) => Err(CommandError::Refused(r)),
+            Err(PassError::Moved(why)) => Err(CommandError::Moved(why)),
+            Err(PassError::Store(never)) => match never {},
         }
     }
 
@@ -493,50 +368,5 @@ impl Shared {
         if let Err(e) = files::replace(&path, &json) {
             self.log(&format!("cannot write {}: {e}", path.display()));
         }
-    }
-}
-
-/// Webhook steps ([`webhook::Call`]), each on a thread of its own.
-impl Shared {
-    /// Calls the webhook in the background; the answer goes to the rollout file `key`.
-    pub fn spawn_webhook(self: &Arc<Self>, key: PathBuf, call: webhook::Call) {
-        let shared = self;
-        shared.log(&format!(
-            "{}: calling webhook {} (step {})",
-            call.rollout,
-            call.url,
-            call.step + 1
-        ));
-        let spawned = std::thread::Builder::new()
-            .name(format!("webhook-{}", call.rollout))
-            .spawn({
-                let shared = shared.clone();
-                let call = call.clone();
-                move || {
-                    let outcome = rollgate_rollout::client::block_on(call.send())
-                        .unwrap_or_else(|e| Err(format!("{}: {e}", call.url)));
-                    shared.finish_webhook(&key, &call, outcome);
-                }
-            });
-        if let Err(e) = spawned {
-            // Called with the state locked, so the failure cannot be fed back here; the rollout
-            // waits at the step, and a restart of the sidecar calls again.
-            shared.log(&format!(
-                "{}: cannot start the webhook call: {e}",
-                call.rollout
-            ));
-        }
-    }
-
-    fn finish_webhook(
-        self: &Arc<Self>,
-        key: &Path,
-        call: &webhook::Call,
-        outcome: Result<u16, String>,
-    ) {
-        let shared = self;
-        shared.metrics.count_webhook(webhook::succeeded(&outcome));
-        // Not a command: a stale answer is dropped by the engine, never refused.
-        let _ = shared.apply(key, call.answer(outcome), Timestamp::now());
     }
 }

@@ -174,6 +174,7 @@ fn vanished(shared: &Arc<Shared>, st: &mut State, key: &Path, grace: Duration) {
             );
             shared.log(&why);
             e.error = Some(why);
+            e.generation += 1;
             shared.persist(e);
             return;
         }
@@ -195,6 +196,12 @@ fn remove(shared: &Arc<Shared>, st: &mut State, key: &Path) {
         ));
     }
     let _ = std::fs::remove_file(status_path(key));
+    // Its webhook answers go with it.
+    let live: Vec<String> = st.entries.values().map(|e| e.id.to_string()).collect();
+    shared
+        .driver
+        .webhooks
+        .retain(|id| live.iter().any(|l| l == id));
     shared.changed.notify_all();
 }
 
@@ -260,6 +267,8 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
     });
     if !st.entries.contains_key(file) {
         let mut entry = restore(st, file, &result, saved);
+        st.next_id += 1;
+        entry.id = st.next_id;
         if let Ok(plan) = &result {
             if entry.status.gateways.is_empty() {
                 // From the last reading, so the first step of a rollout new to the sidecar
@@ -271,6 +280,8 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
         st.entries.insert(file.to_path_buf(), entry);
     }
     let entry = st.entries.get_mut(file)?;
+    // Whatever follows changes the entry: a pass loaded before commits nothing onto it.
+    entry.generation += 1;
     if entry.gone_since.take().is_some() {
         shared.log(&format!("{} is back", short(file)));
     }
@@ -316,7 +327,7 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
         plan.steps.len()
     ));
     entry.name = Some(plan.name.clone());
-    entry.plan = Some(plan);
+    entry.plan = Some(Arc::new(plan));
     if entry.error.take().is_some() {
         // The error clears from the status file even if the status does not change.
         shared.persist(entry);
@@ -374,6 +385,8 @@ fn restore(st: &State, file: &Path, result: &Result<Plan, String>, saved: Option
         tcp: None,
         error: None,
         gone_since: None,
+        id: 0,
+        generation: 0,
     };
     match sf {
         // The status of another rollout (the file now names a different one) only lends its

@@ -14,6 +14,8 @@
 //! ([`Store::publish`]). A pass is level-triggered: it reads only the store, the webhooks'
 //! answers and the clock, so repeating one changes nothing.
 
+#[cfg(test)]
+mod tests;
 pub mod webhooks;
 
 use std::future::Future;
