@@ -1,15 +1,13 @@
 //! Analysis for the controller: the gateways' `/stats/prometheus`
 //! ([`rollgate_rollout::judge::scrape`]) or a Prometheus query ([`super::prometheus`]), judged
-//! by the engine's [`Tracker`] (the sidecar's judge too), kept per rollout between reconciles. Each reconcile of an active rollout asks for the events due: a breaker trip
+//! by the engine's [`Trackers`] (the sidecar's too), kept per rollout between reconciles. Each reconcile of an active rollout asks for the events due: a breaker trip
 //! whenever a canary breaker's counter went up, and a measurement once per interval.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::prometheus;
 use rollgate_rollout::gateways;
-use rollgate_rollout::judge::{scrape, Samples, Tracker, Watch};
+use rollgate_rollout::judge::{scrape, Samples, Trackers, Watch};
 use rollgate_rollout::status::GatewayStatus;
 use rollgate_rollout::{Event, Plan, RolloutStatus, Timestamp};
 
@@ -30,7 +28,7 @@ pub enum Source {
 /// The figures' source and what was read of each rollout.
 pub struct Analyzer {
     source: Source,
-    trackers: Mutex<HashMap<String, Tracker>>,
+    trackers: Trackers,
 }
 
 impl Analyzer {
@@ -38,16 +36,13 @@ impl Analyzer {
     pub fn new(source: Source) -> Analyzer {
         Analyzer {
             source,
-            trackers: Mutex::default(),
+            trackers: Trackers::default(),
         }
     }
 
     /// Drops what was read of rollouts (`ns/name`) that `live` says are gone; how many remain.
     pub fn retain(&self, live: impl Fn(&str) -> bool) -> usize {
-        self.trackers.lock().map_or(0, |mut t| {
-            t.retain(|key, _| live(key));
-            t.len()
-        })
+        self.trackers.retain(live)
     }
 
     /// The gateways of policy `policy` and the version each serves, read from the source
@@ -80,30 +75,13 @@ impl Analyzer {
             Source::Prometheus(url) => prometheus::query(url, &plan.name).await,
             Source::None => Ok(Samples::default()),
         };
-        let Ok(mut trackers) = self.trackers.lock() else {
-            return Vec::new();
-        };
-        let tr = trackers
-            .entry(key.to_string())
-            .or_insert_with(|| Tracker::new(status.attempt));
-        tr.follow(status.attempt);
-        match samples {
-            Ok(s) if status.awaiting_gateways.is_some() => {
-                // Some gateways still run the previous step's policy: the step's first
-                // interval starts at the first reading after they all serve it (trips count).
-                let judged = tr.judge(&watch, &s, Instant::now(), Timestamp::now());
-                tr.lost_reading();
-                judged
-                    .into_iter()
-                    .filter(|e| !matches!(e, Event::Analysis { .. }))
-                    .collect()
-            }
-            Ok(s) => tr.judge(&watch, &s, Instant::now(), Timestamp::now()),
-            _ => {
-                // The next interval starts from the next good reading.
-                tr.lost_reading();
-                Vec::new()
-            }
-        }
+        self.trackers.judge(
+            key,
+            &watch,
+            status.attempt,
+            status.awaiting_gateways.is_some(),
+            samples.as_ref().map_err(|_| ()),
+            Timestamp::now(),
+        )
     }
 }

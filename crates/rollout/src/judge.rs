@@ -313,6 +313,61 @@ impl Tracker {
     }
 }
 
+/// What the judge remembers of every watched rollout, by a key of the mode's choosing (the
+/// sidecar: the policy name; the controller: `ns/name`): the one tracker both modes keep.
+#[derive(Debug, Default)]
+pub struct Trackers(std::sync::Mutex<HashMap<String, Tracker>>);
+
+impl Trackers {
+    /// The events due for rollout `key`, watched as `watch`, in attempt `attempt`, after a
+    /// reading (`Err`: it failed). `awaiting`: some gateways still run the previous step's
+    /// policy, so what they report is not yet all the step's: trips count, measurements do
+    /// not, and the step's first interval starts at the first reading after they all serve
+    /// it.
+    pub fn judge(
+        &self,
+        key: &str,
+        watch: &Watch,
+        attempt: u32,
+        awaiting: bool,
+        samples: Result<&Samples, ()>,
+        at: Timestamp,
+    ) -> Vec<Event> {
+        let mut trackers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let tr = trackers
+            .entry(key.to_string())
+            .or_insert_with(|| Tracker::new(attempt));
+        tr.follow(attempt);
+        let Ok(samples) = samples else {
+            // The next interval starts from the next good reading.
+            tr.lost_reading();
+            return Vec::new();
+        };
+        let judged = tr.judge(watch, samples, Instant::now(), at);
+        if !awaiting {
+            return judged;
+        }
+        tr.lost_reading();
+        judged
+            .into_iter()
+            .filter(|e| !matches!(e, Event::Analysis { .. }))
+            .collect()
+    }
+
+    /// A reading failed for every rollout.
+    pub fn lost_reading(&self) {
+        let mut trackers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        trackers.values_mut().for_each(Tracker::lost_reading);
+    }
+
+    /// Forgets the rollouts `live` says are gone; how many remain.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) -> usize {
+        let mut trackers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        trackers.retain(|key, _| live(key));
+        trackers.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +532,44 @@ rollgate_fl_ask_variant_can_ary_latency_ms_count{} 32
             Timestamp::now(),
         );
         assert!(ev.is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn trackers_count_trips_but_measure_only_once_every_gateway_serves_the_step() {
+        let w = Watch {
+            analysis: Some(AnalysisPlan {
+                interval_ms: 0,
+                ..watch().analysis.unwrap()
+            }),
+            ..watch()
+        };
+        let trackers = Trackers::default();
+        let read = |ok: f64, trips: f64| {
+            Samples::parse(&format!(
+                "rollgate_p_variant_c_rs_2xx {ok}\nrollgate_p_breaker_b_trips {trips}\n"
+            ))
+        };
+        let judge = |s: Result<&Samples, ()>, awaiting| {
+            trackers.judge("ns/p", &w, 1, awaiting, s, Timestamp::now())
+        };
+        assert!(judge(Ok(&read(10.0, 0.0)), true).is_empty());
+        // Awaiting: a trip is reported, the traffic is not measured.
+        let ev = judge(Ok(&read(20.0, 1.0)), true);
+        assert!(
+            matches!(ev.as_slice(), [Event::BreakerTripped { trips: 1, .. }]),
+            "{ev:?}"
+        );
+        // The first reading once they all serve it is the step's baseline.
+        assert!(judge(Ok(&read(30.0, 1.0)), false).is_empty());
+        let ev = judge(Ok(&read(45.0, 1.0)), false);
+        let [Event::Analysis { measurement, .. }] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(measurement.summary(), "15 canary responses");
+        // A failed reading: the next one is a baseline again.
+        assert!(judge(Err(()), false).is_empty());
+        assert!(judge(Ok(&read(60.0, 1.0)), false).is_empty());
+        assert_eq!(trackers.retain(|k| k == "ns/p"), 1);
+        assert_eq!(trackers.retain(|_| false), 0);
     }
 }

@@ -4,13 +4,12 @@
 //! serves, which steps wait for), and for each watched rollout what the engine's judge
 //! ([`rollgate_rollout::judge`], the same one the controller uses) finds.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::registry::Shared;
 use rollgate_rollout::gateways::{self, Reading};
-use rollgate_rollout::judge::{Tracker, Watch};
+use rollgate_rollout::judge::{Trackers, Watch};
 use rollgate_rollout::{Event, Timestamp};
 
 /// How long one gateway's stats may take: a paused one holds the tick this long.
@@ -31,7 +30,7 @@ struct Target {
 
 /// The analysis loop; returns when the server stops.
 pub fn run(shared: &Arc<Shared>) {
-    let mut trackers: HashMap<String, Tracker> = HashMap::new();
+    let trackers = Trackers::default();
     let mut last_error: Option<String> = None;
     loop {
         if shared.lock().stopping {
@@ -53,7 +52,7 @@ pub fn run(shared: &Arc<Shared>) {
                 })
             })
             .collect();
-        trackers.retain(|name, _| {
+        trackers.retain(|name| {
             targets
                 .iter()
                 .any(|t| t.watch.as_ref().is_some_and(|w| w.policy == *name))
@@ -69,7 +68,7 @@ pub fn run(shared: &Arc<Shared>) {
             .traffic()
             .retain(&names.iter().map(String::as_str).collect::<Vec<_>>());
         // Read even without rollouts: a rollout added later starts knowing the gateways.
-        tick(shared, &targets, &mut trackers, &mut last_error);
+        tick(shared, &targets, &trackers, &mut last_error);
         sleep(shared, shared.config.scrape_interval);
     }
 }
@@ -88,7 +87,7 @@ fn sleep(shared: &Shared, d: Duration) {
 fn tick(
     shared: &Arc<Shared>,
     targets: &[Target],
-    trackers: &mut HashMap<String, Tracker>,
+    trackers: &Trackers,
     last_error: &mut Option<String>,
 ) {
     let admins = shared.admins();
@@ -148,7 +147,7 @@ fn tick(
 fn judge(
     shared: &Arc<Shared>,
     targets: &[Target],
-    trackers: &mut HashMap<String, Tracker>,
+    trackers: &Trackers,
     last_error: &mut Option<String>,
     readings: &[Reading],
     events: &mut Vec<(std::path::PathBuf, Event)>,
@@ -170,9 +169,7 @@ fn judge(
             }
             *last_error = Some(e);
             // The next interval starts from the next good reading.
-            for t in trackers.values_mut() {
-                t.lost_reading();
-            }
+            trackers.lost_reading();
             return;
         }
     };
@@ -187,20 +184,15 @@ fn judge(
     }
     for t in targets {
         let Some(watch) = &t.watch else { continue };
-        let tr = trackers
-            .entry(watch.policy.clone())
-            .or_insert_with(|| Tracker::new(t.attempt));
-        tr.follow(t.attempt);
-        let judged = tr.judge(watch, &samples, now, Timestamp::now());
-        if t.awaiting {
-            // Some gateways still run the previous step's policy: the step's first interval
-            // starts at the first reading after they all serve it.
-            tr.lost_reading();
-        }
+        let judged = trackers.judge(
+            &watch.policy,
+            watch,
+            t.attempt,
+            t.awaiting,
+            Ok(&samples),
+            Timestamp::now(),
+        );
         for event in judged {
-            if t.awaiting && matches!(event, Event::Analysis { .. }) {
-                continue;
-            }
             if let Event::Analysis { measurement: m, .. } = &event {
                 shared.metrics.count_analysis(m.verdict);
                 shared.traffic().analysed(&watch.policy, m);
