@@ -256,20 +256,22 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         thread::Builder::new().name(name.to_string()).spawn(f)
     };
-    let results = [
-        spawn(
-            "rollgate-http",
-            Box::new(move || runtime.block_on(conn::accept(listener, serving, stopped))),
-        ),
-        spawn("rollgate-control", {
-            let s = shared.clone();
-            Box::new(move || control(&s))
+    // One runtime: the API, the control and analysis loops, the webhook calls and the
+    // notifications are its tasks; the thread serves until every loop has seen the stop.
+    let (control, analysis) = (
+        runtime.spawn(control(shared.clone())),
+        runtime.spawn(scrape::run(shared.clone())),
+    );
+    let results = [spawn(
+        "rollgate-http",
+        Box::new(move || {
+            runtime.block_on(async move {
+                conn::accept(listener, serving, stopped).await;
+                let _ = control.await;
+                let _ = analysis.await;
+            })
         }),
-        spawn("rollgate-analysis", {
-            let s = shared.clone();
-            Box::new(move || scrape::run(&s))
-        }),
-    ];
+    )];
     for r in results {
         match r {
             Ok(t) => server.threads.push(t),
@@ -352,24 +354,33 @@ impl Drop for Server {
     }
 }
 
-/// Re-reads the directory and ticks the rollouts (timed pauses) until the server stops.
-fn control(shared: &Arc<Shared>) {
+/// Re-reads the directory and ticks the rollouts (timed pauses, webhook answers) until the
+/// server stops: a task of the API's runtime, whose work (reading files, compiling policies)
+/// runs on its blocking threads.
+async fn control(shared: Arc<Shared>) {
     let tick = Duration::from_millis(100).min(shared.config.scan_interval);
     let mut since_scan = Duration::ZERO;
     loop {
-        thread::sleep(tick);
+        tokio::time::sleep(tick).await;
         since_scan += tick;
         if shared.lock().stopping {
             return;
         }
-        if since_scan >= shared.config.scan_interval {
+        let scan = since_scan >= shared.config.scan_interval;
+        if scan {
             since_scan = Duration::ZERO;
-            watch::scan(shared);
         }
-        let keys: Vec<PathBuf> = shared.lock().entries.keys().cloned().collect();
-        for key in keys {
-            // Not a command: ticks are never refused.
-            let _ = shared.apply(&key, Event::Tick, Timestamp::now());
-        }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if scan {
+                watch::scan(&s);
+            }
+            let keys: Vec<PathBuf> = s.lock().entries.keys().cloned().collect();
+            for key in keys {
+                // Not a command: ticks are never refused.
+                let _ = s.apply(&key, Event::Tick, Timestamp::now());
+            }
+        })
+        .await;
     }
 }

@@ -4,6 +4,7 @@
 //! serves, which steps wait for), and for each watched rollout what the engine's judge
 //! ([`rollgate_rollout::judge`], the same one the controller uses) finds.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A rollout, copied out of the state so no lock is held while scraping.
 struct Target {
-    key: std::path::PathBuf,
+    key: PathBuf,
     name: String,
     attempt: u32,
     /// Its step waits for the gateways: what they serve is not yet all the step's policy.
@@ -28,8 +29,9 @@ struct Target {
     stable: String,
 }
 
-/// The analysis loop; returns when the server stops.
-pub fn run(shared: &Arc<Shared>) {
+/// The analysis loop, a task of the API's runtime; returns when the server stops.
+pub async fn run(shared: Arc<Shared>) {
+    let shared = &shared;
     let trackers = Trackers::default();
     let mut last_error: Option<String> = None;
     loop {
@@ -68,28 +70,38 @@ pub fn run(shared: &Arc<Shared>) {
             .traffic()
             .retain(&names.iter().map(String::as_str).collect::<Vec<_>>());
         // Read even without rollouts: a rollout added later starts knowing the gateways.
-        tick(shared, &targets, &trackers, &mut last_error);
-        sleep(shared, shared.config.scrape_interval);
+        let events = tick(shared, &targets, &trackers, &mut last_error).await;
+        // Passes block (a new policy is compiled): off the runtime's thread.
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (key, event) in events {
+                // Not a command: gateway readings, measurements and trips are never refused.
+                let _ = s.apply(&key, event, Timestamp::now());
+            }
+        })
+        .await;
+        sleep(shared, shared.config.scrape_interval).await;
     }
 }
 
 /// Sleeps in short slices so a stop is noticed soon.
-fn sleep(shared: &Shared, d: Duration) {
+async fn sleep(shared: &Shared, d: Duration) {
     let end = Instant::now() + d;
     while Instant::now() < end {
         if shared.lock().stopping {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50).min(d));
+        tokio::time::sleep(Duration::from_millis(50).min(d)).await;
     }
 }
 
-fn tick(
+/// Reads the gateways: the events for each rollout.
+async fn tick(
     shared: &Arc<Shared>,
     targets: &[Target],
     trackers: &Trackers,
     last_error: &mut Option<String>,
-) {
+) -> Vec<(PathBuf, Event)> {
     let admins = shared.admins();
     if admins.is_empty() {
         // No gateway known (any more): an empty reading, so a step that waited for gateways
@@ -99,30 +111,13 @@ fn tick(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        for t in targets {
-            let _ = shared.apply(
-                &t.key,
-                Event::Gateways {
-                    gateways: Vec::new(),
-                },
-                Timestamp::now(),
-            );
-        }
-        return;
+        let none = || Event::Gateways {
+            gateways: Vec::new(),
+        };
+        return targets.iter().map(|t| (t.key.clone(), none())).collect();
     }
     shared.metrics.scrapes.inc();
-    let readings: Vec<Reading> =
-        rollgate_rollout::client::block_on(gateways::read_each(&admins, READ_TIMEOUT))
-            .unwrap_or_else(|e| {
-                let why = format!("analysis: {e}");
-                admins
-                    .iter()
-                    .map(|a| Reading {
-                        gateway: gateways::gateway_name(a),
-                        samples: Err(why.clone()),
-                    })
-                    .collect()
-            });
+    let readings: Vec<Reading> = gateways::read_each(&admins, READ_TIMEOUT).await;
     *shared.readings.lock().unwrap_or_else(|e| e.into_inner()) = readings.clone();
     let mut events = Vec::new();
     for t in targets {
@@ -137,10 +132,7 @@ fn tick(
         &readings,
         &mut events,
     );
-    for (key, event) in events {
-        // Not a command: gateway readings, measurements and trips are never refused.
-        let _ = shared.apply(&key, event, Timestamp::now());
-    }
+    events
 }
 
 /// The judge's events of the watched rollouts, from the sum of every gateway's reading.
@@ -150,7 +142,7 @@ fn judge(
     trackers: &Trackers,
     last_error: &mut Option<String>,
     readings: &[Reading],
-    events: &mut Vec<(std::path::PathBuf, Event)>,
+    events: &mut Vec<(PathBuf, Event)>,
 ) {
     if targets.iter().all(|t| t.watch.is_none()) {
         return;
