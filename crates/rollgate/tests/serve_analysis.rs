@@ -329,6 +329,36 @@ fn a_webhook_answering_2xx_goes_on() {
     assert!(s.logged("flask: webhook http://127.0.0.1:"));
 }
 
+/// A file that renames its rollout starts a new one: its webhook step is called again, not
+/// answered by the call the old rollout made at the same attempt and step.
+#[test]
+fn a_renamed_rollout_calls_its_webhook_again() {
+    let job = FakeServer::start(false, |_, _, _| (204, String::new()));
+    let dir = TempDir::new("hook-rename");
+    let yaml = webhook_rollout(&format!("{}/migrate", job.url()), "5s");
+    dir.write("flask.yaml", &yaml);
+    let s = Sidecar::start(&dir.0, &[]);
+    wait_until("the step after the webhook", WAIT, || {
+        s.rollout("flask")["status"]["canaryWeight"] == 20.0
+    });
+    assert_eq!(job.requests.lock().unwrap().len(), 1);
+    dir.write(
+        "flask.yaml",
+        &yaml.replacen("  name: flask\n", "  name: flask-v2\n", 1),
+    );
+    wait_until("the renamed rollout past its webhook", WAIT, || {
+        let r = s.get("/v1/rollouts/flask-v2");
+        r.status == 200
+            && serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["status"]
+                ["canaryWeight"]
+                == 20.0
+    });
+    let calls = job.requests.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let body: serde_json::Value = serde_json::from_str(&calls[1].2).unwrap();
+    assert_eq!(body["rollout"], "flask-v2");
+}
+
 #[test]
 fn a_webhook_failing_aborts() {
     let job = FakeServer::start(false, |_, _, _| (500, "migration failed".into()));

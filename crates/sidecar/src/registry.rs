@@ -76,7 +76,7 @@ pub struct Entry {
     pub error: Option<String>,
     /// Since when the file is gone from the directory, if it is (kept for the grace).
     pub gone_since: Option<std::time::Instant>,
-    /// Unique to this entry in the sidecar's life: names its webhook calls
+    /// Unique to this entry's rollout in the sidecar's life ([`new_id`]): names its webhook calls
     /// ([`rollgate_rollout::driver::Loaded::id`]).
     pub id: u64,
     /// Counts the changes of the entry, so a pass commits only onto the state it loaded.
@@ -114,8 +114,13 @@ pub struct State {
     pub retired: HashMap<String, u64>,
     /// Set when the server stops: long-polls answer at once.
     pub stopping: bool,
-    /// The last [`Entry::id`] given.
-    pub next_id: u64,
+}
+
+/// A new [`Entry::id`]: one per rollout a file holds (a file renaming its rollout starts a
+/// new one, whose webhook steps must not find the old one's answers).
+pub fn new_id() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 impl State {

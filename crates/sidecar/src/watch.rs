@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rollgate_policy::policy::spec::PolicySpec;
 
 use super::files::{self, ReadError};
-use super::registry::{status_path, Entry, Shared, State, StatusFile};
+use super::registry::{new_id, status_path, Entry, Shared, State, StatusFile};
 use rollgate_rollout::plan::fingerprint;
 use rollgate_rollout::time::human_ms;
 use rollgate_rollout::{validate, Event, Plan, RolloutStatus, Timestamp};
@@ -267,8 +267,7 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
     });
     if !st.entries.contains_key(file) {
         let mut entry = restore(st, file, &result, saved);
-        st.next_id += 1;
-        entry.id = st.next_id;
+        entry.id = new_id();
         if let Ok(plan) = &result {
             if entry.status.gateways.is_empty() {
                 // From the last reading, so the first step of a rollout new to the sidecar
@@ -311,6 +310,8 @@ fn load(shared: &Arc<Shared>, st: &mut State, changed: Changed) -> Option<Event>
         };
         entry.policy = None;
         entry.tcp = None;
+        let old_id = std::mem::replace(&mut entry.id, new_id()).to_string();
+        shared.driver.webhooks.retain(|id| id != old_id);
         shared.changed.notify_all();
     }
     let first = entry.plan.is_none();

@@ -342,15 +342,17 @@ impl Driver {
         told: Vec<notify::Notice>,
         now: Timestamp,
     ) {
+        let runtime = tokio::runtime::Handle::try_current();
         for n in &told {
             for r in plan.spec.notify.iter().filter(|r| notify::wants(r, n.kind)) {
+                let Ok(runtime) = &runtime else {
+                    let line = format!("no async runtime to deliver a notification to {}", r.url);
+                    store.log(&plan.name, status, &line);
+                    continue;
+                };
                 let body = notify::body(&plan.name, n, status);
                 let (store, url) = (store.clone(), r.url.clone());
                 let (name, status) = (plan.name.clone(), status.clone());
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    store.log(&name, &status, "no async runtime to deliver notifications");
-                    return;
-                };
                 drop(runtime.spawn(async move {
                     if let Err(e) = notify::deliver(&url, &body).await {
                         let line = format!("notification to {url} not delivered: {e}");
