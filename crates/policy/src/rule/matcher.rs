@@ -1,10 +1,11 @@
 //! Compiled rules: the parsed tree checked against Traefik's matcher set (v2 and v3 spellings)
 //! and turned into a structure that a request only reads.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
-use regex_lite::{Regex, RegexBuilder};
+use regex_lite::RegexBuilder;
+
+use super::pattern::Pattern;
 
 use super::goregex::escape_literal_braces;
 use super::parse::{parse, Arg, Expr, ParseError};
@@ -57,16 +58,16 @@ pub enum Matcher {
         wildcard: bool,
     },
     /// The canonical (lower-cased, port removed) host matches the regex (v3).
-    HostRegexp(Regex),
+    HostRegexp(Pattern),
     /// The authority, port removed but case kept, matches the (case-insensitive) template
     /// regex (v2, gorilla/mux `Host`).
-    HostTemplate(Regex),
+    HostTemplate(Pattern),
     /// The routing path equals one of these.
     Path(Vec<Box<[u8]>>),
     /// The routing path starts with one of these.
     PathPrefix(Vec<Box<[u8]>>),
     /// The routing path matches the regex.
-    PathRegexp(Regex),
+    PathRegexp(Pattern),
     /// The method is one of these, exactly (the rule's were upper-cased).
     Method(Vec<Box<[u8]>>),
     /// Some value of the header equals `value`.
@@ -81,7 +82,7 @@ pub enum Matcher {
         /// Lower-case header name.
         name: Box<[u8]>,
         /// The pattern (unanchored, as in Traefik).
-        re: Regex,
+        re: Pattern,
     },
     /// Some decoded value of the query key equals `value` (v3; `Query(k)` wants an empty
     /// value).
@@ -96,7 +97,7 @@ pub enum Matcher {
         /// Decoded key.
         key: String,
         /// The pattern.
-        re: Regex,
+        re: Pattern,
     },
     /// v2 (gorilla/mux `Queries`): `key=<first value of key>` (empty text when the key is
     /// absent) matches `^key=value$`, `value` a template; an empty value matches any.
@@ -104,7 +105,7 @@ pub enum Matcher {
         /// Decoded key.
         key: String,
         /// The anchored template regex, or `None` for a plain value compared exactly.
-        re: Option<Regex>,
+        re: Option<Pattern>,
         /// The plain value (empty: any value).
         value: Box<[u8]>,
     },
@@ -122,7 +123,7 @@ pub enum Matcher {
         /// Cookie name.
         name: Box<[u8]>,
         /// The pattern.
-        re: Regex,
+        re: Pattern,
     },
 }
 
@@ -317,7 +318,7 @@ fn arity(
     Err(err(column, format!("{name} takes {want}, got {n}")))
 }
 
-fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Regex, ParseError> {
+fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Pattern, ParseError> {
     if *budget == 0 {
         return Err(err(
             arg.column,
@@ -328,7 +329,7 @@ fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Regex, ParseErr
     let pattern = escape_literal_braces(pattern);
     let mut builder = RegexBuilder::new(&pattern);
     builder.size_limit(MAX_REGEX_BYTES);
-    builder.build().map_err(|e| {
+    let re = builder.build().map_err(|e| {
         let first = e
             .to_string()
             .lines()
@@ -344,7 +345,8 @@ fn regex(arg: &Arg, pattern: &str, budget: &mut usize) -> Result<Regex, ParseErr
                 crate::excerpt::excerpt(&first)
             ),
         )
-    })
+    })?;
+    Ok(Pattern::new(&pattern, re))
 }
 
 fn header_name(arg: &Arg) -> Result<Box<[u8]>, ParseError> {
@@ -452,7 +454,7 @@ fn template(
     tpl: &str,
     kind: Tpl,
     budget: &mut usize,
-) -> Result<Option<Regex>, ParseError> {
+) -> Result<Option<Pattern>, ParseError> {
     match gorilla_template(tpl, kind) {
         Ok(Some(pattern)) => Ok(Some(regex(arg, &pattern, budget)?)),
         Ok(None) => Ok(None),
@@ -868,10 +870,6 @@ fn cookie(
     })
 }
 
-fn text(b: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(b)
-}
-
 /// Traefik's host comparison: equal ignoring ASCII case, or, for a `*` expression, equal once
 /// the domain's first label is replaced by `*`.
 // traefik pkg/muxer/muxer.go:23-31 (v3.7, fd5a576df2)
@@ -911,26 +909,20 @@ impl Matcher {
                 let h = req.canonical_host();
                 !h.is_empty() && hosts.iter().any(|x| host_matches(&h, x, *wildcard))
             }
-            Matcher::HostRegexp(re) => re.is_match(&text(&req.canonical_host())),
-            Matcher::HostTemplate(re) => re.is_match(&text(req.authority_host())),
+            Matcher::HostRegexp(re) => re.is_match(&req.canonical_host()),
+            Matcher::HostTemplate(re) => re.is_match(req.authority_host()),
             Matcher::Path(paths) => req
                 .routing_path()
                 .is_some_and(|path| paths.iter().any(|p| **p == *path)),
             Matcher::PathPrefix(ps) => req
                 .routing_path()
                 .is_some_and(|path| ps.iter().any(|p| path.starts_with(p))),
-            Matcher::PathRegexp(re) => req
-                .routing_path()
-                .is_some_and(|path| re.is_match(&text(path))),
+            Matcher::PathRegexp(re) => req.routing_path().is_some_and(|path| re.is_match(path)),
             Matcher::Method(ms) => ms.iter().any(|m| **m == *req.method()),
             Matcher::Header { name, value } => req.header_values(name).any(|v| v == &**value),
-            Matcher::HeaderRegexp { name, re } => {
-                req.header_values(name).any(|v| re.is_match(&text(v)))
-            }
+            Matcher::HeaderRegexp { name, re } => req.header_values(name).any(|v| re.is_match(v)),
             Matcher::Query { key, value } => req.query_values(key).any(|v| *v == **value),
-            Matcher::QueryRegexp { key, re } => {
-                req.query_values(key).any(|v| re.is_match(&text(&v)))
-            }
+            Matcher::QueryRegexp { key, re } => req.query_values(key).any(|v| re.is_match(&v)),
             Matcher::QueryFirst { key, re, value } => {
                 let first = req.query_values(key).next();
                 match (re, first) {
@@ -938,9 +930,9 @@ impl Matcher {
                         let mut kv = key.as_bytes().to_vec();
                         kv.push(b'=');
                         kv.extend_from_slice(&v);
-                        re.is_match(&text(&kv))
+                        re.is_match(&kv)
                     }
-                    (Some(re), None) => re.is_match(""),
+                    (Some(re), None) => re.is_match(b""),
                     (None, Some(v)) => value.is_empty() || *v == **value,
                     (None, None) => false,
                 }
@@ -953,9 +945,7 @@ impl Matcher {
                 name,
                 value: Some(want),
             } => req.cookie_values(name).any(|v| v == &**want),
-            Matcher::CookieRegexp { name, re } => {
-                req.cookie_values(name).any(|v| re.is_match(&text(v)))
-            }
+            Matcher::CookieRegexp { name, re } => req.cookie_values(name).any(|v| re.is_match(v)),
         }
     }
 }

@@ -6,6 +6,7 @@
 mod goregex;
 mod matcher;
 mod parse;
+mod pattern;
 #[cfg(test)]
 mod tests;
 
