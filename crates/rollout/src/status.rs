@@ -93,10 +93,10 @@ pub struct RolloutStatus {
     /// really changed (the sidecar keeps its versions itself and leaves this out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_policy: Option<String>,
-    /// Where the controller last told `spec.notify` the rollout stood, so a transition someone
+    /// Where the driver last told `spec.notify` the rollout stood, so a transition someone
     /// else wrote into the status (`rollgate promote --kubernetes` patches it directly) is
-    /// still told at the next reconcile (the sidecar tells each transition as it makes it and
-    /// leaves this out).
+    /// still told at the next pass. Both modes write it; under the sidecar, whose every
+    /// transition is a pass, it always equals the status's own figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified: Option<Told>,
     /// The known gateways and the policy version each serves, as last read (empty when no

@@ -218,7 +218,11 @@ pub fn start(config: Config) -> Result<Server, ServeError> {
         driver: rollgate_rollout::driver::Driver::default(),
         runtime: runtime.handle().clone(),
     });
-    watch::scan(&shared);
+    // Passes block on the runtime's handle, which a thread inside another runtime may not:
+    // the first scan runs on a thread of its own (a caller may be async).
+    thread::scope(|s| {
+        let _ = s.spawn(|| watch::scan(&shared)).join();
+    });
     if !addr.ip().is_loopback() && tls.is_none() {
         shared.log(
             "warning: listening beyond loopback without TLS: the token travels in clear text \

@@ -161,8 +161,9 @@ pub enum PassError<E> {
 }
 
 /// How often a pass starts over on a rollout that keeps changing under it before it gives up
-/// (the next pass tries again): each change is a commit of another pass, so this is never
-/// reached in practice.
+/// ([`PassError::Moved`]: a command is answered "not applied", a tick waits for the next):
+/// each change is a commit of another pass or a re-read file, so this is not reached in
+/// practice.
 const MAX_TRIES: usize = 64;
 
 /// What drives rollouts, whatever the store: the webhook calls in flight and their answers.
@@ -254,7 +255,8 @@ impl Driver {
             if let Some(answer) = self.webhooks.answer(&loaded.id, &fold.status) {
                 fold.then(answer);
             }
-            let pushes = !store.serves(&loaded, &render_both(&plan, &fold.status));
+            let (seen, rendered) = (fold.status.clone(), render_both(&plan, &fold.status));
+            let pushes = !store.serves(&loaded, &rendered);
             for observed in store.observe(&loaded, &fold.status, pushes).await {
                 fold.then(observed);
             }
@@ -267,8 +269,13 @@ impl Driver {
                 told,
                 ..
             } = fold;
+            // Rendered again only when what was observed moved the rollout.
+            let policy = if status == seen {
+                rendered
+            } else {
+                render_both(&plan, &status)
+            };
             status.notified = Some(Told::of(&status));
-            let policy = render_both(&plan, &status);
             let push = if store.serves(&loaded, &policy) {
                 None
             } else {
@@ -325,11 +332,14 @@ impl Driver {
                 .map_err(PassError::Store)?;
             return Ok(Some(stored));
         }
-        Ok(None)
+        Err(PassError::Moved(format!(
+            "the rollout changed {MAX_TRIES} times while this pass ran: not applied, try again"
+        )))
     }
 
     /// What follows a stored status: its notifications, in the background (a slow or dead
-    /// receiver never holds the rollout; a failed status write sends none), and the webhook
+    /// receiver never holds the rollout; a failed status write sends none; one still being
+    /// retried when the runtime stops is dropped, as a stopped process drops it), and the webhook
     /// call it waits at (the engine's `Resumed` re-issues the call a status waits on, which
     /// also covers a restart or a new leader; the first call per attempt and step is the
     /// only one made).

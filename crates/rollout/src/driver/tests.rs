@@ -16,6 +16,8 @@ struct Mem {
     generation: u64,
     /// Changes the status under the next commit (another pass got there first), once.
     meddle: Option<Event>,
+    /// Something changes the rollout under every commit.
+    churn: bool,
     commits: Vec<(RolloutStatus, bool)>,
     stale: usize,
     refused: Vec<String>,
@@ -75,6 +77,9 @@ impl Store for MemStore {
         if let Some(event) = m.meddle.take() {
             let plan = m.plan.clone().unwrap();
             m.status = step(&plan, &m.status, event, Timestamp(0)).unwrap().status;
+            m.generation += 1;
+        }
+        if m.churn {
             m.generation += 1;
         }
         if m.generation != loaded.token {
@@ -153,6 +158,19 @@ fn a_commit_onto_a_changed_rollout_starts_the_pass_over_on_the_fresh_state() {
         "the promote is kept, not overwritten"
     );
     assert_eq!(m.status, stored);
+}
+
+#[test]
+fn a_pass_gives_up_on_a_rollout_that_keeps_changing_and_says_so() {
+    let (driver, store) = (Driver::default(), MemStore::new(seed()));
+    store.mem().churn = true;
+    let given_up = pass(&driver, &store, Event::SpecChanged);
+    assert!(
+        matches!(given_up, Err(PassError::Moved(ref why)) if why.contains("changed 64 times")),
+        "{given_up:?}"
+    );
+    let m = store.mem();
+    assert_eq!((m.stale, m.commits.len()), (MAX_TRIES, 0));
 }
 
 #[test]
