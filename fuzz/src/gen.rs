@@ -918,3 +918,34 @@ pub fn valid_rollout(rng: &mut Rng) -> Vec<u8> {
     }
     y.into_bytes()
 }
+
+/// A `pattern` input: a regular expression, a NUL, a value's bytes. Both from pieces that make
+/// [`rollgate_policy::rule::Pattern`]'s byte comparisons and regex-lite differ if they can:
+/// anchors, `.`, line feeds, bytes that are not UTF-8, the replacement character.
+pub fn pattern(rng: &mut Rng) -> Vec<u8> {
+    let pieces = [
+        "", ".", ".*", ".+", "^", "$", "a", "b", "ab", "/api", "\u{e9}", "\u{fffd}", "\\.", "[a]",
+        "(?i)", "|", "-", "{", "}", "x{2}", "\\",
+    ];
+    let n = rng.usize(..4);
+    let mut out: Vec<u8> = (0..n)
+        .flat_map(|_| pick(rng, &pieces).as_bytes().to_vec())
+        .collect();
+    out.push(0);
+    let bytes: [&[u8]; 10] = [
+        b"a",
+        b"b",
+        b"ab",
+        b"\n",
+        b"\xff",
+        b"\xe2",
+        b"\xef\xbf\xbd",
+        b"\xc3\xa9",
+        b"/api",
+        b"",
+    ];
+    for _ in 0..rng.usize(..6) {
+        out.extend_from_slice(pick(rng, &bytes));
+    }
+    out
+}

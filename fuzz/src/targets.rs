@@ -58,6 +58,23 @@ pub const TARGETS: &[Target] = &[
         stack: PLUGIN_STACK,
     },
     Target {
+        name: "pattern",
+        generate: gen::pattern,
+        check: check_pattern,
+        dict: &[
+            b".",
+            b".*",
+            b"^",
+            b"$",
+            b"\\",
+            b"\n",
+            b"\xff",
+            b"\xef\xbf\xbd",
+            b"\0",
+        ],
+        stack: PLUGIN_STACK,
+    },
+    Target {
         name: "breaker",
         generate: |rng| gen::breaker(rng).into_bytes(),
         check: check_breaker,
@@ -578,6 +595,36 @@ pub fn check_rule(input: &[u8]) -> Result<String, String> {
     let verdict = compiled.as_ref().map(|_| ()).map_err(Clone::clone);
     agrees_in_policy("match", "routes[0].match", &text, &verdict)?;
     Ok(sig)
+}
+
+/// A rule's regular expression (before the first NUL) and a value (after it): the filter's
+/// byte comparisons for plain patterns ([`rule::Pattern`]) answer exactly what regex-lite
+/// answers on the value with invalid UTF-8 replaced, as the matcher asked it before them.
+pub fn check_pattern(input: &[u8]) -> Result<String, String> {
+    let (pattern, text) = match input.iter().position(|&b| b == 0) {
+        Some(at) => (&input[..at], input.get(at + 1..).unwrap_or(&[])),
+        None => (input, &[][..]),
+    };
+    // As the matcher compiles it: literal braces escaped, the same size limit.
+    let pattern = rule::escape_literal_braces(&String::from_utf8_lossy(pattern));
+    let mut builder = regex_lite::RegexBuilder::new(&pattern);
+    builder.size_limit(rollgate_policy::limits::MAX_REGEX_BYTES);
+    let Ok(re) = builder.build() else {
+        return Ok("refused".into());
+    };
+    let compiled = rule::Pattern::new(&pattern, re.clone());
+    let (ours, theirs) = (
+        compiled.is_match(text),
+        re.is_match(&String::from_utf8_lossy(text)),
+    );
+    if ours != theirs {
+        return Err(format!(
+            "pattern {pattern:?} on {text:?}: {ours} by {compiled:?}, {theirs} by regex-lite"
+        ));
+    }
+    let kind = format!("{compiled:?}");
+    let kind = kind.split(['(', ' ']).next().unwrap_or("");
+    Ok(format!("{kind} {ours}"))
 }
 
 struct Figures(f64);

@@ -13,3 +13,4 @@ mod tests;
 pub use goregex::escape_literal_braces;
 pub use matcher::{compile, compile_counting, compile_with, IpNet, Matcher, Syntax};
 pub use parse::{parse, Arg, Expr, ParseError};
+pub use pattern::Pattern;
