@@ -29,3 +29,5 @@ pub mod stats;
 pub mod sticky;
 pub mod store;
 pub mod tcp;
+#[cfg(test)]
+mod testing;

@@ -348,6 +348,7 @@ impl Big {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::rng;
 
     #[test]
     fn policy_numbers_print_as_display_does() {
@@ -415,17 +416,6 @@ mod tests {
         }
         assert_eq!(fixed(1e20, 1), "1e20");
         assert_eq!(fixed(f64::NAN, 3), "NaN");
-    }
-
-    /// A xorshift generator: reproducible inputs without a dependency.
-    fn rng(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed;
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
     }
 
     fn same_as_core(t: &str) {

@@ -87,26 +87,16 @@ fn lossy(b: &[u8]) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::rng;
 
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
-            &from[(self.next() % from.len() as u64) as usize]
-        }
+    /// One of `from`, drawn by `next`.
+    fn pick<'a, T>(next: &mut impl FnMut() -> u64, from: &'a [T]) -> &'a T {
+        &from[(next() % from.len() as u64) as usize]
     }
 
     /// Texts from bytes that make the cases differ: line feeds, bytes that are not UTF-8,
     /// the replacement character itself, letters of the patterns.
-    fn text(rng: &mut Rng) -> Vec<u8> {
+    fn text(next: &mut impl FnMut() -> u64) -> Vec<u8> {
         let parts: &[&[u8]] = &[
             b"a",
             b"b",
@@ -119,27 +109,19 @@ mod tests {
             b"/",
             b"-",
         ];
-        let n = rng.next() % 6;
-        (0..n).flat_map(|_| rng.pick(parts).to_vec()).collect()
+        let n = next() % 6;
+        (0..n).flat_map(|_| pick(next, parts).to_vec()).collect()
     }
 
-    fn pattern(rng: &mut Rng) -> String {
+    fn pattern(next: &mut impl FnMut() -> u64) -> String {
         let cores = [
             "", "a", "b", "ab", "ba", "/a", "é", "-", "\u{fffd}", "a.b", "a+",
         ];
-        let core = *rng.pick(&cores);
-        let head = if rng.next().is_multiple_of(2) {
-            "^"
-        } else {
-            ""
-        };
-        let tail = if rng.next().is_multiple_of(2) {
-            "$"
-        } else {
-            ""
-        };
-        match rng.next() % 8 {
-            0 => rng.pick(&["", ".", ".*", ".+"]).to_string(),
+        let core = *pick(next, &cores);
+        let head = if next().is_multiple_of(2) { "^" } else { "" };
+        let tail = if next().is_multiple_of(2) { "$" } else { "" };
+        match next() % 8 {
+            0 => pick(next, &["", ".", ".*", ".+"]).to_string(),
             _ => format!("{head}{core}{tail}"),
         }
     }
@@ -148,10 +130,10 @@ mod tests {
     /// before (the value with invalid UTF-8 replaced), over 200,000 generated cases.
     #[test]
     fn byte_patterns_agree_with_regex_lite() {
-        let mut rng = Rng(0x0dd_ba11_cafe_f00d);
+        let mut next = rng(0x0dd_ba11_cafe_f00d);
         let mut fast = 0;
         for _ in 0..200_000 {
-            let (p, t) = (pattern(&mut rng), text(&mut rng));
+            let (p, t) = (pattern(&mut next), text(&mut next));
             let re = Regex::new(&p).unwrap();
             let compiled = Pattern::new(&p, re.clone());
             fast += usize::from(!matches!(compiled, Pattern::Regex(_)));
