@@ -80,7 +80,7 @@ impl Analyzer {
             &watch,
             status.attempt,
             status.awaiting_gateways.is_some(),
-            samples.as_ref().map_err(|_| ()),
+            samples.as_ref().ok(),
             Timestamp::now(),
         )
     }

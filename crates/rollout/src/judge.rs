@@ -320,7 +320,7 @@ pub struct Trackers(std::sync::Mutex<HashMap<String, Tracker>>);
 
 impl Trackers {
     /// The events due for rollout `key`, watched as `watch`, in attempt `attempt`, after a
-    /// reading (`Err`: it failed). `awaiting`: some gateways still run the previous step's
+    /// reading (`None`: it failed). `awaiting`: some gateways still run the previous step's
     /// policy, so what they report is not yet all the step's: trips count, measurements do
     /// not, and the step's first interval starts at the first reading after they all serve
     /// it.
@@ -330,7 +330,7 @@ impl Trackers {
         watch: &Watch,
         attempt: u32,
         awaiting: bool,
-        samples: Result<&Samples, ()>,
+        samples: Option<&Samples>,
         at: Timestamp,
     ) -> Vec<Event> {
         let mut trackers = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -338,7 +338,7 @@ impl Trackers {
             .entry(key.to_string())
             .or_insert_with(|| Tracker::new(attempt));
         tr.follow(attempt);
-        let Ok(samples) = samples else {
+        let Some(samples) = samples else {
             // The next interval starts from the next good reading.
             tr.lost_reading();
             return Vec::new();
@@ -549,26 +549,26 @@ rollgate_fl_ask_variant_can_ary_latency_ms_count{} 32
                 "rollgate_p_variant_c_rs_2xx {ok}\nrollgate_p_breaker_b_trips {trips}\n"
             ))
         };
-        let judge = |s: Result<&Samples, ()>, awaiting| {
+        let judge = |s: Option<&Samples>, awaiting| {
             trackers.judge("ns/p", &w, 1, awaiting, s, Timestamp::now())
         };
-        assert!(judge(Ok(&read(10.0, 0.0)), true).is_empty());
+        assert!(judge(Some(&read(10.0, 0.0)), true).is_empty());
         // Awaiting: a trip is reported, the traffic is not measured.
-        let ev = judge(Ok(&read(20.0, 1.0)), true);
+        let ev = judge(Some(&read(20.0, 1.0)), true);
         assert!(
             matches!(ev.as_slice(), [Event::BreakerTripped { trips: 1, .. }]),
             "{ev:?}"
         );
         // The first reading once they all serve it is the step's baseline.
-        assert!(judge(Ok(&read(30.0, 1.0)), false).is_empty());
-        let ev = judge(Ok(&read(45.0, 1.0)), false);
+        assert!(judge(Some(&read(30.0, 1.0)), false).is_empty());
+        let ev = judge(Some(&read(45.0, 1.0)), false);
         let [Event::Analysis { measurement, .. }] = ev.as_slice() else {
             panic!("{ev:?}")
         };
         assert_eq!(measurement.summary(), "15 canary responses");
         // A failed reading: the next one is a baseline again.
-        assert!(judge(Err(()), false).is_empty());
-        assert!(judge(Ok(&read(60.0, 1.0)), false).is_empty());
+        assert!(judge(None, false).is_empty());
+        assert!(judge(Some(&read(60.0, 1.0)), false).is_empty());
         assert_eq!(trackers.retain(|k| k == "ns/p"), 1);
         assert_eq!(trackers.retain(|_| false), 0);
     }

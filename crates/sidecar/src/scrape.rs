@@ -181,7 +181,7 @@ fn judge(
             watch,
             t.attempt,
             t.awaiting,
-            Ok(&samples),
+            Some(&samples),
             Timestamp::now(),
         );
         for event in judged {

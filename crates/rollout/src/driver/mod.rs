@@ -269,14 +269,16 @@ impl Driver {
                 told,
                 ..
             } = fold;
-            // Rendered again only when what was observed moved the rollout.
-            let policy = if status == seen {
-                rendered
+            // Rendered and compared again only when what was observed moved the rollout.
+            let (policy, pushes) = if status == seen {
+                (rendered, pushes)
             } else {
-                render_both(&plan, &status)
+                let policy = render_both(&plan, &status);
+                let pushes = !store.serves(&loaded, &policy);
+                (policy, pushes)
             };
             status.notified = Some(Told::of(&status));
-            let push = if store.serves(&loaded, &policy) {
+            let push = if !pushes {
                 None
             } else {
                 let verdict = match accepted.take() {
