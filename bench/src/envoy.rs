@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rollgate_e2e::yaml_quote;
+use rollgate_e2e::{static_cluster, yaml_quote};
 
 use crate::http;
 use crate::sys::{Pin, Proc};
@@ -249,34 +249,6 @@ pub const GLOBAL_PER_SEC: u64 = 1_000_000;
 
 /// The Envoy cluster of the rate-limit service in (e).
 pub const RLS_CLUSTER: &str = "ratelimit";
-
-/// Appends a STATIC cluster `name` of one endpoint, 127.0.0.1:`port`; `http2` for a gRPC
-/// service.
-fn static_cluster(y: &mut String, name: &str, port: u16, http2: bool) {
-    let protocol = if http2 {
-        r#"    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-"#
-    } else {
-        ""
-    };
-    let _ = write!(
-        y,
-        r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-{protocol}    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-"#
-    );
-}
 
 /// The bench policy: the seed policy, routing on the cluster header alone, plus the parts
 /// `case` keeps: a per-user rate limit on

@@ -58,6 +58,34 @@ impl EnvoyOptions {
     }
 }
 
+/// Appends a STATIC cluster `name` (YAML, quoted if it must be) of one endpoint, 127.0.0.1:`port`; `http2` for a gRPC
+/// service.
+pub fn static_cluster(y: &mut String, name: &str, port: u16, http2: bool) {
+    let protocol = if http2 {
+        r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+"#
+    } else {
+        ""
+    };
+    let _ = write!(
+        y,
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+{protocol}    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+"#
+    );
+}
+
 /// Quotes `s` as a YAML double-quoted scalar. YAML's double-quoted style accepts JSON string
 /// escapes, so JSON escaping is safe for any input (policy JSON included).
 pub fn yaml_quote(s: &str) -> String {
@@ -138,21 +166,7 @@ static_resources:
         },
     );
     for (name, port) in &opts.clusters {
-        let name = yaml_quote(name);
-        let _ = write!(
-            y,
-            r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-"#
-        );
+        static_cluster(&mut y, &yaml_quote(name), *port, false);
     }
     if opts.ecds.is_some() {
         // Envoy requires a node identity of any configuration it discovers.

@@ -32,7 +32,7 @@ mod upstream;
 use std::path::{Path, PathBuf};
 
 pub use client::{Client, Response};
-pub use config::{render as render_config, write_ecds, yaml_quote, EnvoyOptions};
+pub use config::{render as render_config, static_cluster, write_ecds, yaml_quote, EnvoyOptions};
 pub use envoy::{Envoy, StartError};
 pub use load::{Load, Sample};
 pub use mariadb::{mariadb_client, query, MariaDb};

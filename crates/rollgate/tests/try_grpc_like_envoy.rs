@@ -98,33 +98,8 @@ fn envoy_with_grpc(upstream: &Upstream, grpc_port: u16, serve: bool) -> Envoy {
     if serve {
         yaml = yaml.replacen("  clusters:\n", &format!("{listeners}  clusters:\n"), 1);
     }
-    yaml.push_str(&format!(
-        r#"  - name: grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }}
-  - name: grpc_backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: grpc_backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {backend_port} }}
-"#
-    ));
+    rollgate_e2e::static_cluster(&mut yaml, "grpc", grpc_port, true);
+    rollgate_e2e::static_cluster(&mut yaml, "grpc_backend", backend_port, false);
     Envoy::start_yaml(&yaml, 1).expect("Envoy starts with the probe and the gRPC server")
 }
 

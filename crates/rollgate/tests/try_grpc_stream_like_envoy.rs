@@ -157,23 +157,7 @@ fn envoy_with_grpc(upstream: &Upstream, grpc_port: u16) -> Envoy {
         .cluster(upstream.name(), upstream.port())
         .fallback_cluster(upstream.name());
     let mut yaml = rollgate_e2e::render_config(&opts, &common::probe_path());
-    yaml.push_str(&format!(
-        r#"  - name: grpc
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }}
-"#
-    ));
+    rollgate_e2e::static_cluster(&mut yaml, "grpc", grpc_port, true);
     Envoy::start_yaml(&yaml, 1).expect("Envoy starts with the probe and cluster grpc")
 }
 
